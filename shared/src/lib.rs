@@ -44,7 +44,7 @@ pub mod hex {
             .copied()
             .filter(|c| !c.is_ascii_whitespace())
             .collect();
-        if digits.len() % 2 != 0 {
+        if !digits.len().is_multiple_of(2) {
             return None;
         }
         let val = |c: u8| (c as char).to_digit(16).map(|d| d as u8);

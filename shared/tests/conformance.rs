@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
 //! Conformance with the Go peer: every file in ../shared/vectors (the folder beside the repo)
 //! is asserted as vectors/README.md says for its kind.
 

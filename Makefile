@@ -1,0 +1,37 @@
+# Every README command goes through here. CI runs `make test` (see .ci/run).
+CARGO ?= cargo
+FUZZ_SECONDS ?= 60
+
+.PHONY: all build run test lint fmt bench fuzz clean
+
+all: build
+
+build:
+	$(CARGO) build --workspace --release
+
+## run: Mirage with a co-located local Ghost, embedded storage and the dashboard.
+run:
+	$(CARGO) run --release -p mirage -- up
+
+## test: formatting, lints, then every unit, conformance, property and end-to-end test.
+test: lint
+	$(CARGO) test --workspace --all-targets
+	$(CARGO) test --workspace --doc
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+## bench: criterion codec benchmarks (figures go to BENCHMARKS.md by hand, with the command).
+bench:
+	$(CARGO) bench -p shared --bench codec
+
+## fuzz: every cargo-fuzz target for FUZZ_SECONDS each (needs the nightly toolchain).
+fuzz:
+	cd fuzz && FUZZ_SECONDS=$(FUZZ_SECONDS) ./run.sh
+
+clean:
+	$(CARGO) clean
