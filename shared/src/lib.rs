@@ -9,6 +9,7 @@
 pub mod envelope;
 pub mod error;
 pub mod handshake;
+pub mod metrics;
 pub mod session;
 pub mod wire;
 

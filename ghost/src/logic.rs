@@ -1,0 +1,545 @@
+//! Pure state machines of the Ghost: lifecycle, command boundary checks, the command_id
+//! dedupe window, lock fences and the outbox. No I/O and no clocks: callers pass `now_ms`.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use bytes::Bytes;
+use shared::envelope::Command;
+use shared::error::code;
+
+use crate::seeds::OperationSpec;
+
+// ---------------------------------------------------------------- lifecycle
+
+/// `boot → appeared → seeded → radiating`; only a radiating Ghost takes commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Boot,
+    Appeared,
+    Seeded,
+    Radiating,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Boot => "boot",
+            Phase::Appeared => "appeared",
+            Phase::Seeded => "seeded",
+            Phase::Radiating => "radiating",
+        }
+    }
+
+    fn advance(self, from: Phase, to: Phase) -> Result<Phase, String> {
+        if self == from {
+            Ok(to)
+        } else {
+            Err(format!(
+                "ghost: invalid lifecycle transition: have={} want={}",
+                self.as_str(),
+                from.as_str()
+            ))
+        }
+    }
+
+    pub fn appear(self) -> Result<Phase, String> {
+        self.advance(Phase::Boot, Phase::Appeared)
+    }
+    pub fn seed(self) -> Result<Phase, String> {
+        self.advance(Phase::Appeared, Phase::Seeded)
+    }
+    pub fn radiate(self) -> Result<Phase, String> {
+        self.advance(Phase::Seeded, Phase::Radiating)
+    }
+}
+
+// ---------------------------------------------------------------- boundary
+
+/// Why a command was refused; it still gets a terminal `error` event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub code: u32,
+    pub reason: String,
+}
+
+fn reject(code: u32, reason: String) -> Result<(), Rejection> {
+    Err(Rejection { code, reason })
+}
+
+/// What the boundary needs to know about each hosted seed.
+pub type Catalog = BTreeMap<String, &'static [OperationSpec]>;
+
+/// Highest lock token seen per seed: a command carrying an older one comes from a stale
+/// lock holder and must not act.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Fences(pub HashMap<String, u64>);
+
+impl Fences {
+    pub fn check(&self, seed: &str, token: u64) -> Result<(), u64> {
+        match self.0.get(seed) {
+            Some(&max) if token < max => Err(max),
+            _ => Ok(()),
+        }
+    }
+
+    /// Records an accepted token; true if it raised the fence (worth persisting).
+    pub fn observe(&mut self, seed: &str, token: u64) -> bool {
+        let e = self.0.entry(seed.to_owned()).or_insert(0);
+        if token > *e {
+            *e = token;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// The command boundary, in the documented order:
+/// 1. the Ghost is radiating; 2. the command is addressed to this Ghost; 3. its deadline has
+/// not passed; 4. the seed is hosted here; 5. the operation is declared by the seed;
+/// 6. the arguments are declared (required present, no unknown names); 7. its lock token is
+/// not stale.
+pub fn check_command(
+    cmd: &Command,
+    phase: Phase,
+    local_ghost: &str,
+    catalog: &Catalog,
+    fences: &Fences,
+    now_ms: u64,
+) -> Result<(), Rejection> {
+    if phase != Phase::Radiating {
+        return reject(
+            code::RUNTIME,
+            format!("ghost is {}, not radiating", phase.as_str()),
+        );
+    }
+    if cmd.ghost_id.trim() != local_ghost {
+        return reject(
+            code::SEMANTIC,
+            format!(
+                "command for ghost {:?} delivered to {local_ghost:?}",
+                cmd.ghost_id
+            ),
+        );
+    }
+    if let Some(deadline) = cmd.deadline_ms {
+        if now_ms > deadline {
+            return reject(
+                code::RUNTIME,
+                format!("deadline passed {} ms ago; not started", now_ms - deadline),
+            );
+        }
+    }
+    let seed = cmd.seed_selector.trim();
+    let Some(ops) = catalog.get(seed) else {
+        return reject(
+            code::SEMANTIC,
+            format!(
+                "unknown seed {seed:?} (hosted: {})",
+                catalog.keys().cloned().collect::<Vec<_>>().join(", ")
+            ),
+        );
+    };
+    let Some(op) = ops.iter().find(|o| o.name == cmd.operation) else {
+        return reject(
+            code::SEMANTIC,
+            format!(
+                "unknown operation {:?} for {seed} (declared: {})",
+                cmd.operation,
+                ops.iter().map(|o| o.name).collect::<Vec<_>>().join(", ")
+            ),
+        );
+    };
+    if let Err(e) = op.check_args(&cmd.args) {
+        return reject(code::SEMANTIC, e);
+    }
+    if let Some(token) = cmd.lock_token {
+        if let Err(max) = fences.check(seed, token) {
+            return reject(
+                code::SEMANTIC,
+                format!("stale lock_token {token} for {seed}: a holder with token {max} has acted"),
+            );
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------- dedupe window
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Seen {
+    /// First time: claimed, now in flight.
+    New,
+    /// Executing right now: its event will follow; do nothing.
+    InFlight,
+    /// Done inside the window: send this stored event (TLV payload) again.
+    Done(Bytes),
+}
+
+#[derive(Debug, Clone)]
+enum Entry {
+    InFlight,
+    Done { event: Bytes },
+}
+
+/// command_id → terminal event, kept at least `window_ms`, at most `max_entries`.
+#[derive(Debug)]
+pub struct DedupeWindow {
+    window_ms: u64,
+    max_entries: usize,
+    entries: HashMap<String, Entry>,
+    /// Completion order for expiry.
+    order: VecDeque<(u64, String)>,
+    /// Entries dropped before their window ended because of `max_entries` (should stay 0).
+    pub evicted_early: u64,
+}
+
+impl DedupeWindow {
+    pub fn new(window_ms: u64, max_entries: usize) -> DedupeWindow {
+        DedupeWindow {
+            window_ms,
+            max_entries: max_entries.max(1),
+            entries: HashMap::new(),
+            order: VecDeque::new(),
+            evicted_early: 0,
+        }
+    }
+
+    pub fn check_and_claim(&mut self, command_id: &str) -> Seen {
+        match self.entries.get(command_id) {
+            Some(Entry::InFlight) => Seen::InFlight,
+            Some(Entry::Done { event }) => Seen::Done(event.clone()),
+            None => {
+                self.entries.insert(command_id.to_owned(), Entry::InFlight);
+                Seen::New
+            }
+        }
+    }
+
+    /// Stores the terminal event; returns ids evicted early to stay within `max_entries`.
+    pub fn complete(&mut self, command_id: &str, event: Bytes, now_ms: u64) -> Vec<String> {
+        self.entries
+            .insert(command_id.to_owned(), Entry::Done { event });
+        self.order.push_back((now_ms, command_id.to_owned()));
+        let mut evicted = Vec::new();
+        while self.order.len() > self.max_entries {
+            if let Some((_, id)) = self.order.pop_front() {
+                self.entries.remove(&id);
+                self.evicted_early += 1;
+                evicted.push(id);
+            }
+        }
+        evicted
+    }
+
+    /// Drops a claim whose execution could not be recorded (so a retry may run it).
+    pub fn release(&mut self, command_id: &str) {
+        if matches!(self.entries.get(command_id), Some(Entry::InFlight)) {
+            self.entries.remove(command_id);
+        }
+    }
+
+    /// Restores a persisted entry (oldest first).
+    pub fn restore(&mut self, command_id: String, event: Bytes, done_ms: u64) {
+        self.entries
+            .insert(command_id.clone(), Entry::Done { event });
+        self.order.push_back((done_ms, command_id));
+    }
+
+    /// Removes entries older than the window; returns the cutoff to prune storage with.
+    pub fn expire(&mut self, now_ms: u64) -> u64 {
+        let cutoff = now_ms.saturating_sub(self.window_ms);
+        while let Some((at, _)) = self.order.front() {
+            if *at >= cutoff {
+                break;
+            }
+            if let Some((_, id)) = self.order.pop_front() {
+                self.entries.remove(&id);
+            }
+        }
+        cutoff
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+// ---------------------------------------------------------------- outbox
+
+#[derive(Debug, Clone)]
+struct Pending {
+    event_id: String,
+    payload: Bytes,
+    sent_at: Option<u64>,
+    attempts: u32,
+}
+
+/// Events persisted but not yet acknowledged, in persist order. Pipelined: up to
+/// `max_in_flight` are on the wire at once; one unacked past `ack_timeout_ms` goes again.
+#[derive(Debug)]
+pub struct OutboxState {
+    items: BTreeMap<u64, Pending>,
+    by_event: HashMap<String, u64>,
+    max_in_flight: usize,
+    in_flight: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToSend {
+    pub seq: u64,
+    pub event_id: String,
+    pub payload: Bytes,
+    pub attempt: u32,
+}
+
+impl OutboxState {
+    pub fn new(max_in_flight: usize) -> OutboxState {
+        OutboxState {
+            items: BTreeMap::new(),
+            by_event: HashMap::new(),
+            max_in_flight: max_in_flight.max(1),
+            in_flight: 0,
+        }
+    }
+
+    /// Adds a persisted event; false if that event_id is already waiting (kept once).
+    pub fn push(&mut self, seq: u64, event_id: String, payload: Bytes) -> bool {
+        if self.by_event.contains_key(&event_id) {
+            return false;
+        }
+        self.by_event.insert(event_id.clone(), seq);
+        self.items.insert(
+            seq,
+            Pending {
+                event_id,
+                payload,
+                sent_at: None,
+                attempts: 0,
+            },
+        );
+        true
+    }
+
+    /// What to put on the wire now: unsent events while the pipeline has room, and events
+    /// whose ack is overdue (resent; they stay counted as in flight).
+    pub fn to_send(&mut self, now_ms: u64, ack_timeout_ms: u64) -> Vec<ToSend> {
+        let mut out = Vec::new();
+        for (&seq, p) in self.items.iter_mut() {
+            let due = match p.sent_at {
+                None if self.in_flight < self.max_in_flight => {
+                    self.in_flight += 1;
+                    true
+                }
+                None => false,
+                Some(t) => now_ms.saturating_sub(t) >= ack_timeout_ms,
+            };
+            if due {
+                p.sent_at = Some(now_ms);
+                p.attempts += 1;
+                out.push(ToSend {
+                    seq,
+                    event_id: p.event_id.clone(),
+                    payload: p.payload.clone(),
+                    attempt: p.attempts,
+                });
+            }
+        }
+        out
+    }
+
+    /// An ack arrived: the event leaves the outbox (accepted, or rejected and marked failed).
+    /// `None` for an ack of something not waiting (a duplicate ack).
+    pub fn on_ack(&mut self, event_id: &str) -> Option<u64> {
+        let seq = self.by_event.remove(event_id)?;
+        if let Some(p) = self.items.remove(&seq) {
+            if p.sent_at.is_some() {
+                self.in_flight = self.in_flight.saturating_sub(1);
+            }
+        }
+        Some(seq)
+    }
+
+    /// The session dropped: everything is unsent again and goes out after reconnect.
+    pub fn on_disconnect(&mut self) {
+        for p in self.items.values_mut() {
+            p.sent_at = None;
+        }
+        self.in_flight = 0;
+    }
+
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::seeds::{builtin, SeedSettings};
+
+    fn catalog() -> Catalog {
+        let mut c = Catalog::new();
+        for id in ["seed.flow", "seed.kv"] {
+            let s = builtin(id, &SeedSettings::default()).unwrap();
+            c.insert(id.to_owned(), s.operations());
+        }
+        c
+    }
+
+    fn cmd(seed: &str, op: &str) -> Command {
+        Command {
+            command_id: "c1".into(),
+            intent_id: "i1".into(),
+            ghost_id: "g1".into(),
+            seed_selector: seed.into(),
+            operation: op.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn lifecycle_order() {
+        let p = Phase::Boot
+            .appear()
+            .unwrap()
+            .seed()
+            .unwrap()
+            .radiate()
+            .unwrap();
+        assert_eq!(p, Phase::Radiating);
+        assert!(Phase::Boot.radiate().is_err());
+        assert!(Phase::Radiating.appear().is_err());
+    }
+
+    #[test]
+    fn boundary_checks_in_order() {
+        let c = catalog();
+        let f = Fences::default();
+        let ok = |m: &Command| check_command(m, Phase::Radiating, "g1", &c, &f, 1000);
+        assert!(ok(&cmd("seed.flow", "status")).is_ok());
+        // Not radiating beats everything else.
+        let e = check_command(&cmd("nope", "x"), Phase::Seeded, "g1", &c, &f, 0).unwrap_err();
+        assert!(e.reason.contains("not radiating"));
+        // Wrong ghost beats unknown seed.
+        let mut m = cmd("nope", "x");
+        m.ghost_id = "g2".into();
+        assert!(ok(&m).unwrap_err().reason.contains("delivered to"));
+        let mut m = cmd("seed.flow", "status");
+        m.deadline_ms = Some(999);
+        assert!(ok(&m).unwrap_err().reason.contains("deadline passed"));
+        assert!(ok(&cmd("nope", "x"))
+            .unwrap_err()
+            .reason
+            .contains("unknown seed"));
+        assert!(ok(&cmd("seed.flow", "rm"))
+            .unwrap_err()
+            .reason
+            .contains("unknown operation"));
+        let mut m = cmd("seed.kv", "put");
+        assert!(ok(&m)
+            .unwrap_err()
+            .reason
+            .contains("needs argument \"key\""));
+        m.args.insert("key".into(), "k".into());
+        m.args.insert("colour".into(), "red".into());
+        assert!(ok(&m)
+            .unwrap_err()
+            .reason
+            .contains("does not take argument"));
+    }
+
+    #[test]
+    fn fences_refuse_stale_tokens() {
+        let c = catalog();
+        let mut f = Fences::default();
+        assert!(f.observe("seed.kv", 5));
+        assert!(!f.observe("seed.kv", 5));
+        let mut m = cmd("seed.kv", "list");
+        m.lock_token = Some(4);
+        let e = check_command(&m, Phase::Radiating, "g1", &c, &f, 0).unwrap_err();
+        assert!(e.reason.contains("stale lock_token 4"));
+        m.lock_token = Some(5);
+        assert!(check_command(&m, Phase::Radiating, "g1", &c, &f, 0).is_ok());
+    }
+
+    #[test]
+    fn dedupe_claims_once_and_replays_within_the_window() {
+        let mut d = DedupeWindow::new(1000, 10);
+        assert_eq!(d.check_and_claim("c1"), Seen::New);
+        assert_eq!(d.check_and_claim("c1"), Seen::InFlight);
+        d.complete("c1", Bytes::from_static(b"ev"), 100);
+        assert_eq!(
+            d.check_and_claim("c1"),
+            Seen::Done(Bytes::from_static(b"ev"))
+        );
+        d.expire(1100);
+        assert!(
+            matches!(d.check_and_claim("c1"), Seen::Done(_)),
+            "window is inclusive"
+        );
+        d.expire(1101);
+        assert_eq!(d.check_and_claim("c1"), Seen::New);
+        d.release("c1");
+        assert_eq!(d.check_and_claim("c1"), Seen::New);
+    }
+
+    #[test]
+    fn dedupe_is_bounded_and_counts_early_evictions() {
+        let mut d = DedupeWindow::new(u64::MAX, 3);
+        for i in 0..5 {
+            let id = format!("c{i}");
+            d.check_and_claim(&id);
+            d.complete(&id, Bytes::new(), i);
+        }
+        assert_eq!(d.len(), 3);
+        assert_eq!(d.evicted_early, 2);
+        assert_eq!(d.check_and_claim("c0"), Seen::New);
+    }
+
+    #[test]
+    fn outbox_pipelines_resends_overdue_and_replays_after_disconnect() {
+        let mut o = OutboxState::new(2);
+        for i in 0..3u64 {
+            assert!(o.push(i, format!("e{i}"), Bytes::new()));
+        }
+        assert!(
+            !o.push(9, "e0".into(), Bytes::new()),
+            "event ids are kept once"
+        );
+        let first: Vec<_> = o.to_send(0, 100).into_iter().map(|t| t.event_id).collect();
+        assert_eq!(first, ["e0", "e1"], "pipeline window of 2");
+        assert!(o.to_send(50, 100).is_empty());
+        assert_eq!(o.on_ack("e0"), Some(0));
+        assert_eq!(o.on_ack("e0"), None, "duplicate ack");
+        let next: Vec<_> = o.to_send(60, 100).into_iter().map(|t| t.event_id).collect();
+        assert_eq!(next, ["e2"]);
+        let overdue = o.to_send(100, 100);
+        assert_eq!(overdue.len(), 1);
+        assert_eq!(
+            (overdue[0].event_id.as_str(), overdue[0].attempt),
+            ("e1", 2)
+        );
+        o.on_disconnect();
+        let again: Vec<_> = o
+            .to_send(101, 100)
+            .into_iter()
+            .map(|t| t.event_id)
+            .collect();
+        assert_eq!(again, ["e1", "e2"]);
+        assert_eq!(o.len(), 2);
+    }
+}

@@ -1,0 +1,265 @@
+//! Seeds: service handlers with named operations. A new seed implements [`Seed`] and is added
+//! to the registry; nothing else in the Ghost changes.
+
+pub mod flow;
+pub mod fs;
+pub mod kv;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use shared::envelope::Args;
+use shared::handshake::{validate_seed_id, OperationInfo, SeedInfo};
+
+/// What a seed returns. `status` is `ok` or `error`; the event's outcome is success iff
+/// status is ok and exit_code is 0.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeedOutput {
+    pub status: String,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub exit_code: u32,
+}
+
+impl SeedOutput {
+    pub fn ok(stdout: impl Into<Vec<u8>>) -> SeedOutput {
+        SeedOutput {
+            status: "ok".into(),
+            stdout: stdout.into(),
+            stderr: Vec::new(),
+            exit_code: 0,
+        }
+    }
+
+    pub fn error(exit_code: u32, stderr: impl Into<Vec<u8>>) -> SeedOutput {
+        SeedOutput {
+            status: "error".into(),
+            stdout: Vec::new(),
+            stderr: stderr.into(),
+            exit_code: exit_code.max(1),
+        }
+    }
+
+    pub fn succeeded(&self) -> bool {
+        self.status == "ok" && self.exit_code == 0
+    }
+}
+
+/// One declared operation: the allowlist the Ghost (and Mirage) check before a seed runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OperationSpec {
+    pub name: &'static str,
+    pub description: &'static str,
+    pub idempotent: bool,
+    /// Argument names accepted; `required` ones must be present.
+    pub args: &'static [&'static str],
+    pub required: &'static [&'static str],
+    /// Accepts any argument names (e.g. `seed.flow echo`).
+    pub open_args: bool,
+}
+
+impl OperationSpec {
+    pub const fn new(name: &'static str, description: &'static str) -> OperationSpec {
+        OperationSpec {
+            name,
+            description,
+            idempotent: true,
+            args: &[],
+            required: &[],
+            open_args: false,
+        }
+    }
+
+    pub const fn args(mut self, args: &'static [&'static str]) -> Self {
+        self.args = args;
+        self
+    }
+
+    pub const fn required(mut self, required: &'static [&'static str]) -> Self {
+        self.required = required;
+        self
+    }
+
+    pub const fn open(mut self) -> Self {
+        self.open_args = true;
+        self
+    }
+
+    pub const fn mutating(mut self) -> Self {
+        self.idempotent = false;
+        self
+    }
+
+    /// Checks argument names against the declaration.
+    pub fn check_args(&self, args: &Args) -> Result<(), String> {
+        for r in self.required {
+            if args.get(*r).is_none_or(|v| v.trim().is_empty()) {
+                return Err(format!("operation {} needs argument {r:?}", self.name));
+            }
+        }
+        if !self.open_args {
+            if let Some(k) = args.keys().find(|k| !self.args.contains(&k.as_str())) {
+                return Err(format!(
+                    "operation {} does not take argument {k:?} (accepted: {})",
+                    self.name,
+                    self.args.join(", ")
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A service handler. `execute` runs on the seed's own actor thread, one call at a time, so
+/// it may block; it must not panic on any input.
+pub trait Seed: Send + 'static {
+    fn id(&self) -> &'static str;
+    fn name(&self) -> &'static str;
+    fn description(&self) -> String;
+    fn operations(&self) -> &'static [OperationSpec];
+    fn execute(&mut self, operation: &str, args: &Args) -> SeedOutput;
+
+    fn operation(&self, name: &str) -> Option<&'static OperationSpec> {
+        self.operations().iter().find(|o| o.name == name)
+    }
+
+    /// What the handshake advertises.
+    fn info(&self) -> SeedInfo {
+        SeedInfo {
+            id: self.id().to_owned(),
+            name: self.name().to_owned(),
+            description: self.description(),
+            operations: self
+                .operations()
+                .iter()
+                .map(|o| OperationInfo {
+                    name: o.name.to_owned(),
+                    description: o.description.to_owned(),
+                    idempotent: o.idempotent,
+                    args: o.args.iter().map(|a| (*a).to_owned()).collect(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Settings for the built-in seeds.
+#[derive(Debug, Clone)]
+pub struct SeedSettings {
+    pub fs_root: PathBuf,
+    pub fs_max_file_bytes: u64,
+    pub kv_max_keys: usize,
+    pub kv_max_value_bytes: usize,
+    pub flow_max_sleep_ms: u64,
+}
+
+impl Default for SeedSettings {
+    fn default() -> Self {
+        SeedSettings {
+            fs_root: PathBuf::from("data/fs"),
+            fs_max_file_bytes: 1024 * 1024,
+            kv_max_keys: 100_000,
+            kv_max_value_bytes: 64 * 1024,
+            flow_max_sleep_ms: 60_000,
+        }
+    }
+}
+
+pub const BUILTIN: &[&str] = &["seed.flow", "seed.kv", "seed.fs"];
+
+/// Builds one built-in seed by id (`flow` is accepted for `seed.flow`, as edgectl does).
+pub fn builtin(id: &str, settings: &SeedSettings) -> Result<Box<dyn Seed>, String> {
+    Ok(match id.trim() {
+        "seed.flow" | "flow" => Box::new(flow::Flow::new(settings.flow_max_sleep_ms)),
+        "seed.kv" | "kv" => Box::new(kv::Kv::new(
+            settings.kv_max_keys,
+            settings.kv_max_value_bytes,
+        )),
+        "seed.fs" | "fs" => Box::new(fs::Fs::new(
+            settings.fs_root.clone(),
+            settings.fs_max_file_bytes,
+        )),
+        other => {
+            return Err(format!(
+                "unknown built-in seed {other:?} (built-ins: {})",
+                BUILTIN.join(", ")
+            ))
+        }
+    })
+}
+
+/// The seeds a Ghost hosts, by id. An empty registry is valid.
+#[derive(Default)]
+pub struct Registry {
+    seeds: BTreeMap<String, Box<dyn Seed>>,
+}
+
+impl Registry {
+    pub fn register(&mut self, seed: Box<dyn Seed>) -> Result<(), String> {
+        let id = seed.id();
+        validate_seed_id(id)?;
+        if seed.name().trim().is_empty() || seed.description().trim().is_empty() {
+            return Err(format!("seed {id}: name and description must not be blank"));
+        }
+        if self.seeds.contains_key(id) {
+            return Err(format!("seed {id} registered twice"));
+        }
+        self.seeds.insert(id.to_owned(), seed);
+        Ok(())
+    }
+
+    /// Built-ins from a config list; blanks and `none` are skipped, duplicates rejected.
+    pub fn from_ids(ids: &[String], settings: &SeedSettings) -> Result<Registry, String> {
+        let mut r = Registry::default();
+        for id in ids {
+            let id = id.trim();
+            if id.is_empty() || id == "none" {
+                continue;
+            }
+            r.register(builtin(id, settings)?)?;
+        }
+        Ok(r)
+    }
+
+    pub fn infos(&self) -> Vec<SeedInfo> {
+        self.seeds.values().map(|s| s.info()).collect()
+    }
+
+    pub fn get_mut(&mut self, id: &str) -> Option<&mut Box<dyn Seed>> {
+        self.seeds.get_mut(id)
+    }
+
+    pub fn len(&self) -> usize {
+        self.seeds.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.seeds.is_empty()
+    }
+
+    pub fn into_seeds(self) -> impl Iterator<Item = (String, Box<dyn Seed>)> {
+        self.seeds.into_iter()
+    }
+}
+
+/// Runs one operation directly, with the allowlist check (`ghost exec`, tests).
+pub fn run_checked(seed: &mut dyn Seed, operation: &str, args: &Args) -> SeedOutput {
+    match seed.operation(operation) {
+        None => SeedOutput::error(
+            64,
+            format!(
+                "unknown operation {operation:?} for {} (declared: {})\n",
+                seed.id(),
+                seed.operations()
+                    .iter()
+                    .map(|o| o.name)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ),
+        Some(spec) => match spec.check_args(args) {
+            Err(e) => SeedOutput::error(64, format!("{e}\n")),
+            Ok(()) => seed.execute(operation, args),
+        },
+    }
+}
