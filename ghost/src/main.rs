@@ -1,1 +1,209 @@
-fn main() {}
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use ghost::config::{GhostConfig, Policy};
+use ghost::seeds::{run_checked, Registry};
+use shared::envelope::Args;
+
+/// Ghost: the node agent. Hosts seeds, dials its Mirage, runs commands.
+#[derive(Parser)]
+#[command(name = "ghost", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the Ghost: seeds, Mirage session, durable outbox, admin boundary.
+    Serve(ServeArgs),
+    /// List the built-in seeds and their operations.
+    Seeds {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run one seed operation locally, without Mirage; exit code is the seed's.
+    ///
+    /// Example: `ghost exec seed.flow echo msg=hi`
+    Exec {
+        /// Seed id, e.g. seed.flow, seed.kv, seed.fs.
+        seed: String,
+        /// Operation the seed declares, e.g. echo.
+        operation: String,
+        /// Arguments as key=value.
+        #[arg(value_parser = parse_kv)]
+        args: Vec<(String, String)>,
+        /// Config for seed settings (seed.fs root and limits).
+        #[arg(long, env = "GHOST_CONFIG")]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// TOML config file (see config/ghost.toml); flags below override it.
+    #[arg(long, env = "GHOST_CONFIG")]
+    config: Option<PathBuf>,
+    /// Ghost id.
+    #[arg(long = "id", env = "GHOST_ID")]
+    ghost_id: Option<String>,
+    /// Mirage address host:port; repeat for several, tried in order.
+    #[arg(long = "mirage", env = "GHOST_MIRAGE", value_delimiter = ',')]
+    mirage: Vec<String>,
+    /// Data directory (outbox, dedupe window, seed.fs root).
+    #[arg(long, env = "GHOST_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Admin boundary listen address, e.g. 127.0.0.1:7010 (off by default).
+    #[arg(long, env = "GHOST_ADMIN")]
+    admin: Option<String>,
+    /// Mirage session policy.
+    #[arg(long, value_enum)]
+    policy: Option<PolicyArg>,
+    /// Seeds to host, comma separated (e.g. seed.flow,seed.kv).
+    #[arg(long, value_delimiter = ',')]
+    seeds: Option<Vec<String>>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum PolicyArg {
+    Headless,
+    Auto,
+    Required,
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.to_owned())),
+        _ => Err(format!("expected key=value, got {s:?}")),
+    }
+}
+
+fn load(path: Option<&PathBuf>) -> Result<GhostConfig, String> {
+    match path {
+        Some(p) => GhostConfig::load(p),
+        None => Ok(GhostConfig::default()),
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Serve(a) => {
+            init_tracing();
+            let mut cfg = match load(a.config.as_ref()) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("ghost: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            if let Some(id) = a.ghost_id {
+                cfg.ghost_id = id;
+            }
+            if !a.mirage.is_empty() {
+                cfg.mirage.addresses = a.mirage;
+            }
+            if let Some(d) = a.data_dir {
+                cfg.data_dir = d;
+            }
+            if let Some(ad) = a.admin {
+                cfg.admin.listen = ad;
+            }
+            if let Some(p) = a.policy {
+                cfg.mirage.policy = match p {
+                    PolicyArg::Headless => Policy::Headless,
+                    PolicyArg::Auto => Policy::Auto,
+                    PolicyArg::Required => Policy::Required,
+                };
+            }
+            if let Some(s) = a.seeds {
+                cfg.seeds = s;
+            }
+            match ghost::runtime::serve(cfg) {
+                Ok(0) => ExitCode::SUCCESS,
+                Ok(code) => ExitCode::from(code.clamp(1, 255) as u8),
+                Err(e) => {
+                    eprintln!("ghost: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Cmd::Seeds { json } => {
+            let settings = ghost::runtime::seed_settings(&GhostConfig::default());
+            let ids: Vec<String> = ghost::seeds::BUILTIN
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+            let reg = match Registry::from_ids(&ids, &settings) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("ghost: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let infos = reg.infos();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&infos).unwrap_or_default()
+                );
+            } else {
+                println!(
+                    "{:<10} {:<9} {:<13} DESCRIPTION",
+                    "SEED", "OPERATION", "ARGS"
+                );
+                for s in &infos {
+                    for o in &s.operations {
+                        let args = if o.args.is_empty() {
+                            "-".to_owned()
+                        } else {
+                            o.args.join(",")
+                        };
+                        println!("{:<10} {:<9} {:<13} {}", s.id, o.name, args, o.description);
+                    }
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Cmd::Exec {
+            seed,
+            operation,
+            args,
+            config,
+        } => {
+            let cfg = match load(config.as_ref()) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("ghost: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let settings = ghost::runtime::seed_settings(&cfg);
+            let mut s = match ghost::seeds::builtin(&seed, &settings) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("ghost: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let args: Args = args.into_iter().collect();
+            let out = run_checked(s.as_mut(), &operation, &args);
+            use std::io::Write;
+            let _ = std::io::stdout().write_all(&out.stdout);
+            let _ = std::io::stderr().write_all(&out.stderr);
+            ExitCode::from(out.exit_code.min(255) as u8)
+        }
+    }
+}

@@ -1,0 +1,399 @@
+//! The `Dispatcher`: every command, from the session or the admin boundary, passes here.
+//! Dedupe first (a command_id seen inside the window is not run again: its stored event is
+//! sent again), then the boundary checks, then the seed's own actor. Every command ends in
+//! exactly one terminal event, persisted through the Outbox before anyone is told.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use actix::prelude::*;
+use bytes::Bytes;
+use serde::Serialize;
+use shared::envelope::{Command, Envelope, Event, Outcome};
+use shared::error::code;
+use shared::metrics::MeteredAddr;
+use shared::wire::tlv;
+
+use crate::actors::outbox::{Enqueue, Outbox};
+use crate::actors::seed::{Execute, SeedActor};
+use crate::logic::{check_command, Catalog, DedupeWindow, Fences, Phase, Rejection, Seen};
+use crate::seeds::SeedOutput;
+use crate::store::{Store, Update};
+
+/// Most recent executions kept for the admin boundary.
+const RECENT: usize = 1000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    Session,
+    Admin,
+}
+
+/// One finished execution, as the admin boundary shows it.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub seq: u64,
+    pub source: Source,
+    pub command: Command,
+    pub event: Event,
+}
+
+struct SeedSlot {
+    addr: MeteredAddr<SeedActor>,
+    queued: usize,
+}
+
+pub struct Dispatcher {
+    ghost_id: String,
+    phase: Phase,
+    catalog: Catalog,
+    fences: Fences,
+    dedupe: DedupeWindow,
+    seeds: HashMap<String, SeedSlot>,
+    seed_mailbox: usize,
+    max_output: usize,
+    outbox: MeteredAddr<Outbox>,
+    store: MeteredAddr<Store>,
+    recent: VecDeque<Record>,
+    seq: u64,
+    pub executed: u64,
+    pub replayed: u64,
+    pub rejected: u64,
+}
+
+pub struct DispatcherParts {
+    pub ghost_id: String,
+    pub phase: Phase,
+    pub catalog: Catalog,
+    pub fences: Fences,
+    pub dedupe: DedupeWindow,
+    pub seeds: HashMap<String, MeteredAddr<SeedActor>>,
+    pub seed_mailbox: usize,
+    pub max_output: usize,
+    pub outbox: MeteredAddr<Outbox>,
+    pub store: MeteredAddr<Store>,
+}
+
+impl Dispatcher {
+    pub fn new(p: DispatcherParts) -> Dispatcher {
+        Dispatcher {
+            ghost_id: p.ghost_id,
+            phase: p.phase,
+            catalog: p.catalog,
+            fences: p.fences,
+            dedupe: p.dedupe,
+            seeds: p
+                .seeds
+                .into_iter()
+                .map(|(k, addr)| (k, SeedSlot { addr, queued: 0 }))
+                .collect(),
+            seed_mailbox: p.seed_mailbox.max(1),
+            max_output: p.max_output,
+            outbox: p.outbox,
+            store: p.store,
+            recent: VecDeque::with_capacity(RECENT),
+            seq: 0,
+            executed: 0,
+            replayed: 0,
+            rejected: 0,
+        }
+    }
+
+    fn clip(&self, mut b: Vec<u8>) -> Bytes {
+        if b.len() > self.max_output {
+            b.truncate(self.max_output);
+            b.extend_from_slice(b"\n[output truncated]\n");
+        }
+        Bytes::from(b)
+    }
+
+    fn event_for(&self, cmd: &Command, out: SeedOutput, rejection: Option<Rejection>) -> Event {
+        let outcome = if rejection.is_none() && out.succeeded() {
+            Outcome::Success
+        } else {
+            Outcome::Error
+        };
+        let mut ev = Event::new(
+            format!("evt.{}", cmd.command_id),
+            cmd.command_id.clone(),
+            cmd.intent_id.clone(),
+            self.ghost_id.clone(),
+            cmd.seed_selector.clone(),
+            outcome,
+        );
+        ev.timestamp_ms = Some(shared::now_ms());
+        ev.execution_id = Some(format!("exec.{}", cmd.command_id));
+        ev.status = Some(out.status.clone());
+        ev.exit_code = Some(out.exit_code);
+        ev.stdout = Some(self.clip(out.stdout));
+        ev.stderr = Some(self.clip(out.stderr));
+        if let Some(r) = rejection {
+            ev.error_code = Some(r.code);
+            ev.error_reason = Some(r.reason);
+        } else if outcome == Outcome::Error {
+            ev.error_code = Some(code::RUNTIME);
+        }
+        ev
+    }
+
+    /// Persist, remember in the dedupe window, keep for the admin view, answer.
+    fn finish(
+        &mut self,
+        source: Source,
+        cmd: Command,
+        ev: Event,
+    ) -> ResponseActFuture<Self, Result<Event, String>> {
+        let payload = match Envelope::Event(ev.clone()).to_fields().to_bytes() {
+            Ok(p) => p,
+            Err(e) => {
+                self.dedupe.release(&cmd.command_id);
+                return Box::pin(fut::ready(Err(format!("encode event: {e}"))));
+            }
+        };
+        let enqueue = Enqueue {
+            event_id: ev.event_id.clone(),
+            command_id: Some(cmd.command_id.clone()),
+            payload: payload.clone(),
+        };
+        let outbox = self.outbox.clone();
+        Box::pin(
+            async move {
+                outbox
+                    .send(enqueue)
+                    .await
+                    .map_err(|e| format!("outbox mailbox: {e}"))?
+            }
+            .into_actor(self)
+            .map(move |res, act, _| match res {
+                Ok(()) => {
+                    act.dedupe
+                        .complete(&cmd.command_id, payload, shared::now_ms());
+                    act.seq += 1;
+                    if act.recent.len() == RECENT {
+                        act.recent.pop_front();
+                    }
+                    act.recent.push_back(Record {
+                        seq: act.seq,
+                        source,
+                        command: cmd,
+                        event: ev.clone(),
+                    });
+                    Ok(ev)
+                }
+                Err(e) => {
+                    // Not recorded: a retry of the command may run it.
+                    act.dedupe.release(&cmd.command_id);
+                    tracing::error!(component = "ghost.dispatcher", command_id = %cmd.command_id, error = %e, "event not persisted");
+                    Err(e)
+                }
+            }),
+        )
+    }
+}
+
+impl Actor for Dispatcher {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        shared::metrics::actor("ghost.dispatcher").instance_started();
+        ctx.run_interval(Duration::from_secs(30), |act, _| {
+            let cutoff = act.dedupe.expire(shared::now_ms());
+            act.store.do_send(Update::Prune { before_ms: cutoff });
+        });
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        shared::metrics::actor("ghost.dispatcher").instance_stopped();
+    }
+}
+
+/// Run a command; resolves with its terminal event once that event is persisted.
+#[derive(Message)]
+#[rtype(result = "Result<Event, String>")]
+pub struct Run {
+    pub cmd: Command,
+    pub source: Source,
+}
+
+impl Handler<Run> for Dispatcher {
+    type Result = ResponseActFuture<Self, Result<Event, String>>;
+
+    fn handle(&mut self, m: Run, _: &mut Context<Self>) -> Self::Result {
+        let cmd = m.cmd;
+        match self.dedupe.check_and_claim(&cmd.command_id) {
+            Seen::InFlight => {
+                tracing::info!(component = "ghost.dispatcher", command_id = %cmd.command_id, "duplicate command while it runs; its event will follow");
+                return Box::pin(fut::ready(Err(format!(
+                    "command {} is already executing; its event will follow",
+                    cmd.command_id
+                ))));
+            }
+            Seen::Done(payload) => {
+                self.replayed += 1;
+                tracing::info!(component = "ghost.dispatcher", command_id = %cmd.command_id, "duplicate command inside the dedupe window; sending its stored event again");
+                let ev = tlv::decode(&payload)
+                    .and_then(|f| Envelope::decode(shared::envelope::mt::EVENT, &f));
+                let Ok(Envelope::Event(ev)) = ev else {
+                    return Box::pin(fut::ready(Err("stored event unreadable".into())));
+                };
+                let enqueue = Enqueue {
+                    event_id: ev.event_id.clone(),
+                    command_id: None,
+                    payload,
+                };
+                let outbox = self.outbox.clone();
+                return Box::pin(
+                    async move {
+                        outbox
+                            .send(enqueue)
+                            .await
+                            .map_err(|e| format!("outbox mailbox: {e}"))??;
+                        Ok(ev)
+                    }
+                    .into_actor(self),
+                );
+            }
+            Seen::New => {}
+        }
+
+        let now = shared::now_ms();
+        if let Err(r) = check_command(
+            &cmd,
+            self.phase,
+            &self.ghost_id,
+            &self.catalog,
+            &self.fences,
+            now,
+        ) {
+            self.rejected += 1;
+            tracing::warn!(component = "ghost.dispatcher", command_id = %cmd.command_id, seed = %cmd.seed_selector, operation = %cmd.operation, code = r.code, reason = %r.reason, "command refused at the boundary");
+            let ev = self.event_for(
+                &cmd,
+                SeedOutput::error(1, format!("{}\n", r.reason)),
+                Some(r),
+            );
+            return self.finish(m.source, cmd, ev);
+        }
+        let seed_id = cmd.seed_selector.trim().to_owned();
+        let Some(slot) = self.seeds.get_mut(&seed_id) else {
+            let r = Rejection {
+                code: code::INTERNAL,
+                reason: format!("seed {seed_id} has no actor"),
+            };
+            let ev = self.event_for(&cmd, SeedOutput::error(1, "internal\n"), Some(r));
+            return self.finish(m.source, cmd, ev);
+        };
+        if slot.queued >= self.seed_mailbox {
+            let r = Rejection {
+                code: code::RUNTIME,
+                reason: format!("seed {seed_id} is busy: {} commands queued", slot.queued),
+            };
+            self.rejected += 1;
+            let ev = self.event_for(
+                &cmd,
+                SeedOutput::error(1, format!("{}\n", r.reason)),
+                Some(r),
+            );
+            return self.finish(m.source, cmd, ev);
+        }
+        if let Some(token) = cmd.lock_token {
+            if self.fences.observe(&seed_id, token) {
+                self.store.do_send(Update::Fence {
+                    seed: seed_id.clone(),
+                    token,
+                });
+            }
+        }
+        slot.queued += 1;
+        let addr = slot.addr.clone();
+        let exec = Execute {
+            operation: cmd.operation.clone(),
+            args: cmd.args.clone(),
+            deadline_ms: cmd.deadline_ms,
+        };
+        let source = m.source;
+        Box::pin(
+            async move { addr.send(exec).await }
+                .into_actor(self)
+                .then(move |res, act, _| {
+                    if let Some(s) = act.seeds.get_mut(&seed_id) {
+                        s.queued = s.queued.saturating_sub(1);
+                    }
+                    act.executed += 1;
+                    let out = res.unwrap_or_else(|e| {
+                        SeedOutput::error(70, format!("seed actor unavailable: {e}\n"))
+                    });
+                    let ev = act.event_for(&cmd, out, None);
+                    act.finish(source, cmd, ev)
+                }),
+        )
+    }
+}
+
+/// Looks up an execution: recent memory first, then the persisted dedupe window.
+#[derive(Message)]
+#[rtype(result = "Option<Record>")]
+pub struct Lookup {
+    pub command_id: String,
+}
+
+impl Handler<Lookup> for Dispatcher {
+    type Result = Option<Record>;
+
+    fn handle(&mut self, m: Lookup, _: &mut Context<Self>) -> Option<Record> {
+        self.recent
+            .iter()
+            .rev()
+            .find(|r| r.command.command_id == m.command_id)
+            .cloned()
+    }
+}
+
+/// The newest executions, newest last.
+#[derive(Message)]
+#[rtype(result = "Vec<Record>")]
+pub struct Recent {
+    pub limit: usize,
+}
+
+impl Handler<Recent> for Dispatcher {
+    type Result = MessageResult<Recent>;
+
+    fn handle(&mut self, m: Recent, _: &mut Context<Self>) -> Self::Result {
+        let skip = self.recent.len().saturating_sub(m.limit);
+        MessageResult(self.recent.iter().skip(skip).cloned().collect())
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DispatcherStats {
+    pub phase: Phase,
+    pub executed: u64,
+    pub replayed: u64,
+    pub rejected: u64,
+    pub dedupe_entries: usize,
+    pub dedupe_evicted_early: u64,
+}
+
+#[derive(Message)]
+#[rtype(result = "DispatcherStats")]
+pub struct DStats;
+
+impl Handler<DStats> for Dispatcher {
+    type Result = MessageResult<DStats>;
+
+    fn handle(&mut self, _: DStats, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(DispatcherStats {
+            phase: self.phase,
+            executed: self.executed,
+            replayed: self.replayed,
+            rejected: self.rejected,
+            dedupe_entries: self.dedupe.len(),
+            dedupe_evicted_early: self.dedupe.evicted_early,
+        })
+    }
+}
+
+shared::metered!(Dispatcher, Run);
+shared::metered!(Dispatcher, Lookup);

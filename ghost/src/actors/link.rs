@@ -1,0 +1,505 @@
+//! `MirageLink`: dials Mirage (addresses in order), registers advertising `session.command`,
+//! sends heartbeats and events, takes commands and acks, notices a dead Mirage, and
+//! reconnects with exponential backoff and jitter.
+//!
+//! Each session has a generation number; everything that arrives from an older session is
+//! ignored. Reads come through `ctx.add_stream`; writes go to a task that owns the write half
+//! through a bounded channel sized above the outbox pipeline, so events never block the actor.
+
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use bytes::BytesMut;
+use futures::{SinkExt, StreamExt};
+use shared::envelope::{AckStatus, Command, Envelope, ErrorEnvelope, Event, Outcome};
+use shared::error::WireError;
+use shared::handshake::{self, Registration, RegistrationAck};
+use shared::metrics::MeteredAddr;
+use shared::session::{Backoff, Jitter, Timeouts};
+use shared::wire::{Frame, FrameCodec};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_util::codec::{FramedRead, FramedWrite};
+
+use crate::actors::dispatcher::{Dispatcher, Run, Source};
+use crate::actors::outbox::{Acked, Link, Outbox, SendEvents};
+use crate::config::Policy;
+
+pub const HEARTBEAT_INTENT: &str = "intent.session.heartbeat";
+
+#[derive(Debug, Clone)]
+pub struct LinkConfig {
+    pub ghost_id: String,
+    pub addresses: Vec<String>,
+    pub registration: Registration,
+    pub timeouts: Timeouts,
+    pub backoff: Backoff,
+    pub policy: Policy,
+    pub max_connect_attempts: u32,
+    pub max_in_flight: usize,
+}
+
+struct Session {
+    tx: mpsc::Sender<Frame>,
+    stream: SpawnHandle,
+    last_rx: Instant,
+    next_msg_id: u64,
+    mirage: String,
+    session_id: Option<String>,
+}
+
+pub struct MirageLink {
+    cfg: LinkConfig,
+    dispatcher: MeteredAddr<Dispatcher>,
+    outbox: MeteredAddr<Outbox>,
+    me: Option<MeteredAddr<MirageLink>>,
+    session: Option<Session>,
+    gen: u64,
+    attempt: u32,
+    addr_idx: usize,
+    jitter: Jitter,
+    registered_once: bool,
+    hb_seq: u64,
+    pub sessions: u64,
+    pub last_error: String,
+}
+
+enum ConnectError {
+    Failed(String),
+    Rejected(RegistrationAck),
+}
+
+type Connected = (
+    tokio::net::tcp::OwnedReadHalf,
+    tokio::net::tcp::OwnedWriteHalf,
+    BytesMut,
+    RegistrationAck,
+);
+
+/// What the reader stream yields, tagged with the session generation.
+pub enum LinkIn {
+    Frame(u64, Result<Frame, WireError>),
+    End(u64),
+}
+
+impl Message for LinkIn {
+    type Result = ();
+}
+
+impl MirageLink {
+    pub fn new(
+        cfg: LinkConfig,
+        dispatcher: MeteredAddr<Dispatcher>,
+        outbox: MeteredAddr<Outbox>,
+    ) -> MirageLink {
+        MirageLink {
+            cfg,
+            dispatcher,
+            outbox,
+            me: None,
+            session: None,
+            gen: 0,
+            attempt: 0,
+            addr_idx: 0,
+            jitter: Jitter::from_entropy(),
+            registered_once: false,
+            hb_seq: 0,
+            sessions: 0,
+            last_error: String::new(),
+        }
+    }
+
+    fn connect(&mut self, ctx: &mut Context<Self>) {
+        self.gen += 1;
+        let gen = self.gen;
+        let n = self.cfg.addresses.len().max(1);
+        let Some(addr) = self.cfg.addresses.get(self.addr_idx % n).cloned() else {
+            return;
+        };
+        let t = self.cfg.timeouts.clone();
+        let line = handshake::registration_line(&self.cfg.registration);
+        let fut = async move {
+            let line = line.map_err(|e| ConnectError::Failed(e.to_string()))?;
+            let stream = tokio::time::timeout(t.connect(), TcpStream::connect(&addr))
+                .await
+                .map_err(|_| ConnectError::Failed(format!("connect to {addr} timed out")))?
+                .map_err(|e| ConnectError::Failed(format!("connect to {addr}: {e}")))?;
+            let _ = stream.set_nodelay(true);
+            let (mut r, mut w) = stream.into_split();
+            let mut buf = BytesMut::with_capacity(1024);
+            let ack = tokio::time::timeout(t.handshake(), async {
+                w.write_all(&line).await?;
+                let l = handshake::read_line(&mut r, &mut buf, handshake::MAX_LINE).await?;
+                handshake::parse_registration_ack(&l)
+            })
+            .await
+            .map_err(|_| ConnectError::Failed(format!("handshake with {addr} timed out")))?
+            .map_err(|e| ConnectError::Failed(format!("handshake with {addr}: {e}")))?;
+            if !ack.accepted() {
+                return Err(ConnectError::Rejected(ack));
+            }
+            Ok::<Connected, ConnectError>((r, w, buf, ack))
+        };
+        let addr_for_log = self.cfg.addresses[self.addr_idx % n].clone();
+        ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
+            if gen != act.gen {
+                return;
+            }
+            match res {
+                Ok(c) => act.established(c, addr_for_log, ctx),
+                Err(ConnectError::Rejected(ack)) => {
+                    act.last_error = format!("registration rejected: code {} {}", ack.code, ack.message);
+                    tracing::error!(component = "ghost.link", peer = %addr_for_log, code = ack.code, reason = %ack.message, "Mirage rejected the registration");
+                    if act.cfg.policy == Policy::Required && !act.registered_once {
+                        fatal(&act.last_error);
+                        return;
+                    }
+                    // Retrying a rejection quickly cannot help; wait the longest delay.
+                    act.attempt = act.attempt.saturating_add(16);
+                    act.schedule_reconnect(ctx, true);
+                }
+                Err(ConnectError::Failed(e)) => {
+                    act.last_error = e.clone();
+                    act.attempt += 1;
+                    if act.cfg.policy == Policy::Required
+                        && !act.registered_once
+                        && act.attempt >= act.cfg.max_connect_attempts.max(1)
+                    {
+                        fatal(&format!("no Mirage after {} attempts: {e}", act.attempt));
+                        return;
+                    }
+                    tracing::warn!(component = "ghost.link", peer = %addr_for_log, attempt = act.attempt, error = %e, "Mirage unreachable");
+                    act.schedule_reconnect(ctx, true);
+                }
+            }
+        }));
+    }
+
+    fn schedule_reconnect(&mut self, ctx: &mut Context<Self>, next_address: bool) {
+        if next_address {
+            self.addr_idx = self.addr_idx.wrapping_add(1);
+        }
+        let delay = self
+            .cfg
+            .backoff
+            .delay(self.attempt.max(1), self.jitter.unit());
+        tracing::info!(
+            component = "ghost.link",
+            delay_ms = delay.as_millis() as u64,
+            attempt = self.attempt,
+            "reconnecting"
+        );
+        ctx.run_later(delay, |act, ctx| act.connect(ctx));
+    }
+
+    fn established(&mut self, c: Connected, mirage: String, ctx: &mut Context<Self>) {
+        let (r, w, leftover, ack) = c;
+        let gen = self.gen;
+        let mut framed = FramedRead::with_capacity(r, FrameCodec::default(), 256);
+        framed.read_buffer_mut().extend_from_slice(&leftover);
+        let stream = framed
+            .map(move |item| LinkIn::Frame(gen, item))
+            .chain(futures::stream::once(async move { LinkIn::End(gen) }));
+        let handle = ctx.add_stream(stream);
+
+        let (tx, mut rx) = mpsc::channel::<Frame>(self.cfg.max_in_flight * 2 + 64);
+        let me = ctx.address();
+        let write_timeout = Duration::from_millis(self.cfg.timeouts.write_ms);
+        actix_rt::spawn(async move {
+            let mut sink = FramedWrite::new(w, FrameCodec::default());
+            while let Some(f) = rx.recv().await {
+                let mut res = sink.feed(f).await;
+                while res.is_ok() {
+                    match rx.try_recv() {
+                        Ok(f) => res = sink.feed(f).await,
+                        Err(_) => break,
+                    }
+                }
+                if res.is_ok() {
+                    res = match tokio::time::timeout(
+                        write_timeout,
+                        SinkExt::<Frame>::flush(&mut sink),
+                    )
+                    .await
+                    {
+                        Ok(r) => r,
+                        Err(_) => Err(WireError::Io("write timed out".into())),
+                    };
+                }
+                if let Err(e) = res {
+                    me.do_send(WriterFailed {
+                        gen,
+                        error: e.to_string(),
+                    });
+                    return;
+                }
+            }
+            // Channel closed: the session is over; flush what is left and close.
+            let _ = tokio::time::timeout(write_timeout, SinkExt::<Frame>::close(&mut sink)).await;
+        });
+
+        self.sessions += 1;
+        self.attempt = 0;
+        self.addr_idx = self.addr_idx % self.cfg.addresses.len().max(1);
+        self.registered_once = true;
+        tracing::info!(component = "ghost.link", peer = %mirage, session_id = ack.session_id.as_deref().unwrap_or(""), "registered with Mirage");
+        self.session = Some(Session {
+            tx,
+            stream: handle,
+            last_rx: Instant::now(),
+            next_msg_id: 1,
+            mirage,
+            session_id: ack.session_id,
+        });
+        if let Some(me) = &self.me {
+            self.outbox.do_send(Link::Up(me.clone()));
+        }
+        self.heartbeat();
+    }
+
+    fn send_frame(&mut self, env: &Envelope) -> bool {
+        let Some(s) = &mut self.session else {
+            return false;
+        };
+        let id = s.next_msg_id;
+        s.next_msg_id += 1;
+        match env.to_frame(id) {
+            Ok(f) => s.tx.try_send(f).is_ok(),
+            Err(e) => {
+                tracing::error!(component = "ghost.link", error = %e, "cannot encode frame");
+                false
+            }
+        }
+    }
+
+    fn heartbeat(&mut self) {
+        self.hb_seq += 1;
+        let n = self.hb_seq;
+        let g = &self.cfg.ghost_id;
+        let mut ev = Event::new(
+            format!("evt.session.{g}.{n}"),
+            format!("cmd.session.heartbeat.{n}"),
+            HEARTBEAT_INTENT,
+            g.clone(),
+            "seed.session",
+            Outcome::Success,
+        );
+        ev.timestamp_ms = Some(shared::now_ms());
+        self.send_frame(&Envelope::Event(ev));
+    }
+
+    fn teardown(&mut self, reason: &str, ctx: &mut Context<Self>) {
+        let Some(s) = self.session.take() else { return };
+        ctx.cancel_future(s.stream);
+        drop(s.tx);
+        self.last_error = reason.to_owned();
+        tracing::warn!(component = "ghost.link", peer = %s.mirage, reason, "session lost");
+        self.outbox.do_send(Link::Down);
+        // Start over from the primary address after a session that worked.
+        self.addr_idx = 0;
+        self.attempt = 1;
+        self.gen += 1;
+        self.schedule_reconnect(ctx, false);
+    }
+
+    fn error_frame(&mut self, e: &WireError, ref_id: Option<u64>) {
+        let env = Envelope::Error(ErrorEnvelope {
+            error_code: e.code(),
+            error_reason: e.to_string(),
+            ref_message_id: ref_id,
+            timestamp_ms: Some(shared::now_ms()),
+            ..Default::default()
+        });
+        self.send_frame(&env);
+    }
+}
+
+fn fatal(reason: &str) {
+    tracing::error!(
+        component = "ghost.link",
+        reason,
+        "policy is required and Mirage is not available; exiting"
+    );
+    eprintln!("ghost: {reason}");
+    System::current().stop_with_code(3);
+}
+
+impl Actor for MirageLink {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        shared::metrics::actor("ghost.link").instance_started();
+        self.me = Some(MeteredAddr::new(ctx.address(), "ghost.link"));
+        let hb = self.cfg.timeouts.heartbeat();
+        let dead = self.cfg.timeouts.dead_after();
+        ctx.run_interval(hb, move |act, ctx| {
+            let Some(s) = &act.session else { return };
+            if s.last_rx.elapsed() > dead {
+                let why = format!(
+                    "no frame from Mirage for {} ms",
+                    s.last_rx.elapsed().as_millis()
+                );
+                act.teardown(&why, ctx);
+            } else {
+                act.heartbeat();
+            }
+        });
+        self.connect(ctx);
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        shared::metrics::actor("ghost.link").instance_stopped();
+    }
+}
+
+impl StreamHandler<LinkIn> for MirageLink {
+    fn handle(&mut self, item: LinkIn, ctx: &mut Context<Self>) {
+        let (gen, res) = match item {
+            LinkIn::End(gen) => {
+                if gen == self.gen {
+                    self.teardown("Mirage closed the session", ctx);
+                }
+                return;
+            }
+            LinkIn::Frame(gen, res) => (gen, res),
+        };
+        if gen != self.gen {
+            return;
+        }
+        let frame = match res {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::error!(component = "ghost.link", direction = "in", code = e.code(), stage = %e.stage(), error = %e, "framing error; closing the session");
+                self.error_frame(&e, None);
+                self.teardown(&e.to_string(), ctx);
+                return;
+            }
+        };
+        if let Some(s) = &mut self.session {
+            s.last_rx = Instant::now();
+        }
+        match Envelope::from_frame(&frame) {
+            Ok(Envelope::EventAck(a)) => {
+                if a.event_id.starts_with("evt.session.") {
+                    return; // heartbeat: liveness only
+                }
+                self.outbox.do_send(Acked {
+                    accepted: a.ack_status == AckStatus::Accepted,
+                    reason: format!("ack_status {} ack_code {}", a.ack_status, a.ack_code),
+                    event_id: a.event_id,
+                });
+            }
+            Ok(Envelope::Command(c)) => {
+                self.dispatch(c);
+            }
+            Ok(Envelope::Error(e)) => {
+                tracing::warn!(component = "ghost.link", direction = "in", message_id = frame.message_id, code = e.error_code, reason = %e.error_reason, "error frame from Mirage");
+            }
+            Ok(other) => {
+                let e = WireError::BadValue {
+                    field_id: 0,
+                    reason: format!(
+                        "message type {} is not accepted by a Ghost",
+                        other.message_type()
+                    ),
+                };
+                tracing::warn!(
+                    component = "ghost.link",
+                    direction = "in",
+                    message_id = frame.message_id,
+                    message_type = frame.message_type,
+                    "unexpected message type"
+                );
+                self.error_frame(&e, Some(frame.message_id));
+            }
+            Err(e) => {
+                tracing::warn!(component = "ghost.link", direction = "in", message_id = frame.message_id, message_type = frame.message_type, code = e.code(), error = %e, "invalid frame");
+                self.error_frame(&e, Some(frame.message_id));
+                if e.breaks_stream() {
+                    self.teardown(&e.to_string(), ctx);
+                }
+            }
+        }
+    }
+
+    fn finished(&mut self, _: &mut Context<Self>) {
+        // Sessions end through `LinkIn::End`; the actor outlives them.
+    }
+}
+
+impl MirageLink {
+    fn dispatch(&self, cmd: Command) {
+        self.dispatcher.do_send(Run {
+            cmd,
+            source: Source::Session,
+        });
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct WriterFailed {
+    gen: u64,
+    error: String,
+}
+
+impl Handler<WriterFailed> for MirageLink {
+    type Result = ();
+    fn handle(&mut self, m: WriterFailed, ctx: &mut Context<Self>) {
+        if m.gen == self.gen {
+            self.teardown(&format!("write failed: {}", m.error), ctx);
+        }
+    }
+}
+
+impl Handler<SendEvents> for MirageLink {
+    type Result = ();
+    fn handle(&mut self, m: SendEvents, _: &mut Context<Self>) {
+        let Some(s) = &mut self.session else { return };
+        for t in m.0 {
+            let f = Frame::new(s.next_msg_id, shared::envelope::mt::EVENT, 0, t.payload);
+            s.next_msg_id += 1;
+            if s.tx.try_send(f).is_err() {
+                // Left in flight; the outbox sends it again when its ack is overdue.
+                tracing::warn!(component = "ghost.link", event_id = %t.event_id, "write queue full");
+            }
+        }
+    }
+}
+
+shared::metered!(MirageLink, SendEvents);
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LinkStatus {
+    pub connected: bool,
+    pub mirage: String,
+    pub session_id: String,
+    pub sessions: u64,
+    pub last_error: String,
+}
+
+#[derive(Message)]
+#[rtype(result = "LinkStatus")]
+pub struct Status;
+
+impl Handler<Status> for MirageLink {
+    type Result = MessageResult<Status>;
+    fn handle(&mut self, _: Status, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(LinkStatus {
+            connected: self.session.is_some(),
+            mirage: self
+                .session
+                .as_ref()
+                .map(|s| s.mirage.clone())
+                .unwrap_or_default(),
+            session_id: self
+                .session
+                .as_ref()
+                .and_then(|s| s.session_id.clone())
+                .unwrap_or_default(),
+            sessions: self.sessions,
+            last_error: self.last_error.clone(),
+        })
+    }
+}

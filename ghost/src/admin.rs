@@ -1,0 +1,488 @@
+//! The Ghost admin boundary (PROTOCOL.md §7): one JSON request per line, one response per line
+//! `{"ok":bool,"error":"…","data":…}`, many requests per connection. Action names and key
+//! shapes follow edgectl (Go field names such as `GhostID`; request keys case-insensitive).
+//!
+//! Unlike edgectl: lines are bounded, connections are limited and time out when idle, a token
+//! is required off loopback, and `execute_envelope` honours the frame's ghost_id.
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::Addr;
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use futures::{SinkExt, StreamExt};
+use serde_json::{json, Map, Value};
+use shared::envelope::{Args, Command, Envelope, Event};
+use shared::handshake::SeedInfo;
+use shared::metrics::MeteredAddr;
+use shared::wire::{decode_one, Limits};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::codec::{Framed, LinesCodec, LinesCodecError};
+
+use crate::actors::dispatcher::{DStats, Dispatcher, Recent, Record, Run, Source};
+use crate::actors::link::{MirageLink, Status};
+use crate::actors::outbox::{Outbox, Stats};
+use crate::config::GhostConfig;
+
+pub const MAX_LINE: usize = 1024 * 1024;
+pub const MAX_CONNECTIONS: usize = 64;
+pub const IDLE: Duration = Duration::from_secs(120);
+pub const MAX_LIST: usize = 1000;
+
+pub struct AdminCtx {
+    pub cfg: GhostConfig,
+    pub seeds: Vec<SeedInfo>,
+    pub dispatcher: MeteredAddr<Dispatcher>,
+    pub outbox: MeteredAddr<Outbox>,
+    pub link: Option<Addr<MirageLink>>,
+    pub children: Rc<RefCell<crate::children::Children>>,
+    seq: RefCell<u64>,
+    bound_mirage: RefCell<Option<String>>,
+}
+
+impl AdminCtx {
+    pub fn new(
+        cfg: GhostConfig,
+        seeds: Vec<SeedInfo>,
+        dispatcher: MeteredAddr<Dispatcher>,
+        outbox: MeteredAddr<Outbox>,
+        link: Option<Addr<MirageLink>>,
+        children: Rc<RefCell<crate::children::Children>>,
+    ) -> AdminCtx {
+        AdminCtx {
+            cfg,
+            seeds,
+            dispatcher,
+            outbox,
+            link,
+            children,
+            seq: RefCell::new(0),
+            bound_mirage: RefCell::new(None),
+        }
+    }
+}
+
+/// Binds and serves until the System stops. Returns the bound address.
+pub async fn listen(ctx: Rc<AdminCtx>) -> Result<SocketAddr, String> {
+    let listener = TcpListener::bind(&ctx.cfg.admin.listen)
+        .await
+        .map_err(|e| format!("admin listen {}: {e}", ctx.cfg.admin.listen))?;
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    actix_rt::spawn(async move {
+        loop {
+            let Ok((sock, peer)) = listener.accept().await else {
+                continue;
+            };
+            let Ok(permit) = slots.clone().try_acquire_owned() else {
+                tracing::warn!(component = "ghost.admin", %peer, limit = MAX_CONNECTIONS, "admin connection refused: limit reached");
+                drop(sock);
+                continue;
+            };
+            let ctx = ctx.clone();
+            actix_rt::spawn(async move {
+                serve_conn(ctx, sock, peer).await;
+                drop(permit);
+            });
+        }
+    });
+    Ok(local)
+}
+
+async fn serve_conn(ctx: Rc<AdminCtx>, sock: TcpStream, peer: SocketAddr) {
+    let mut lines = Framed::new(sock, LinesCodec::new_with_max_length(MAX_LINE));
+    loop {
+        let next = match tokio::time::timeout(IDLE, lines.next()).await {
+            Err(_) | Ok(None) => return,
+            Ok(Some(l)) => l,
+        };
+        let resp = match next {
+            Ok(line) if line.trim().is_empty() => continue,
+            Ok(line) => handle_line(&ctx, &line).await,
+            Err(LinesCodecError::MaxLineLengthExceeded) => {
+                tracing::warn!(component = "ghost.admin", %peer, limit = MAX_LINE, "admin line too long");
+                err(format!("request line exceeds {MAX_LINE} bytes"))
+            }
+            Err(LinesCodecError::Io(_)) => return,
+        };
+        if lines.send(resp.to_string()).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn err(msg: impl Into<String>) -> Value {
+    json!({"ok": false, "error": msg.into()})
+}
+
+fn ok(data: Value) -> Value {
+    if data.is_null() {
+        json!({"ok": true})
+    } else {
+        json!({"ok": true, "data": data})
+    }
+}
+
+/// Go decodes keys case-insensitively: fold the request's keys (two levels) to lower case.
+fn lower(v: Value, depth: u8) -> Value {
+    match v {
+        Value::Object(m) if depth > 0 => Value::Object(
+            m.into_iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), lower(v, depth - 1)))
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
+fn s<'a>(m: &'a Map<String, Value>, k: &str) -> &'a str {
+    m.get(k)
+        .and_then(Value::as_str)
+        .map(str::trim)
+        .unwrap_or("")
+}
+
+fn limit_of(m: &Map<String, Value>) -> usize {
+    match m.get("limit").and_then(Value::as_i64) {
+        Some(n) if n > 0 => (n as usize).min(MAX_LIST),
+        _ => 20,
+    }
+}
+
+pub async fn handle_line(ctx: &AdminCtx, line: &str) -> Value {
+    let req = match serde_json::from_str::<Value>(line) {
+        Ok(v) => lower(v, 2),
+        Err(e) => return err(format!("invalid request: {e}")),
+    };
+    let Value::Object(m) = req else {
+        return err("invalid request: not a JSON object");
+    };
+    if !ctx.cfg.admin.token.is_empty() && !constant_eq(s(&m, "token"), &ctx.cfg.admin.token) {
+        return err("unauthorized: missing or wrong token");
+    }
+    let action = s(&m, "action").to_owned();
+    match action.as_str() {
+        "status" => status(ctx).await,
+        "list_seeds" => ok(Value::Array(ctx.seeds.iter().map(seed_json).collect())),
+        "execute" => execute(ctx, &m).await,
+        "execute_envelope" => execute_envelope(ctx, &m).await,
+        "execution_by_command_id" => {
+            let id = s(&m, "command_id").to_owned();
+            let rec = ctx
+                .dispatcher
+                .send(crate::actors::dispatcher::Lookup { command_id: id })
+                .await
+                .ok()
+                .flatten();
+            ok(json!({"found": rec.is_some(), "execution": execution_json(rec.as_ref())}))
+        }
+        "recent_events" => match ctx
+            .dispatcher
+            .addr()
+            .send(Recent {
+                limit: limit_of(&m),
+            })
+            .await
+        {
+            Ok(v) => ok(Value::Array(
+                v.iter().map(|r| event_json(&r.event)).collect(),
+            )),
+            Err(e) => err(format!("dispatcher unavailable: {e}")),
+        },
+        "verification" => match ctx
+            .dispatcher
+            .addr()
+            .send(Recent {
+                limit: limit_of(&m),
+            })
+            .await
+        {
+            Ok(v) => ok(Value::Array(
+                v.iter()
+                    .map(|r| verification_json(&ctx.cfg.ghost_id, r))
+                    .collect(),
+            )),
+            Err(e) => err(format!("dispatcher unavailable: {e}")),
+        },
+        "spawn_ghost" => {
+            let spawn = m
+                .get("spawn")
+                .and_then(Value::as_object)
+                .cloned()
+                .unwrap_or_default();
+            let target = s(&spawn, "target_name").to_owned();
+            let admin = s(&spawn, "admin_addr").to_owned();
+            let r = ctx.children.borrow_mut().spawn(&ctx.cfg, &target, &admin);
+            match r {
+                Ok((id, addr)) => {
+                    ok(json!({"target_name": id, "ghost_id": id, "admin_addr": addr}))
+                }
+                Err(e) => err(e),
+            }
+        }
+        "bind_mirage" => {
+            let id = s(&m, "mirage_id").to_owned();
+            tracing::info!(component = "ghost.admin", mirage_id = %id, "bind_mirage");
+            *ctx.bound_mirage.borrow_mut() = Some(id);
+            ok(Value::Null)
+        }
+        "" => err("missing action"),
+        other => err(format!("unknown action: {other}")),
+    }
+}
+
+fn constant_eq(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+async fn status(ctx: &AdminCtx) -> Value {
+    let d = ctx.dispatcher.addr().send(DStats).await.ok();
+    let o = ctx.outbox.addr().send(Stats).await.ok();
+    let l = match &ctx.link {
+        Some(l) => l.send(Status).await.ok(),
+        None => None,
+    };
+    let link_mode = match (&l, ctx.bound_mirage.borrow().is_some()) {
+        (Some(s), _) if s.connected => "session",
+        (_, true) => "admin_route",
+        _ => "none",
+    };
+    ok(json!({
+        "GhostID": ctx.cfg.ghost_id,
+        "Phase": d.as_ref().map(|d| d.phase.as_str()).unwrap_or("radiating"),
+        "SeedCount": ctx.seeds.len(),
+        "MirageLink": link_mode,
+        "Mirage": l,
+        "Outbox": o,
+        "Dispatcher": d,
+        "Children": ctx.children.borrow().list(),
+    }))
+}
+
+fn seed_json(s: &SeedInfo) -> Value {
+    json!({
+        "ID": s.id,
+        "Name": s.name,
+        "Description": s.description,
+        "Operations": s.operations.iter().map(|o| json!({
+            "Name": o.name, "Description": o.description, "Idempotent": o.idempotent, "Args": o.args,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn event_json(e: &Event) -> Value {
+    json!({
+        "EventID": e.event_id,
+        "CommandID": e.command_id,
+        "IntentID": e.intent_id,
+        "GhostID": e.ghost_id,
+        "SeedID": e.seed_id,
+        "Outcome": e.outcome.as_str(),
+        "TimestampMS": e.timestamp_ms.unwrap_or(0),
+        "ErrorCode": e.error_code.unwrap_or(0),
+        "ErrorReason": e.error_reason.clone().unwrap_or_default(),
+    })
+}
+
+fn execution_json(r: Option<&Record>) -> Value {
+    let Some(r) = r else {
+        return json!({
+            "MessageID": 0, "CommandID": "", "ExecutionID": "", "IntentID": "", "GhostID": "",
+            "SeedSelector": "", "Operation": "", "Args": null, "Outcome": "", "Phase": "",
+        });
+    };
+    let e = &r.event;
+    let exec_id = e.execution_id.clone().unwrap_or_default();
+    json!({
+        "MessageID": r.seq,
+        "CommandID": r.command.command_id,
+        "ExecutionID": exec_id,
+        "IntentID": r.command.intent_id,
+        "GhostID": e.ghost_id,
+        "SeedSelector": r.command.seed_selector,
+        "Operation": r.command.operation,
+        "Args": r.command.args,
+        "SeedExecute": {
+            "ExecutionID": exec_id, "CommandID": r.command.command_id, "SeedID": r.command.seed_selector,
+            "Operation": r.command.operation, "Args": r.command.args,
+        },
+        "SeedResult": {
+            "ExecutionID": exec_id,
+            "SeedID": e.seed_id,
+            "Status": e.status.clone().unwrap_or_default(),
+            "Stdout": B64.encode(e.stdout.as_deref().unwrap_or_default()),
+            "Stderr": B64.encode(e.stderr.as_deref().unwrap_or_default()),
+            "ExitCode": e.exit_code.unwrap_or(0),
+        },
+        "Event": event_json(e),
+        "Outcome": e.outcome.as_str(),
+        "Phase": "complete",
+        "Source": r.source,
+    })
+}
+
+fn verification_json(ghost: &str, r: &Record) -> Value {
+    let e = &r.event;
+    json!({
+        "request_id": format!("req.{ghost}.{}", r.seq),
+        "trace_id": format!("trace.{ghost}.{}", r.seq),
+        "command_message_id": r.seq,
+        "command_message_type": 2,
+        "event_message_type": 5,
+        "command_id": r.command.command_id,
+        "execution_id": e.execution_id,
+        "event_id": e.event_id,
+        "ghost_id": e.ghost_id,
+        "seed_id": e.seed_id,
+        "operation": r.command.operation,
+        "outcome": e.outcome.as_str(),
+        "seed_status": e.status,
+        "exit_code": e.exit_code.unwrap_or(0),
+        "timestamp_ms": e.timestamp_ms.unwrap_or(0),
+        "status": e.outcome.as_str(),
+    })
+}
+
+async fn run(ctx: &AdminCtx, cmd: Command) -> Result<Event, String> {
+    ctx.dispatcher
+        .send(Run {
+            cmd,
+            source: Source::Admin,
+        })
+        .await
+        .map_err(|e| format!("dispatcher unavailable: {e}"))?
+}
+
+async fn execute(ctx: &AdminCtx, m: &Map<String, Value>) -> Value {
+    let Some(c) = m.get("command").and_then(Value::as_object) else {
+        return err("ghost.admin: missing command");
+    };
+    let mut args = Args::new();
+    match c.get("args") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(a)) => {
+            for (k, v) in a {
+                match v.as_str() {
+                    Some(v) => {
+                        args.insert(k.clone(), v.to_owned());
+                    }
+                    None => return err(format!("ghost.admin: args.{k} must be a string")),
+                }
+            }
+        }
+        Some(_) => return err("ghost.admin: args must be an object of strings"),
+    }
+    let (seed, op) = (s(c, "seed_selector"), s(c, "operation"));
+    if seed.is_empty() || op.is_empty() {
+        return err("ghost: invalid command envelope: missing seed_selector or operation");
+    }
+    let n = {
+        let mut q = ctx.seq.borrow_mut();
+        *q += 1;
+        *q
+    };
+    let g = &ctx.cfg.ghost_id;
+    let or = |v: &str, d: String| if v.is_empty() { d } else { v.to_owned() };
+    let cmd = Command {
+        command_id: or(
+            s(c, "command_id"),
+            format!("cmd.{g}.{}.{n}", shared::now_ms()),
+        ),
+        intent_id: or(s(c, "intent_id"), format!("intent.{g}.{n}")),
+        ghost_id: g.clone(),
+        seed_selector: seed.to_owned(),
+        operation: op.to_owned(),
+        args,
+        ..Default::default()
+    };
+    let command_id = cmd.command_id.clone();
+    match run(ctx, cmd).await {
+        Ok(ev) => {
+            let rec = ctx
+                .dispatcher
+                .send(crate::actors::dispatcher::Lookup { command_id })
+                .await
+                .ok()
+                .flatten();
+            let data = json!({"event": event_json(&ev), "execution": execution_json(rec.as_ref())});
+            match &ev.error_reason {
+                Some(reason)
+                    if ev
+                        .error_code
+                        .is_some_and(|c| c != shared::error::code::RUNTIME) =>
+                {
+                    json!({"ok": false, "error": reason, "data": data})
+                }
+                _ => ok(data),
+            }
+        }
+        Err(e) => err(e),
+    }
+}
+
+async fn execute_envelope(ctx: &AdminCtx, m: &Map<String, Value>) -> Value {
+    let raw = s(m, "command_frame");
+    if raw.is_empty() {
+        return err("ghost.admin: missing command_frame");
+    }
+    let bytes = match B64.decode(raw) {
+        Ok(b) => b,
+        Err(e) => return err(format!("ghost.admin: command_frame is not base64: {e}")),
+    };
+    let frame = match decode_one(&bytes, &Limits::default()) {
+        Ok(f) => f,
+        Err(e) => {
+            return err(format!(
+                "ghost.admin: command_frame: {e} (code {})",
+                e.code()
+            ))
+        }
+    };
+    if frame.message_type != shared::envelope::mt::COMMAND {
+        return err(format!(
+            "ghost.admin: command_frame has message_type {}, want 2 (command)",
+            frame.message_type
+        ));
+    }
+    let cmd = match Envelope::from_frame(&frame) {
+        Ok(Envelope::Command(c)) => c,
+        Ok(_) => return err("ghost.admin: command_frame is not a command"),
+        Err(e) => {
+            return err(format!(
+                "ghost.admin: command_frame: {e} (code {})",
+                e.code()
+            ))
+        }
+    };
+    match run(ctx, cmd).await {
+        Ok(ev) => match Envelope::Event(ev)
+            .to_frame(frame.message_id)
+            .and_then(|f| f.to_bytes())
+        {
+            Ok(b) => ok(json!({"event_frame": B64.encode(&b)})),
+            Err(e) => err(format!("encode event frame: {e}")),
+        },
+        Err(e) => err(e),
+    }
+}
+
+/// Loopback unless a token is configured (checked again here for spawned children).
+pub fn admin_addr_allowed(addr: &str, token: &str) -> Result<SocketAddr, String> {
+    let a: SocketAddr = addr
+        .parse()
+        .map_err(|_| format!("admin_addr {addr:?} is not ip:port"))?;
+    if !a.ip().is_loopback() && token.is_empty() {
+        return Err(format!(
+            "admin_addr {a} is not loopback and no admin token is set"
+        ));
+    }
+    Ok(a)
+}

@@ -1,0 +1,252 @@
+//! Ghost configuration: TOML, every key defaulted, flags override (see config/ghost.toml).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use shared::session::{Backoff, Timeouts};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Policy {
+    /// No Mirage session: seeds run only through the admin boundary or `ghost exec`.
+    Headless,
+    /// Connect in the background and keep retrying; never exit because of Mirage.
+    #[default]
+    Auto,
+    /// Exit with an error if the first registration does not succeed within
+    /// `max_connect_attempts`, or Mirage rejects it; after that, like `auto`.
+    Required,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MirageConfig {
+    pub policy: Policy,
+    /// Tried in order; on failure the next one is dialled.
+    pub addresses: Vec<String>,
+    /// Declared identity; empty means the ghost_id.
+    pub peer_identity: String,
+    /// `required` only: dial attempts before giving up at startup.
+    pub max_connect_attempts: u32,
+    /// Events on the wire awaiting their ack at once.
+    pub max_in_flight: usize,
+}
+
+impl Default for MirageConfig {
+    fn default() -> Self {
+        MirageConfig {
+            policy: Policy::Auto,
+            addresses: vec!["127.0.0.1:9000".into()],
+            peer_identity: String::new(),
+            max_connect_attempts: 5,
+            max_in_flight: 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// `host:port`; empty = admin boundary off. Must be loopback unless `token` is set.
+    pub listen: String,
+    /// Required as `"token"` in every request when set.
+    pub token: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DedupeConfig {
+    /// command_ids are remembered at least this long (≥ 15 minutes).
+    pub window_ms: u64,
+    pub max_entries: usize,
+}
+
+impl Default for DedupeConfig {
+    fn default() -> Self {
+        DedupeConfig {
+            window_ms: 15 * 60 * 1000,
+            max_entries: 200_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SeedConfig {
+    /// seed.fs root; empty = `<data_dir>/fs`.
+    pub fs_root: String,
+    pub fs_max_file_bytes: u64,
+    pub kv_max_keys: usize,
+    pub kv_max_value_bytes: usize,
+    pub flow_max_sleep_ms: u64,
+    /// Commands queued per seed before new ones are refused.
+    pub mailbox: usize,
+    /// stdout/stderr kept per event (longer output is truncated, marked).
+    pub max_output_bytes: usize,
+}
+
+impl Default for SeedConfig {
+    fn default() -> Self {
+        SeedConfig {
+            fs_root: String::new(),
+            fs_max_file_bytes: 1024 * 1024,
+            kv_max_keys: 100_000,
+            kv_max_value_bytes: 64 * 1024,
+            flow_max_sleep_ms: 60_000,
+            mailbox: 1024,
+            max_output_bytes: 64 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SecurityMode {
+    #[default]
+    Development,
+    Production,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    pub mode: SecurityMode,
+    pub enabled: bool,
+    pub ca_file: String,
+    pub cert_file: String,
+    pub key_file: String,
+    pub server_name: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GhostConfig {
+    pub ghost_id: String,
+    pub data_dir: PathBuf,
+    /// Built-in seeds to host: seed.flow, seed.kv, seed.fs. `[]` is valid.
+    pub seeds: Vec<String>,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub mirage: MirageConfig,
+    pub admin: AdminConfig,
+    pub timeouts: Timeouts,
+    pub backoff: Backoff,
+    pub dedupe: DedupeConfig,
+    pub seed: SeedConfig,
+    pub tls: TlsConfig,
+    /// Children started through `spawn_ghost` at most.
+    pub max_children: usize,
+}
+
+impl Default for GhostConfig {
+    fn default() -> Self {
+        GhostConfig {
+            ghost_id: "ghost.local".into(),
+            data_dir: PathBuf::from("data/ghost"),
+            seeds: vec!["seed.flow".into(), "seed.kv".into(), "seed.fs".into()],
+            labels: Default::default(),
+            mirage: MirageConfig::default(),
+            admin: AdminConfig::default(),
+            timeouts: Timeouts::default(),
+            backoff: Backoff::default(),
+            dedupe: DedupeConfig::default(),
+            seed: SeedConfig::default(),
+            tls: TlsConfig::default(),
+            max_children: 16,
+        }
+    }
+}
+
+impl GhostConfig {
+    pub fn load(path: &Path) -> Result<GhostConfig, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| format!("config {}: {e}", path.display()))
+    }
+
+    pub fn fs_root(&self) -> PathBuf {
+        if self.seed.fs_root.is_empty() {
+            self.data_dir.join("fs")
+        } else {
+            PathBuf::from(&self.seed.fs_root)
+        }
+    }
+
+    pub fn peer_identity(&self) -> &str {
+        if self.mirage.peer_identity.is_empty() {
+            &self.ghost_id
+        } else {
+            &self.mirage.peer_identity
+        }
+    }
+
+    /// Checked once at startup, with messages that say what to change.
+    pub fn validate(&self) -> Result<(), String> {
+        shared::handshake::validate_ghost_id(&self.ghost_id)
+            .map_err(|e| format!("ghost_id {:?}: {e}", self.ghost_id))?;
+        self.timeouts.validate()?;
+        if self.dedupe.window_ms < 15 * 60 * 1000 {
+            return Err(format!(
+                "dedupe.window_ms is {}; it must be at least 900000 (15 minutes)",
+                self.dedupe.window_ms
+            ));
+        }
+        if self.mirage.policy != Policy::Headless {
+            if self.mirage.addresses.is_empty() {
+                return Err("mirage.addresses is empty; give at least one host:port or set mirage.policy = \"headless\"".into());
+            }
+            for a in &self.mirage.addresses {
+                if a.rsplit_once(':')
+                    .and_then(|(_, p)| p.parse::<u16>().ok())
+                    .is_none()
+                {
+                    return Err(format!("mirage.addresses: {a:?} is not host:port"));
+                }
+            }
+        }
+        if !self.admin.listen.is_empty() {
+            let addr: SocketAddr =
+                self.admin.listen.parse().map_err(|_| {
+                    format!("admin.listen {:?} is not an ip:port", self.admin.listen)
+                })?;
+            if !addr.ip().is_loopback() && self.admin.token.is_empty() {
+                return Err(format!(
+                    "admin.listen {addr} is not loopback; set admin.token to expose the admin boundary"
+                ));
+            }
+        }
+        match (self.tls.mode, self.tls.enabled) {
+            (SecurityMode::Production, _) | (_, true) => {
+                return Err("TLS sessions are not implemented in this build yet; use tls.mode = \"development\" with tls.enabled = false on a trusted network".into())
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_parses_and_validates() {
+        let p = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../config/ghost.toml"));
+        let c = GhostConfig::load(p).unwrap();
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn refuses_bad_settings_with_clear_words() {
+        let mut c = GhostConfig::default();
+        assert!(c.validate().is_ok());
+        c.admin.listen = "0.0.0.0:7010".into();
+        assert!(c.validate().unwrap_err().contains("admin.token"));
+        c.admin.token = "t".into();
+        assert!(c.validate().is_ok());
+        c.dedupe.window_ms = 1000;
+        assert!(c.validate().unwrap_err().contains("15 minutes"));
+        let e = toml::from_str::<GhostConfig>("ghost_idd = \"x\"").unwrap_err();
+        assert!(e.to_string().contains("unknown field"));
+    }
+}

@@ -1,0 +1,215 @@
+//! Wires the actors together and runs a Ghost until it is told to stop.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+
+use actix::prelude::*;
+use shared::handshake::{Registration, CAP_SESSION_COMMAND};
+use shared::metrics::MeteredAddr;
+
+use crate::actors::dispatcher::{Dispatcher, DispatcherParts};
+use crate::actors::link::{LinkConfig, MirageLink};
+use crate::actors::outbox::Outbox;
+use crate::actors::seed::SeedActor;
+use crate::admin::{self, AdminCtx};
+use crate::children::Children;
+use crate::config::{GhostConfig, Policy};
+use crate::logic::{Catalog, DedupeWindow, Fences, OutboxState, Phase};
+use crate::seeds::{builtin, Registry, SeedSettings};
+use crate::store::{Db, Store};
+
+pub fn seed_settings(cfg: &GhostConfig) -> SeedSettings {
+    SeedSettings {
+        fs_root: cfg.fs_root(),
+        fs_max_file_bytes: cfg.seed.fs_max_file_bytes,
+        kv_max_keys: cfg.seed.kv_max_keys,
+        kv_max_value_bytes: cfg.seed.kv_max_value_bytes,
+        flow_max_sleep_ms: cfg.seed.flow_max_sleep_ms,
+    }
+}
+
+/// Runs the Ghost; returns the process exit code.
+pub fn serve(cfg: GhostConfig) -> Result<i32, String> {
+    cfg.validate()?;
+    // appear → seed → radiate
+    let phase = Phase::Boot.appear()?;
+    let settings = seed_settings(&cfg);
+    let registry = Registry::from_ids(&cfg.seeds, &settings)?;
+    let phase = phase.seed()?;
+    let infos = registry.infos();
+    let mut catalog = Catalog::new();
+    for (id, seed) in registry_ops(&cfg, &settings)? {
+        catalog.insert(id, seed);
+    }
+
+    let mut db = Db::open(&cfg.data_dir)
+        .map_err(|e| format!("{e} (data_dir {})", cfg.data_dir.display()))?;
+    let now = shared::now_ms();
+    let rec = db
+        .recover(now.saturating_sub(cfg.dedupe.window_ms))
+        .map_err(|e| e.to_string())?;
+    tracing::info!(component = "ghost", ghost_id = %cfg.ghost_id, outbox = rec.outbox.len(), executions = rec.executions.len(), failed_events = rec.failed_events, "recovered state");
+    let mut dedupe = DedupeWindow::new(cfg.dedupe.window_ms, cfg.dedupe.max_entries);
+    for (cid, ev, at) in rec.executions {
+        dedupe.restore(cid, ev, at);
+    }
+    let mut outbox_state = OutboxState::new(cfg.mirage.max_in_flight);
+    for (seq, id, payload) in rec.outbox {
+        outbox_state.push(seq, id, payload);
+    }
+    let fences = Fences(rec.fences.into_iter().collect());
+    let phase = phase.radiate()?;
+
+    let sys = actix_rt::System::new();
+    let children = Rc::new(RefCell::new(Children::default()));
+    let children_for_stop = children.clone();
+    let started: Result<(), String> = sys.block_on(async move {
+        let db_slot = Arc::new(Mutex::new(Some(db)));
+        let data_dir = cfg.data_dir.clone();
+        let store_addr = SyncArbiter::start(1, move || {
+            let db = db_slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+            // Only the first start has the opened handle; a restart reopens the file.
+            let db = db.map(Ok).unwrap_or_else(|| Db::open(&data_dir));
+            match db {
+                Ok(db) => Store::new(db),
+                Err(e) => {
+                    tracing::error!(component = "ghost.store", error = %e, "cannot reopen store");
+                    System::current().stop_with_code(4);
+                    #[allow(clippy::panic)] // SyncArbiter's factory cannot fail otherwise
+                    {
+                        panic!("store unavailable: {e}")
+                    }
+                }
+            }
+        });
+        let store = MeteredAddr::new(store_addr, "ghost.store");
+
+        let mut seed_addrs = HashMap::new();
+        for (id, seed) in registry.into_seeds() {
+            let slot = Arc::new(Mutex::new(Some(seed)));
+            let settings = settings.clone();
+            let sid = id.clone();
+            let addr = SyncArbiter::start(1, move || {
+                let s = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+                let s = s.map(Ok).unwrap_or_else(|| builtin(&sid, &settings));
+                match s {
+                    Ok(s) => SeedActor::new(s),
+                    #[allow(clippy::panic)]
+                    Err(e) => panic!("seed {sid} cannot be rebuilt: {e}"),
+                }
+            });
+            seed_addrs.insert(id, MeteredAddr::new(addr, "ghost.seed"));
+        }
+
+        let outbox = MeteredAddr::new(
+            Outbox::new(outbox_state, store.clone(), cfg.timeouts.ack_timeout_ms).start(),
+            "ghost.outbox",
+        );
+        let dispatcher = MeteredAddr::new(
+            Dispatcher::new(DispatcherParts {
+                ghost_id: cfg.ghost_id.clone(),
+                phase,
+                catalog,
+                fences,
+                dedupe,
+                seeds: seed_addrs,
+                seed_mailbox: cfg.seed.mailbox,
+                max_output: cfg.seed.max_output_bytes,
+                outbox: outbox.clone(),
+                store: store.clone(),
+            })
+            .start(),
+            "ghost.dispatcher",
+        );
+
+        let link = if cfg.mirage.policy == Policy::Headless {
+            tracing::info!(component = "ghost", "policy headless: no Mirage session");
+            None
+        } else {
+            let registration = Registration {
+                ghost_id: cfg.ghost_id.clone(),
+                peer_identity: cfg.peer_identity().to_owned(),
+                seed_list: Some(infos.clone()),
+                capabilities: vec![CAP_SESSION_COMMAND.to_owned()],
+                labels: cfg.labels.clone(),
+                admin_addr: (!cfg.admin.listen.is_empty()).then(|| cfg.admin.listen.clone()),
+                version: Some(env!("CARGO_PKG_VERSION").to_owned()),
+            };
+            let lc = LinkConfig {
+                ghost_id: cfg.ghost_id.clone(),
+                addresses: cfg.mirage.addresses.clone(),
+                registration,
+                timeouts: cfg.timeouts.clone(),
+                backoff: cfg.backoff.clone(),
+                policy: cfg.mirage.policy,
+                max_connect_attempts: cfg.mirage.max_connect_attempts,
+                max_in_flight: cfg.mirage.max_in_flight,
+            };
+            Some(MirageLink::new(lc, dispatcher.clone(), outbox.clone()).start())
+        };
+
+        let mut admin_addr = String::new();
+        if !cfg.admin.listen.is_empty() {
+            let ctx = Rc::new(AdminCtx::new(
+                cfg.clone(),
+                infos.clone(),
+                dispatcher.clone(),
+                outbox.clone(),
+                link.clone(),
+                children,
+            ));
+            admin_addr = admin::listen(ctx).await?.to_string();
+        }
+        // One line on stdout for whoever started us (tests, `mirage up`).
+        println!(
+            "ghost ready ghost_id={} admin={} seeds={} policy={:?}",
+            cfg.ghost_id,
+            if admin_addr.is_empty() {
+                "off"
+            } else {
+                &admin_addr
+            },
+            infos
+                .iter()
+                .map(|s| s.id.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
+            cfg.mirage.policy
+        );
+        actix_rt::spawn(async {
+            wait_for_signal().await;
+            tracing::info!(component = "ghost", "signal received; stopping");
+            System::current().stop();
+        });
+        Ok(())
+    });
+    started?;
+    let code = sys.run_with_code().map_err(|e| e.to_string())?;
+    children_for_stop.borrow_mut().shutdown();
+    Ok(code)
+}
+
+fn registry_ops(
+    cfg: &GhostConfig,
+    settings: &SeedSettings,
+) -> Result<Vec<(String, &'static [crate::seeds::OperationSpec])>, String> {
+    let r = Registry::from_ids(&cfg.seeds, settings)?;
+    Ok(r.into_seeds().map(|(id, s)| (id, s.operations())).collect())
+}
+
+async fn wait_for_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}

@@ -1,0 +1,275 @@
+//! The Ghost's embedded database (SQLite, WAL) under `data_dir`: the outbox, the executed
+//! command_ids of the dedupe window, and lock fences. One writer: the [`Store`] actor on its
+//! own thread (a `SyncArbiter` of one), so no event loop ever blocks on disk.
+//!
+//! `synchronous=NORMAL` in WAL mode: a committed write survives a process crash (SIGKILL),
+//! which is the failure this store exists for; only an OS crash can lose the last commits.
+
+use std::path::Path;
+
+use actix::prelude::*;
+use bytes::Bytes;
+use rusqlite::{params, Connection, OptionalExtension};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("store: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// What a restart recovers.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    /// (seq, event_id, payload) of events not yet acknowledged, oldest first.
+    pub outbox: Vec<(u64, String, Bytes)>,
+    /// (command_id, event payload, done_ms) inside the dedupe window, oldest first.
+    pub executions: Vec<(String, Bytes, u64)>,
+    pub fences: Vec<(String, u64)>,
+    pub failed_events: u64,
+}
+
+pub struct Db {
+    conn: Connection,
+}
+
+impl Db {
+    pub fn open(dir: &Path) -> Result<Db, StoreError> {
+        std::fs::create_dir_all(dir)?;
+        let conn = Connection::open(dir.join("ghost.db"))?;
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL;
+             PRAGMA synchronous=NORMAL;
+             PRAGMA busy_timeout=5000;
+             CREATE TABLE IF NOT EXISTS outbox (
+                 seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                 event_id TEXT NOT NULL UNIQUE,
+                 payload BLOB NOT NULL,
+                 state TEXT NOT NULL DEFAULT 'pending',
+                 reason TEXT,
+                 created_ms INTEGER NOT NULL
+             );
+             CREATE TABLE IF NOT EXISTS executions (
+                 command_id TEXT PRIMARY KEY,
+                 event BLOB NOT NULL,
+                 done_ms INTEGER NOT NULL
+             );
+             CREATE INDEX IF NOT EXISTS executions_done ON executions(done_ms);
+             CREATE TABLE IF NOT EXISTS fences (
+                 seed_id TEXT PRIMARY KEY,
+                 token INTEGER NOT NULL
+             );",
+        )?;
+        Ok(Db { conn })
+    }
+
+    /// Persists a terminal event (and, for a command, its execution record) in one
+    /// transaction. Returns the outbox sequence; an event already waiting keeps its seq.
+    pub fn persist(
+        &mut self,
+        event_id: &str,
+        command_id: Option<&str>,
+        payload: &[u8],
+        now_ms: u64,
+    ) -> Result<u64, StoreError> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "INSERT INTO outbox(event_id, payload, created_ms) VALUES (?1, ?2, ?3)
+             ON CONFLICT(event_id) DO UPDATE SET state='pending', reason=NULL",
+            params![event_id, payload, now_ms as i64],
+        )?;
+        let seq: i64 = tx.query_row(
+            "SELECT seq FROM outbox WHERE event_id=?1",
+            params![event_id],
+            |r| r.get(0),
+        )?;
+        if let Some(cid) = command_id {
+            tx.execute(
+                "INSERT INTO executions(command_id, event, done_ms) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(command_id) DO NOTHING",
+                params![cid, payload, now_ms as i64],
+            )?;
+        }
+        tx.commit()?;
+        Ok(seq as u64)
+    }
+
+    pub fn acked(&mut self, event_id: &str) -> Result<(), StoreError> {
+        self.conn
+            .execute("DELETE FROM outbox WHERE event_id=?1", params![event_id])?;
+        Ok(())
+    }
+
+    pub fn failed(&mut self, event_id: &str, reason: &str) -> Result<(), StoreError> {
+        self.conn.execute(
+            "UPDATE outbox SET state='failed', reason=?2 WHERE event_id=?1",
+            params![event_id, reason],
+        )?;
+        Ok(())
+    }
+
+    pub fn save_fence(&mut self, seed: &str, token: u64) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO fences(seed_id, token) VALUES (?1, ?2)
+             ON CONFLICT(seed_id) DO UPDATE SET token=max(token, excluded.token)",
+            params![seed, token as i64],
+        )?;
+        Ok(())
+    }
+
+    pub fn prune_executions(&mut self, before_ms: u64) -> Result<usize, StoreError> {
+        Ok(self.conn.execute(
+            "DELETE FROM executions WHERE done_ms < ?1",
+            params![before_ms as i64],
+        )?)
+    }
+
+    pub fn execution(&self, command_id: &str) -> Result<Option<(Bytes, u64)>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT event, done_ms FROM executions WHERE command_id=?1",
+                params![command_id],
+                |r| {
+                    Ok((
+                        Bytes::from(r.get::<_, Vec<u8>>(0)?),
+                        r.get::<_, i64>(1)? as u64,
+                    ))
+                },
+            )
+            .optional()?)
+    }
+
+    pub fn recover(&mut self, window_start_ms: u64) -> Result<Recovered, StoreError> {
+        let mut rec = Recovered::default();
+        let mut st = self.conn.prepare(
+            "SELECT seq, event_id, payload FROM outbox WHERE state='pending' ORDER BY seq",
+        )?;
+        rec.outbox = st
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, i64>(0)? as u64,
+                    r.get::<_, String>(1)?,
+                    Bytes::from(r.get::<_, Vec<u8>>(2)?),
+                ))
+            })?
+            .collect::<Result<_, _>>()?;
+        let mut st = self.conn.prepare(
+            "SELECT command_id, event, done_ms FROM executions WHERE done_ms >= ?1 ORDER BY done_ms",
+        )?;
+        rec.executions = st
+            .query_map(params![window_start_ms as i64], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    Bytes::from(r.get::<_, Vec<u8>>(1)?),
+                    r.get::<_, i64>(2)? as u64,
+                ))
+            })?
+            .collect::<Result<_, _>>()?;
+        let mut st = self.conn.prepare("SELECT seed_id, token FROM fences")?;
+        rec.fences = st
+            .query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+            })?
+            .collect::<Result<_, _>>()?;
+        rec.failed_events = self.conn.query_row(
+            "SELECT count(*) FROM outbox WHERE state='failed'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )? as u64;
+        Ok(rec)
+    }
+}
+
+/// The single writer.
+pub struct Store {
+    db: Db,
+}
+
+impl Store {
+    pub fn new(db: Db) -> Store {
+        Store { db }
+    }
+}
+
+impl Actor for Store {
+    type Context = SyncContext<Self>;
+}
+
+#[derive(Message)]
+#[rtype(result = "Result<u64, String>")]
+pub struct Persist {
+    pub event_id: String,
+    pub command_id: Option<String>,
+    pub payload: Bytes,
+    pub now_ms: u64,
+}
+
+impl Handler<Persist> for Store {
+    type Result = Result<u64, String>;
+    fn handle(&mut self, m: Persist, _: &mut SyncContext<Self>) -> Self::Result {
+        self.db
+            .persist(&m.event_id, m.command_id.as_deref(), &m.payload, m.now_ms)
+            .map_err(|e| e.to_string())
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "Result<(), String>")]
+pub enum Update {
+    Acked { event_id: String },
+    Failed { event_id: String, reason: String },
+    Fence { seed: String, token: u64 },
+    Prune { before_ms: u64 },
+}
+
+impl Handler<Update> for Store {
+    type Result = Result<(), String>;
+    fn handle(&mut self, m: Update, _: &mut SyncContext<Self>) -> Self::Result {
+        let r = match m {
+            Update::Acked { event_id } => self.db.acked(&event_id),
+            Update::Failed { event_id, reason } => self.db.failed(&event_id, &reason),
+            Update::Fence { seed, token } => self.db.save_fence(&seed, token),
+            Update::Prune { before_ms } => self.db.prune_executions(before_ms).map(|_| ()),
+        };
+        r.map_err(|e| e.to_string())
+    }
+}
+
+shared::metered!(Store, Persist);
+shared::metered!(Store, Update);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn survives_reopen_and_prunes() {
+        let dir = std::env::temp_dir().join(format!("ghost-store-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        {
+            let mut db = Db::open(&dir).unwrap();
+            let s1 = db.persist("evt.a", Some("a"), b"A", 10).unwrap();
+            let s2 = db.persist("evt.b", Some("b"), b"B", 20).unwrap();
+            assert!(s2 > s1);
+            assert_eq!(db.persist("evt.a", Some("a"), b"A", 30).unwrap(), s1);
+            db.persist("evt.session.x", None, b"H", 30).unwrap();
+            db.acked("evt.session.x").unwrap();
+            db.failed("evt.b", "rejected").unwrap();
+            db.save_fence("seed.kv", 7).unwrap();
+            db.save_fence("seed.kv", 3).unwrap();
+        }
+        let mut db = Db::open(&dir).unwrap();
+        let rec = db.recover(0).unwrap();
+        assert_eq!(rec.outbox.len(), 1);
+        assert_eq!(rec.outbox[0].1, "evt.a");
+        assert_eq!(rec.failed_events, 1);
+        assert_eq!(rec.executions.len(), 2);
+        assert_eq!(rec.fences, vec![("seed.kv".to_string(), 7)]);
+        assert_eq!(db.prune_executions(15).unwrap(), 1);
+        assert_eq!(db.recover(0).unwrap().executions.len(), 1);
+        assert!(db.execution("b").unwrap().is_some());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
