@@ -14,6 +14,7 @@ use std::time::Duration;
 use actix::Addr;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
+use bytes::{Buf, BytesMut};
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Map, Value};
 use shared::envelope::{Args, Command, Envelope, Event};
@@ -21,7 +22,7 @@ use shared::handshake::SeedInfo;
 use shared::metrics::MeteredAddr;
 use shared::wire::{decode_one, Limits};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_util::codec::{Framed, LinesCodec, LinesCodecError};
+use tokio_util::codec::{Decoder, Encoder, Framed};
 
 use crate::actors::dispatcher::{DStats, Dispatcher, Recent, Record, Run, Source};
 use crate::actors::link::{MirageLink, Status};
@@ -94,24 +95,104 @@ pub async fn listen(ctx: Rc<AdminCtx>) -> Result<SocketAddr, String> {
 }
 
 async fn serve_conn(ctx: Rc<AdminCtx>, sock: TcpStream, peer: SocketAddr) {
-    let mut lines = Framed::new(sock, LinesCodec::new_with_max_length(MAX_LINE));
+    let mut lines = Framed::new(sock, BoundedLines::new(MAX_LINE));
     loop {
         let next = match tokio::time::timeout(IDLE, lines.next()).await {
             Err(_) | Ok(None) => return,
             Ok(Some(l)) => l,
         };
         let resp = match next {
-            Ok(line) if line.trim().is_empty() => continue,
-            Ok(line) => handle_line(&ctx, &line).await,
-            Err(LinesCodecError::MaxLineLengthExceeded) => {
+            Ok(AdminLine::Line(line)) if line.trim().is_empty() => continue,
+            Ok(AdminLine::Line(line)) => handle_line(&ctx, &line).await,
+            Ok(AdminLine::TooLong) => {
                 tracing::warn!(component = "ghost.admin", %peer, limit = MAX_LINE, "admin line too long");
                 err(format!("request line exceeds {MAX_LINE} bytes"))
             }
-            Err(LinesCodecError::Io(_)) => return,
+            Ok(AdminLine::NotUtf8) => err("request line is not UTF-8"),
+            Err(_) => return,
         };
         if lines.send(resp.to_string()).await.is_err() {
             return;
         }
+    }
+}
+
+pub enum AdminLine {
+    Line(String),
+    TooLong,
+    NotUtf8,
+}
+
+/// Newline-delimited lines of at most `max` bytes. An oversized line is discarded up to its
+/// newline and reported as `TooLong`, and the connection carries on (tokio-util's
+/// `LinesCodec` ends the stream instead).
+pub struct BoundedLines {
+    max: usize,
+    discarding: bool,
+    scanned: usize,
+}
+
+impl BoundedLines {
+    pub fn new(max: usize) -> BoundedLines {
+        BoundedLines {
+            max,
+            discarding: false,
+            scanned: 0,
+        }
+    }
+}
+
+impl Decoder for BoundedLines {
+    type Item = AdminLine;
+    type Error = std::io::Error;
+
+    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<AdminLine>, std::io::Error> {
+        let nl = buf[self.scanned..].iter().position(|&b| b == b'\n');
+        match nl {
+            Some(i) if self.discarding => {
+                buf.advance(self.scanned + i + 1);
+                self.scanned = 0;
+                self.discarding = false;
+                Ok(Some(AdminLine::TooLong))
+            }
+            Some(i) => {
+                let end = self.scanned + i;
+                self.scanned = 0;
+                if end > self.max {
+                    buf.advance(end + 1);
+                    return Ok(Some(AdminLine::TooLong));
+                }
+                let line = buf.split_to(end + 1);
+                let line = line.strip_suffix(b"\n").unwrap_or(&line);
+                let line = line.strip_suffix(b"\r").unwrap_or(line);
+                Ok(Some(match std::str::from_utf8(line) {
+                    Ok(s) => AdminLine::Line(s.to_owned()),
+                    Err(_) => AdminLine::NotUtf8,
+                }))
+            }
+            None if self.discarding || buf.len() > self.max => {
+                // Drop what we have; keep looking for the end of this line.
+                self.discarding = true;
+                buf.clear();
+                self.scanned = 0;
+                Ok(None)
+            }
+            None => {
+                self.scanned = buf.len();
+                Ok(None)
+            }
+        }
+    }
+}
+
+impl Encoder<String> for BoundedLines {
+    type Error = std::io::Error;
+
+    fn encode(&mut self, line: String, dst: &mut BytesMut) -> Result<(), std::io::Error> {
+        dst.reserve(line.len() + 1);
+        dst.extend_from_slice(line.as_bytes());
+        dst.extend_from_slice(b"\n");
+        Ok(())
     }
 }
 
@@ -139,15 +220,29 @@ fn lower(v: Value, depth: u8) -> Value {
     }
 }
 
-fn s<'a>(m: &'a Map<String, Value>, k: &str) -> &'a str {
+/// Key lookup ignoring case and underscores: `target_name`, `TargetName` and `targetname`
+/// are one key (Go's Mirage and Ghost disagree on these spellings).
+fn field<'a>(m: &'a Map<String, Value>, k: &str) -> Option<&'a Value> {
+    let norm = |s: &str| -> String {
+        s.chars()
+            .filter(|c| *c != '_')
+            .map(|c| c.to_ascii_lowercase())
+            .collect()
+    };
+    let want = norm(k);
     m.get(k)
+        .or_else(|| m.iter().find(|(key, _)| norm(key) == want).map(|(_, v)| v))
+}
+
+fn s<'a>(m: &'a Map<String, Value>, k: &str) -> &'a str {
+    field(m, k)
         .and_then(Value::as_str)
         .map(str::trim)
         .unwrap_or("")
 }
 
 fn limit_of(m: &Map<String, Value>) -> usize {
-    match m.get("limit").and_then(Value::as_i64) {
+    match field(m, "limit").and_then(Value::as_i64) {
         Some(n) if n > 0 => (n as usize).min(MAX_LIST),
         _ => 20,
     }
@@ -209,8 +304,7 @@ pub async fn handle_line(ctx: &AdminCtx, line: &str) -> Value {
             Err(e) => err(format!("dispatcher unavailable: {e}")),
         },
         "spawn_ghost" => {
-            let spawn = m
-                .get("spawn")
+            let spawn = field(&m, "spawn")
                 .and_then(Value::as_object)
                 .cloned()
                 .unwrap_or_default();
@@ -362,11 +456,11 @@ async fn run(ctx: &AdminCtx, cmd: Command) -> Result<Event, String> {
 }
 
 async fn execute(ctx: &AdminCtx, m: &Map<String, Value>) -> Value {
-    let Some(c) = m.get("command").and_then(Value::as_object) else {
+    let Some(c) = field(m, "command").and_then(Value::as_object) else {
         return err("ghost.admin: missing command");
     };
     let mut args = Args::new();
-    match c.get("args") {
+    match field(c, "args") {
         None | Some(Value::Null) => {}
         Some(Value::Object(a)) => {
             for (k, v) in a {
@@ -485,4 +579,34 @@ pub fn admin_addr_allowed(addr: &str, token: &str) -> Result<SocketAddr, String>
         ));
     }
     Ok(a)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounded_lines_discard_oversize_and_continue() {
+        let mut c = BoundedLines::new(8);
+        let mut b = BytesMut::from(&b"short\n0123456789abc"[..]);
+        assert!(matches!(c.decode(&mut b).unwrap(), Some(AdminLine::Line(l)) if l == "short"));
+        assert!(c.decode(&mut b).unwrap().is_none());
+        assert!(b.is_empty(), "oversize bytes are not kept");
+        b.extend_from_slice(b"def\nok\r\n");
+        assert!(matches!(
+            c.decode(&mut b).unwrap(),
+            Some(AdminLine::TooLong)
+        ));
+        assert!(matches!(c.decode(&mut b).unwrap(), Some(AdminLine::Line(l)) if l == "ok"));
+        let mut b = BytesMut::from(&b"0123456789\n"[..]);
+        assert!(matches!(
+            c.decode(&mut b).unwrap(),
+            Some(AdminLine::TooLong)
+        ));
+        let mut b = BytesMut::from(&b"\xff\n"[..]);
+        assert!(matches!(
+            c.decode(&mut b).unwrap(),
+            Some(AdminLine::NotUtf8)
+        ));
+    }
 }

@@ -96,10 +96,13 @@ impl Fences {
 }
 
 /// The command boundary, in the documented order:
-/// 1. the Ghost is radiating; 2. the command is addressed to this Ghost; 3. its deadline has
-/// not passed; 4. the seed is hosted here; 5. the operation is declared by the seed;
-/// 6. the arguments are declared (required present, no unknown names); 7. its lock token is
-/// not stale.
+/// 1. the Ghost is radiating;
+/// 2. the command is addressed to this Ghost;
+/// 3. its deadline has not passed;
+/// 4. the seed is hosted here;
+/// 5. the operation is declared by the seed;
+/// 6. the arguments are declared (required present, no unknown names);
+/// 7. its lock token is not stale.
 pub fn check_command(
     cmd: &Command,
     phase: Phase,

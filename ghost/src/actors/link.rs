@@ -241,7 +241,7 @@ impl MirageLink {
 
         self.sessions += 1;
         self.attempt = 0;
-        self.addr_idx = self.addr_idx % self.cfg.addresses.len().max(1);
+        self.addr_idx %= self.cfg.addresses.len().max(1);
         self.registered_once = true;
         tracing::info!(component = "ghost.link", peer = %mirage, session_id = ack.session_id.as_deref().unwrap_or(""), "registered with Mirage");
         self.session = Some(Session {

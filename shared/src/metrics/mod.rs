@@ -151,7 +151,13 @@ pub fn snapshot_all() -> Vec<ActorSnapshot> {
 /// Prometheus text exposition of every actor's mailbox metrics.
 pub fn render_prometheus(out: &mut String) {
     let snaps = snapshot_all();
-    let series: [(&str, &str, &str, fn(&ActorSnapshot) -> f64); 7] = [
+    type Series = (
+        &'static str,
+        &'static str,
+        &'static str,
+        fn(&ActorSnapshot) -> f64,
+    );
+    let series: [Series; 7] = [
         ("actor_mailbox_depth", "gauge", "Messages queued now", |s| {
             s.mailbox_depth as f64
         }),
