@@ -318,6 +318,10 @@ pub async fn handle_line(ctx: &AdminCtx, line: &str) -> Value {
                 Err(e) => err(e),
             }
         }
+        // ext: actor mailbox metrics (depth now and peak, sent, handled, handling time).
+        "actors" => {
+            ok(serde_json::to_value(shared::metrics::snapshot_all()).unwrap_or(Value::Null))
+        }
         "bind_mirage" => {
             let id = s(&m, "mirage_id").to_owned();
             tracing::info!(component = "ghost.admin", mirage_id = %id, "bind_mirage");

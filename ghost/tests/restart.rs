@@ -61,6 +61,39 @@ async fn outbox_survives_sigkill_and_delivers_each_event_once() {
         *seen.entry(e.event_id.clone()).or_default() += 1;
         conn.ack(&e).await;
     }
+    // The dedupe window is persisted: the restarted process does not run cmd.r.0 again.
+    conn.send(shared::envelope::Envelope::Command(
+        shared::envelope::Command {
+            command_id: "cmd.r.0".into(),
+            intent_id: "intent.r".into(),
+            ghost_id: "ghost.r".into(),
+            seed_selector: "seed.kv".into(),
+            operation: "put".into(),
+            args: [
+                ("key".to_string(), "k0".to_string()),
+                ("value".to_string(), "v".to_string()),
+            ]
+            .into_iter()
+            .collect(),
+            ..Default::default()
+        },
+    ))
+    .await;
+    let replay = conn
+        .next_event(Duration::from_secs(5))
+        .await
+        .expect("replayed event");
+    assert_eq!(replay.event_id, "evt.cmd.r.0");
+    conn.ack(&replay).await;
+    let st = tokio::task::spawn_blocking({
+        let mut a = g.admin();
+        move || a.call(json!({"action": "status"}))
+    })
+    .await
+    .unwrap();
+    assert_eq!(st["data"]["Dispatcher"]["executed"], 0, "{st}");
+    assert_eq!(st["data"]["Dispatcher"]["replayed"], 1, "{st}");
+
     let mut want = ids.clone();
     want.sort();
     assert_eq!(seen.keys().cloned().collect::<Vec<_>>(), want);
