@@ -1,0 +1,245 @@
+//! Seed locks: one FIFO queue per `ghost_id::seed_selector` key. A grant carries a fencing
+//! token that rises with every grant of the key, so a stale holder's commands are refused by
+//! the Ghost. A holder that stops making progress loses the lock when its lease ends.
+//! Pure: the `SeedLock` actor owns one queue and the clock.
+
+use std::collections::VecDeque;
+
+use serde::{Deserialize, Serialize};
+
+/// Who holds or waits: one step of one intent.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Owner {
+    pub intent_id: String,
+    pub step: usize,
+}
+
+impl std::fmt::Display for Owner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/step {}", self.intent_id, self.step + 1)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Holder {
+    pub owner: Owner,
+    pub token: u64,
+    pub granted_ms: u64,
+    pub lease_until_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Acquired {
+    Granted(u64),
+    /// Already held by this owner (after a restart, say): same token.
+    Held(u64),
+    Queued {
+        holder: Owner,
+        position: usize,
+    },
+}
+
+/// A grant handed to the next waiter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    pub owner: Owner,
+    pub token: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockQueue {
+    pub key: String,
+    pub holder: Option<Holder>,
+    pub waiters: VecDeque<(Owner, u64)>,
+    pub last_token: u64,
+}
+
+impl LockQueue {
+    pub fn new(key: impl Into<String>, last_token: u64) -> LockQueue {
+        LockQueue {
+            key: key.into(),
+            holder: None,
+            waiters: VecDeque::new(),
+            last_token,
+        }
+    }
+
+    fn grant(&mut self, owner: Owner, now: u64, lease_ms: u64) -> u64 {
+        self.last_token += 1;
+        self.holder = Some(Holder {
+            owner,
+            token: self.last_token,
+            granted_ms: now,
+            lease_until_ms: now.saturating_add(lease_ms),
+        });
+        self.last_token
+    }
+
+    pub fn acquire(&mut self, owner: Owner, now: u64, lease_ms: u64) -> Acquired {
+        if let Some(h) = &self.holder {
+            if h.owner == owner {
+                return Acquired::Held(h.token);
+            }
+            let holder = h.owner.clone();
+            let position = match self.waiters.iter().position(|(w, _)| *w == owner) {
+                Some(p) => p + 1,
+                None => {
+                    self.waiters.push_back((owner, lease_ms));
+                    self.waiters.len()
+                }
+            };
+            return Acquired::Queued { holder, position };
+        }
+        Acquired::Granted(self.grant(owner, now, lease_ms))
+    }
+
+    /// Hands the lock to the first waiter, if any.
+    fn next(&mut self, now: u64) -> Option<Grant> {
+        let (owner, lease) = self.waiters.pop_front()?;
+        let token = self.grant(owner.clone(), now, lease);
+        Some(Grant { owner, token })
+    }
+
+    /// The holder releases (or a waiter gives up its place). Returns the next grant.
+    pub fn release(&mut self, owner: &Owner, now: u64) -> Option<Grant> {
+        match &self.holder {
+            Some(h) if h.owner == *owner => {
+                self.holder = None;
+                self.next(now)
+            }
+            _ => {
+                self.waiters.retain(|(w, _)| w != owner);
+                None
+            }
+        }
+    }
+
+    /// Progress by the holder extends its lease.
+    pub fn renew(&mut self, owner: &Owner, now: u64, lease_ms: u64) {
+        if let Some(h) = &mut self.holder {
+            if h.owner == *owner {
+                h.lease_until_ms = h.lease_until_ms.max(now.saturating_add(lease_ms));
+            }
+        }
+    }
+
+    /// Ends an expired lease: (the holder that lost it, the next grant).
+    pub fn expire(&mut self, now: u64) -> Option<(Owner, Option<Grant>)> {
+        let h = self.holder.as_ref()?;
+        if now < h.lease_until_ms {
+            return None;
+        }
+        let lost = h.owner.clone();
+        self.holder = None;
+        Some((lost, self.next(now)))
+    }
+
+    /// An operator breaks the lock: same as an expiry now.
+    pub fn break_lock(&mut self, now: u64) -> Option<(Owner, Option<Grant>)> {
+        let lost = self.holder.take()?.owner;
+        Some((lost, self.next(now)))
+    }
+
+    pub fn is_idle(&self) -> bool {
+        self.holder.is_none() && self.waiters.is_empty()
+    }
+}
+
+pub fn key(ghost_id: &str, seed: &str) -> String {
+    format!("{ghost_id}::{seed}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn o(i: &str) -> Owner {
+        Owner {
+            intent_id: i.into(),
+            step: 0,
+        }
+    }
+
+    #[test]
+    fn fifo_hand_over_with_rising_tokens() {
+        let mut q = LockQueue::new("g::seed.kv", 0);
+        assert_eq!(q.acquire(o("a"), 0, 100), Acquired::Granted(1));
+        assert_eq!(q.acquire(o("a"), 1, 100), Acquired::Held(1));
+        assert_eq!(
+            q.acquire(o("b"), 1, 100),
+            Acquired::Queued {
+                holder: o("a"),
+                position: 1
+            }
+        );
+        assert_eq!(
+            q.acquire(o("c"), 1, 100),
+            Acquired::Queued {
+                holder: o("a"),
+                position: 2
+            }
+        );
+        assert_eq!(
+            q.acquire(o("b"), 2, 100),
+            Acquired::Queued {
+                holder: o("a"),
+                position: 1
+            }
+        );
+        assert_eq!(
+            q.release(&o("a"), 5),
+            Some(Grant {
+                owner: o("b"),
+                token: 2
+            })
+        );
+        assert_eq!(
+            q.release(&o("b"), 6),
+            Some(Grant {
+                owner: o("c"),
+                token: 3
+            })
+        );
+        assert_eq!(q.release(&o("c"), 7), None);
+        assert!(q.is_idle());
+        assert_eq!(
+            q.acquire(o("d"), 8, 100),
+            Acquired::Granted(4),
+            "tokens never repeat"
+        );
+    }
+
+    #[test]
+    fn waiter_leaving_and_foreign_release() {
+        let mut q = LockQueue::new("k", 10);
+        q.acquire(o("a"), 0, 100);
+        q.acquire(o("b"), 0, 100);
+        assert_eq!(q.release(&o("b"), 1), None, "a waiter withdraws");
+        assert_eq!(q.release(&o("x"), 1), None, "not holder, not waiter");
+        assert_eq!(q.holder.as_ref().unwrap().owner, o("a"));
+        assert_eq!(q.release(&o("a"), 2), None);
+    }
+
+    #[test]
+    fn lease_expiry_and_break_hand_over() {
+        let mut q = LockQueue::new("k", 0);
+        q.acquire(o("a"), 0, 100);
+        q.acquire(o("b"), 0, 50);
+        assert_eq!(q.expire(99), None);
+        q.renew(&o("a"), 90, 100);
+        assert_eq!(q.expire(150), None, "renewed to 190");
+        let (lost, next) = q.expire(190).unwrap();
+        assert_eq!(lost, o("a"));
+        assert_eq!(
+            next,
+            Some(Grant {
+                owner: o("b"),
+                token: 2
+            })
+        );
+        assert_eq!(q.holder.as_ref().unwrap().lease_until_ms, 240);
+        let (lost, next) = q.break_lock(200).unwrap();
+        assert_eq!((lost, next), (o("b"), None));
+        assert_eq!(q.break_lock(201), None);
+    }
+}
