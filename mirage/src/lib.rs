@@ -1,7 +1,14 @@
-//! Mirage, the orchestrator. This crate grows the Supervisor, sessions, plans, locks and the
-//! user boundary; today it holds the operator tools.
+//! Mirage, the orchestrator: Ghost sessions, intent plans, seed locks, reports, durable state,
+//! and the operator tools.
 
+pub mod actors;
+pub mod api;
+pub mod config;
+pub mod history;
 pub mod intent;
 pub mod lock;
+pub mod metrics;
 pub mod plan;
+pub mod server;
+pub mod store;
 pub mod wire_tool;

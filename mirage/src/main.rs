@@ -14,6 +14,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Run Mirage: Ghost sessions, intents, locks, reports, the HTTP API.
+    Serve(ServeArgs),
     /// Wire protocol tools for operators.
     Wire {
         #[command(subcommand)]
@@ -37,6 +39,74 @@ enum WireCmd {
     },
 }
 
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// TOML config (see config/mirage.toml); flags override it.
+    #[arg(long, env = "MIRAGE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Ghost session listener, ip:port.
+    #[arg(long, env = "MIRAGE_LISTEN")]
+    listen: Option<String>,
+    /// HTTP API listener, ip:port ("" turns it off).
+    #[arg(long, env = "MIRAGE_API_LISTEN")]
+    api: Option<String>,
+    /// Data directory (SQLite database).
+    #[arg(long, env = "MIRAGE_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// The co-located Ghost preferred by `on = "one"` steps.
+    #[arg(long)]
+    local_ghost: Option<String>,
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+fn serve(a: ServeArgs) -> ExitCode {
+    init_tracing();
+    let mut cfg = match a.config.as_ref() {
+        Some(p) => match mirage::config::MirageConfig::load(p) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("mirage: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => mirage::config::MirageConfig::default(),
+    };
+    if let Some(l) = a.listen {
+        cfg.listen = l;
+    }
+    if let Some(l) = a.api {
+        cfg.api.listen = l;
+    }
+    if let Some(d) = a.data_dir {
+        cfg.data_dir = d;
+    }
+    if let Some(g) = a.local_ghost {
+        cfg.local_ghost = g;
+    }
+    if let Ok(t) = std::env::var("MIRAGE_TOKEN") {
+        if !t.is_empty() {
+            cfg.api.token = t;
+        }
+    }
+    match mirage::server::serve(cfg) {
+        Ok(0) => ExitCode::SUCCESS,
+        Ok(c) => ExitCode::from(c.clamp(1, 255) as u8),
+        Err(e) => {
+            eprintln!("mirage: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
 fn read_input(file: Option<&PathBuf>) -> std::io::Result<Vec<u8>> {
     // Bounded: a frame is at most 8 MiB of payload plus headers; hex doubles it.
     const MAX_INPUT: u64 = 20 * 1024 * 1024;
@@ -57,6 +127,7 @@ fn read_input(file: Option<&PathBuf>) -> std::io::Result<Vec<u8>> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
+        Cmd::Serve(a) => serve(a),
         Cmd::Wire {
             cmd: WireCmd::Decode { ndjson, file },
         } => {

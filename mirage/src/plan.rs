@@ -253,6 +253,22 @@ impl Plan {
             .saturating_add(5_000)
     }
 
+    /// When this plan next needs a `Tick`: the earliest attempt deadline, a placement retry,
+    /// or the next standing re-check. `None`: only inputs can move it.
+    pub fn next_wakeup(&self, now: u64, retry_ms: u64) -> Option<u64> {
+        if self.status.is_terminal() {
+            return None;
+        }
+        if self.status == Status::Satisfied && self.step.is_none() {
+            return self.next_keep_ms;
+        }
+        let s = self.step.as_ref()?;
+        if s.waiting_placement.is_some() {
+            return Some(now.saturating_add(retry_ms));
+        }
+        s.outstanding.values().map(|o| o.deadline_ms).min()
+    }
+
     /// Commands this plan is waiting on (for routing after a restart).
     pub fn outstanding(&self) -> impl Iterator<Item = (&String, &Outstanding)> {
         self.step.iter().flat_map(|s| s.outstanding.iter())
@@ -1000,6 +1016,20 @@ mod tests {
     }
 
     const TWO: &str = "[[step]]\nseed=\"seed.kv\"\noperation=\"put\"\n[[step]]\nseed=\"seed.flow\"\noperation=\"status\"\non=\"one\"\n";
+
+    #[test]
+    fn wakeups_follow_deadlines_and_keep() {
+        let f = fleet(&["a"]);
+        let mut p = plan("[[step]]\nseed=\"seed.kv\"\noperation=\"put\"\ntimeout=\"3s\"\n");
+        assert_eq!(p.next_wakeup(0, 250), None);
+        p.handle(Input::Start, 100, &f);
+        assert_eq!(p.next_wakeup(100, 250), Some(3100));
+        p.handle(ev("a", "cmd.i1.1.a.1", true), 200, &f);
+        assert_eq!(p.next_wakeup(200, 250), None, "finished");
+        let mut p = plan("[[step]]\nseed=\"seed.kv\"\noperation=\"put\"\n");
+        p.handle(Input::Start, 0, &fleet(&[]));
+        assert_eq!(p.next_wakeup(10, 250), Some(260), "placement retry");
+    }
 
     #[test]
     fn steps_run_in_order_and_fan_out() {

@@ -1,0 +1,424 @@
+//! `GhostSession`: one per connected Ghost, on a session Arbiter. Reads the registration
+//! line (bounded, with the handshake deadline), applies the identity rule, registers with the
+//! Supervisor, then carries frames: events in (acked after the plan persisted them, the
+//! stored ack for duplicates), heartbeats acked as liveness only, commands out. Closes on
+//! framing errors, on silence past `dead_after`, or when replaced.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use bytes::BytesMut;
+use futures::SinkExt;
+use shared::envelope::{AckStatus, Command, Envelope, ErrorEnvelope, EventAck};
+use shared::error::{code, WireError};
+use shared::handshake::{self, Registration, RegistrationAck};
+use shared::metrics::MeteredAddr;
+use shared::wire::{Frame, FrameCodec, Limits};
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_util::codec::{FramedRead, FramedWrite};
+
+use super::supervisor::{Ingest, Register, SessionClosed, Supervisor};
+use crate::config::MirageConfig;
+use crate::metrics as m;
+
+pub struct GhostSession {
+    cfg: Arc<MirageConfig>,
+    supervisor: MeteredAddr<Supervisor>,
+    peer: String,
+    socket: Option<TcpStream>,
+    ghost: String,
+    session_id: String,
+    tx: Option<mpsc::Sender<Frame>>,
+    last_rx: Instant,
+    next_msg_id: u64,
+    open: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl GhostSession {
+    pub fn new(
+        socket: TcpStream,
+        peer: String,
+        cfg: Arc<MirageConfig>,
+        supervisor: MeteredAddr<Supervisor>,
+        open: Arc<std::sync::atomic::AtomicUsize>,
+    ) -> GhostSession {
+        GhostSession {
+            cfg,
+            supervisor,
+            peer,
+            socket: Some(socket),
+            ghost: String::new(),
+            session_id: String::new(),
+            tx: None,
+            last_rx: Instant::now(),
+            next_msg_id: 1,
+            open,
+        }
+    }
+
+    fn send_env(&mut self, env: &Envelope, message_id: u64) {
+        let Some(tx) = &self.tx else { return };
+        match env.to_frame(message_id) {
+            Ok(f) => {
+                if tx.try_send(f).is_err() {
+                    tracing::warn!(component = "mirage.session", ghost_id = %self.ghost, "write queue full; frame dropped");
+                }
+            }
+            Err(e) => {
+                tracing::error!(component = "mirage.session", ghost_id = %self.ghost, error = %e, "cannot encode frame")
+            }
+        }
+    }
+
+    fn error_frame(&mut self, e: &WireError, ref_id: Option<u64>) {
+        let id = self.next_msg_id;
+        self.next_msg_id += 1;
+        self.send_env(
+            &Envelope::Error(ErrorEnvelope {
+                error_code: e.code(),
+                error_reason: e.to_string(),
+                ref_message_id: ref_id,
+                timestamp_ms: Some(shared::now_ms()),
+                ..Default::default()
+            }),
+            id,
+        );
+    }
+
+    /// Drop the writer (it flushes and closes) and stop.
+    fn close(&mut self, reason: &str, ctx: &mut Context<Self>) {
+        if !self.ghost.is_empty() {
+            tracing::info!(component = "mirage.session", peer = %self.peer, ghost_id = %self.ghost, reason, "session closing");
+        }
+        self.tx = None;
+        ctx.stop();
+    }
+
+    fn reject(
+        &self,
+        mut w: OwnedWriteHalf,
+        code: u32,
+        message: String,
+        ghost_id: String,
+    ) -> impl std::future::Future<Output = ()> {
+        let ack = RegistrationAck {
+            status: "rejected".into(),
+            code,
+            message,
+            ghost_id,
+            timestamp_ms: shared::now_ms(),
+            ..Default::default()
+        };
+        let t = Duration::from_millis(self.cfg.timeouts.write_ms);
+        async move {
+            if let Ok(line) = handshake::registration_ack_line(&ack) {
+                let _ = tokio::time::timeout(t, async {
+                    let _ = w.write_all(&line).await;
+                    let _ = w.shutdown().await;
+                })
+                .await;
+            }
+        }
+    }
+
+    fn start_frames(
+        &mut self,
+        r: OwnedReadHalf,
+        w: OwnedWriteHalf,
+        leftover: BytesMut,
+        ctx: &mut Context<Self>,
+    ) {
+        let limits = Limits {
+            max_payload: self.cfg.limits.max_payload,
+            ..Limits::default()
+        };
+        let mut framed = FramedRead::with_capacity(r, FrameCodec::new(limits), 256);
+        framed.read_buffer_mut().extend_from_slice(&leftover);
+        ctx.add_stream(framed);
+        let (tx, mut rx) = mpsc::channel::<Frame>(self.cfg.limits.session_queue.max(16));
+        let me = ctx.address();
+        let wt = Duration::from_millis(self.cfg.timeouts.write_ms);
+        actix_rt::spawn(async move {
+            let mut sink = FramedWrite::new(w, FrameCodec::new(limits));
+            while let Some(f) = rx.recv().await {
+                let mut res = sink.feed(f).await;
+                while res.is_ok() {
+                    match rx.try_recv() {
+                        Ok(f) => res = sink.feed(f).await,
+                        Err(_) => break,
+                    }
+                }
+                if res.is_ok() {
+                    res = match tokio::time::timeout(wt, SinkExt::<Frame>::flush(&mut sink)).await {
+                        Ok(r) => r,
+                        Err(_) => Err(WireError::Io("write timed out".into())),
+                    };
+                }
+                if let Err(e) = res {
+                    me.do_send(Close {
+                        reason: format!("write failed: {e}"),
+                    });
+                    return;
+                }
+            }
+            let _ = tokio::time::timeout(wt, SinkExt::<Frame>::close(&mut sink)).await;
+        });
+        self.tx = Some(tx);
+        self.last_rx = Instant::now();
+        let hb = Duration::from_millis(
+            self.cfg
+                .timeouts
+                .heartbeat_ms
+                .min(self.cfg.timeouts.dead_after_ms / 3)
+                .max(100),
+        );
+        let dead = Duration::from_millis(self.cfg.timeouts.dead_after_ms);
+        ctx.run_interval(hb, move |act, ctx| {
+            if act.last_rx.elapsed() > dead {
+                let why = format!(
+                    "nothing from the ghost for {} ms",
+                    act.last_rx.elapsed().as_millis()
+                );
+                act.close(&why, ctx);
+            }
+        });
+    }
+}
+
+enum Handshake {
+    Ok(OwnedReadHalf, OwnedWriteHalf, BytesMut, Registration),
+    Reject(OwnedWriteHalf, u32, String, String),
+    Gone(String),
+}
+
+impl Actor for GhostSession {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        shared::metrics::actor("mirage.session").instance_started();
+        let Some(socket) = self.socket.take() else {
+            ctx.stop();
+            return;
+        };
+        let deadline = Duration::from_millis(self.cfg.timeouts.handshake_ms);
+        let read = async move {
+            let (mut r, w) = socket.into_split();
+            let mut buf = BytesMut::with_capacity(1024);
+            let line = match tokio::time::timeout(
+                deadline,
+                handshake::read_line(&mut r, &mut buf, handshake::MAX_LINE),
+            )
+            .await
+            {
+                Err(_) => {
+                    return Handshake::Reject(w, code::SEMANTIC, "invalid registration payload: no registration line within the handshake deadline".into(), "unknown".into())
+                }
+                Ok(Err(WireError::LineEof)) => return Handshake::Gone("closed before registering".into()),
+                Ok(Err(e)) => return Handshake::Reject(w, code::SEMANTIC, format!("invalid registration payload: {e}"), "unknown".into()),
+                Ok(Ok(l)) => l,
+            };
+            match handshake::parse_registration(&line) {
+                Err(e) => Handshake::Reject(
+                    w,
+                    code::SEMANTIC,
+                    format!("invalid registration payload: {e}"),
+                    "unknown".into(),
+                ),
+                // Development mode: no certificate, so the declared identity must be the id.
+                Ok(reg) if reg.peer_identity != reg.ghost_id => {
+                    let id = reg.ghost_id.clone();
+                    Handshake::Reject(w, code::TRANSPORT, "identity binding failure".into(), id)
+                }
+                Ok(reg) => Handshake::Ok(r, w, buf, reg),
+            }
+        };
+        ctx.wait(read.into_actor(self).then(|h, act, ctx| {
+            let me = MeteredAddr::new(ctx.address(), "mirage.session");
+            let sup = act.supervisor.clone();
+            let peer = act.peer.clone();
+            async move {
+                match h {
+                    Handshake::Ok(r, w, buf, reg) => {
+                        let res = sup
+                            .send(Register {
+                                reg: reg.clone(),
+                                session: me,
+                                peer,
+                            })
+                            .await;
+                        match res {
+                            Ok(Ok(ack)) => Ok((r, w, buf, reg, ack)),
+                            Ok(Err(rej)) => Err(Handshake::Reject(w, rej.code, rej.message, rej.ghost_id)),
+                            Err(e) => Err(Handshake::Reject(w, code::INTERNAL, format!("mirage unavailable: {e}"), reg.ghost_id)),
+                        }
+                    }
+                    other => Err(other),
+                }
+            }
+            .into_actor(act)
+        }).then(|res, act, _| {
+            let wt = Duration::from_millis(act.cfg.timeouts.write_ms);
+            async move {
+                match res {
+                    Ok((r, mut w, buf, reg, ack)) => {
+                        let line = handshake::registration_ack_line(&ack).map_err(|e| e.to_string());
+                        let written = match line {
+                            Ok(line) => tokio::time::timeout(wt, w.write_all(&line)).await.map_err(|_| "ack write timed out".to_string()).and_then(|r| r.map_err(|e| e.to_string())),
+                            Err(e) => Err(e),
+                        };
+                        match written {
+                            Ok(()) => Ok((r, w, buf, reg, ack)),
+                            Err(e) => Err(Handshake::Gone(e)),
+                        }
+                    }
+                    Err(h) => Err(h),
+                }
+            }
+            .into_actor(act)
+        }).map(|res, act, ctx| match res {
+            Ok((r, w, buf, reg, ack)) => {
+                act.ghost = reg.ghost_id.clone();
+                act.session_id = ack.session_id.clone().unwrap_or_default();
+                tracing::info!(component = "mirage.session", peer = %act.peer, ghost_id = %act.ghost, session_id = %act.session_id, seeds = reg.seeds().len(), "ghost registered");
+                act.start_frames(r, w, buf, ctx);
+            }
+            Err(Handshake::Reject(w, code, message, ghost)) => {
+                m::SESSIONS_REJECTED.inc();
+                tracing::warn!(component = "mirage.session", peer = %act.peer, ghost_id = %ghost, code, reason = %message, "registration rejected");
+                // Detached: the rejection line is written and the socket closed after we stop.
+                actix_rt::spawn(act.reject(w, code, message, ghost));
+                ctx.stop();
+            }
+            Err(Handshake::Gone(why)) | Err(Handshake::Ok(_, _, _, Registration { ghost_id: why, .. })) => {
+                m::SESSIONS_REJECTED.inc();
+                tracing::info!(component = "mirage.session", peer = %act.peer, reason = %why, "connection ended during the handshake");
+                ctx.stop();
+            }
+        }));
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        shared::metrics::actor("mirage.session").instance_stopped();
+        self.open.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        if !self.ghost.is_empty() {
+            self.supervisor.do_send(SessionClosed {
+                ghost_id: self.ghost.clone(),
+                session_id: self.session_id.clone(),
+                reason: "session ended".into(),
+            });
+        }
+    }
+}
+
+fn is_heartbeat(e: &shared::envelope::Event) -> bool {
+    e.intent_id == "intent.session.heartbeat" && e.event_id.starts_with("evt.session.")
+}
+
+impl StreamHandler<Result<Frame, WireError>> for GhostSession {
+    fn handle(&mut self, item: Result<Frame, WireError>, ctx: &mut Context<Self>) {
+        let frame = match item {
+            Ok(f) => f,
+            Err(e) => {
+                m::FRAME_ERRORS.inc();
+                tracing::warn!(component = "mirage.session", peer = %self.peer, ghost_id = %self.ghost, direction = "in", code = e.code(), stage = %e.stage(), error = %e, "framing error; closing");
+                self.error_frame(&e, None);
+                self.close(&e.to_string(), ctx);
+                return;
+            }
+        };
+        self.last_rx = Instant::now();
+        match Envelope::from_frame(&frame) {
+            Ok(Envelope::Event(e)) if is_heartbeat(&e) => {
+                m::HEARTBEATS.inc();
+                let a = EventAck {
+                    event_id: e.event_id,
+                    command_id: e.command_id,
+                    ghost_id: self.ghost.clone(),
+                    ack_status: AckStatus::Accepted,
+                    ack_code: 0,
+                    timestamp_ms: shared::now_ms(),
+                    extra: vec![],
+                };
+                self.send_env(&Envelope::EventAck(a), frame.message_id);
+            }
+            Ok(Envelope::Event(e)) => {
+                let msg_id = frame.message_id;
+                let sup = self.supervisor.clone();
+                let ingest = Ingest {
+                    ghost_id: self.ghost.clone(),
+                    event: e,
+                };
+                let fut = async move { sup.send(ingest).await };
+                ctx.spawn(fut.into_actor(self).map(move |res, act, _| match res {
+                    Ok(a) => act.send_env(&Envelope::EventAck(a), msg_id),
+                    Err(e) => {
+                        tracing::error!(component = "mirage.session", ghost_id = %act.ghost, message_id = msg_id, error = %e, "supervisor unavailable; event not acked")
+                    }
+                }));
+            }
+            Ok(Envelope::Error(e)) => {
+                tracing::warn!(component = "mirage.session", ghost_id = %self.ghost, message_id = frame.message_id, code = e.error_code, reason = %e.error_reason, "error frame from ghost");
+            }
+            Ok(other) => {
+                m::FRAME_ERRORS.inc();
+                let e = WireError::BadValue {
+                    field_id: 0,
+                    reason: format!(
+                        "message type {} is not accepted from a ghost",
+                        other.message_type()
+                    ),
+                };
+                tracing::warn!(component = "mirage.session", ghost_id = %self.ghost, message_id = frame.message_id, message_type = frame.message_type, "unexpected message type");
+                self.error_frame(&e, Some(frame.message_id));
+            }
+            Err(e) => {
+                m::FRAME_ERRORS.inc();
+                tracing::warn!(component = "mirage.session", ghost_id = %self.ghost, message_id = frame.message_id, message_type = frame.message_type, code = e.code(), error = %e, "invalid frame");
+                self.error_frame(&e, Some(frame.message_id));
+                if e.breaks_stream() {
+                    self.close(&e.to_string(), ctx);
+                }
+            }
+        }
+    }
+
+    fn finished(&mut self, ctx: &mut Context<Self>) {
+        self.close("ghost closed the connection", ctx);
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SendCommand(pub Command);
+
+impl Handler<SendCommand> for GhostSession {
+    type Result = ();
+
+    fn handle(&mut self, m: SendCommand, _: &mut Context<Self>) {
+        let id = self.next_msg_id;
+        self.next_msg_id += 1;
+        self.send_env(&Envelope::Command(m.0), id);
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Close {
+    pub reason: String,
+}
+
+impl Handler<Close> for GhostSession {
+    type Result = ();
+
+    fn handle(&mut self, m: Close, ctx: &mut Context<Self>) {
+        let reason = m.reason;
+        self.close(&reason, ctx);
+    }
+}
+
+shared::metered!(GhostSession, SendCommand);
+shared::metered!(GhostSession, Close);

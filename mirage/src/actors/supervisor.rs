@@ -1,0 +1,999 @@
+//! The `Supervisor`: the orchestrator loop. Knows the fleet (registrations, sessions), the
+//! active plans and the lock actors; routes commands to sessions and events to plans; keeps
+//! the event_id window and the report history; answers queries. One per process, on the
+//! orchestrator Arbiter.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use serde::Serialize;
+use shared::envelope::{AckStatus, Command, Event, EventAck};
+use shared::error::code;
+use shared::handshake::{Registration, RegistrationAck, CAP_SESSION_COMMAND};
+use shared::metrics::MeteredAddr;
+use tokio::sync::broadcast;
+
+use super::intent_plan::{IntentPlan, PlanMsg, Resume, Snapshot};
+use super::seed_lock::{LockMsg, LockState, SeedLock};
+use super::session::{Close, GhostSession, SendCommand};
+use super::FleetHandle;
+use crate::config::MirageConfig;
+use crate::history::{EventWindow, ReportRecord, Reports};
+use crate::intent::Intent;
+use crate::lock::{LockQueue, Owner};
+use crate::metrics as m;
+use crate::plan::{FleetView, GhostView, Input, Plan, ReportDraft, Status};
+use crate::store::{Put, Store, Write};
+
+pub struct GhostEntry {
+    pub registration: Registration,
+    pub session: Option<MeteredAddr<GhostSession>>,
+    pub session_id: String,
+    pub peer: String,
+    pub registered_ms: u64,
+    pub last_event_ms: u64,
+    pub events: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct GhostInfo {
+    pub ghost_id: String,
+    pub connected: bool,
+    pub session_id: String,
+    pub peer: String,
+    pub registered_ms: u64,
+    pub last_event_ms: u64,
+    pub events: u64,
+    pub session_commands: bool,
+    pub labels: BTreeMap<String, String>,
+    pub seeds: Vec<shared::handshake::SeedInfo>,
+    pub local: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct IntentSummary {
+    pub intent_id: String,
+    pub actor: String,
+    pub objective: String,
+    pub target_scope: String,
+    pub status: String,
+    pub steps_total: usize,
+    pub steps_done: usize,
+    pub last_summary: String,
+    pub last_state: Option<shared::envelope::CompletionState>,
+    pub submitted_seq: u64,
+}
+
+impl IntentSummary {
+    fn of(plan: &Plan, seq: u64) -> IntentSummary {
+        IntentSummary {
+            intent_id: plan.intent.intent_id.clone(),
+            actor: plan.intent.actor.clone(),
+            objective: plan.intent.objective.clone(),
+            target_scope: plan.intent.target_scope.clone(),
+            status: IntentPlan::status_word(plan).to_owned(),
+            steps_total: plan.intent.steps.len(),
+            steps_done: plan.steps_done,
+            last_summary: plan.failure.clone().unwrap_or_default(),
+            last_state: None,
+            submitted_seq: seq,
+        }
+    }
+}
+
+struct Active {
+    seq: u64,
+    addr: MeteredAddr<IntentPlan>,
+    summary: IntentSummary,
+}
+
+pub struct Supervisor {
+    cfg: Arc<MirageConfig>,
+    me: Option<Addr<Supervisor>>,
+    store: MeteredAddr<Store>,
+    ghosts: BTreeMap<String, GhostEntry>,
+    fleet: FleetHandle,
+    fleet_dirty: bool,
+    active: HashMap<String, Active>,
+    finished: HashMap<String, (IntentSummary, Box<Plan>)>,
+    finished_order: VecDeque<String>,
+    routes: HashMap<String, String>,
+    intent_routes: HashMap<String, Vec<String>>,
+    interest: HashMap<String, HashSet<String>>,
+    locks: HashMap<String, MeteredAddr<SeedLock>>,
+    restored_locks: HashMap<String, LockQueue>,
+    events: EventWindow,
+    reports: Reports,
+    report_seq: u64,
+    intent_seq: u64,
+    session_seq: u64,
+    feed: broadcast::Sender<Arc<ReportRecord>>,
+    finished_since_prune: u64,
+    pending_resume: Vec<(u64, Plan)>,
+}
+
+pub struct Restored {
+    pub active: Vec<(u64, Plan)>,
+    pub finished: Vec<(u64, Plan)>,
+    pub locks: Vec<LockQueue>,
+    pub reports: Vec<ReportRecord>,
+    pub max_intent_seq: u64,
+    pub max_report_seq: u64,
+}
+
+impl Supervisor {
+    pub fn new(
+        cfg: Arc<MirageConfig>,
+        store: MeteredAddr<Store>,
+        fleet: FleetHandle,
+        restored: Restored,
+        feed: broadcast::Sender<Arc<ReportRecord>>,
+    ) -> Supervisor {
+        let mut reports = Reports::new(cfg.limits.reports, cfg.limits.reports_per_intent);
+        for r in restored.reports {
+            reports.push(r);
+        }
+        let mut s = Supervisor {
+            events: EventWindow::new(cfg.limits.event_window_ms, cfg.limits.event_window),
+            reports,
+            cfg,
+            me: None,
+            store,
+            ghosts: BTreeMap::new(),
+            fleet,
+            fleet_dirty: true,
+            active: HashMap::new(),
+            finished: HashMap::new(),
+            finished_order: VecDeque::new(),
+            routes: HashMap::new(),
+            intent_routes: HashMap::new(),
+            interest: HashMap::new(),
+            locks: HashMap::new(),
+            restored_locks: restored
+                .locks
+                .into_iter()
+                .map(|q| (q.key.clone(), q))
+                .collect(),
+            report_seq: restored.max_report_seq,
+            intent_seq: restored.max_intent_seq,
+            session_seq: 0,
+            feed,
+            finished_since_prune: 0,
+            pending_resume: restored.active,
+        };
+        for (seq, plan) in restored.finished {
+            s.remember_finished(IntentSummary::of(&plan, seq), Box::new(plan));
+        }
+        s
+    }
+
+    fn remember_finished(&mut self, summary: IntentSummary, plan: Box<Plan>) {
+        let id = summary.intent_id.clone();
+        if self.finished.insert(id.clone(), (summary, plan)).is_none() {
+            self.finished_order.push_back(id);
+        }
+        while self.finished_order.len() > self.cfg.limits.finished_intents {
+            if let Some(old) = self.finished_order.pop_front() {
+                self.finished.remove(&old);
+            }
+        }
+    }
+
+    fn rebuild_fleet(&mut self) {
+        if !self.fleet_dirty {
+            return;
+        }
+        let mut f = FleetView {
+            ghosts: BTreeMap::new(),
+            local: (!self.cfg.local_ghost.is_empty()).then(|| self.cfg.local_ghost.clone()),
+        };
+        for (id, g) in &self.ghosts {
+            let seeds = g
+                .registration
+                .seeds()
+                .iter()
+                .map(|s| {
+                    let ops = (!s.operations.is_empty())
+                        .then(|| s.operations.iter().map(|o| o.name.clone()).collect());
+                    (s.id.clone(), ops)
+                })
+                .collect();
+            f.ghosts.insert(
+                id.clone(),
+                GhostView {
+                    connected: g.session.is_some(),
+                    seeds,
+                },
+            );
+        }
+        *self.fleet.borrow_mut() = Arc::new(f);
+        self.fleet_dirty = false;
+    }
+
+    fn start_plan(
+        &mut self,
+        seq: u64,
+        plan: Plan,
+        ctx: &mut Context<Self>,
+    ) -> MeteredAddr<IntentPlan> {
+        let id = plan.intent.intent_id.clone();
+        let summary = IntentSummary::of(&plan, seq);
+        let addr = MeteredAddr::new(
+            IntentPlan::new(
+                plan,
+                seq,
+                ctx.address(),
+                self.store.clone(),
+                self.fleet.clone(),
+            )
+            .start(),
+            "mirage.intent_plan",
+        );
+        self.active.insert(
+            id,
+            Active {
+                seq,
+                addr: addr.clone(),
+                summary,
+            },
+        );
+        addr
+    }
+
+    fn lock_actor(&mut self, key: &str) -> MeteredAddr<SeedLock> {
+        if let Some(a) = self.locks.get(key) {
+            return a.clone();
+        }
+        let q = self
+            .restored_locks
+            .remove(key)
+            .unwrap_or_else(|| LockQueue::new(key, 0));
+        let a = MeteredAddr::new(
+            SeedLock::new(q, self.store.clone()).start(),
+            "mirage.seed_lock",
+        );
+        self.locks.insert(key.to_owned(), a.clone());
+        a
+    }
+
+    fn forget_routes(&mut self, intent_id: &str) {
+        if let Some(cids) = self.intent_routes.remove(intent_id) {
+            for c in cids {
+                self.routes.remove(&c);
+            }
+        }
+        for set in self.interest.values_mut() {
+            set.remove(intent_id);
+        }
+    }
+
+    fn publish(&mut self, r: ReportRecord) {
+        m::REPORTS.inc();
+        if let Ok(json) = serde_json::to_string(&r) {
+            self.store.do_send(Put {
+                writes: vec![Write::Report {
+                    seq: r.seq,
+                    intent_id: r.intent_id.clone(),
+                    json,
+                }],
+                done: None,
+            });
+        }
+        let r = Arc::new(r);
+        // No subscriber is fine; a slow one lags and is told how many it missed.
+        let _ = self.feed.send(r.clone());
+        self.reports.push((*r).clone());
+    }
+}
+
+impl Actor for Supervisor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        shared::metrics::actor("mirage.supervisor").instance_started();
+        self.me = Some(ctx.address());
+        self.rebuild_fleet();
+        // Resume every active intent from its persisted state.
+        let resumed = std::mem::take(&mut self.pending_resume);
+        if !resumed.is_empty() {
+            tracing::info!(
+                component = "mirage.supervisor",
+                intents = resumed.len(),
+                "resuming active intents"
+            );
+        }
+        for (seq, plan) in resumed {
+            // Routes first, so events for re-sent commands find their plan.
+            let id = plan.intent.intent_id.clone();
+            for (cid, o) in plan.outstanding() {
+                self.routes.insert(cid.clone(), id.clone());
+                self.intent_routes
+                    .entry(id.clone())
+                    .or_default()
+                    .push(cid.clone());
+                self.interest
+                    .entry(o.ghost.clone())
+                    .or_default()
+                    .insert(id.clone());
+            }
+            let addr = self.start_plan(seq, plan, ctx);
+            addr.addr().do_send(Resume);
+        }
+        ctx.run_interval(Duration::from_millis(self.cfg.tick_ms), |act, _| {
+            act.rebuild_fleet();
+        });
+        ctx.run_interval(Duration::from_secs(1), |act, _| {
+            act.events.expire(shared::now_ms());
+        });
+    }
+}
+
+// ------------------------------------------------------------------ sessions
+
+#[derive(Message)]
+#[rtype(result = "Result<RegistrationAck, RegistrationAck>")]
+pub struct Register {
+    pub reg: Registration,
+    pub session: MeteredAddr<GhostSession>,
+    pub peer: String,
+}
+
+impl Handler<Register> for Supervisor {
+    type Result = Result<RegistrationAck, RegistrationAck>;
+
+    fn handle(&mut self, m: Register, _: &mut Context<Self>) -> Self::Result {
+        let now = shared::now_ms();
+        let ghost = m.reg.ghost_id.clone();
+        let connected = self.ghosts.values().filter(|g| g.session.is_some()).count();
+        let replacing = self.ghosts.get(&ghost).is_some_and(|g| g.session.is_some());
+        if !replacing && connected >= self.cfg.limits.sessions {
+            m::SESSIONS_REJECTED.inc();
+            return Err(RegistrationAck {
+                status: "rejected".into(),
+                code: code::TRANSPORT,
+                message: format!("session limit of {} reached", self.cfg.limits.sessions),
+                ghost_id: ghost,
+                timestamp_ms: now,
+                ..Default::default()
+            });
+        }
+        self.session_seq += 1;
+        let session_id = format!("{ghost}#{}", self.session_seq);
+        let entry = self
+            .ghosts
+            .entry(ghost.clone())
+            .or_insert_with(|| GhostEntry {
+                registration: m.reg.clone(),
+                session: None,
+                session_id: String::new(),
+                peer: String::new(),
+                registered_ms: now,
+                last_event_ms: 0,
+                events: 0,
+            });
+        if let Some(old) = entry.session.take() {
+            tracing::info!(component = "mirage.supervisor", ghost_id = %ghost, old = %entry.session_id, new = %session_id, "new session replaces the old one");
+            old.do_send(Close {
+                reason: format!("replaced by session {session_id}"),
+            });
+        }
+        entry.registration = m.reg;
+        entry.session = Some(m.session);
+        entry.session_id = session_id.clone();
+        entry.peer = m.peer;
+        self.fleet_dirty = true;
+        m::SESSIONS_OPENED.inc();
+        // Commands sent while it was away may not have arrived: plans re-send them.
+        if let Some(intents) = self.interest.get(&ghost) {
+            for id in intents {
+                if let Some(a) = self.active.get(id) {
+                    a.addr.do_send(PlanMsg(Input::GhostUp(ghost.clone())));
+                }
+            }
+        }
+        Ok(RegistrationAck {
+            status: "accepted".into(),
+            code: 0,
+            message: "registered".into(),
+            ghost_id: ghost,
+            timestamp_ms: now,
+            session_id: Some(session_id),
+            heartbeat_interval_ms: Some(self.cfg.timeouts.heartbeat_ms),
+        })
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SessionClosed {
+    pub ghost_id: String,
+    pub session_id: String,
+    pub reason: String,
+}
+
+impl Handler<SessionClosed> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, m: SessionClosed, _: &mut Context<Self>) {
+        if let Some(g) = self.ghosts.get_mut(&m.ghost_id) {
+            // A replaced session's end must not mark the Ghost disconnected.
+            if g.session_id == m.session_id && g.session.is_some() {
+                g.session = None;
+                self.fleet_dirty = true;
+                tracing::info!(component = "mirage.supervisor", ghost_id = %m.ghost_id, session_id = %m.session_id, reason = %m.reason, "ghost disconnected");
+            }
+        }
+    }
+}
+
+/// An event from a Ghost; resolves with the ack to send, after the plan persisted it.
+#[derive(Message)]
+#[rtype(result = "EventAck")]
+pub struct Ingest {
+    pub ghost_id: String,
+    pub event: Event,
+}
+
+fn ack(e: &Event, ghost: &str, status: AckStatus, code: u32) -> EventAck {
+    EventAck {
+        event_id: e.event_id.clone(),
+        command_id: e.command_id.clone(),
+        ghost_id: ghost.to_owned(),
+        ack_status: status,
+        ack_code: code,
+        timestamp_ms: shared::now_ms(),
+        extra: vec![],
+    }
+}
+
+impl Handler<Ingest> for Supervisor {
+    type Result = ResponseActFuture<Self, EventAck>;
+
+    fn handle(&mut self, m: Ingest, _: &mut Context<Self>) -> Self::Result {
+        if let Some(stored) = self.events.get(&m.event.event_id) {
+            m::EVENTS_DUPLICATE.inc();
+            return Box::pin(fut::ready(stored.clone()));
+        }
+        m::EVENTS_RECEIVED.inc();
+        let now = shared::now_ms();
+        if let Some(g) = self.ghosts.get_mut(&m.ghost_id) {
+            g.events += 1;
+            g.last_event_ms = now;
+        }
+        if m.event.ghost_id != m.ghost_id {
+            tracing::warn!(component = "mirage.supervisor", ghost_id = %m.ghost_id, event_ghost = %m.event.ghost_id, event_id = %m.event.event_id, "event for another ghost on this session; rejected");
+            let a = ack(&m.event, &m.ghost_id, AckStatus::Rejected, code::TRANSPORT);
+            self.events.insert(a.clone(), now);
+            return Box::pin(fut::ready(a));
+        }
+        let route = self.routes.remove(&m.event.command_id);
+        let plan = route
+            .as_ref()
+            .and_then(|id| self.active.get(id))
+            .map(|a| a.addr.clone());
+        let e = m.event;
+        let ghost = m.ghost_id;
+        Box::pin(
+            async move {
+                if let Some(plan) = plan {
+                    let input = Input::Event {
+                        ghost: ghost.clone(),
+                        command_id: e.command_id.clone(),
+                        event_id: e.event_id.clone(),
+                        outcome: e.outcome,
+                        reason: e.error_reason.clone().or_else(|| {
+                            e.stderr
+                                .as_ref()
+                                .map(|s| String::from_utf8_lossy(s).trim().to_owned())
+                                .filter(|s| !s.is_empty())
+                        }),
+                    };
+                    match plan.send(PlanMsg(input)).await {
+                        Ok(Ok(())) => {}
+                        // Not persisted: do not ack, so the Ghost sends it again.
+                        Ok(Err(err)) => return Err((e, ghost, err)),
+                        Err(err) => return Err((e, ghost, err.to_string())),
+                    }
+                }
+                Ok((e, ghost))
+            }
+            .into_actor(self)
+            .map(move |res, act, _| match res {
+                Ok((e, ghost)) => {
+                    let a = ack(&e, &ghost, AckStatus::Accepted, 0);
+                    act.events.insert(a.clone(), shared::now_ms());
+                    a
+                }
+                Err((e, ghost, err)) => {
+                    tracing::error!(component = "mirage.supervisor", event_id = %e.event_id, error = %err, "event not recorded; acking as rejected so nothing is claimed");
+                    act.routes.insert(e.command_id.clone(), route.unwrap_or_default());
+                    ack(&e, &ghost, AckStatus::Rejected, code::INTERNAL)
+                }
+            }),
+        )
+    }
+}
+
+// ------------------------------------------------------------------ plans
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Dispatch {
+    pub intent_id: String,
+    pub ghost: String,
+    pub command: Command,
+}
+
+impl Handler<Dispatch> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, m: Dispatch, _: &mut Context<Self>) {
+        let cid = m.command.command_id.clone();
+        if self
+            .routes
+            .insert(cid.clone(), m.intent_id.clone())
+            .is_none()
+        {
+            self.intent_routes
+                .entry(m.intent_id.clone())
+                .or_default()
+                .push(cid.clone());
+        }
+        self.interest
+            .entry(m.ghost.clone())
+            .or_default()
+            .insert(m.intent_id.clone());
+        let Some(g) = self.ghosts.get(&m.ghost) else {
+            return;
+        };
+        let Some(session) = &g.session else {
+            tracing::debug!(component = "mirage.supervisor", ghost_id = %m.ghost, command_id = %cid, "ghost offline; command waits for it");
+            return;
+        };
+        if !g.registration.has_capability(CAP_SESSION_COMMAND) {
+            tracing::warn!(component = "mirage.supervisor", ghost_id = %m.ghost, command_id = %cid, "ghost takes no commands on its session (edgectl ghost); it will time out");
+            return;
+        }
+        m::COMMANDS_SENT.inc();
+        session.do_send(SendCommand(m.command));
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub enum LockOp {
+    Acquire {
+        key: String,
+        owner: Owner,
+        lease_ms: u64,
+        plan: Addr<IntentPlan>,
+    },
+    Release {
+        key: String,
+        owner: Owner,
+    },
+    Renew {
+        key: String,
+        owner: Owner,
+        lease_ms: u64,
+    },
+}
+
+impl Handler<LockOp> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, m: LockOp, _: &mut Context<Self>) {
+        match m {
+            LockOp::Acquire {
+                key,
+                owner,
+                lease_ms,
+                plan,
+            } => self.lock_actor(&key).do_send(LockMsg::Acquire {
+                owner,
+                lease_ms,
+                plan,
+            }),
+            LockOp::Release { key, owner } => {
+                self.lock_actor(&key).do_send(LockMsg::Release { owner })
+            }
+            LockOp::Renew {
+                key,
+                owner,
+                lease_ms,
+            } => self
+                .lock_actor(&key)
+                .do_send(LockMsg::Renew { owner, lease_ms }),
+        }
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct PlanReport {
+    pub intent_id: String,
+    pub draft: ReportDraft,
+    pub steps_total: usize,
+    pub steps_done: usize,
+}
+
+impl Handler<PlanReport> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, m: PlanReport, _: &mut Context<Self>) {
+        self.report_seq += 1;
+        let d = m.draft;
+        let r = ReportRecord {
+            seq: self.report_seq,
+            intent_id: m.intent_id.clone(),
+            phase: d.phase,
+            completion_state: d.state,
+            summary: d.summary,
+            step: d.step,
+            steps_total: m.steps_total,
+            steps_done: m.steps_done,
+            command_id: d.command_id,
+            event_id: d.event_id,
+            ghost_id: d.ghost_id,
+            outcome: d.outcome,
+            timestamp_ms: shared::now_ms(),
+        };
+        tracing::info!(component = "mirage.report", intent_id = %r.intent_id, phase = %r.phase, completion_state = %r.completion_state, summary = %r.summary);
+        if let Some(a) = self.active.get_mut(&m.intent_id) {
+            a.summary.steps_done = m.steps_done;
+            a.summary.last_summary = r.summary.clone();
+            a.summary.last_state = Some(r.completion_state);
+            if r.completion_state == shared::envelope::CompletionState::Satisfied {
+                a.summary.status = "satisfied".into();
+            }
+        }
+        self.publish(r);
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct PlanFinished {
+    pub intent_id: String,
+    pub status: Status,
+    pub plan: Box<Plan>,
+}
+
+impl Handler<PlanFinished> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, m: PlanFinished, _: &mut Context<Self>) {
+        let Some(a) = self.active.remove(&m.intent_id) else {
+            return;
+        };
+        self.forget_routes(&m.intent_id);
+        let mut summary = a.summary;
+        summary.status = m.status.as_str().to_owned();
+        summary.steps_done = m.plan.steps_done;
+        self.remember_finished(summary, m.plan);
+        self.finished_since_prune += 1;
+        if self.finished_since_prune >= 1000 {
+            self.finished_since_prune = 0;
+            self.store.do_send(Put {
+                writes: vec![Write::Prune {
+                    keep_finished: self.cfg.limits.finished_intents as u64,
+                    keep_reports: self.cfg.limits.reports as u64,
+                }],
+                done: None,
+            });
+        }
+        let _ = a.seq;
+    }
+}
+
+// ------------------------------------------------------------------ user boundary
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ApiError {
+    pub status: u16,
+    pub error: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+impl ApiError {
+    pub fn new(status: u16, error: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            error: error.into(),
+            field: None,
+        }
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "Result<IntentSummary, ApiError>")]
+pub struct Submit(pub Intent);
+
+impl Handler<Submit> for Supervisor {
+    type Result = ResponseActFuture<Self, Result<IntentSummary, ApiError>>;
+
+    fn handle(&mut self, m: Submit, ctx: &mut Context<Self>) -> Self::Result {
+        let id = m.0.intent_id.clone();
+        if self.active.contains_key(&id) || self.finished.contains_key(&id) {
+            return Box::pin(fut::ready(Err(ApiError::new(
+                409,
+                format!("intent {id} already exists; submit it under a new intent_id"),
+            ))));
+        }
+        if self.active.len() >= self.cfg.limits.active_intents {
+            return Box::pin(fut::ready(Err(ApiError::new(
+                429,
+                format!(
+                    "{} intents are active (limit {}); try again later",
+                    self.active.len(),
+                    self.cfg.limits.active_intents
+                ),
+            ))));
+        }
+        self.rebuild_fleet();
+        self.intent_seq += 1;
+        m::INTENTS_SUBMITTED.inc();
+        let plan = Plan::new(m.0);
+        let addr = self.start_plan(self.intent_seq, plan, ctx);
+        let summary = self.active.get(&id).map(|a| a.summary.clone());
+        Box::pin(
+            async move {
+                match addr.send(PlanMsg(Input::Start)).await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(ApiError::new(503, format!("intent not persisted: {e}"))),
+                    Err(e) => Err(ApiError::new(500, e.to_string())),
+                }
+            }
+            .into_actor(self)
+            .map(move |res, act, _| {
+                res?;
+                Ok(act
+                    .active
+                    .get(&id)
+                    .map(|a| a.summary.clone())
+                    .or_else(|| act.finished.get(&id).map(|f| f.0.clone()))
+                    .or(summary)
+                    .ok_or_else(|| ApiError::new(500, "intent vanished"))?)
+            }),
+        )
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "Result<(), ApiError>")]
+pub struct Withdraw(pub String);
+
+impl Handler<Withdraw> for Supervisor {
+    type Result = ResponseActFuture<Self, Result<(), ApiError>>;
+
+    fn handle(&mut self, m: Withdraw, _: &mut Context<Self>) -> Self::Result {
+        let Some(a) = self.active.get(&m.0) else {
+            let e = if self.finished.contains_key(&m.0) {
+                ApiError::new(409, format!("intent {} has already finished", m.0))
+            } else {
+                ApiError::new(404, format!("no intent {}", m.0))
+            };
+            return Box::pin(fut::ready(Err(e)));
+        };
+        let addr = a.addr.clone();
+        Box::pin(
+            async move {
+                addr.send(PlanMsg(Input::Withdraw {
+                    why: "withdrawn by an operator".into(),
+                }))
+                .await
+                .map_err(|e| ApiError::new(500, e.to_string()))?
+                .map_err(|e| ApiError::new(503, e))
+            }
+            .into_actor(self),
+        )
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "Result<(), ApiError>")]
+pub struct BreakLock(pub String);
+
+impl Handler<BreakLock> for Supervisor {
+    type Result = Result<(), ApiError>;
+
+    fn handle(&mut self, m: BreakLock, _: &mut Context<Self>) -> Self::Result {
+        match self.locks.get(&m.0) {
+            Some(l) => {
+                tracing::warn!(component = "mirage.supervisor", key = %m.0, "lock broken by an operator");
+                l.do_send(LockMsg::Break);
+                Ok(())
+            }
+            None => Err(ApiError::new(404, format!("no lock {}", m.0))),
+        }
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "Vec<GhostInfo>")]
+pub struct ListGhosts;
+
+impl Handler<ListGhosts> for Supervisor {
+    type Result = MessageResult<ListGhosts>;
+
+    fn handle(&mut self, _: ListGhosts, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(
+            self.ghosts
+                .iter()
+                .map(|(id, g)| GhostInfo {
+                    ghost_id: id.clone(),
+                    connected: g.session.is_some(),
+                    session_id: g.session_id.clone(),
+                    peer: g.peer.clone(),
+                    registered_ms: g.registered_ms,
+                    last_event_ms: g.last_event_ms,
+                    events: g.events,
+                    session_commands: g.registration.has_capability(CAP_SESSION_COMMAND),
+                    labels: g.registration.labels.clone(),
+                    seeds: g.registration.seeds().to_vec(),
+                    local: *id == self.cfg.local_ghost,
+                })
+                .collect(),
+        )
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "Vec<IntentSummary>")]
+pub struct ListIntents {
+    pub limit: usize,
+}
+
+impl Handler<ListIntents> for Supervisor {
+    type Result = MessageResult<ListIntents>;
+
+    fn handle(&mut self, m: ListIntents, _: &mut Context<Self>) -> Self::Result {
+        let mut v: Vec<IntentSummary> = self
+            .active
+            .values()
+            .map(|a| a.summary.clone())
+            .chain(self.finished.values().map(|f| f.0.clone()))
+            .collect();
+        v.sort_by(|a, b| b.submitted_seq.cmp(&a.submitted_seq));
+        v.truncate(m.limit);
+        MessageResult(v)
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct IntentDetail {
+    pub summary: IntentSummary,
+    pub plan: Plan,
+    pub reports: Vec<ReportRecord>,
+}
+
+#[derive(Message)]
+#[rtype(result = "Result<IntentDetail, ApiError>")]
+pub struct GetIntent(pub String);
+
+impl Handler<GetIntent> for Supervisor {
+    type Result = ResponseActFuture<Self, Result<IntentDetail, ApiError>>;
+
+    fn handle(&mut self, m: GetIntent, _: &mut Context<Self>) -> Self::Result {
+        let reports = self
+            .reports
+            .query(Some(&m.0), 0, self.cfg.limits.reports_per_intent);
+        if let Some((summary, plan)) = self.finished.get(&m.0) {
+            return Box::pin(fut::ready(Ok(IntentDetail {
+                summary: summary.clone(),
+                plan: (**plan).clone(),
+                reports,
+            })));
+        }
+        let Some(a) = self.active.get(&m.0) else {
+            return Box::pin(fut::ready(Err(ApiError::new(
+                404,
+                format!("no intent {}", m.0),
+            ))));
+        };
+        let (addr, summary) = (a.addr.addr().clone(), a.summary.clone());
+        Box::pin(
+            async move {
+                let plan = addr
+                    .send(Snapshot)
+                    .await
+                    .map_err(|e| ApiError::new(500, e.to_string()))?;
+                Ok(IntentDetail {
+                    summary,
+                    plan,
+                    reports,
+                })
+            }
+            .into_actor(self),
+        )
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "Vec<ReportRecord>")]
+pub struct QueryReports {
+    pub intent: Option<String>,
+    pub after: u64,
+    pub limit: usize,
+}
+
+impl Handler<QueryReports> for Supervisor {
+    type Result = MessageResult<QueryReports>;
+
+    fn handle(&mut self, m: QueryReports, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.reports.query(m.intent.as_deref(), m.after, m.limit))
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "Vec<LockQueue>")]
+pub struct ListLocks;
+
+impl Handler<ListLocks> for Supervisor {
+    type Result = ResponseActFuture<Self, Vec<LockQueue>>;
+
+    fn handle(&mut self, _: ListLocks, _: &mut Context<Self>) -> Self::Result {
+        let addrs: Vec<_> = self.locks.values().map(|a| a.addr().clone()).collect();
+        let restored: Vec<LockQueue> = self.restored_locks.values().cloned().collect();
+        Box::pin(
+            async move {
+                let mut out = restored;
+                for a in addrs {
+                    if let Ok(q) = a.send(LockState).await {
+                        out.push(q);
+                    }
+                }
+                // Idle locks stay listed: their last token shows how far fencing has come.
+                out.sort_by(|a, b| a.key.cmp(&b.key));
+                out
+            }
+            .into_actor(self),
+        )
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Overview {
+    pub mirage_id: String,
+    pub ghosts_connected: usize,
+    pub ghosts_known: usize,
+    pub intents_active: usize,
+    pub intents_finished_kept: usize,
+    pub reports_kept: usize,
+    pub event_window: usize,
+    pub routes: usize,
+    pub locks: usize,
+}
+
+#[derive(Message)]
+#[rtype(result = "Overview")]
+pub struct GetOverview;
+
+impl Handler<GetOverview> for Supervisor {
+    type Result = MessageResult<GetOverview>;
+
+    fn handle(&mut self, _: GetOverview, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(Overview {
+            mirage_id: self.cfg.mirage_id.clone(),
+            ghosts_connected: self.ghosts.values().filter(|g| g.session.is_some()).count(),
+            ghosts_known: self.ghosts.len(),
+            intents_active: self.active.len(),
+            intents_finished_kept: self.finished.len(),
+            reports_kept: self.reports.len(),
+            event_window: self.events.len(),
+            routes: self.routes.len(),
+            locks: self.locks.len(),
+        })
+    }
+}
+
+shared::metered!(Supervisor, Ingest);
+shared::metered!(Supervisor, Dispatch);
+shared::metered!(Supervisor, Register);
+shared::metered!(Supervisor, SessionClosed);
+shared::metered!(Supervisor, Submit);
+shared::metered!(Supervisor, PlanReport);
+shared::metered!(Supervisor, LockOp);

@@ -1,0 +1,390 @@
+//! The HTTP API (actix-web, JSON): intents, ghosts, services, locks, reports (+ Server-Sent
+//! Events), actors, Prometheus metrics, health. Loopback by default; a bearer token is
+//! required when configured (and configuration requires one off loopback).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::StatusCode;
+use actix_web::middleware::{from_fn, Next};
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use futures::StreamExt;
+use serde::Deserialize;
+use serde_json::json;
+use shared::metrics::MeteredAddr;
+use tokio::sync::broadcast;
+
+use crate::actors::supervisor::*;
+use crate::history::ReportRecord;
+use crate::intent;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub sup: MeteredAddr<Supervisor>,
+    pub feed: broadcast::Sender<Arc<ReportRecord>>,
+    pub token: Arc<String>,
+}
+
+fn err(status: u16, msg: impl Into<String>) -> HttpResponse {
+    let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    HttpResponse::build(code).json(json!({"error": msg.into(), "status": status}))
+}
+
+fn api_err(e: ApiError) -> HttpResponse {
+    let code = StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    HttpResponse::build(code).json(e)
+}
+
+fn unavailable(e: impl std::fmt::Display) -> HttpResponse {
+    err(503, format!("mirage is not answering: {e}"))
+}
+
+async fn auth(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<actix_web::body::BoxBody>, actix_web::Error> {
+    let token = req
+        .app_data::<web::Data<AppState>>()
+        .map(|s| s.token.clone())
+        .unwrap_or_default();
+    if !token.is_empty() && req.path() != "/healthz" {
+        let ok = req
+            .headers()
+            .get("authorization")
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .is_some_and(|t| constant_eq(t.trim(), &token));
+        if !ok {
+            let resp = err(
+                401,
+                "missing or wrong bearer token (Authorization: Bearer …)",
+            );
+            return Ok(req.into_response(resp));
+        }
+    }
+    Ok(next.call(req).await?.map_into_boxed_body())
+}
+
+fn constant_eq(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"ok": true}))
+}
+
+async fn submit(st: web::Data<AppState>, body: web::Bytes) -> HttpResponse {
+    let Ok(text) = std::str::from_utf8(&body) else {
+        return err(400, "body is not UTF-8");
+    };
+    let parsed = intent::parse(text, || uuid::Uuid::now_v7().to_string());
+    let intent = match parsed {
+        Ok(i) => i,
+        Err(e) => {
+            return HttpResponse::BadRequest()
+                .json(json!({"error": e.to_string(), "field": e.field, "status": 400}))
+        }
+    };
+    match st.sup.send(Submit(intent)).await {
+        Ok(Ok(s)) => HttpResponse::Created().json(s),
+        Ok(Err(e)) => api_err(e),
+        Err(e) => unavailable(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct Limit {
+    limit: Option<usize>,
+}
+
+async fn list_intents(st: web::Data<AppState>, q: web::Query<Limit>) -> HttpResponse {
+    let limit = q.limit.unwrap_or(100).min(10_000);
+    match st.sup.addr().send(ListIntents { limit }).await {
+        Ok(v) => HttpResponse::Ok().json(v),
+        Err(e) => unavailable(e),
+    }
+}
+
+async fn get_intent(st: web::Data<AppState>, id: web::Path<String>) -> HttpResponse {
+    match st.sup.addr().send(GetIntent(id.into_inner())).await {
+        Ok(Ok(d)) => HttpResponse::Ok().json(d),
+        Ok(Err(e)) => api_err(e),
+        Err(e) => unavailable(e),
+    }
+}
+
+async fn withdraw(st: web::Data<AppState>, id: web::Path<String>) -> HttpResponse {
+    let id = id.into_inner();
+    match st.sup.addr().send(Withdraw(id.clone())).await {
+        Ok(Ok(())) => {
+            HttpResponse::Accepted().json(json!({"intent_id": id, "status": "withdrawn"}))
+        }
+        Ok(Err(e)) => api_err(e),
+        Err(e) => unavailable(e),
+    }
+}
+
+async fn ghosts(st: web::Data<AppState>) -> HttpResponse {
+    match st.sup.addr().send(ListGhosts).await {
+        Ok(v) => HttpResponse::Ok().json(v),
+        Err(e) => unavailable(e),
+    }
+}
+
+async fn ghost(st: web::Data<AppState>, id: web::Path<String>) -> HttpResponse {
+    match st.sup.addr().send(ListGhosts).await {
+        Ok(v) => match v.into_iter().find(|g| g.ghost_id == *id) {
+            Some(g) => HttpResponse::Ok().json(g),
+            None => err(404, format!("no ghost {id}")),
+        },
+        Err(e) => unavailable(e),
+    }
+}
+
+async fn services(st: web::Data<AppState>) -> HttpResponse {
+    match st.sup.addr().send(ListGhosts).await {
+        Ok(v) => {
+            let mut map: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
+            for g in v {
+                for s in &g.seeds {
+                    map.entry(s.id.clone()).or_default().push(json!({
+                        "ghost_id": g.ghost_id, "connected": g.connected, "local": g.local,
+                        "uri": format!("{}://{}", s.id.trim_start_matches("seed."), g.ghost_id),
+                        "operations": s.operations.iter().map(|o| o.name.clone()).collect::<Vec<_>>(),
+                    }));
+                }
+            }
+            HttpResponse::Ok().json(map)
+        }
+        Err(e) => unavailable(e),
+    }
+}
+
+async fn locks(st: web::Data<AppState>) -> HttpResponse {
+    match st.sup.addr().send(ListLocks).await {
+        Ok(v) => HttpResponse::Ok().json(v),
+        Err(e) => unavailable(e),
+    }
+}
+
+async fn break_lock(st: web::Data<AppState>, key: web::Path<String>) -> HttpResponse {
+    let key = key.into_inner();
+    match st.sup.addr().send(BreakLock(key.clone())).await {
+        Ok(Ok(())) => HttpResponse::Accepted().json(json!({"key": key, "status": "broken"})),
+        Ok(Err(e)) => api_err(e),
+        Err(e) => unavailable(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct ReportQuery {
+    intent: Option<String>,
+    limit: Option<usize>,
+    after: Option<u64>,
+}
+
+async fn reports(st: web::Data<AppState>, q: web::Query<ReportQuery>) -> HttpResponse {
+    let m = QueryReports {
+        intent: q.intent.clone(),
+        after: q.after.unwrap_or(0),
+        limit: q.limit.unwrap_or(100).min(10_000),
+    };
+    match st.sup.addr().send(m).await {
+        Ok(v) => HttpResponse::Ok().json(v),
+        Err(e) => unavailable(e),
+    }
+}
+
+fn sse(r: &ReportRecord) -> web::Bytes {
+    let data = serde_json::to_string(r).unwrap_or_default();
+    web::Bytes::from(format!("id: {}\nevent: report\ndata: {data}\n\n", r.seq))
+}
+
+/// Server-Sent Events. Resumable: `Last-Event-ID` (or `?after=`) replays what is still in the
+/// history. A consumer too slow for the bounded feed gets a `gap` event saying how many
+/// reports it missed, never unbounded buffering.
+async fn stream(
+    st: web::Data<AppState>,
+    req: HttpRequest,
+    q: web::Query<ReportQuery>,
+) -> HttpResponse {
+    let after = req
+        .headers()
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .or(q.after)
+        .unwrap_or(u64::MAX);
+    let intent = q.intent.clone();
+    // Subscribe before reading history so nothing falls in between.
+    let rx = st.feed.subscribe();
+    let backlog = if after == u64::MAX {
+        Vec::new()
+    } else {
+        st.sup
+            .addr()
+            .send(QueryReports {
+                intent: intent.clone(),
+                after,
+                limit: 10_000,
+            })
+            .await
+            .unwrap_or_default()
+    };
+    let last = backlog
+        .last()
+        .map(|r| r.seq)
+        .unwrap_or(if after == u64::MAX { 0 } else { after });
+    let head = futures::stream::iter(
+        std::iter::once(web::Bytes::from_static(b": mirage report stream\n\n"))
+            .chain(backlog.iter().map(sse))
+            .map(Ok::<_, actix_web::Error>)
+            .collect::<Vec<_>>(),
+    );
+    let live = futures::stream::unfold((rx, last, intent), |(mut rx, last, intent)| async move {
+        loop {
+            let next = tokio::time::timeout(Duration::from_secs(15), rx.recv()).await;
+            match next {
+                Err(_) => {
+                    return Some((
+                        Ok(web::Bytes::from_static(b": keep-alive\n\n")),
+                        (rx, last, intent),
+                    ))
+                }
+                Ok(Ok(r)) => {
+                    if r.seq <= last || intent.as_ref().is_some_and(|i| *i != r.intent_id) {
+                        continue;
+                    }
+                    let b = sse(&r);
+                    return Some((Ok(b), (rx, r.seq, intent)));
+                }
+                Ok(Err(broadcast::error::RecvError::Lagged(n))) => {
+                    let b = web::Bytes::from(format!("event: gap\ndata: {{\"missed\":{n}}}\n\n"));
+                    return Some((Ok(b), (rx, last, intent)));
+                }
+                Ok(Err(broadcast::error::RecvError::Closed)) => return None,
+            }
+        }
+    });
+    HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header(("cache-control", "no-cache"))
+        .streaming(head.chain(live))
+}
+
+async fn actors() -> HttpResponse {
+    HttpResponse::Ok().json(shared::metrics::snapshot_all())
+}
+
+async fn overview(st: web::Data<AppState>) -> HttpResponse {
+    match st.sup.addr().send(GetOverview).await {
+        Ok(o) => HttpResponse::Ok().json(o),
+        Err(e) => unavailable(e),
+    }
+}
+
+async fn metrics(st: web::Data<AppState>) -> HttpResponse {
+    let o = st.sup.addr().send(GetOverview).await.ok();
+    let mut out = String::with_capacity(8192);
+    let g = |f: fn(&Overview) -> usize| o.as_ref().map(f).unwrap_or(0) as u64;
+    crate::metrics::render(
+        &mut out,
+        &[
+            (
+                "mirage_ghosts_connected",
+                "Ghosts with a live session",
+                g(|o| o.ghosts_connected),
+            ),
+            (
+                "mirage_intents_active",
+                "Intents running now",
+                g(|o| o.intents_active),
+            ),
+            (
+                "mirage_reports_kept",
+                "Reports in the bounded history",
+                g(|o| o.reports_kept),
+            ),
+            (
+                "mirage_event_window",
+                "Event ids in the dedupe window",
+                g(|o| o.event_window),
+            ),
+            (
+                "mirage_routes",
+                "Commands awaiting their event",
+                g(|o| o.routes),
+            ),
+        ],
+    );
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(out)
+}
+
+async fn not_found(req: HttpRequest) -> HttpResponse {
+    err(404, format!("no route {} {}", req.method(), req.path()))
+}
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/healthz", web::get().to(healthz))
+        .route("/metrics", web::get().to(metrics))
+        .service(
+            web::scope("/v1")
+                .route("/intents", web::post().to(submit))
+                .route("/intents", web::get().to(list_intents))
+                .route("/intents/{id}", web::get().to(get_intent))
+                .route("/intents/{id}", web::delete().to(withdraw))
+                .route("/ghosts", web::get().to(ghosts))
+                .route("/ghosts/{id}", web::get().to(ghost))
+                .route("/services", web::get().to(services))
+                .route("/locks", web::get().to(locks))
+                .route("/locks/{key}", web::delete().to(break_lock))
+                .route("/reports", web::get().to(reports))
+                .route("/reports/stream", web::get().to(stream))
+                .route("/actors", web::get().to(actors))
+                .route("/overview", web::get().to(overview)),
+        );
+}
+
+/// Starts the API server in this System; returns the bound address.
+pub fn start(
+    listen: &str,
+    max_body: usize,
+    state: AppState,
+) -> Result<(std::net::SocketAddr, actix_web::dev::Server), String> {
+    let data = web::Data::new(state);
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .app_data(web::PayloadConfig::new(max_body))
+            .app_data(web::QueryConfig::default().error_handler(|e, _| {
+                actix_web::error::InternalError::from_response(
+                    e.to_string(),
+                    err(400, format!("bad query: {e}")),
+                )
+                .into()
+            }))
+            .wrap(from_fn(auth))
+            .configure(configure)
+            .default_service(web::to(not_found))
+    })
+    .workers(1)
+    .disable_signals()
+    .shutdown_timeout(2)
+    .bind(listen)
+    .map_err(|e| format!("api listen {listen}: {e}"))?;
+    let addr = server
+        .addrs()
+        .first()
+        .copied()
+        .ok_or_else(|| format!("api listen {listen}: no address"))?;
+    Ok((addr, server.run()))
+}

@@ -1,0 +1,156 @@
+//! Mirage configuration: TOML, every key defaulted (see config/mirage.toml).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use shared::session::Timeouts;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Reports kept in memory and in the database.
+    pub reports: usize,
+    pub reports_per_intent: usize,
+    /// Finished intents kept for queries (older ones are forgotten).
+    pub finished_intents: usize,
+    /// Intents running at once; more are refused with 429.
+    pub active_intents: usize,
+    /// event_id window for idempotent ingest.
+    pub event_window: usize,
+    pub event_window_ms: u64,
+    /// Connected Ghosts at once.
+    pub sessions: usize,
+    /// Commands queued for one Ghost's session before it is considered stuck.
+    pub session_queue: usize,
+    /// Largest frame payload accepted from a Ghost.
+    pub max_payload: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            reports: 50_000,
+            reports_per_intent: 200,
+            finished_intents: 10_000,
+            active_intents: 100_000,
+            event_window: 200_000,
+            event_window_ms: 30 * 60 * 1000,
+            sessions: 20_000,
+            session_queue: 4096,
+            max_payload: shared::wire::DEFAULT_MAX_PAYLOAD,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// HTTP API and dashboard; loopback by default.
+    pub listen: String,
+    /// Bearer token; required when `listen` is not loopback. `MIRAGE_TOKEN` overrides.
+    pub token: String,
+    /// Largest request body accepted.
+    pub max_body: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MirageConfig {
+    pub mirage_id: String,
+    /// Ghost session listener.
+    pub listen: String,
+    pub data_dir: PathBuf,
+    /// The co-located Ghost preferred for `on = "one"` steps.
+    pub local_ghost: String,
+    pub api: ApiConfig,
+    pub timeouts: Timeouts,
+    pub limits: Limits,
+    /// Session arbiters (threads); 0 = one per core.
+    pub session_threads: usize,
+    /// Reconcile tick.
+    pub tick_ms: u64,
+}
+
+impl Default for MirageConfig {
+    fn default() -> Self {
+        MirageConfig {
+            mirage_id: "mirage.local".into(),
+            listen: "127.0.0.1:9000".into(),
+            data_dir: PathBuf::from("data/mirage"),
+            local_ghost: "ghost.local".into(),
+            api: ApiConfig {
+                listen: "127.0.0.1:7000".into(),
+                token: String::new(),
+                max_body: 1024 * 1024,
+            },
+            timeouts: Timeouts::default(),
+            limits: Limits::default(),
+            session_threads: 0,
+            tick_ms: 250,
+        }
+    }
+}
+
+impl MirageConfig {
+    pub fn load(path: &Path) -> Result<MirageConfig, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| format!("config {}: {e}", path.display()))
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        self.timeouts.validate()?;
+        self.listen
+            .parse::<SocketAddr>()
+            .map_err(|_| format!("listen {:?} is not ip:port", self.listen))?;
+        if !self.api.listen.is_empty() {
+            let a: SocketAddr = self
+                .api
+                .listen
+                .parse()
+                .map_err(|_| format!("api.listen {:?} is not ip:port", self.api.listen))?;
+            if !a.ip().is_loopback() && self.api.token.is_empty() {
+                return Err(format!(
+                    "api.listen {a} is not loopback: set api.token (or MIRAGE_TOKEN) to require a bearer token"
+                ));
+            }
+        }
+        if self.tick_ms == 0 || self.tick_ms > 10_000 {
+            return Err("tick_ms must be between 1 and 10000".into());
+        }
+        if self.api.max_body < 1024 {
+            return Err("api.max_body must be at least 1024".into());
+        }
+        Ok(())
+    }
+
+    pub fn threads(&self) -> usize {
+        if self.session_threads > 0 {
+            self.session_threads
+        } else {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_parses_and_off_loopback_needs_a_token() {
+        let p = Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../config/mirage.toml"
+        ));
+        MirageConfig::load(p).unwrap().validate().unwrap();
+        let mut c = MirageConfig::default();
+        c.api.listen = "0.0.0.0:7000".into();
+        assert!(c.validate().unwrap_err().contains("token"));
+        c.api.token = "t".into();
+        c.validate().unwrap();
+    }
+}

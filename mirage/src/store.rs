@@ -1,0 +1,347 @@
+//! Mirage's embedded database (SQLite, WAL) under `data_dir`: intents with their plan state,
+//! seed locks and reports. The `Store` actor is the only writer and group-commits: writes
+//! that arrive while a transaction commits go together in the next one.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use actix::prelude::*;
+use rusqlite::{params, Connection};
+use tokio::sync::oneshot;
+
+use crate::plan::Plan;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("store: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("store: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+#[derive(Debug, Clone)]
+pub enum Write {
+    Intent {
+        intent_id: String,
+        seq: u64,
+        status: String,
+        plan: String,
+        updated_ms: u64,
+    },
+    Report {
+        seq: u64,
+        intent_id: String,
+        json: String,
+    },
+    Lock {
+        key: String,
+        json: String,
+    },
+    /// Retention: drop finished intents beyond the newest `keep`, reports beyond `keep`.
+    Prune {
+        keep_finished: u64,
+        keep_reports: u64,
+    },
+}
+
+pub struct Db {
+    conn: Connection,
+}
+
+/// What a restart recovers.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    pub active: Vec<(u64, Plan)>,
+    pub finished: Vec<(u64, Plan)>,
+    pub locks: Vec<crate::lock::LockQueue>,
+    pub reports: Vec<String>,
+    pub max_intent_seq: u64,
+    pub max_report_seq: u64,
+}
+
+impl Db {
+    pub fn open(dir: &Path) -> Result<Db, StoreError> {
+        std::fs::create_dir_all(dir)?;
+        let conn = Connection::open(dir.join("mirage.db"))?;
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL;
+             PRAGMA synchronous=NORMAL;
+             PRAGMA busy_timeout=5000;
+             CREATE TABLE IF NOT EXISTS intents (
+                 intent_id TEXT PRIMARY KEY,
+                 seq INTEGER NOT NULL,
+                 status TEXT NOT NULL,
+                 plan TEXT NOT NULL,
+                 updated_ms INTEGER NOT NULL
+             );
+             CREATE INDEX IF NOT EXISTS intents_status ON intents(status, seq);
+             CREATE TABLE IF NOT EXISTS reports (
+                 seq INTEGER PRIMARY KEY,
+                 intent_id TEXT NOT NULL,
+                 json TEXT NOT NULL
+             );
+             CREATE TABLE IF NOT EXISTS locks (
+                 key TEXT PRIMARY KEY,
+                 json TEXT NOT NULL
+             );",
+        )?;
+        Ok(Db { conn })
+    }
+
+    pub fn apply(&mut self, batch: &[Write]) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        for w in batch {
+            match w {
+                Write::Intent {
+                    intent_id,
+                    seq,
+                    status,
+                    plan,
+                    updated_ms,
+                } => {
+                    tx.prepare_cached(
+                        "INSERT INTO intents(intent_id, seq, status, plan, updated_ms) VALUES (?1,?2,?3,?4,?5)
+                         ON CONFLICT(intent_id) DO UPDATE SET status=excluded.status, plan=excluded.plan,
+                         updated_ms=excluded.updated_ms",
+                    )?
+                    .execute(params![intent_id, *seq as i64, status, plan, *updated_ms as i64])?;
+                }
+                Write::Report {
+                    seq,
+                    intent_id,
+                    json,
+                } => {
+                    tx.prepare_cached(
+                        "INSERT OR REPLACE INTO reports(seq, intent_id, json) VALUES (?1,?2,?3)",
+                    )?
+                    .execute(params![*seq as i64, intent_id, json])?;
+                }
+                Write::Lock { key, json } => {
+                    tx.prepare_cached("INSERT OR REPLACE INTO locks(key, json) VALUES (?1,?2)")?
+                        .execute(params![key, json])?;
+                }
+                Write::Prune {
+                    keep_finished,
+                    keep_reports,
+                } => {
+                    tx.execute(
+                        "DELETE FROM intents WHERE status IN ('failed','withdrawn','satisfied')
+                         AND seq <= (SELECT max(seq) FROM intents) - ?1",
+                        params![*keep_finished as i64],
+                    )?;
+                    tx.execute(
+                        "DELETE FROM reports WHERE seq <= (SELECT max(seq) FROM reports) - ?1",
+                        params![*keep_reports as i64],
+                    )?;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn recover(&mut self, recent_reports: usize) -> Result<Recovered, StoreError> {
+        let mut r = Recovered::default();
+        {
+            let mut st = self
+                .conn
+                .prepare("SELECT seq, status, plan FROM intents ORDER BY seq")?;
+            let rows = st.query_map([], |row| {
+                Ok((
+                    row.get::<_, i64>(0)? as u64,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, String>(2)?,
+                ))
+            })?;
+            for row in rows {
+                let (seq, status, plan) = row?;
+                r.max_intent_seq = r.max_intent_seq.max(seq);
+                let plan: Plan = serde_json::from_str(&plan)?;
+                // "standing": a satisfied intent that is kept and re-checked.
+                match status.as_str() {
+                    "active" | "standing" => r.active.push((seq, plan)),
+                    _ => r.finished.push((seq, plan)),
+                }
+            }
+        }
+        {
+            let mut st = self.conn.prepare("SELECT json FROM locks")?;
+            let rows = st.query_map([], |row| row.get::<_, String>(0))?;
+            for row in rows {
+                r.locks.push(serde_json::from_str(&row?)?);
+            }
+        }
+        {
+            let mut st = self
+                .conn
+                .prepare("SELECT seq, json FROM reports ORDER BY seq DESC LIMIT ?1")?;
+            let rows = st.query_map(params![recent_reports as i64], |row| {
+                Ok((row.get::<_, i64>(0)? as u64, row.get::<_, String>(1)?))
+            })?;
+            for row in rows {
+                let (seq, json) = row?;
+                r.max_report_seq = r.max_report_seq.max(seq);
+                r.reports.push(json);
+            }
+            r.reports.reverse();
+        }
+        Ok(r)
+    }
+}
+
+/// The single writer. Writes queue while a commit runs on the blocking pool; each commit
+/// takes everything queued (group commit) and then answers every waiter.
+pub struct Store {
+    db: Arc<Mutex<Db>>,
+    queue: Vec<Write>,
+    waiters: Vec<oneshot::Sender<Result<(), String>>>,
+    committing: bool,
+    pub commits: u64,
+    pub writes: u64,
+    /// Batches of at most this many writes (bounds one transaction's size).
+    pub max_batch: usize,
+}
+
+impl Store {
+    pub fn new(db: Db) -> Store {
+        Store {
+            db: Arc::new(Mutex::new(db)),
+            queue: Vec::new(),
+            waiters: Vec::new(),
+            committing: false,
+            commits: 0,
+            writes: 0,
+            max_batch: 10_000,
+        }
+    }
+
+    fn kick(&mut self, ctx: &mut Context<Self>) {
+        if self.committing || self.queue.is_empty() {
+            return;
+        }
+        self.committing = true;
+        let n = self.queue.len().min(self.max_batch);
+        let batch: Vec<Write> = self.queue.drain(..n).collect();
+        // Waiters registered so far are covered once this batch and everything before it
+        // is committed; later waiters wait for a later batch.
+        let waiters = if self.queue.is_empty() {
+            std::mem::take(&mut self.waiters)
+        } else {
+            Vec::new()
+        };
+        let db = self.db.clone();
+        let started = std::time::Instant::now();
+        let fut = async move {
+            let n = batch.len();
+            let res = tokio::task::spawn_blocking(move || {
+                let mut db = db.lock().unwrap_or_else(|p| p.into_inner());
+                db.apply(&batch).map_err(|e| e.to_string())
+            })
+            .await
+            .map_err(|e| format!("store task: {e}"))
+            .and_then(|r| r);
+            (res, n)
+        };
+        ctx.spawn(fut.into_actor(self).map(move |(res, n), act, ctx| {
+            act.committing = false;
+            act.commits += 1;
+            act.writes += n as u64;
+            crate::metrics::STORE_COMMIT_US.observe(started.elapsed());
+            if let Err(e) = &res {
+                tracing::error!(component = "mirage.store", error = %e, writes = n, "commit failed");
+            }
+            for w in waiters {
+                let _ = w.send(res.clone());
+            }
+            act.kick(ctx);
+        }));
+    }
+}
+
+impl Actor for Store {
+    type Context = Context<Self>;
+
+    fn started(&mut self, _: &mut Context<Self>) {
+        shared::metrics::actor("mirage.store").instance_started();
+    }
+}
+
+/// Queue writes; the reply resolves when they are committed.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Put {
+    pub writes: Vec<Write>,
+    pub done: Option<oneshot::Sender<Result<(), String>>>,
+}
+
+impl Handler<Put> for Store {
+    type Result = ();
+
+    fn handle(&mut self, m: Put, ctx: &mut Context<Self>) {
+        self.queue.extend(m.writes);
+        if let Some(d) = m.done {
+            self.waiters.push(d);
+        }
+        self.kick(ctx);
+    }
+}
+
+shared::metered!(Store, Put);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::intent::parse;
+
+    #[test]
+    fn round_trip_and_retention() {
+        let dir = std::env::temp_dir().join(format!("mirage-store-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut db = Db::open(&dir).unwrap();
+        let p = Plan::new(
+            parse(
+                "intent_id=\"a\"\nactor=\"t\"\ntarget_scope=\"ghost:*\"\nobjective=\"o\"\n[[step]]\nseed=\"seed.kv\"\noperation=\"get\"\n",
+                || "x".into(),
+            )
+            .unwrap(),
+        );
+        let plan = serde_json::to_string(&p).unwrap();
+        let mut batch = vec![];
+        for i in 1..=5u64 {
+            batch.push(Write::Intent {
+                intent_id: format!("i{i}"),
+                seq: i,
+                status: if i == 5 {
+                    "active".into()
+                } else {
+                    "satisfied".into()
+                },
+                plan: plan.clone(),
+                updated_ms: i,
+            });
+            batch.push(Write::Report {
+                seq: i,
+                intent_id: format!("i{i}"),
+                json: format!("{{\"seq\":{i}}}"),
+            });
+        }
+        db.apply(&batch).unwrap();
+        let r = db.recover(3).unwrap();
+        assert_eq!(r.active.len(), 1);
+        assert_eq!(r.finished.len(), 4);
+        assert_eq!(r.reports.len(), 3);
+        assert_eq!(r.max_report_seq, 5);
+        db.apply(&[Write::Prune {
+            keep_finished: 2,
+            keep_reports: 2,
+        }])
+        .unwrap();
+        let r = db.recover(10).unwrap();
+        assert_eq!(r.active.len(), 1, "active intents are never pruned");
+        assert!(r.finished.len() <= 2, "{}", r.finished.len());
+        assert_eq!(r.reports.len(), 2);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
