@@ -43,7 +43,7 @@ impl Default for Limits {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ApiConfig {
     /// HTTP API and dashboard; loopback by default.
@@ -52,6 +52,16 @@ pub struct ApiConfig {
     pub token: String,
     /// Largest request body accepted.
     pub max_body: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            listen: "127.0.0.1:7000".into(),
+            token: String::new(),
+            max_body: 1024 * 1024,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -79,11 +89,7 @@ impl Default for MirageConfig {
             listen: "127.0.0.1:9000".into(),
             data_dir: PathBuf::from("data/mirage"),
             local_ghost: "ghost.local".into(),
-            api: ApiConfig {
-                listen: "127.0.0.1:7000".into(),
-                token: String::new(),
-                max_body: 1024 * 1024,
-            },
+            api: ApiConfig::default(),
             timeouts: Timeouts::default(),
             limits: Limits::default(),
             session_threads: 0,
@@ -151,6 +157,10 @@ mod tests {
         c.api.listen = "0.0.0.0:7000".into();
         assert!(c.validate().unwrap_err().contains("token"));
         c.api.token = "t".into();
+        c.validate().unwrap();
+        // A partial section keeps the other keys' defaults.
+        let c: MirageConfig = toml::from_str("[api]\nlisten = \"127.0.0.1:0\"").unwrap();
+        assert_eq!(c.api.max_body, 1024 * 1024);
         c.validate().unwrap();
     }
 }

@@ -1,1 +1,405 @@
-//! e2e harness
+//! Harness for cross-process tests: real `mirage` and `ghost` binaries in temp dirs on
+//! loopback, a tiny blocking HTTP client for the API, a Ghost admin client, a cuttable TCP
+//! proxy and a scripted fake Ghost. Everything is bounded in time and cleaned up on drop.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{mpsc, Once};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+static BUILD: Once = Once::new();
+static N: AtomicU32 = AtomicU32::new(0);
+
+/// target/debug (or release) next to this test binary; builds the two binaries once.
+pub fn bin(name: &str) -> PathBuf {
+    BUILD.call_once(|| {
+        let st = Command::new(env!("CARGO"))
+            .args(["build", "-q", "-p", "mirage", "-p", "ghost"])
+            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+            .status()
+            .expect("cargo build");
+        assert!(st.success(), "building mirage and ghost failed");
+    });
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    dir.join(name)
+}
+
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!(
+            "mg-e2e-{name}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.0.join(rel)
+    }
+}
+
+impl AsRef<Path> for TempDir {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A child process that prints one `… ready …` line; killed on drop.
+pub struct Proc {
+    pub child: Child,
+    pub ready: String,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(exe: &Path, args: &[&str], log: PathBuf) -> Proc {
+        let mut child = Command::new(exe)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&log)
+                    .unwrap(),
+            ))
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let _ = tx.send(line);
+            }
+        });
+        let ready = rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| {
+                panic!(
+                    "{} did not start; log:\n{}",
+                    exe.display(),
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                )
+            });
+        assert!(ready.contains("ready"), "{ready}");
+        Proc { child, ready, log }
+    }
+
+    pub fn field(&self, key: &str) -> String {
+        self.ready
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{key}=")))
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    pub fn sigkill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn sigterm(&mut self) -> Option<i32> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return st.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.sigkill();
+        None
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Resident memory in KiB, from /proc.
+    pub fn rss_kib(&self) -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        s.lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.sigterm();
+        }
+    }
+}
+
+pub struct Mirage {
+    pub proc: Proc,
+    pub session: String,
+    pub api: String,
+}
+
+impl Mirage {
+    /// Starts `mirage serve` with its data under `dir/mirage`. `session` 0 = any free port.
+    pub fn start(dir: impl AsRef<Path>, session_port: u16, extra_toml: &str) -> Mirage {
+        let dir = dir.as_ref();
+        let cfg = dir.join("mirage.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "listen = \"127.0.0.1:{session_port}\"\ndata_dir = \"{}\"\nlocal_ghost = \"\"\ntick_ms = 100\n{extra_toml}\n[api]\nlisten = \"127.0.0.1:0\"\n[timeouts]\nheartbeat_ms = 500\ndead_after_ms = 3000\n",
+                dir.join("mirage").display()
+            ),
+        )
+        .unwrap();
+        let proc = Proc::spawn(
+            &bin("mirage"),
+            &["serve", "--config", cfg.to_str().unwrap()],
+            dir.join("mirage.log"),
+        );
+        let session = proc.field("session");
+        let api = proc.field("api");
+        Mirage { proc, session, api }
+    }
+
+    pub fn get(&self, path: &str) -> (u16, Value) {
+        http(&self.api, "GET", path, None)
+    }
+
+    pub fn post(&self, path: &str, body: &str) -> (u16, Value) {
+        http(&self.api, "POST", path, Some(body))
+    }
+
+    pub fn delete(&self, path: &str) -> (u16, Value) {
+        http(&self.api, "DELETE", path, None)
+    }
+
+    /// Submits a plan and returns its intent id.
+    pub fn submit(&self, plan: &str) -> String {
+        let (st, v) = self.post("/v1/intents", plan);
+        assert_eq!(st, 201, "{v}");
+        v["intent_id"].as_str().unwrap().to_owned()
+    }
+
+    /// Waits until the intent reaches `status` (satisfied, failed, withdrawn).
+    pub fn wait_status(&self, id: &str, want: &str, within: Duration) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let (st, v) = self.get(&format!("/v1/intents/{id}"));
+            if st == 200 && v["summary"]["status"] == want {
+                return v;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "intent {id} not {want} within {within:?}: {v}\nmirage log tail:\n{}",
+                    tail(&self.proc.log_text(), 40)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until `n` ghosts are connected.
+    pub fn wait_ghosts(&self, n: usize, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let (_, v) = self.get("/v1/ghosts");
+            let c = v
+                .as_array()
+                .map(|a| a.iter().filter(|g| g["connected"] == true).count())
+                .unwrap_or(0);
+            if c >= n {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "only {c} of {n} ghosts connected: {v}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn reports(&self, id: &str) -> Vec<Value> {
+        let (_, v) = self.get(&format!("/v1/reports?intent={id}&limit=1000"));
+        v.as_array().cloned().unwrap_or_default()
+    }
+}
+
+pub fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+pub struct Ghost {
+    pub proc: Proc,
+    pub admin: String,
+}
+
+impl Ghost {
+    pub fn start(dir: impl AsRef<Path>, id: &str, mirage: &str, extra_toml: &str) -> Ghost {
+        let dir = dir.as_ref();
+        let cfg = dir.join(format!("{id}.toml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "ghost_id = \"{id}\"\ndata_dir = \"{}\"\n{extra_toml}\n[mirage]\naddresses = [\"{mirage}\"]\n[admin]\nlisten = \"127.0.0.1:0\"\n[timeouts]\nheartbeat_ms = 300\ndead_after_ms = 2000\nack_timeout_ms = 3000\n[backoff]\ninitial_ms = 50\nmax_ms = 500\n",
+                dir.join(id).display()
+            ),
+        )
+        .unwrap();
+        let proc = Proc::spawn(
+            &bin("ghost"),
+            &["serve", "--config", cfg.to_str().unwrap()],
+            dir.join(format!("{id}.log")),
+        );
+        let admin = proc.field("admin");
+        Ghost { proc, admin }
+    }
+
+    pub fn admin(&self, req: Value) -> Value {
+        let s = TcpStream::connect(&self.admin).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut w = s.try_clone().unwrap();
+        let mut line = req.to_string();
+        line.push('\n');
+        w.write_all(line.as_bytes()).unwrap();
+        let mut resp = String::new();
+        BufReader::new(s).read_line(&mut resp).unwrap();
+        serde_json::from_str(&resp).unwrap()
+    }
+
+    /// Commands this Ghost process actually ran (replays excluded).
+    pub fn executed(&self) -> u64 {
+        self.admin(serde_json::json!({"action": "status"}))["data"]["Dispatcher"]["executed"]
+            .as_u64()
+            .unwrap()
+    }
+
+    pub fn kv_get(&self, key: &str) -> Option<String> {
+        let r = self.admin(serde_json::json!({"action": "execute", "command": {
+            "seed_selector": "seed.kv", "operation": "get", "args": {"key": key}}}));
+        if r["data"]["event"]["Outcome"] != "success" {
+            return None;
+        }
+        let b64 = r["data"]["execution"]["SeedResult"]["Stdout"]
+            .as_str()
+            .unwrap_or("");
+        Some(b64_decode(b64).trim_end().to_owned())
+    }
+}
+
+fn b64_decode(s: &str) -> String {
+    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = Vec::new();
+    let (mut buf, mut bits) = (0u32, 0u32);
+    for c in s.bytes().filter(|c| *c != b'=') {
+        let Some(v) = A.iter().position(|a| *a == c) else {
+            continue;
+        };
+        buf = buf << 6 | v as u32;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((buf >> bits) as u8);
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A minimal HTTP/1.1 client: one request per connection.
+pub fn http(addr: &str, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+    let (st, text) = http_raw(addr, method, path, body, &[]);
+    let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (st, v)
+}
+
+pub fn http_raw(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    headers: &[(&str, &str)],
+) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let body = body.unwrap_or("");
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    s.write_all(body.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(rest)
+    } else {
+        rest.to_owned()
+    };
+    (status, body)
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+pub mod fake_ghost;
+pub mod proxy;
