@@ -180,8 +180,14 @@ impl Mirage {
         std::fs::write(
             &cfg,
             format!(
-                "listen = \"127.0.0.1:{session_port}\"\ndata_dir = \"{}\"\nlocal_ghost = \"\"\ntick_ms = 100\n{extra_toml}\n[api]\nlisten = \"127.0.0.1:0\"\n[timeouts]\nheartbeat_ms = 500\ndead_after_ms = 3000\n",
-                dir.join("mirage").display()
+                "listen = \"127.0.0.1:{session_port}\"\ndata_dir = \"{}\"\nlocal_ghost = \"\"\ntick_ms = 100\n[api]\nlisten = \"127.0.0.1:0\"\n{}",
+                dir.join("mirage").display(),
+                // Test timeouts, merged into the caller's [timeouts] section if it has one.
+                if extra_toml.contains("[timeouts]") {
+                    extra_toml.replace("[timeouts]", "[timeouts]\nheartbeat_ms = 500\ndead_after_ms = 3000")
+                } else {
+                    format!("{extra_toml}\n[timeouts]\nheartbeat_ms = 500\ndead_after_ms = 3000\n")
+                }
             ),
         )
         .unwrap();
@@ -403,3 +409,54 @@ fn dechunk(mut s: &str) -> String {
 
 pub mod fake_ghost;
 pub mod proxy;
+
+/// A keep-alive HTTP/1.1 client (responses with Content-Length), for load loops.
+pub struct KeepAlive {
+    addr: String,
+    r: BufReader<TcpStream>,
+    w: TcpStream,
+}
+
+impl KeepAlive {
+    pub fn connect(addr: &str) -> KeepAlive {
+        let s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        s.set_nodelay(true).unwrap();
+        KeepAlive {
+            addr: addr.to_owned(),
+            w: s.try_clone().unwrap(),
+            r: BufReader::new(s),
+        }
+    }
+
+    pub fn request(&mut self, method: &str, path: &str, body: &str) -> (u16, String) {
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\n\r\n{body}",
+            self.addr,
+            body.len()
+        );
+        self.w.write_all(req.as_bytes()).unwrap();
+        let mut line = String::new();
+        self.r.read_line(&mut line).unwrap();
+        let status = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let mut len = 0usize;
+        loop {
+            line.clear();
+            self.r.read_line(&mut line).unwrap();
+            let l = line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            if let Some(v) = l.to_ascii_lowercase().strip_prefix("content-length:") {
+                len = v.trim().parse().unwrap_or(0);
+            }
+        }
+        let mut buf = vec![0u8; len];
+        self.r.read_exact(&mut buf).unwrap();
+        (status, String::from_utf8_lossy(&buf).into_owned())
+    }
+}
