@@ -39,6 +39,15 @@ pub enum Write {
         key: String,
         json: String,
     },
+    /// An observed event (bounded retention, see `Prune`).
+    Event {
+        event_id: String,
+        ghost_id: String,
+        command_id: String,
+        intent_id: String,
+        outcome: String,
+        at_ms: u64,
+    },
     /// Retention: drop finished intents beyond the newest `keep`, reports beyond `keep`.
     Prune {
         keep_finished: u64,
@@ -85,6 +94,15 @@ impl Db {
              CREATE TABLE IF NOT EXISTS locks (
                  key TEXT PRIMARY KEY,
                  json TEXT NOT NULL
+             );
+             CREATE TABLE IF NOT EXISTS events (
+                 seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                 event_id TEXT NOT NULL UNIQUE,
+                 ghost_id TEXT NOT NULL,
+                 command_id TEXT NOT NULL,
+                 intent_id TEXT NOT NULL,
+                 outcome TEXT NOT NULL,
+                 at_ms INTEGER NOT NULL
              );",
         )?;
         Ok(Db { conn })
@@ -122,10 +140,28 @@ impl Db {
                     tx.prepare_cached("INSERT OR REPLACE INTO locks(key, json) VALUES (?1,?2)")?
                         .execute(params![key, json])?;
                 }
+                Write::Event {
+                    event_id,
+                    ghost_id,
+                    command_id,
+                    intent_id,
+                    outcome,
+                    at_ms,
+                } => {
+                    tx.prepare_cached(
+                        "INSERT OR IGNORE INTO events(event_id, ghost_id, command_id, intent_id, outcome, at_ms)
+                         VALUES (?1,?2,?3,?4,?5,?6)",
+                    )?
+                    .execute(params![event_id, ghost_id, command_id, intent_id, outcome, *at_ms as i64])?;
+                }
                 Write::Prune {
                     keep_finished,
                     keep_reports,
                 } => {
+                    tx.execute(
+                        "DELETE FROM events WHERE seq <= (SELECT max(seq) FROM events) - ?1",
+                        params![*keep_reports as i64],
+                    )?;
                     tx.execute(
                         "DELETE FROM intents WHERE status IN ('failed','withdrawn','satisfied')
                          AND seq <= (SELECT max(seq) FROM intents) - ?1",

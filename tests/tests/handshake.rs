@@ -118,3 +118,92 @@ async fn bad_handshakes_are_rejected_and_a_good_ghost_registers_meanwhile() {
     drop(good);
     drop(m);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_session_replaces_the_old_and_bad_frames_get_error_frames() {
+    use futures::{SinkExt, StreamExt};
+    use shared::envelope::Envelope;
+    use shared::wire::{tlv, Frame, FrameCodec};
+    use tokio_util::codec::Framed;
+
+    let dir = TempDir::new("replace");
+    let m = tokio::task::spawn_blocking({
+        let d = dir.0.clone();
+        move || Mirage::start(d, 0, "")
+    })
+    .await
+    .unwrap();
+    let reg = registration("ghost.r", &["seed.kv"]);
+    let mut old = FakeGhost::connect(&m.session, &reg).await.unwrap();
+    let new = FakeGhost::connect(&m.session, &reg).await.unwrap();
+    assert_ne!(old.ack.session_id, new.ack.session_id);
+    // The old session is closed (an error frame may come first), the Ghost stays connected.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while old.recv(Duration::from_millis(200)).await.is_some() {
+        assert!(Instant::now() < deadline, "old session not closed");
+    }
+    let api = m.api.clone();
+    let g = tokio::task::spawn_blocking(move || {
+        std::thread::sleep(Duration::from_millis(200));
+        http(&api, "GET", "/v1/ghosts/ghost.r", None).1
+    })
+    .await
+    .unwrap();
+    assert_eq!(g["connected"], true, "{g}");
+    assert_eq!(g["session_id"].as_str(), new.ack.session_id.as_deref());
+    drop(new);
+
+    // A semantically bad frame gets an error frame naming it; the session stays up.
+    let mut s = TcpStream::connect(&m.session).await.unwrap();
+    s.write_all(&handshake::registration_line(&registration("ghost.s", &[])).unwrap())
+        .await
+        .unwrap();
+    let mut buf = BytesMut::new();
+    let line = handshake::read_line(&mut s, &mut buf, handshake::MAX_LINE)
+        .await
+        .unwrap();
+    assert!(handshake::parse_registration_ack(&line).unwrap().accepted());
+    let mut f = Framed::new(s, FrameCodec::default());
+    f.read_buffer_mut().extend_from_slice(&buf);
+    let fields = tlv::Fields(vec![tlv::Field::string(tlv::id::EVENT_ID, "evt.x")]);
+    f.send(Frame::new(77, 5, 0, fields.to_bytes().unwrap()))
+        .await
+        .unwrap();
+    let reply = tokio::time::timeout(Duration::from_secs(5), f.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let Envelope::Error(e) = Envelope::from_frame(&reply).unwrap() else {
+        panic!("{reply:?}")
+    };
+    assert_eq!(e.error_code, 1300);
+    assert_eq!(e.ref_message_id, Some(77));
+    assert!(
+        e.error_reason.contains("missing required field"),
+        "{}",
+        e.error_reason
+    );
+    // A broken frame header: error frame, then close.
+    f.get_mut()
+        .write_all(&[0xde, 0xad, 0xbe, 0xef].repeat(8))
+        .await
+        .unwrap();
+    let reply = tokio::time::timeout(Duration::from_secs(5), f.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let Envelope::Error(e) = Envelope::from_frame(&reply).unwrap() else {
+        panic!()
+    };
+    assert_eq!(e.error_code, 1100);
+    let end = tokio::time::timeout(Duration::from_secs(5), f.next())
+        .await
+        .unwrap();
+    assert!(
+        end.is_none() || end.unwrap().is_err(),
+        "closed after a framing error"
+    );
+    drop(m);
+}

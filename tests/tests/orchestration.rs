@@ -240,3 +240,88 @@ fn ghost_disconnect_mid_step_then_reconnect_completes_the_step_once() {
         "{s:?}"
     );
 }
+
+#[test]
+fn withdraw_leaves_the_queue_and_a_broken_lock_fails_its_holder() {
+    let dir = TempDir::new("withdraw");
+    let m = Mirage::start(&dir, 0, "");
+    let _g = Ghost::start(&dir, "g1", &m.session, "");
+    m.wait_ghosts(1, T);
+    let plan = |id: &str| {
+        format!(
+        "intent_id=\"{id}\"\nactor=\"t\"\ntarget_scope=\"ghost:g1\"\nobjective=\"o\"\n[[step]]\nseed=\"seed.flow\"\noperation=\"sleep\"\nargs={{ms=\"3000\"}}\nblocking=true\n[[step]]\nseed=\"seed.kv\"\noperation=\"put\"\nargs={{key=\"{id}\",value=\"x\"}}\n"
+    )
+    };
+    let a = m.submit(&plan("holder"));
+    std::thread::sleep(Duration::from_millis(200));
+    let b = m.submit(&plan("waiter"));
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(m.delete(&format!("/v1/intents/{b}")).0, 202);
+    m.wait_status(&b, "withdrawn", T);
+    let (_, locks) = m.get("/v1/locks");
+    assert!(
+        locks[0]["waiters"].as_array().unwrap().is_empty(),
+        "{locks}"
+    );
+    assert_eq!(
+        m.delete(&format!("/v1/intents/{b}")).0,
+        409,
+        "already finished"
+    );
+    assert_eq!(m.delete("/v1/intents/nope").0, 404);
+    // The operator breaks the holder's lock: it loses it and fails; the lock is free.
+    assert_eq!(m.delete("/v1/locks/g1::seed.flow").0, 202);
+    let d = m.wait_status(&a, "failed", T);
+    assert!(
+        d["plan"]["failure"]
+            .as_str()
+            .unwrap()
+            .contains("taken away"),
+        "{d}"
+    );
+    let (_, locks) = m.get("/v1/locks");
+    assert!(locks[0]["holder"].is_null());
+    assert_eq!(m.delete("/v1/locks/none::seed.x").0, 404);
+}
+
+#[test]
+fn a_standing_intent_corrects_drift() {
+    let dir = TempDir::new("keep");
+    let m = Mirage::start(&dir, 0, "");
+    let g = Ghost::start(&dir, "g1", &m.session, "");
+    m.wait_ghosts(1, T);
+    let id = m.submit(
+        "intent_id=\"keep\"\nactor=\"t\"\ntarget_scope=\"ghost:g1\"\nobjective=\"k stays v\"\nkeep=\"1s\"\n[[step]]\nseed=\"seed.kv\"\noperation=\"put\"\nargs={key=\"k\",value=\"v\"}\ncheck={operation=\"get\",args={key=\"k\"}}\n",
+    );
+    m.wait_status(&id, "satisfied", T);
+    assert_eq!(g.kv_get("k").as_deref(), Some("v"));
+    // Drift: someone deletes the key behind Mirage's back.
+    let r = g.admin(serde_json::json!({"action": "execute", "command": {"seed_selector": "seed.kv", "operation": "delete", "args": {"key": "k"}}}));
+    assert_eq!(r["ok"], true);
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        let s = summaries(&m.reports(&id));
+        if s.iter()
+            .any(|x| x.contains("corrected and satisfied again"))
+        {
+            assert!(
+                s.iter()
+                    .any(|x| x.contains("drift: step 1/1 check failed on g1")),
+                "{s:?}"
+            );
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no correction: {s:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let corrective: Vec<Value> = m
+        .reports(&id)
+        .into_iter()
+        .filter(|r| r["completion_state"] == "corrective")
+        .collect();
+    assert_eq!(corrective.len(), 1);
+    assert_eq!(g.kv_get("k").as_deref(), Some("v"), "drift corrected");
+    // Withdrawing ends it.
+    assert_eq!(m.delete(&format!("/v1/intents/{id}")).0, 202);
+    m.wait_status(&id, "withdrawn", T);
+}

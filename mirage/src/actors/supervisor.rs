@@ -468,6 +468,17 @@ impl Handler<Ingest> for Supervisor {
             self.events.insert(a.clone(), now);
             return Box::pin(fut::ready(a));
         }
+        self.store.do_send(Put {
+            writes: vec![Write::Event {
+                event_id: m.event.event_id.clone(),
+                ghost_id: m.ghost_id.clone(),
+                command_id: m.event.command_id.clone(),
+                intent_id: m.event.intent_id.clone(),
+                outcome: m.event.outcome.as_str().to_owned(),
+                at_ms: now,
+            }],
+            done: None,
+        });
         let route = self.routes.remove(&m.event.command_id);
         let plan = route
             .as_ref()

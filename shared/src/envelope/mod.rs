@@ -521,8 +521,10 @@ impl Envelope {
                     .s(GHOST_ID, &m.ghost_id)
                     .s(SEED_SELECTOR, &m.seed_selector)
                     .s(OPERATION, &m.operation);
-                // edgectl omits 203 when there are no args.
-                let w = if m.args.is_empty() {
+                // edgectl omits 203 when there are no args. Not when a carried-through
+                // duplicate 203 follows: it would become the first occurrence and win on
+                // re-decode, changing the args a relayed command carries.
+                let w = if m.args.is_empty() && !m.extra.iter().any(|f| f.id == ARGS) {
                     w
                 } else {
                     w.b(ARGS, &encode_args(&m.args))
