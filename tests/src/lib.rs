@@ -19,8 +19,13 @@ static N: AtomicU32 = AtomicU32::new(0);
 /// target/debug (or release) next to this test binary; builds the two binaries once.
 pub fn bin(name: &str) -> PathBuf {
     BUILD.call_once(|| {
+        // Same profile as this test binary, so target/<profile>/ has them.
+        let mut args = vec!["build", "-q", "-p", "mirage", "-p", "ghost"];
+        if !cfg!(debug_assertions) {
+            args.push("--release");
+        }
         let st = Command::new(env!("CARGO"))
-            .args(["build", "-q", "-p", "mirage", "-p", "ghost"])
+            .args(&args)
             .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
             .status()
             .expect("cargo build");
