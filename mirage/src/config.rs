@@ -64,6 +64,15 @@ impl Default for ApiConfig {
     }
 }
 
+/// A Ghost driven through its admin boundary (`execute_envelope`) instead of its session:
+/// an edgectl Ghost, which takes no commands on its session.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct GhostAdmin {
+    pub id: String,
+    pub addr: String,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MirageConfig {
@@ -80,6 +89,7 @@ pub struct MirageConfig {
     pub session_threads: usize,
     /// Reconcile tick.
     pub tick_ms: u64,
+    pub ghost_admin: Vec<GhostAdmin>,
 }
 
 impl Default for MirageConfig {
@@ -94,6 +104,7 @@ impl Default for MirageConfig {
             limits: Limits::default(),
             session_threads: 0,
             tick_ms: 250,
+            ghost_admin: Vec::new(),
         }
     }
 }
@@ -124,6 +135,20 @@ impl MirageConfig {
         }
         if self.tick_ms == 0 || self.tick_ms > 10_000 {
             return Err("tick_ms must be between 1 and 10000".into());
+        }
+        for g in &self.ghost_admin {
+            shared::handshake::validate_ghost_id(&g.id)
+                .map_err(|e| format!("ghost_admin id {:?}: {e}", g.id))?;
+            if g.addr
+                .rsplit_once(':')
+                .and_then(|(_, p)| p.parse::<u16>().ok())
+                .is_none()
+            {
+                return Err(format!(
+                    "ghost_admin {}: addr {:?} is not host:port",
+                    g.id, g.addr
+                ));
+            }
         }
         if self.api.max_body < 1024 {
             return Err("api.max_body must be at least 1024".into());

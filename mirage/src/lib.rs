@@ -2,6 +2,7 @@
 //! and the operator tools.
 
 pub mod actors;
+pub mod admin_client;
 pub mod api;
 pub mod config;
 pub mod history;

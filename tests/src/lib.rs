@@ -300,6 +300,27 @@ impl Ghost {
         Ghost { proc, admin }
     }
 
+    /// A Ghost with no Mirage session, only its admin boundary (like an edgectl Ghost).
+    pub fn start_headless(dir: impl AsRef<Path>, id: &str) -> Ghost {
+        let dir = dir.as_ref();
+        let cfg = dir.join(format!("{id}.toml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "ghost_id = \"{id}\"\ndata_dir = \"{}\"\n[mirage]\npolicy = \"headless\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+                dir.join(id).display()
+            ),
+        )
+        .unwrap();
+        let proc = Proc::spawn(
+            &bin("ghost"),
+            &["serve", "--config", cfg.to_str().unwrap()],
+            dir.join(format!("{id}.log")),
+        );
+        let admin = proc.field("admin");
+        Ghost { proc, admin }
+    }
+
     pub fn admin(&self, req: Value) -> Value {
         let s = TcpStream::connect(&self.admin).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();

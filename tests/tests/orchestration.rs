@@ -325,3 +325,38 @@ fn a_standing_intent_corrects_drift() {
     assert_eq!(m.delete(&format!("/v1/intents/{id}")).0, 202);
     m.wait_status(&id, "withdrawn", T);
 }
+
+#[test]
+fn a_ghost_without_session_commands_is_driven_through_its_admin_boundary() {
+    let dir = TempDir::new("admin");
+    let edge = Ghost::start_headless(&dir, "edge");
+    let m = Mirage::start(
+        &dir,
+        0,
+        &format!(
+            "[[ghost_admin]]\nid = \"edge\"\naddr = \"{}\"\n",
+            edge.admin
+        ),
+    );
+    m.wait_ghosts(1, T);
+    let (_, g) = m.get("/v1/ghosts/edge");
+    assert_eq!(g["via_admin"], edge.admin.as_str(), "{g}");
+    assert!(
+        g["seeds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["id"] == "seed.kv"),
+        "seeds learnt from list_seeds: {g}"
+    );
+    let id = m.submit(
+        "intent_id=\"edge\"\nactor=\"t\"\ntarget_scope=\"ghost:edge\"\nobjective=\"o\"\n[[step]]\nseed=\"seed.kv\"\noperation=\"put\"\nargs={key=\"via\",value=\"admin\"}\nblocking=true\n[[step]]\nseed=\"seed.flow\"\noperation=\"echo\"\n",
+    );
+    m.wait_status(&id, "satisfied", T);
+    assert_eq!(edge.kv_get("via").as_deref(), Some("admin"));
+    // A refused command comes back as a failed step, not a hang.
+    let id = m.submit(
+        "intent_id=\"edge-bad\"\nactor=\"t\"\ntarget_scope=\"ghost:edge\"\nobjective=\"o\"\n[[step]]\nseed=\"seed.flow\"\noperation=\"fail\"\n",
+    );
+    m.wait_status(&id, "failed", T);
+}

@@ -35,6 +35,15 @@ pub struct GhostEntry {
     pub registered_ms: u64,
     pub last_event_ms: u64,
     pub events: u64,
+    /// `[[ghost_admin]]`: driven through this admin address, reachable now or not.
+    pub admin_addr: Option<String>,
+    pub admin_ok: bool,
+}
+
+impl GhostEntry {
+    fn connected(&self) -> bool {
+        self.session.is_some() || (self.admin_addr.is_some() && self.admin_ok)
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -50,6 +59,7 @@ pub struct GhostInfo {
     pub labels: BTreeMap<String, String>,
     pub seeds: Vec<shared::handshake::SeedInfo>,
     pub local: bool,
+    pub via_admin: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -112,6 +122,7 @@ pub struct Supervisor {
     feed: broadcast::Sender<Arc<ReportRecord>>,
     finished_since_prune: u64,
     pending_resume: Vec<(u64, Plan)>,
+    admin_msg_id: u64,
 }
 
 pub struct Restored {
@@ -162,6 +173,7 @@ impl Supervisor {
             feed,
             finished_since_prune: 0,
             pending_resume: restored.active,
+            admin_msg_id: 0,
         };
         for (seq, plan) in restored.finished {
             s.remember_finished(IntentSummary::of(&plan, seq), Box::new(plan));
@@ -203,7 +215,7 @@ impl Supervisor {
             f.ghosts.insert(
                 id.clone(),
                 GhostView {
-                    connected: g.session.is_some(),
+                    connected: g.connected(),
                     seeds,
                 },
             );
@@ -269,6 +281,104 @@ impl Supervisor {
         }
     }
 
+    /// Probes every `[[ghost_admin]]` Ghost: reachable, right id, which seeds.
+    fn poll_admin_ghosts(&mut self, ctx: &mut Context<Self>) {
+        let timeout = Duration::from_millis(self.cfg.timeouts.connect_ms.min(2000));
+        for ga in self.cfg.ghost_admin.clone() {
+            let fut = async move { crate::admin_client::probe(&ga.addr, timeout).await };
+            let id = ga.id.clone();
+            ctx.spawn(fut.into_actor(self).map(move |res, act, _| {
+                let Some(g) = act.ghosts.get_mut(&id) else { return };
+                let was = g.admin_ok;
+                match res {
+                    Ok((reported, seeds)) if reported == id => {
+                        g.admin_ok = true;
+                        if g.registered_ms == 0 {
+                            g.registered_ms = shared::now_ms();
+                        }
+                        if g.registration.seeds() != seeds.as_slice() {
+                            g.registration.seed_list = Some(seeds);
+                            act.fleet_dirty = true;
+                        }
+                    }
+                    Ok((reported, _)) => {
+                        g.admin_ok = false;
+                        tracing::warn!(component = "mirage.supervisor", ghost_id = %id, reported = %reported, "admin ghost reports another id; not used");
+                    }
+                    Err(e) => {
+                        g.admin_ok = false;
+                        if was {
+                            tracing::warn!(component = "mirage.supervisor", ghost_id = %id, error = %e, "admin ghost unreachable");
+                        }
+                    }
+                }
+                if was != g.admin_ok {
+                    act.fleet_dirty = true;
+                    if g.admin_ok {
+                        tracing::info!(component = "mirage.supervisor", ghost_id = %id, "admin ghost reachable");
+                        act.ghost_up(&id);
+                    }
+                }
+            }));
+        }
+    }
+
+    fn ghost_up(&self, ghost: &str) {
+        if let Some(intents) = self.interest.get(ghost) {
+            for id in intents {
+                if let Some(a) = self.active.get(id) {
+                    a.addr.do_send(PlanMsg(Input::GhostUp(ghost.to_owned())));
+                }
+            }
+        }
+    }
+
+    /// Runs a command through an admin Ghost's `execute_envelope` and ingests its event.
+    fn dispatch_admin(
+        &mut self,
+        addr: String,
+        ghost: String,
+        command: Command,
+        ctx: &mut Context<Self>,
+    ) {
+        self.admin_msg_id += 1;
+        let msg_id = self.admin_msg_id;
+        let timeout = Duration::from_millis(
+            command
+                .deadline_ms
+                .map(|d| d.saturating_sub(shared::now_ms()))
+                .unwrap_or(30_000)
+                .clamp(1000, 600_000),
+        );
+        let me = ctx.address();
+        m::COMMANDS_SENT.inc();
+        actix_rt::spawn(async move {
+            let cmd = command.clone();
+            let ev = match crate::admin_client::execute(&addr, msg_id, command, timeout).await {
+                Ok(e) => e,
+                Err(why) => {
+                    // The Ghost refused or could not be reached: a terminal error, not silence.
+                    let mut e = Event::new(
+                        format!("evt.{}", cmd.command_id),
+                        cmd.command_id.clone(),
+                        cmd.intent_id.clone(),
+                        ghost.clone(),
+                        cmd.seed_selector.clone(),
+                        shared::envelope::Outcome::Error,
+                    );
+                    e.error_code = Some(code::RUNTIME);
+                    e.error_reason = Some(format!("admin {addr}: {why}"));
+                    e.timestamp_ms = Some(shared::now_ms());
+                    e
+                }
+            };
+            me.do_send(Ingest {
+                ghost_id: ghost,
+                event: ev,
+            });
+        });
+    }
+
     fn publish(&mut self, r: ReportRecord) {
         m::REPORTS.inc();
         if let Ok(json) = serde_json::to_string(&r) {
@@ -321,6 +431,34 @@ impl Actor for Supervisor {
             let addr = self.start_plan(seq, plan, ctx);
             addr.addr().do_send(Resume);
         }
+        for ga in self.cfg.ghost_admin.clone() {
+            self.ghosts.insert(
+                ga.id.clone(),
+                GhostEntry {
+                    registration: Registration {
+                        ghost_id: ga.id.clone(),
+                        peer_identity: ga.id.clone(),
+                        seed_list: Some(vec![]),
+                        admin_addr: Some(ga.addr.clone()),
+                        ..Default::default()
+                    },
+                    session: None,
+                    session_id: String::new(),
+                    peer: ga.addr.clone(),
+                    registered_ms: 0,
+                    last_event_ms: 0,
+                    events: 0,
+                    admin_addr: Some(ga.addr),
+                    admin_ok: false,
+                },
+            );
+        }
+        if !self.cfg.ghost_admin.is_empty() {
+            self.poll_admin_ghosts(ctx);
+            ctx.run_interval(Duration::from_secs(3), |act, ctx| {
+                act.poll_admin_ghosts(ctx)
+            });
+        }
         ctx.run_interval(Duration::from_millis(self.cfg.tick_ms), |act, _| {
             act.rebuild_fleet();
         });
@@ -372,6 +510,8 @@ impl Handler<Register> for Supervisor {
                 registered_ms: now,
                 last_event_ms: 0,
                 events: 0,
+                admin_addr: None,
+                admin_ok: false,
             });
         if let Some(old) = entry.session.take() {
             tracing::info!(component = "mirage.supervisor", ghost_id = %ghost, old = %entry.session_id, new = %session_id, "new session replaces the old one");
@@ -386,13 +526,7 @@ impl Handler<Register> for Supervisor {
         self.fleet_dirty = true;
         m::SESSIONS_OPENED.inc();
         // Commands sent while it was away may not have arrived: plans re-send them.
-        if let Some(intents) = self.interest.get(&ghost) {
-            for id in intents {
-                if let Some(a) = self.active.get(id) {
-                    a.addr.do_send(PlanMsg(Input::GhostUp(ghost.clone())));
-                }
-            }
-        }
+        self.ghost_up(&ghost);
         Ok(RegistrationAck {
             status: "accepted".into(),
             code: 0,
@@ -540,7 +674,7 @@ pub struct Dispatch {
 impl Handler<Dispatch> for Supervisor {
     type Result = ();
 
-    fn handle(&mut self, m: Dispatch, _: &mut Context<Self>) {
+    fn handle(&mut self, m: Dispatch, ctx: &mut Context<Self>) {
         let cid = m.command.command_id.clone();
         if self
             .routes
@@ -560,11 +694,19 @@ impl Handler<Dispatch> for Supervisor {
             return;
         };
         let Some(session) = &g.session else {
+            if let (Some(addr), true) = (g.admin_addr.clone(), g.admin_ok) {
+                self.dispatch_admin(addr, m.ghost, m.command, ctx);
+                return;
+            }
             tracing::debug!(component = "mirage.supervisor", ghost_id = %m.ghost, command_id = %cid, "ghost offline; command waits for it");
             return;
         };
         if !g.registration.has_capability(CAP_SESSION_COMMAND) {
-            tracing::warn!(component = "mirage.supervisor", ghost_id = %m.ghost, command_id = %cid, "ghost takes no commands on its session (edgectl ghost); it will time out");
+            if let (Some(addr), true) = (g.admin_addr.clone(), g.admin_ok) {
+                self.dispatch_admin(addr, m.ghost, m.command, ctx);
+                return;
+            }
+            tracing::warn!(component = "mirage.supervisor", ghost_id = %m.ghost, command_id = %cid, "ghost takes no commands on its session and has no [[ghost_admin]] entry; the step will time out");
             return;
         }
         m::COMMANDS_SENT.inc();
@@ -836,7 +978,7 @@ impl Handler<ListGhosts> for Supervisor {
                 .iter()
                 .map(|(id, g)| GhostInfo {
                     ghost_id: id.clone(),
-                    connected: g.session.is_some(),
+                    connected: g.connected(),
                     session_id: g.session_id.clone(),
                     peer: g.peer.clone(),
                     registered_ms: g.registered_ms,
@@ -846,6 +988,7 @@ impl Handler<ListGhosts> for Supervisor {
                     labels: g.registration.labels.clone(),
                     seeds: g.registration.seeds().to_vec(),
                     local: *id == self.cfg.local_ghost,
+                    via_admin: g.admin_addr.clone(),
                 })
                 .collect(),
         )
@@ -989,7 +1132,7 @@ impl Handler<GetOverview> for Supervisor {
     fn handle(&mut self, _: GetOverview, _: &mut Context<Self>) -> Self::Result {
         MessageResult(Overview {
             mirage_id: self.cfg.mirage_id.clone(),
-            ghosts_connected: self.ghosts.values().filter(|g| g.session.is_some()).count(),
+            ghosts_connected: self.ghosts.values().filter(|g| g.connected()).count(),
             ghosts_known: self.ghosts.len(),
             intents_active: self.active.len(),
             intents_finished_kept: self.finished.len(),
