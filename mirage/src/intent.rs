@@ -444,3 +444,20 @@ mod tests {
         assert_eq!(parse_duration_ms("x"), None);
     }
 }
+
+#[cfg(test)]
+mod example_plans {
+    /// Every example in config/plans parses.
+    #[test]
+    fn examples_parse() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/plans");
+        let mut n = 0;
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            let text = std::fs::read_to_string(&p).unwrap();
+            super::parse(&text, || "x".into()).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            n += 1;
+        }
+        assert!(n >= 4);
+    }
+}
