@@ -26,6 +26,8 @@ pub struct AppState {
     pub sup: MeteredAddr<Supervisor>,
     pub feed: broadcast::Sender<Arc<ReportRecord>>,
     pub token: Arc<String>,
+    /// Admin address of the co-located Ghost (`mirage up`), empty when there is none.
+    pub local_admin: Arc<String>,
 }
 
 fn err(status: u16, msg: impl Into<String>) -> HttpResponse {
@@ -279,6 +281,37 @@ async fn stream(
         .streaming(head.chain(live))
 }
 
+#[derive(Deserialize)]
+struct SpawnReq {
+    target_name: String,
+    admin_addr: String,
+}
+
+/// The spawn boundary: asks the co-located Ghost to start another Ghost process.
+async fn spawn_ghost(st: web::Data<AppState>, body: web::Bytes) -> HttpResponse {
+    if st.local_admin.is_empty() {
+        return err(409, "no local ghost (start Mirage with `mirage up`)");
+    }
+    let req: SpawnReq = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return err(
+                400,
+                format!("body must be {{\"target_name\",\"admin_addr\"}}: {e}"),
+            )
+        }
+    };
+    let call = json!({"action": "spawn_ghost", "spawn": {"target_name": req.target_name, "admin_addr": req.admin_addr}});
+    match crate::admin_client::call(&st.local_admin, &call, Duration::from_secs(10)).await {
+        Ok(v) if v["ok"] == true => HttpResponse::Created().json(&v["data"]),
+        Ok(v) => err(
+            400,
+            v["error"].as_str().unwrap_or("spawn refused").to_owned(),
+        ),
+        Err(e) => err(502, e),
+    }
+}
+
 async fn actors() -> HttpResponse {
     HttpResponse::Ok().json(shared::metrics::snapshot_all())
 }
@@ -343,6 +376,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route("/intents/{id}", web::get().to(get_intent))
                 .route("/intents/{id}", web::delete().to(withdraw))
                 .route("/ghosts", web::get().to(ghosts))
+                .route("/ghosts/spawn", web::post().to(spawn_ghost))
                 .route("/ghosts/{id}", web::get().to(ghost))
                 .route("/services", web::get().to(services))
                 .route("/locks", web::get().to(locks))

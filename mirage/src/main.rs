@@ -2,25 +2,102 @@ use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+use mirage::cli::{bar, s, table, Api};
+use serde_json::Value;
 
-/// Mirage: the fleet orchestrator.
+/// Mirage: the fleet orchestrator, and the CLI that talks to it.
 #[derive(Parser)]
 #[command(name = "mirage", version, about, propagate_version = true)]
 struct Cli {
+    /// Mirage HTTP API (for the client commands).
+    #[arg(
+        long,
+        global = true,
+        env = "MIRAGE_API",
+        default_value = "http://127.0.0.1:7000"
+    )]
+    api: String,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     cmd: Cmd,
 }
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Mirage, a co-located local Ghost, embedded storage and the dashboard, in one command.
+    Up(UpArgs),
     /// Run Mirage: Ghost sessions, intents, locks, reports, the HTTP API.
     Serve(ServeArgs),
+    /// Submit intents.
+    Issue {
+        #[command(subcommand)]
+        cmd: IssueCmd,
+    },
+    /// List intents, newest first.
+    Intents {
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Show or withdraw one intent.
+    Intent {
+        #[command(subcommand)]
+        cmd: IntentCmd,
+    },
+    /// Show reports; `--follow` streams them live (and resumes across Mirage restarts).
+    Reports {
+        #[arg(long)]
+        intent: Option<String>,
+        #[arg(long)]
+        follow: bool,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Connected and known Ghosts.
+    Ghosts,
+    /// Seeds and the Ghosts that host them.
+    Services,
+    /// Seed locks; `mirage locks break KEY` breaks one.
+    Locks {
+        #[command(subcommand)]
+        cmd: Option<LocksCmd>,
+    },
+    /// Actor mailbox metrics.
+    Actors,
     /// Wire protocol tools for operators.
     Wire {
         #[command(subcommand)]
         cmd: WireCmd,
     },
+}
+
+#[derive(Subcommand)]
+enum IssueCmd {
+    /// Submit a plan (TOML or JSON). With --wait, show progress and exit 0 when satisfied,
+    /// 1 when failed.
+    Submit {
+        plan: PathBuf,
+        #[arg(long)]
+        wait: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum IntentCmd {
+    Show {
+        id: String,
+    },
+    /// Cancel pending work and release its locks.
+    Withdraw {
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum LocksCmd {
+    Break { key: String },
 }
 
 #[derive(Subcommand)]
@@ -39,7 +116,7 @@ enum WireCmd {
     },
 }
 
-#[derive(clap::Args)]
+#[derive(Args)]
 struct ServeArgs {
     /// TOML config (see config/mirage.toml); flags override it.
     #[arg(long, env = "MIRAGE_CONFIG")]
@@ -48,14 +125,26 @@ struct ServeArgs {
     #[arg(long, env = "MIRAGE_LISTEN")]
     listen: Option<String>,
     /// HTTP API listener, ip:port ("" turns it off).
-    #[arg(long, env = "MIRAGE_API_LISTEN")]
-    api: Option<String>,
+    #[arg(long = "http", env = "MIRAGE_HTTP")]
+    http: Option<String>,
     /// Data directory (SQLite database).
     #[arg(long, env = "MIRAGE_DATA_DIR")]
     data_dir: Option<PathBuf>,
     /// The co-located Ghost preferred by `on = "one"` steps.
     #[arg(long)]
     local_ghost: Option<String>,
+}
+
+#[derive(Args)]
+struct UpArgs {
+    #[command(flatten)]
+    serve: ServeArgs,
+    /// The `ghost` binary (default: next to this one).
+    #[arg(long)]
+    ghost_bin: Option<PathBuf>,
+    /// Admin address of the local Ghost.
+    #[arg(long, default_value = "127.0.0.1:7010")]
+    ghost_admin: String,
 }
 
 fn init_tracing() {
@@ -68,36 +157,36 @@ fn init_tracing() {
         .try_init();
 }
 
-fn serve(a: ServeArgs) -> ExitCode {
-    init_tracing();
+fn config(a: &ServeArgs, up: bool) -> Result<mirage::config::MirageConfig, String> {
     let mut cfg = match a.config.as_ref() {
-        Some(p) => match mirage::config::MirageConfig::load(p) {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("mirage: {e}");
-                return ExitCode::from(2);
-            }
-        },
+        Some(p) => mirage::config::MirageConfig::load(p)?,
         None => mirage::config::MirageConfig::default(),
     };
-    if let Some(l) = a.listen {
-        cfg.listen = l;
+    if up && a.config.is_none() && a.data_dir.is_none() {
+        cfg.data_dir = PathBuf::from("data/up");
     }
-    if let Some(l) = a.api {
-        cfg.api.listen = l;
+    if let Some(l) = &a.listen {
+        cfg.listen = l.clone();
     }
-    if let Some(d) = a.data_dir {
-        cfg.data_dir = d;
+    if let Some(l) = &a.http {
+        cfg.api.listen = l.clone();
     }
-    if let Some(g) = a.local_ghost {
-        cfg.local_ghost = g;
+    if let Some(d) = &a.data_dir {
+        cfg.data_dir = d.clone();
+    }
+    if let Some(g) = &a.local_ghost {
+        cfg.local_ghost = g.clone();
     }
     if let Ok(t) = std::env::var("MIRAGE_TOKEN") {
         if !t.is_empty() {
             cfg.api.token = t;
         }
     }
-    match mirage::server::serve(cfg) {
+    Ok(cfg)
+}
+
+fn exit(res: Result<i32, String>) -> ExitCode {
+    match res {
         Ok(0) => ExitCode::SUCCESS,
         Ok(c) => ExitCode::from(c.clamp(1, 255) as u8),
         Err(e) => {
@@ -124,10 +213,426 @@ fn read_input(file: Option<&PathBuf>) -> std::io::Result<Vec<u8>> {
     Ok(buf)
 }
 
+/// An API answer that is not 2xx becomes the error it carries.
+fn ok(r: Result<(u16, Value), String>) -> Result<Value, String> {
+    let (st, v) = r?;
+    if (200..300).contains(&st) {
+        Ok(v)
+    } else {
+        let msg = v["error"]
+            .as_str()
+            .map(str::to_owned)
+            .unwrap_or_else(|| v.to_string());
+        Err(format!("{st}: {msg}"))
+    }
+}
+
+fn print_json(v: &Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+fn report_line(r: &Value) -> String {
+    format!(
+        "#{:<5} {:<11} {:<11} {}",
+        s(&r["seq"]),
+        s(&r["phase"]),
+        s(&r["completion_state"]),
+        s(&r["summary"])
+    )
+}
+
+fn client(cli: &Cli) -> Result<i32, String> {
+    let api = Api::new(&cli.api, std::env::var("MIRAGE_TOKEN").ok())?;
+    let json = cli.json;
+    match &cli.cmd {
+        Cmd::Issue {
+            cmd: IssueCmd::Submit { plan, wait },
+        } => {
+            let body =
+                std::fs::read(plan).map_err(|e| format!("cannot read {}: {e}", plan.display()))?;
+            let v = ok(api.call("POST", "/v1/intents", Some(&body)))?;
+            let id = s(&v["intent_id"]);
+            if json && !wait {
+                print_json(&v);
+                return Ok(0);
+            }
+            if !json {
+                println!(
+                    "submitted {id}: {} step(s) over {}",
+                    s(&v["steps_total"]),
+                    s(&v["target_scope"])
+                );
+            }
+            if !wait {
+                return Ok(0);
+            }
+            let mut result = 1;
+            let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
+            api.follow(
+                &format!("?intent={id}"),
+                Some(0),
+                |r| {
+                    if json {
+                        println!("{r}");
+                    } else {
+                        let done = r["steps_done"].as_u64().unwrap_or(0) as usize;
+                        let total = r["steps_total"].as_u64().unwrap_or(1) as usize;
+                        let line = format!("{} {}", bar(done, total, 20), s(&r["summary"]));
+                        if tty {
+                            print!("\r\x1b[2K{line}");
+                            if r["phase"] == "complete" {
+                                println!();
+                            }
+                        } else {
+                            println!("{line}");
+                        }
+                        let _ = std::io::stdout().flush();
+                    }
+                    if r["phase"] == "complete" {
+                        result = if r["completion_state"] == "satisfied" {
+                            0
+                        } else {
+                            1
+                        };
+                        return false;
+                    }
+                    true
+                },
+                |why| eprintln!("mirage: {why}"),
+            )?;
+            Ok(result)
+        }
+        Cmd::Intents { limit } => {
+            let v = ok(api.call("GET", &format!("/v1/intents?limit={limit}"), None))?;
+            if json {
+                print_json(&v);
+                return Ok(0);
+            }
+            let rows: Vec<Vec<String>> = v
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .map(|i| {
+                    vec![
+                        s(&i["intent_id"]),
+                        s(&i["status"]),
+                        format!("{}/{}", s(&i["steps_done"]), s(&i["steps_total"])),
+                        s(&i["actor"]),
+                        s(&i["last_summary"]),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                table(
+                    &["INTENT", "STATUS", "STEPS", "ACTOR", "LAST REPORT"],
+                    &rows
+                )
+            );
+            Ok(0)
+        }
+        Cmd::Intent { cmd } => match cmd {
+            IntentCmd::Show { id } => {
+                let v = ok(api.call("GET", &format!("/v1/intents/{id}"), None))?;
+                if json {
+                    print_json(&v);
+                    return Ok(0);
+                }
+                let sm = &v["summary"];
+                println!("intent     {}", s(&sm["intent_id"]));
+                println!("status     {}", s(&sm["status"]));
+                println!("actor      {}", s(&sm["actor"]));
+                println!("objective  {}", s(&sm["objective"]));
+                println!("scope      {}", s(&sm["target_scope"]));
+                println!(
+                    "progress   {}",
+                    bar(
+                        sm["steps_done"].as_u64().unwrap_or(0) as usize,
+                        sm["steps_total"].as_u64().unwrap_or(1) as usize,
+                        20
+                    )
+                );
+                let rows: Vec<Vec<String>> = v["plan"]["intent"]["steps"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .iter()
+                    .enumerate()
+                    .map(|(i, st)| {
+                        vec![
+                            (i + 1).to_string(),
+                            s(&st["seed"]),
+                            s(&st["operation"]),
+                            serde_json::to_string(&st["on"]).unwrap_or_default(),
+                            if st["blocking"] == true {
+                                "yes".into()
+                            } else {
+                                "no".into()
+                            },
+                        ]
+                    })
+                    .collect();
+                println!();
+                print!(
+                    "{}",
+                    table(&["STEP", "SEED", "OPERATION", "ON", "BLOCKING"], &rows)
+                );
+                println!();
+                for r in v["reports"].as_array().cloned().unwrap_or_default() {
+                    println!("{}", report_line(&r));
+                }
+                Ok(0)
+            }
+            IntentCmd::Withdraw { id } => {
+                let v = ok(api.call("DELETE", &format!("/v1/intents/{id}"), None))?;
+                if json {
+                    print_json(&v);
+                } else {
+                    println!("withdrawing {id}");
+                }
+                Ok(0)
+            }
+        },
+        Cmd::Reports {
+            intent,
+            follow,
+            limit,
+        } => {
+            let q = intent
+                .as_ref()
+                .map(|i| format!("intent={i}&"))
+                .unwrap_or_default();
+            if *follow {
+                let last = {
+                    let v = ok(api.call("GET", &format!("/v1/reports?{q}limit={limit}"), None))?;
+                    let arr = v.as_array().cloned().unwrap_or_default();
+                    for r in &arr {
+                        println!("{}", if json { r.to_string() } else { report_line(r) });
+                    }
+                    arr.last().and_then(|r| r["seq"].as_u64()).unwrap_or(0)
+                };
+                let query = intent
+                    .as_ref()
+                    .map(|i| format!("?intent={i}"))
+                    .unwrap_or_default();
+                api.follow(
+                    &query,
+                    Some(last),
+                    |r| {
+                        println!("{}", if json { r.to_string() } else { report_line(r) });
+                        let _ = std::io::stdout().flush();
+                        true
+                    },
+                    |why| eprintln!("mirage: {why}"),
+                )?;
+                return Ok(0);
+            }
+            let v = ok(api.call("GET", &format!("/v1/reports?{q}limit={limit}"), None))?;
+            if json {
+                print_json(&v);
+            } else {
+                for r in v.as_array().cloned().unwrap_or_default() {
+                    println!("{}", report_line(&r));
+                }
+            }
+            Ok(0)
+        }
+        Cmd::Ghosts => {
+            let v = ok(api.call("GET", "/v1/ghosts", None))?;
+            if json {
+                print_json(&v);
+                return Ok(0);
+            }
+            let rows: Vec<Vec<String>> = v
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .map(|g| {
+                    let seeds: Vec<String> = g["seeds"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default()
+                        .iter()
+                        .map(|x| s(&x["id"]))
+                        .collect();
+                    vec![
+                        s(&g["ghost_id"]),
+                        if g["connected"] == true {
+                            "connected".into()
+                        } else {
+                            "offline".into()
+                        },
+                        if g["local"] == true {
+                            "local".into()
+                        } else if g["via_admin"].is_string() {
+                            "admin".into()
+                        } else {
+                            "-".into()
+                        },
+                        s(&g["events"]),
+                        seeds.join(","),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                table(&["GHOST", "STATE", "KIND", "EVENTS", "SEEDS"], &rows)
+            );
+            Ok(0)
+        }
+        Cmd::Services => {
+            let v = ok(api.call("GET", "/v1/services", None))?;
+            if json {
+                print_json(&v);
+                return Ok(0);
+            }
+            let mut rows = Vec::new();
+            for (seed, ghosts) in v.as_object().cloned().unwrap_or_default() {
+                for g in ghosts.as_array().cloned().unwrap_or_default() {
+                    rows.push(vec![
+                        seed.clone(),
+                        s(&g["ghost_id"]),
+                        s(&g["uri"]),
+                        if g["connected"] == true {
+                            "yes".into()
+                        } else {
+                            "no".into()
+                        },
+                    ]);
+                }
+            }
+            print!("{}", table(&["SEED", "GHOST", "URI", "CONNECTED"], &rows));
+            Ok(0)
+        }
+        Cmd::Locks { cmd } => {
+            if let Some(LocksCmd::Break { key }) = cmd {
+                let v = ok(api.call("DELETE", &format!("/v1/locks/{key}"), None))?;
+                if json {
+                    print_json(&v);
+                } else {
+                    println!("broke lock {key}");
+                }
+                return Ok(0);
+            }
+            let v = ok(api.call("GET", "/v1/locks", None))?;
+            if json {
+                print_json(&v);
+                return Ok(0);
+            }
+            let rows: Vec<Vec<String>> = v
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .map(|l| {
+                    let h = &l["holder"];
+                    let holder = if h.is_null() {
+                        "-".into()
+                    } else {
+                        format!(
+                            "{} step {}",
+                            s(&h["owner"]["intent_id"]),
+                            h["owner"]["step"].as_u64().unwrap_or(0) + 1
+                        )
+                    };
+                    let waiters: Vec<String> = l["waiters"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default()
+                        .iter()
+                        .map(|w| s(&w[0]["intent_id"]))
+                        .collect();
+                    vec![
+                        s(&l["key"]),
+                        holder,
+                        s(&h["token"]),
+                        s(&l["last_token"]),
+                        if waiters.is_empty() {
+                            "-".into()
+                        } else {
+                            waiters.join(",")
+                        },
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                table(&["KEY", "HOLDER", "TOKEN", "LAST TOKEN", "WAITING"], &rows)
+            );
+            Ok(0)
+        }
+        Cmd::Actors => {
+            let v = ok(api.call("GET", "/v1/actors", None))?;
+            if json {
+                print_json(&v);
+                return Ok(0);
+            }
+            let rows: Vec<Vec<String>> = v
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .map(|a| {
+                    vec![
+                        s(&a["actor"]),
+                        s(&a["instances"]),
+                        s(&a["mailbox_depth"]),
+                        s(&a["mailbox_peak"]),
+                        s(&a["sent"]),
+                        s(&a["handled"]),
+                        format!("{:.1}", a["handle_mean_us"].as_f64().unwrap_or(0.0)),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                table(
+                    &[
+                        "ACTOR",
+                        "INSTANCES",
+                        "DEPTH",
+                        "PEAK",
+                        "SENT",
+                        "HANDLED",
+                        "MEAN µs"
+                    ],
+                    &rows
+                )
+            );
+            Ok(0)
+        }
+        Cmd::Up(_) | Cmd::Serve(_) | Cmd::Wire { .. } => Ok(0),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.cmd {
-        Cmd::Serve(a) => serve(a),
+    match &cli.cmd {
+        Cmd::Serve(a) => {
+            init_tracing();
+            exit(config(a, false).and_then(mirage::server::serve))
+        }
+        Cmd::Up(a) => {
+            init_tracing();
+            let bin = a.ghost_bin.clone().or_else(|| {
+                std::env::current_exe()
+                    .ok()
+                    .map(|p| p.with_file_name("ghost"))
+            });
+            let Some(bin) = bin else {
+                return exit(Err(
+                    "cannot locate the ghost binary; pass --ghost-bin".into()
+                ));
+            };
+            let local = mirage::server::LocalGhost {
+                bin,
+                admin: a.ghost_admin.clone(),
+                seeds: vec!["seed.flow".into(), "seed.kv".into(), "seed.fs".into()],
+            };
+            exit(config(&a.serve, true).and_then(|c| mirage::server::serve_with(c, Some(local))))
+        }
         Cmd::Wire {
             cmd: WireCmd::Decode { ndjson, file },
         } => {
@@ -135,13 +640,14 @@ fn main() -> ExitCode {
                 Ok(b) => b,
                 Err(e) => {
                     let name = file
+                        .as_ref()
                         .map(|p| p.display().to_string())
                         .unwrap_or_else(|| "stdin".into());
                     eprintln!("mirage wire decode: cannot read {name}: {e}");
                     return ExitCode::from(2);
                 }
             };
-            let (docs, ok) = mirage::wire_tool::decode(&input, ndjson);
+            let (docs, ok) = mirage::wire_tool::decode(&input, *ndjson);
             let mut out = std::io::stdout().lock();
             for d in docs {
                 let _ = writeln!(out, "{d}");
@@ -152,5 +658,6 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         }
+        _ => exit(client(&cli)),
     }
 }

@@ -21,8 +21,23 @@ use crate::history::ReportRecord;
 use crate::plan::FleetView;
 use crate::store::{Db, Store};
 
+/// `mirage up`: a co-located local Ghost started next to Mirage.
+#[derive(Debug, Clone)]
+pub struct LocalGhost {
+    pub bin: std::path::PathBuf,
+    pub admin: String,
+    pub seeds: Vec<String>,
+}
+
 pub fn serve(cfg: MirageConfig) -> Result<i32, String> {
+    serve_with(cfg, None)
+}
+
+pub fn serve_with(cfg: MirageConfig, local: Option<LocalGhost>) -> Result<i32, String> {
     cfg.validate()?;
+    if local.is_some() && cfg.local_ghost.is_empty() {
+        return Err("local_ghost is empty; `mirage up` needs an id for its local Ghost".into());
+    }
     let mut db = Db::open(&cfg.data_dir)
         .map_err(|e| format!("{e} (data_dir {})", cfg.data_dir.display()))?;
     let rec = db.recover(cfg.limits.reports).map_err(|e| e.to_string())?;
@@ -49,6 +64,8 @@ pub fn serve(cfg: MirageConfig) -> Result<i32, String> {
     };
     let cfg = Arc::new(cfg);
     let sys = actix_rt::System::new();
+    let child: Rc<RefCell<Option<std::process::Child>>> = Rc::new(RefCell::new(None));
+    let child_for_stop = child.clone();
     let started: Result<(), String> = sys.block_on(async move {
         let store = MeteredAddr::new(Store::new(db).start(), "mirage.store");
         let fleet = Rc::new(RefCell::new(Arc::new(FleetView::default())));
@@ -110,6 +127,13 @@ pub fn serve(cfg: MirageConfig) -> Result<i32, String> {
             });
         }
 
+        let mut local_admin = String::new();
+        if let Some(l) = &local {
+            let c = spawn_local_ghost(&cfg, l, &session_addr)?;
+            local_admin = l.admin.clone();
+            *child.borrow_mut() = Some(c);
+        }
+
         let mut api_addr = String::from("off");
         if !cfg.api.listen.is_empty() {
             let token = std::env::var("MIRAGE_TOKEN").ok().filter(|t| !t.is_empty()).unwrap_or_else(|| cfg.api.token.clone());
@@ -117,12 +141,25 @@ pub fn serve(cfg: MirageConfig) -> Result<i32, String> {
                 sup: sup.clone(),
                 feed,
                 token: Arc::new(token),
+                local_admin: Arc::new(local_admin.clone()),
             };
             let (addr, server) = api::start(&cfg.api.listen, cfg.api.max_body, state)?;
             api_addr = addr.to_string();
             actix_rt::spawn(server);
         }
         println!("mirage ready mirage_id={} session={session_addr} api={api_addr}", cfg.mirage_id);
+        if local.is_some() {
+            println!(
+                "  local ghost {} (admin {local_admin}) started; data in {}",
+                cfg.local_ghost,
+                cfg.data_dir.display()
+            );
+            if api_addr != "off" {
+                println!("  dashboard  http://{api_addr}/");
+                println!("  try        mirage issue submit config/plans/hello.toml --wait --api http://{api_addr}");
+            }
+            println!("  Ctrl-C stops everything.");
+        }
         actix_rt::spawn(async {
             wait_for_signal().await;
             tracing::info!(component = "mirage", "signal received; stopping");
@@ -130,8 +167,64 @@ pub fn serve(cfg: MirageConfig) -> Result<i32, String> {
         });
         Ok(())
     });
-    started?;
-    sys.run_with_code().map_err(|e| e.to_string())
+    if let Err(e) = started {
+        stop_child(&child_for_stop);
+        return Err(e);
+    }
+    let code = sys.run_with_code().map_err(|e| e.to_string());
+    stop_child(&child_for_stop);
+    code
+}
+
+fn stop_child(child: &Rc<RefCell<Option<std::process::Child>>>) {
+    if let Some(mut c) = child.borrow_mut().take() {
+        // SIGTERM first so the Ghost flushes; then make sure.
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        for _ in 0..100 {
+            if matches!(c.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+/// Starts `ghost serve` for the local Ghost, pointed at our session listener.
+fn spawn_local_ghost(
+    cfg: &MirageConfig,
+    l: &LocalGhost,
+    session: &SocketAddr,
+) -> Result<std::process::Child, String> {
+    if !l.bin.exists() {
+        return Err(format!(
+            "ghost binary not found at {} (build it: cargo build --release -p ghost, or pass --ghost-bin)",
+            l.bin.display()
+        ));
+    }
+    let dir = cfg.data_dir.join("local-ghost");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let log =
+        std::fs::File::create(dir.join("ghost.log")).map_err(|e| format!("ghost log: {e}"))?;
+    let mut cmd = std::process::Command::new(&l.bin);
+    cmd.arg("serve")
+        .args(["--id", &cfg.local_ghost])
+        .args(["--mirage", &session.to_string()])
+        .arg("--data-dir")
+        .arg(&dir)
+        .args(["--admin", &l.admin])
+        .args(["--seeds", &l.seeds.join(",")])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::from(log));
+    let c = cmd
+        .spawn()
+        .map_err(|e| format!("cannot start the local ghost {}: {e}", l.bin.display()))?;
+    tracing::info!(component = "mirage", ghost_id = %cfg.local_ghost, pid = c.id(), admin = %l.admin, "local ghost started");
+    Ok(c)
 }
 
 async fn wait_for_signal() {

@@ -1,0 +1,339 @@
+//! The `mirage` CLI's client side: talks to the HTTP API (`--api URL` / `MIRAGE_API`,
+//! `MIRAGE_TOKEN`), prints aligned tables or `--json`, follows the report stream with resume.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use serde_json::Value;
+
+pub struct Api {
+    host: String,
+    token: Option<String>,
+}
+
+impl Api {
+    /// `http://host:port` (a trailing path is ignored); https is not spoken here.
+    pub fn new(url: &str, token: Option<String>) -> Result<Api, String> {
+        let rest = url.strip_prefix("http://").ok_or_else(|| {
+            format!(
+                "--api {url:?}: only http://host:port is supported (put TLS in front with a proxy)"
+            )
+        })?;
+        let host = rest.split('/').next().unwrap_or("").to_owned();
+        if host.is_empty() {
+            return Err(format!("--api {url:?}: no host"));
+        }
+        Ok(Api {
+            host,
+            token: token.filter(|t| !t.is_empty()),
+        })
+    }
+
+    fn connect(&self) -> Result<TcpStream, String> {
+        let s = TcpStream::connect(&self.host).map_err(|e| {
+            format!(
+                "cannot reach Mirage at http://{} ({e}); is it running? (`make run`, or --api URL)",
+                self.host
+            )
+        })?;
+        let _ = s.set_read_timeout(Some(Duration::from_secs(60)));
+        Ok(s)
+    }
+
+    fn head(&self, method: &str, path: &str, len: usize, extra: &[(&str, String)]) -> String {
+        let mut h = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: {len}\r\nUser-Agent: mirage-cli\r\n",
+            self.host
+        );
+        if let Some(t) = &self.token {
+            h.push_str(&format!("Authorization: Bearer {t}\r\n"));
+        }
+        for (k, v) in extra {
+            h.push_str(&format!("{k}: {v}\r\n"));
+        }
+        h.push_str("\r\n");
+        h
+    }
+
+    /// One request; the body parsed as JSON (or a JSON string when it is not JSON).
+    pub fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+    ) -> Result<(u16, Value), String> {
+        let mut s = self.connect()?;
+        let body = body.unwrap_or(&[]);
+        s.write_all(self.head(method, path, body.len(), &[]).as_bytes())
+            .and_then(|_| s.write_all(body))
+            .map_err(|e| format!("request to {}: {e}", self.host))?;
+        let mut r = BufReader::new(s);
+        let (status, chunked, len) = read_head(&mut r)?;
+        let mut buf = Vec::new();
+        if chunked {
+            Chunked::new(r).take(64 << 20).read_to_end(&mut buf)
+        } else if let Some(n) = len {
+            r.take(n.min(64 << 20) as u64).read_to_end(&mut buf)
+        } else {
+            r.take(64 << 20).read_to_end(&mut buf)
+        }
+        .map_err(|e| format!("reading the answer: {e}"))?;
+        let v = serde_json::from_slice(&buf)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&buf).into_owned()));
+        Ok((status, v))
+    }
+
+    /// Follows `/v1/reports/stream`; calls `on` for each report until it returns false.
+    /// Reconnects (with `Last-Event-ID`) when the stream drops, so nothing is missed while
+    /// Mirage restarts.
+    pub fn follow(
+        &self,
+        query: &str,
+        mut last: Option<u64>,
+        mut on: impl FnMut(&Value) -> bool,
+        mut on_gap: impl FnMut(&str),
+    ) -> Result<(), String> {
+        let mut announced = false;
+        loop {
+            match self.follow_once(query, &mut last, &mut on) {
+                Ok(true) => return Ok(()),
+                Ok(false) | Err(_) => {
+                    if !announced {
+                        on_gap("stream interrupted; reconnecting");
+                        announced = true;
+                    }
+                    std::thread::sleep(Duration::from_millis(300));
+                }
+            }
+        }
+    }
+
+    /// Ok(true): the callback asked to stop. Ok(false): the stream ended.
+    fn follow_once(
+        &self,
+        query: &str,
+        last: &mut Option<u64>,
+        on: &mut impl FnMut(&Value) -> bool,
+    ) -> Result<bool, String> {
+        let mut s = self.connect()?;
+        let mut extra = vec![("Accept", "text/event-stream".to_string())];
+        let path = match last {
+            Some(id) => {
+                extra.push(("Last-Event-ID", id.to_string()));
+                format!("/v1/reports/stream{query}")
+            }
+            None => format!("/v1/reports/stream{query}"),
+        };
+        s.write_all(self.head("GET", &path, 0, &extra).as_bytes())
+            .map_err(|e| e.to_string())?;
+        let mut r = BufReader::new(s);
+        let (status, chunked, _) = read_head(&mut r)?;
+        if status != 200 {
+            return Err(format!("report stream answered {status}"));
+        }
+        let body: Box<dyn Read> = if chunked {
+            Box::new(Chunked::new(r))
+        } else {
+            Box::new(r)
+        };
+        let mut lines = BufReader::new(body);
+        let (mut event, mut data, mut id) = (String::new(), String::new(), None::<u64>);
+        let mut line = String::new();
+        loop {
+            line.clear();
+            let n = lines.read_line(&mut line).map_err(|e| e.to_string())?;
+            if n == 0 {
+                return Ok(false);
+            }
+            let l = line.trim_end_matches(['\r', '\n']);
+            if l.is_empty() {
+                if event == "report" {
+                    if let Ok(v) = serde_json::from_str::<Value>(&data) {
+                        if let Some(i) = id {
+                            *last = Some(i);
+                        }
+                        if !on(&v) {
+                            return Ok(true);
+                        }
+                    }
+                } else if event == "gap" {
+                    eprintln!("mirage: the stream skipped reports (consumer too slow): {data}");
+                }
+                event.clear();
+                data.clear();
+                id = None;
+            } else if let Some(v) = l.strip_prefix("event:") {
+                event = v.trim().to_owned();
+            } else if let Some(v) = l.strip_prefix("data:") {
+                data.push_str(v.trim_start());
+            } else if let Some(v) = l.strip_prefix("id:") {
+                id = v.trim().parse().ok();
+            }
+        }
+    }
+}
+
+fn read_head(r: &mut impl BufRead) -> Result<(u16, bool, Option<usize>), String> {
+    let mut line = String::new();
+    r.read_line(&mut line)
+        .map_err(|e| format!("reading the answer: {e}"))?;
+    let status = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("not an HTTP answer: {line:?}"))?;
+    let (mut chunked, mut len) = (false, None);
+    loop {
+        line.clear();
+        r.read_line(&mut line).map_err(|e| e.to_string())?;
+        let l = line.trim_end().to_ascii_lowercase();
+        if l.is_empty() {
+            break;
+        }
+        if l.starts_with("transfer-encoding:") && l.contains("chunked") {
+            chunked = true;
+        }
+        if let Some(v) = l.strip_prefix("content-length:") {
+            len = v.trim().parse().ok();
+        }
+    }
+    Ok((status, chunked, len))
+}
+
+/// Decodes `Transfer-Encoding: chunked` as it arrives.
+struct Chunked<R: BufRead> {
+    r: R,
+    left: usize,
+    done: bool,
+}
+
+impl<R: BufRead> Chunked<R> {
+    fn new(r: R) -> Self {
+        Chunked {
+            r,
+            left: 0,
+            done: false,
+        }
+    }
+}
+
+impl<R: BufRead> Read for Chunked<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.done {
+            return Ok(0);
+        }
+        if self.left == 0 {
+            let mut size = String::new();
+            loop {
+                size.clear();
+                if self.r.read_line(&mut size)? == 0 {
+                    self.done = true;
+                    return Ok(0);
+                }
+                if !size.trim().is_empty() {
+                    break;
+                }
+            }
+            let hex = size.trim().split(';').next().unwrap_or("0");
+            self.left = usize::from_str_radix(hex, 16).map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::InvalidData, "bad chunk size")
+            })?;
+            if self.left == 0 {
+                self.done = true;
+                return Ok(0);
+            }
+        }
+        let want = buf.len().min(self.left);
+        let n = self.r.read(&mut buf[..want])?;
+        if n == 0 {
+            self.done = true;
+        }
+        self.left -= n;
+        if self.left == 0 {
+            let mut crlf = String::new();
+            let _ = self.r.read_line(&mut crlf);
+        }
+        Ok(n)
+    }
+}
+
+/// Prints rows as columns aligned to the widest cell.
+pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut w: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            if i < w.len() {
+                w[i] = w[i].max(c.chars().count());
+            }
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(c);
+            } else {
+                s.push_str(&format!("{c:<width$}  ", width = w[i]));
+            }
+        }
+        s.trim_end().to_owned()
+    };
+    let mut out = line(headers.to_vec());
+    out.push('\n');
+    for r in rows {
+        out.push_str(&line(r.iter().map(String::as_str).collect()));
+        out.push('\n');
+    }
+    out
+}
+
+/// `[####------] 2/5`
+pub fn bar(done: usize, total: usize, width: usize) -> String {
+    let total = total.max(1);
+    let filled = (done.min(total) * width) / total;
+    format!(
+        "[{}{}] {done}/{total}",
+        "#".repeat(filled),
+        "-".repeat(width - filled)
+    )
+}
+
+pub fn s(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align_and_bars_fill() {
+        let t = table(
+            &["A", "BB"],
+            &[vec!["xxx".into(), "y".into()], vec!["z".into(), "w".into()]],
+        );
+        assert_eq!(t, "A    BB\nxxx  y\nz    w\n");
+        assert_eq!(bar(1, 4, 8), "[##------] 1/4");
+        assert_eq!(bar(5, 4, 4), "[####] 5/4");
+    }
+
+    #[test]
+    fn chunked_bodies_decode() {
+        let raw = b"4\r\nWiki\r\n5\r\npedia\r\n0\r\n\r\n";
+        let mut out = String::new();
+        Chunked::new(&raw[..]).read_to_string(&mut out).unwrap();
+        assert_eq!(out, "Wikipedia");
+    }
+
+    #[test]
+    fn api_urls() {
+        assert!(Api::new("http://127.0.0.1:7000", None).is_ok());
+        assert!(Api::new("https://x", None).is_err());
+        assert!(Api::new("127.0.0.1:7000", None).is_err());
+    }
+}
