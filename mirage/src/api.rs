@@ -52,13 +52,25 @@ async fn auth(
         .app_data::<web::Data<AppState>>()
         .map(|s| s.token.clone())
         .unwrap_or_default();
-    if !token.is_empty() && req.path() != "/healthz" {
-        let ok = req
+    // The health check and the dashboard page itself are public; the page asks with the token.
+    let public = matches!(req.path(), "/healthz" | "/" | "/dashboard");
+    if !token.is_empty() && !public {
+        let header = req
             .headers()
             .get("authorization")
             .and_then(|h| h.to_str().ok())
             .and_then(|h| h.strip_prefix("Bearer "))
-            .is_some_and(|t| constant_eq(t.trim(), &token));
+            .map(|t| t.trim().to_owned());
+        // EventSource cannot send headers: `?token=` is accepted for the report stream only.
+        let query = (req.path() == "/v1/reports/stream")
+            .then(|| {
+                req.query_string()
+                    .split('&')
+                    .find_map(|kv| kv.strip_prefix("token="))
+                    .map(str::to_owned)
+            })
+            .flatten();
+        let ok = header.or(query).is_some_and(|t| constant_eq(&t, &token));
         if !ok {
             let resp = err(
                 401,
@@ -76,6 +88,15 @@ fn constant_eq(a: &str, b: &str) -> bool {
             .zip(b.bytes())
             .fold(0u8, |acc, (x, y)| acc | (x ^ y))
             == 0
+}
+
+const DASHBOARD: &str = include_str!("../assets/dashboard.html");
+
+async fn dashboard() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .insert_header(("cache-control", "no-cache"))
+        .body(DASHBOARD)
 }
 
 async fn healthz() -> HttpResponse {
@@ -367,7 +388,9 @@ async fn not_found(req: HttpRequest) -> HttpResponse {
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/healthz", web::get().to(healthz))
+    cfg.route("/", web::get().to(dashboard))
+        .route("/dashboard", web::get().to(dashboard))
+        .route("/healthz", web::get().to(healthz))
         .route("/metrics", web::get().to(metrics))
         .service(
             web::scope("/v1")

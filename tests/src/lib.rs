@@ -185,14 +185,15 @@ impl Mirage {
         std::fs::write(
             &cfg,
             format!(
-                "listen = \"127.0.0.1:{session_port}\"\ndata_dir = \"{}\"\nlocal_ghost = \"\"\ntick_ms = 100\n[api]\nlisten = \"127.0.0.1:0\"\n{}",
+                "listen = \"127.0.0.1:{session_port}\"\ndata_dir = \"{}\"\nlocal_ghost = \"\"\ntick_ms = 100\n{}",
                 dir.join("mirage").display(),
-                // Test timeouts, merged into the caller's [timeouts] section if it has one.
-                if extra_toml.contains("[timeouts]") {
-                    extra_toml.replace("[timeouts]", "[timeouts]\nheartbeat_ms = 500\ndead_after_ms = 3000")
-                } else {
-                    format!("{extra_toml}\n[timeouts]\nheartbeat_ms = 500\ndead_after_ms = 3000\n")
-                }
+                merge_sections(
+                    extra_toml,
+                    &[
+                        ("api", "listen = \"127.0.0.1:0\""),
+                        ("timeouts", "heartbeat_ms = 500\ndead_after_ms = 3000"),
+                    ]
+                )
             ),
         )
         .unwrap();
@@ -267,6 +268,21 @@ impl Mirage {
         let (_, v) = self.get(&format!("/v1/reports?intent={id}&limit=1000"));
         v.as_array().cloned().unwrap_or_default()
     }
+}
+
+/// Adds our keys to the caller's `[section]`s (or appends the sections), so a test can set
+/// other keys of the same section. `extra` must start with a `[section]` header or be empty.
+pub fn merge_sections(extra: &str, ours: &[(&str, &str)]) -> String {
+    let mut out = extra.to_owned();
+    for (sec, keys) in ours {
+        let header = format!("[{sec}]");
+        if out.contains(&header) {
+            out = out.replacen(&header, &format!("{header}\n{keys}"), 1);
+        } else {
+            out.push_str(&format!("\n{header}\n{keys}\n"));
+        }
+    }
+    out
 }
 
 pub fn tail(s: &str, n: usize) -> String {
