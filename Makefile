@@ -2,16 +2,18 @@
 CARGO ?= cargo
 FUZZ_SECONDS ?= 60
 
-.PHONY: all build run test lint fmt bench fuzz clean
+.PHONY: all build run test lint fmt bench fuzz clean memory
 
 all: build
 
 build:
 	$(CARGO) build --workspace --release
 
-## run: Mirage with a co-located local Ghost, embedded storage and the dashboard.
+## run: Mirage with a co-located local Ghost, embedded storage and the dashboard
+## (http://127.0.0.1:7000/). Ctrl-C stops both.
 run:
-	$(CARGO) run --release -p mirage -- up
+	$(CARGO) build --release -p mirage -p ghost
+	./target/release/mirage up
 
 ## test: formatting, lints, then every unit, conformance, property and end-to-end test.
 test: lint
@@ -28,6 +30,10 @@ fmt:
 ## bench: criterion codec benchmarks (figures go to BENCHMARKS.md by hand, with the command).
 bench:
 	$(CARGO) bench -p shared --bench codec
+
+## memory: 100,000 one-step intents through the full loop; prints RSS after 10k and 100k.
+memory:
+	$(CARGO) test -p e2e --release --test memory -- --ignored --nocapture
 
 ## fuzz: every cargo-fuzz target for FUZZ_SECONDS each (needs the nightly toolchain).
 fuzz:

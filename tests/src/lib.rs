@@ -275,6 +275,17 @@ impl Mirage {
 pub fn merge_sections(extra: &str, ours: &[(&str, &str)]) -> String {
     let mut out = extra.to_owned();
     for (sec, keys) in ours {
+        // The caller's own value of a key wins.
+        let keys: Vec<&str> = keys
+            .lines()
+            .filter(|l| {
+                let k = l.split('=').next().unwrap_or("").trim();
+                !extra
+                    .lines()
+                    .any(|e| e.split('=').next().unwrap_or("").trim() == k)
+            })
+            .collect();
+        let keys = keys.join("\n");
         let header = format!("[{sec}]");
         if out.contains(&header) {
             out = out.replacen(&header, &format!("{header}\n{keys}"), 1);
