@@ -58,12 +58,7 @@ async fn registers_heartbeats_and_reconnects_with_growing_jittered_delay() {
     }
     // Nothing from Mirage for dead_after (1 s): the Ghost drops the session and redials.
     let start = Instant::now();
-    loop {
-        match conn.recv(Duration::from_secs(5)).await {
-            Some(_) => continue,
-            None => break,
-        }
-    }
+    while conn.recv(Duration::from_secs(5)).await.is_some() {}
     assert!(
         start.elapsed() < Duration::from_secs(4),
         "session not dropped in time"

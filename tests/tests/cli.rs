@@ -138,7 +138,7 @@ fn reports_follow_resumes_without_gaps_after_a_restart() {
     m.wait_status(&b, "satisfied", Duration::from_secs(20));
     let mut seqs = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !seqs.last().is_some_and(|s: &u64| *s >= 6) {
+    while seqs.last().is_none_or(|s: &u64| *s < 6) {
         let left = deadline
             .checked_duration_since(Instant::now())
             .expect("follower saw every report");

@@ -903,13 +903,12 @@ impl Handler<Submit> for Supervisor {
             .into_actor(self)
             .map(move |res, act, _| {
                 res?;
-                Ok(act
-                    .active
+                act.active
                     .get(&id)
                     .map(|a| a.summary.clone())
                     .or_else(|| act.finished.get(&id).map(|f| f.0.clone()))
                     .or(summary)
-                    .ok_or_else(|| ApiError::new(500, "intent vanished"))?)
+                    .ok_or_else(|| ApiError::new(500, "intent vanished"))
             }),
         )
     }
@@ -1011,7 +1010,7 @@ impl Handler<ListIntents> for Supervisor {
             .map(|a| a.summary.clone())
             .chain(self.finished.values().map(|f| f.0.clone()))
             .collect();
-        v.sort_by(|a, b| b.submitted_seq.cmp(&a.submitted_seq));
+        v.sort_by_key(|i| std::cmp::Reverse(i.submitted_seq));
         v.truncate(m.limit);
         MessageResult(v)
     }
