@@ -87,21 +87,11 @@ fn load(path: Option<&PathBuf>) -> Result<GhostConfig, String> {
     }
 }
 
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Serve(a) => {
-            init_tracing();
+            shared::init_tracing();
             let mut cfg = match load(a.config.as_ref()) {
                 Ok(c) => c,
                 Err(e) => {

@@ -179,7 +179,7 @@ pub fn serve(cfg: GhostConfig) -> Result<i32, String> {
             cfg.mirage.policy
         );
         actix_rt::spawn(async {
-            wait_for_signal().await;
+            shared::session::shutdown_signal().await;
             tracing::info!(component = "ghost", "signal received; stopping");
             System::current().stop();
         });
@@ -197,19 +197,4 @@ fn registry_ops(
 ) -> Result<Vec<(String, &'static [crate::seeds::OperationSpec])>, String> {
     let r = Registry::from_ids(&cfg.seeds, settings)?;
     Ok(r.into_seeds().map(|(id, s)| (id, s.operations())).collect())
-}
-
-async fn wait_for_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
-    }
 }

@@ -147,16 +147,6 @@ struct UpArgs {
     ghost_admin: String,
 }
 
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
-}
-
 fn config(a: &ServeArgs, up: bool) -> Result<mirage::config::MirageConfig, String> {
     let mut cfg = match a.config.as_ref() {
         Some(p) => mirage::config::MirageConfig::load(p)?,
@@ -611,11 +601,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match &cli.cmd {
         Cmd::Serve(a) => {
-            init_tracing();
+            shared::init_tracing();
             exit(config(a, false).and_then(mirage::server::serve))
         }
         Cmd::Up(a) => {
-            init_tracing();
+            shared::init_tracing();
             let bin = a.ghost_bin.clone().or_else(|| {
                 std::env::current_exe()
                     .ok()

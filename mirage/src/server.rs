@@ -161,7 +161,7 @@ pub fn serve_with(cfg: MirageConfig, local: Option<LocalGhost>) -> Result<i32, S
             println!("  Ctrl-C stops everything.");
         }
         actix_rt::spawn(async {
-            wait_for_signal().await;
+            shared::session::shutdown_signal().await;
             tracing::info!(component = "mirage", "signal received; stopping");
             System::current().stop();
         });
@@ -225,19 +225,4 @@ fn spawn_local_ghost(
         .map_err(|e| format!("cannot start the local ghost {}: {e}", l.bin.display()))?;
     tracing::info!(component = "mirage", ghost_id = %cfg.local_ghost, pid = c.id(), admin = %l.admin, "local ghost started");
     Ok(c)
-}
-
-async fn wait_for_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
-    }
 }

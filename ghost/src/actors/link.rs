@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use bytes::BytesMut;
-use futures::{SinkExt, StreamExt};
+use futures::StreamExt;
 use shared::envelope::{AckStatus, Command, Envelope, ErrorEnvelope, Event, Outcome};
 use shared::error::WireError;
 use shared::handshake::{self, Registration, RegistrationAck};
@@ -20,7 +20,7 @@ use shared::wire::{Frame, FrameCodec};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
-use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::codec::FramedRead;
 
 use crate::actors::dispatcher::{Dispatcher, Run, Source};
 use crate::actors::outbox::{Acked, Link, Outbox, SendEvents};
@@ -203,41 +203,20 @@ impl MirageLink {
             .chain(futures::stream::once(async move { LinkIn::End(gen) }));
         let handle = ctx.add_stream(stream);
 
-        let (tx, mut rx) = mpsc::channel::<Frame>(self.cfg.max_in_flight * 2 + 64);
+        let (tx, rx) = mpsc::channel::<Frame>(self.cfg.max_in_flight * 2 + 64);
         let me = ctx.address();
-        let write_timeout = Duration::from_millis(self.cfg.timeouts.write_ms);
-        actix_rt::spawn(async move {
-            let mut sink = FramedWrite::new(w, FrameCodec::default());
-            while let Some(f) = rx.recv().await {
-                let mut res = sink.feed(f).await;
-                while res.is_ok() {
-                    match rx.try_recv() {
-                        Ok(f) => res = sink.feed(f).await,
-                        Err(_) => break,
-                    }
-                }
-                if res.is_ok() {
-                    res = match tokio::time::timeout(
-                        write_timeout,
-                        SinkExt::<Frame>::flush(&mut sink),
-                    )
-                    .await
-                    {
-                        Ok(r) => r,
-                        Err(_) => Err(WireError::Io("write timed out".into())),
-                    };
-                }
-                if let Err(e) = res {
-                    me.do_send(WriterFailed {
-                        gen,
-                        error: e.to_string(),
-                    });
-                    return;
-                }
-            }
-            // Channel closed: the session is over; flush what is left and close.
-            let _ = tokio::time::timeout(write_timeout, SinkExt::<Frame>::close(&mut sink)).await;
-        });
+        shared::session::spawn_frame_writer(
+            w,
+            FrameCodec::default(),
+            rx,
+            Duration::from_millis(self.cfg.timeouts.write_ms),
+            move |e| {
+                me.do_send(WriterFailed {
+                    gen,
+                    error: e.to_string(),
+                })
+            },
+        );
 
         self.sessions += 1;
         self.attempt = 0;

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use bytes::BytesMut;
-use futures::SinkExt;
 use shared::envelope::{AckStatus, Command, Envelope, ErrorEnvelope, EventAck};
 use shared::error::{code, WireError};
 use shared::handshake::{self, Registration, RegistrationAck};
@@ -19,7 +18,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
-use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::codec::FramedRead;
 
 use super::supervisor::{Ingest, Register, SessionClosed, Supervisor};
 use crate::config::MirageConfig;
@@ -139,34 +138,19 @@ impl GhostSession {
         let mut framed = FramedRead::with_capacity(r, FrameCodec::new(limits), 256);
         framed.read_buffer_mut().extend_from_slice(&leftover);
         ctx.add_stream(framed);
-        let (tx, mut rx) = mpsc::channel::<Frame>(self.cfg.limits.session_queue.max(16));
+        let (tx, rx) = mpsc::channel::<Frame>(self.cfg.limits.session_queue.max(16));
         let me = ctx.address();
-        let wt = Duration::from_millis(self.cfg.timeouts.write_ms);
-        actix_rt::spawn(async move {
-            let mut sink = FramedWrite::new(w, FrameCodec::new(limits));
-            while let Some(f) = rx.recv().await {
-                let mut res = sink.feed(f).await;
-                while res.is_ok() {
-                    match rx.try_recv() {
-                        Ok(f) => res = sink.feed(f).await,
-                        Err(_) => break,
-                    }
-                }
-                if res.is_ok() {
-                    res = match tokio::time::timeout(wt, SinkExt::<Frame>::flush(&mut sink)).await {
-                        Ok(r) => r,
-                        Err(_) => Err(WireError::Io("write timed out".into())),
-                    };
-                }
-                if let Err(e) = res {
-                    me.do_send(Close {
-                        reason: format!("write failed: {e}"),
-                    });
-                    return;
-                }
-            }
-            let _ = tokio::time::timeout(wt, SinkExt::<Frame>::close(&mut sink)).await;
-        });
+        shared::session::spawn_frame_writer(
+            w,
+            FrameCodec::new(limits),
+            rx,
+            Duration::from_millis(self.cfg.timeouts.write_ms),
+            move |e| {
+                me.do_send(Close {
+                    reason: format!("write failed: {e}"),
+                })
+            },
+        );
         self.tx = Some(tx);
         self.last_rx = Instant::now();
         let hb = Duration::from_millis(

@@ -1,9 +1,12 @@
 //! Session policy shared by both sides: timeouts and reconnect backoff (PROTOCOL.md §1).
 //! Pure: the actors own the clocks and pass time and randomness in.
 
+mod writer;
+
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+pub use writer::{shutdown_signal, spawn_frame_writer};
 
 /// Session timing, all in milliseconds so TOML configs stay readable.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
