@@ -4,6 +4,7 @@
 pub mod actors;
 pub mod admin_client;
 pub mod api;
+pub mod certs;
 pub mod cli;
 pub mod config;
 pub mod history;

@@ -71,6 +71,31 @@ enum Cmd {
         #[command(subcommand)]
         cmd: WireCmd,
     },
+    /// Certificates for TLS/mTLS.
+    Certs {
+        #[command(subcommand)]
+        cmd: CertsCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertsCmd {
+    /// Create a fleet CA, a Mirage server certificate and one client certificate per Ghost
+    /// (PEM; PKCS#8 keys, mode 0600), plus config snippets in config-snippets.toml.
+    Init {
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// Name or IP the Ghosts dial Mirage by (repeat for several).
+        #[arg(long = "mirage-host", required = true)]
+        mirage_host: Vec<String>,
+        /// A ghost_id to issue a client certificate for (repeat for several).
+        #[arg(long = "ghost")]
+        ghost: Vec<String>,
+        /// Validity in days.
+        #[arg(long, default_value_t = 365)]
+        days: i64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -593,7 +618,7 @@ fn client(cli: &Cli) -> Result<i32, String> {
             );
             Ok(0)
         }
-        Cmd::Up(_) | Cmd::Serve(_) | Cmd::Wire { .. } => Ok(0),
+        Cmd::Up(_) | Cmd::Serve(_) | Cmd::Wire { .. } | Cmd::Certs { .. } => Ok(0),
     }
 }
 
@@ -648,6 +673,22 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         }
+        Cmd::Certs {
+            cmd:
+                CertsCmd::Init {
+                    out,
+                    mirage_host,
+                    ghost,
+                    days,
+                },
+        } => exit(
+            mirage::certs::init(out, mirage_host, ghost, *days).map(|files| {
+                for f in files {
+                    println!("wrote {}", f.display());
+                }
+                0
+            }),
+        ),
         _ => exit(client(&cli)),
     }
 }
