@@ -215,13 +215,18 @@ impl GhostConfig {
                 ));
             }
         }
-        match (self.tls.mode, self.tls.enabled) {
-            (SecurityMode::Production, _) | (_, true) => {
-                return Err("TLS sessions are not implemented in this build yet; use tls.mode = \"development\" with tls.enabled = false on a trusted network".into())
-            }
-            _ => {}
+        crate::tls::validate(&self.tls)
+    }
+
+    /// The name the Mirage certificate must carry: `tls.server_name`, else the host of the
+    /// first Mirage address.
+    pub fn server_name(&self, addr: &str) -> String {
+        if !self.tls.server_name.is_empty() {
+            return self.tls.server_name.clone();
         }
-        Ok(())
+        addr.rsplit_once(':')
+            .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']').to_owned())
+            .unwrap_or_else(|| addr.to_owned())
     }
 }
 

@@ -9,3 +9,4 @@ pub mod logic;
 pub mod runtime;
 pub mod seeds;
 pub mod store;
+pub mod tls;

@@ -34,6 +34,8 @@ pub fn seed_settings(cfg: &GhostConfig) -> SeedSettings {
 pub fn serve(cfg: GhostConfig) -> Result<i32, String> {
     cfg.validate()?;
     // appear → seed → radiate
+    // TLS files are read now: a bad one is a startup error, not a reconnect loop.
+    let tls = crate::tls::connector(&cfg.tls)?;
     let phase = Phase::Boot.appear()?;
     let settings = seed_settings(&cfg);
     let registry = Registry::from_ids(&cfg.seeds, &settings)?;
@@ -146,6 +148,13 @@ pub fn serve(cfg: GhostConfig) -> Result<i32, String> {
                 policy: cfg.mirage.policy,
                 max_connect_attempts: cfg.mirage.max_connect_attempts,
                 max_in_flight: cfg.mirage.max_in_flight,
+                server_names: cfg
+                    .mirage
+                    .addresses
+                    .iter()
+                    .map(|a| cfg.server_name(a))
+                    .collect(),
+                tls,
             };
             Some(MirageLink::new(lc, dispatcher.clone(), outbox.clone()).start())
         };

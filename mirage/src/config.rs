@@ -90,6 +90,7 @@ pub struct MirageConfig {
     /// Reconcile tick.
     pub tick_ms: u64,
     pub ghost_admin: Vec<GhostAdmin>,
+    pub tls: crate::tls::TlsConfig,
 }
 
 impl Default for MirageConfig {
@@ -105,6 +106,7 @@ impl Default for MirageConfig {
             session_threads: 0,
             tick_ms: 250,
             ghost_admin: Vec::new(),
+            tls: Default::default(),
         }
     }
 }
@@ -118,6 +120,7 @@ impl MirageConfig {
 
     pub fn validate(&self) -> Result<(), String> {
         self.timeouts.validate()?;
+        crate::tls::validate(&self.tls)?;
         self.listen
             .parse::<SocketAddr>()
             .map_err(|_| format!("listen {:?} is not ip:port", self.listen))?;

@@ -14,4 +14,5 @@ pub mod metrics;
 pub mod plan;
 pub mod server;
 pub mod store;
+pub mod tls;
 pub mod wire_tool;

@@ -62,6 +62,8 @@ pub fn serve_with(cfg: MirageConfig, local: Option<LocalGhost>) -> Result<i32, S
         max_intent_seq: rec.max_intent_seq,
         max_report_seq: rec.max_report_seq,
     };
+    // Certificates are loaded now: a bad file is a startup error.
+    let tls = crate::tls::acceptor(&cfg.tls)?.map(Arc::new);
     let cfg = Arc::new(cfg);
     let sys = actix_rt::System::new();
     let child: Rc<RefCell<Option<std::process::Child>>> = Rc::new(RefCell::new(None));
@@ -108,14 +110,14 @@ pub fn serve_with(cfg: MirageConfig, local: Option<LocalGhost>) -> Result<i32, S
                     let _ = sock.set_nodelay(true);
                     let Ok(std_sock) = sock.into_std() else { continue };
                     open.fetch_add(1, Ordering::Relaxed);
-                    let (cfg, sup, open) = (cfg.clone(), sup.clone(), open.clone());
+                    let (cfg, sup, open, tls) = (cfg.clone(), sup.clone(), open.clone(), tls.clone());
                     let arb = &arbiters[next % arbiters.len()];
                     next = next.wrapping_add(1);
                     // Re-register the socket with the target Arbiter's own reactor.
                     arb.spawn(async move {
                         match TcpStream::from_std(std_sock) {
                             Ok(s) => {
-                                GhostSession::new(s, peer.to_string(), cfg, sup, open).start();
+                                GhostSession::new(s, peer.to_string(), cfg, sup, open, tls).start();
                             }
                             Err(e) => {
                                 open.fetch_sub(1, Ordering::Relaxed);

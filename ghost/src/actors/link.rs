@@ -38,6 +38,9 @@ pub struct LinkConfig {
     pub policy: Policy,
     pub max_connect_attempts: u32,
     pub max_in_flight: usize,
+    /// TLS connector (fleet CA pinned, client identity) and the server name per address.
+    pub tls: Option<crate::tls::Connector>,
+    pub server_names: Vec<String>,
 }
 
 struct Session {
@@ -70,12 +73,9 @@ enum ConnectError {
     Rejected(RegistrationAck),
 }
 
-type Connected = (
-    tokio::net::tcp::OwnedReadHalf,
-    tokio::net::tcp::OwnedWriteHalf,
-    BytesMut,
-    RegistrationAck,
-);
+type Reader = Box<dyn tokio::io::AsyncRead + Unpin>;
+type Writer = Box<dyn tokio::io::AsyncWrite + Unpin>;
+type Connected = (Reader, Writer, BytesMut, RegistrationAck);
 
 /// What the reader stream yields, tagged with the session generation.
 pub enum LinkIn {
@@ -119,6 +119,13 @@ impl MirageLink {
         };
         let t = self.cfg.timeouts.clone();
         let line = handshake::registration_line(&self.cfg.registration);
+        let tls = self.cfg.tls.clone();
+        let server_name = self
+            .cfg
+            .server_names
+            .get(self.addr_idx % n)
+            .cloned()
+            .unwrap_or_default();
         let fut = async move {
             let line = line.map_err(|e| ConnectError::Failed(e.to_string()))?;
             let stream = tokio::time::timeout(t.connect(), TcpStream::connect(&addr))
@@ -126,7 +133,26 @@ impl MirageLink {
                 .map_err(|_| ConnectError::Failed(format!("connect to {addr} timed out")))?
                 .map_err(|e| ConnectError::Failed(format!("connect to {addr}: {e}")))?;
             let _ = stream.set_nodelay(true);
-            let (mut r, mut w) = stream.into_split();
+            let (mut r, mut w): (Reader, Writer) = match tls {
+                None => {
+                    let (r, w) = stream.into_split();
+                    (Box::new(r), Box::new(w))
+                }
+                Some(c) => {
+                    let s = tokio::time::timeout(t.handshake(), c.connect(&server_name, stream))
+                        .await
+                        .map_err(|_| {
+                            ConnectError::Failed(format!("TLS handshake with {addr} timed out"))
+                        })?
+                        .map_err(|e| {
+                            ConnectError::Failed(format!(
+                                "TLS handshake with {addr} ({server_name}): {e}"
+                            ))
+                        })?;
+                    let (r, w) = tokio::io::split(s);
+                    (Box::new(r), Box::new(w))
+                }
+            };
             let mut buf = BytesMut::with_capacity(1024);
             let ack = tokio::time::timeout(t.handshake(), async {
                 w.write_all(&line).await?;

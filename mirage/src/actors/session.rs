@@ -15,8 +15,11 @@ use shared::handshake::{self, Registration, RegistrationAck};
 use shared::metrics::MeteredAddr;
 use shared::wire::{Frame, FrameCodec, Limits};
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+
+type Reader = Box<dyn AsyncRead + Unpin>;
+type Writer = Box<dyn AsyncWrite + Unpin>;
 use tokio::sync::mpsc;
 use tokio_util::codec::FramedRead;
 
@@ -35,6 +38,7 @@ pub struct GhostSession {
     last_rx: Instant,
     next_msg_id: u64,
     open: Arc<std::sync::atomic::AtomicUsize>,
+    tls: Option<Arc<openssl::ssl::SslAcceptor>>,
 }
 
 impl GhostSession {
@@ -44,6 +48,7 @@ impl GhostSession {
         cfg: Arc<MirageConfig>,
         supervisor: MeteredAddr<Supervisor>,
         open: Arc<std::sync::atomic::AtomicUsize>,
+        tls: Option<Arc<openssl::ssl::SslAcceptor>>,
     ) -> GhostSession {
         GhostSession {
             cfg,
@@ -56,6 +61,7 @@ impl GhostSession {
             last_rx: Instant::now(),
             next_msg_id: 1,
             open,
+            tls,
         }
     }
 
@@ -99,7 +105,7 @@ impl GhostSession {
 
     fn reject(
         &self,
-        mut w: OwnedWriteHalf,
+        mut w: Writer,
         code: u32,
         message: String,
         ghost_id: String,
@@ -124,13 +130,7 @@ impl GhostSession {
         }
     }
 
-    fn start_frames(
-        &mut self,
-        r: OwnedReadHalf,
-        w: OwnedWriteHalf,
-        leftover: BytesMut,
-        ctx: &mut Context<Self>,
-    ) {
+    fn start_frames(&mut self, r: Reader, w: Writer, leftover: BytesMut, ctx: &mut Context<Self>) {
         let limits = Limits {
             max_payload: self.cfg.limits.max_payload,
             ..Limits::default()
@@ -174,9 +174,44 @@ impl GhostSession {
 }
 
 enum Handshake {
-    Ok(OwnedReadHalf, OwnedWriteHalf, BytesMut, Registration),
-    Reject(OwnedWriteHalf, u32, String, String),
+    Ok(Reader, Writer, BytesMut, Registration),
+    Reject(Writer, u32, String, String),
+    /// The TLS handshake failed or the certificate is unusable: no ack line is possible.
+    TlsRefused(String),
     Gone(String),
+}
+
+/// TLS (when configured) and the identity the client certificate proves.
+async fn secure(
+    socket: TcpStream,
+    tls: Option<Arc<openssl::ssl::SslAcceptor>>,
+    deadline: Duration,
+) -> Result<(Reader, Writer, Option<String>), Handshake> {
+    let Some(acc) = tls else {
+        let (r, w) = socket.into_split();
+        return Ok((Box::new(r), Box::new(w), None));
+    };
+    let ssl =
+        openssl::ssl::Ssl::new(acc.context()).map_err(|e| Handshake::TlsRefused(e.to_string()))?;
+    let mut s = tokio_openssl::SslStream::new(ssl, socket)
+        .map_err(|e| Handshake::TlsRefused(e.to_string()))?;
+    match tokio::time::timeout(deadline, std::pin::Pin::new(&mut s).accept()).await {
+        Err(_) => return Err(Handshake::TlsRefused("TLS handshake timed out".into())),
+        Ok(Err(e)) => {
+            let verify = s.ssl().verify_result();
+            return Err(Handshake::TlsRefused(format!(
+                "TLS handshake failed: {e} (verify: {})",
+                verify.error_string()
+            )));
+        }
+        Ok(Ok(())) => {}
+    }
+    let id = match s.ssl().peer_certificate() {
+        Some(c) => Some(crate::tls::identity(&c).map_err(Handshake::TlsRefused)?),
+        None => None,
+    };
+    let (r, w) = tokio::io::split(s);
+    Ok((Box::new(r), Box::new(w), id))
 }
 
 impl Actor for GhostSession {
@@ -189,8 +224,12 @@ impl Actor for GhostSession {
             return;
         };
         let deadline = Duration::from_millis(self.cfg.timeouts.handshake_ms);
+        let tls = self.tls.clone();
         let read = async move {
-            let (mut r, w) = socket.into_split();
+            let (mut r, w, cert_id) = match secure(socket, tls, deadline).await {
+                Ok(x) => x,
+                Err(h) => return h,
+            };
             let mut buf = BytesMut::with_capacity(1024);
             let line = match tokio::time::timeout(
                 deadline,
@@ -212,12 +251,36 @@ impl Actor for GhostSession {
                     format!("invalid registration payload: {e}"),
                     "unknown".into(),
                 ),
-                // Development mode: no certificate, so the declared identity must be the id.
-                Ok(reg) if reg.peer_identity != reg.ghost_id => {
+                Ok(reg) => {
                     let id = reg.ghost_id.clone();
-                    Handshake::Reject(w, code::TRANSPORT, "identity binding failure".into(), id)
+                    let declared = reg.peer_identity.trim().to_owned();
+                    match &cert_id {
+                        // The certificate names the Ghost; a declared identity must agree.
+                        Some(cert) if *cert != reg.ghost_id => Handshake::Reject(
+                            w,
+                            code::TRANSPORT,
+                            format!("identity binding failure: certificate is {cert}"),
+                            id,
+                        ),
+                        Some(cert) if !declared.is_empty() && declared != *cert => {
+                            Handshake::Reject(
+                                w,
+                                code::TRANSPORT,
+                                "declared peer mismatch".into(),
+                                id,
+                            )
+                        }
+                        Some(_) => Handshake::Ok(r, w, buf, reg),
+                        // No certificate (development): the declared identity must be the id.
+                        None if reg.peer_identity != reg.ghost_id => Handshake::Reject(
+                            w,
+                            code::TRANSPORT,
+                            "identity binding failure".into(),
+                            id,
+                        ),
+                        None => Handshake::Ok(r, w, buf, reg),
+                    }
                 }
-                Ok(reg) => Handshake::Ok(r, w, buf, reg),
             }
         };
         ctx.wait(read.into_actor(self).then(|h, act, ctx| {
@@ -275,6 +338,11 @@ impl Actor for GhostSession {
                 tracing::warn!(component = "mirage.session", peer = %act.peer, ghost_id = %ghost, code, reason = %message, "registration rejected");
                 // Detached: the rejection line is written and the socket closed after we stop.
                 actix_rt::spawn(act.reject(w, code, message, ghost));
+                ctx.stop();
+            }
+            Err(Handshake::TlsRefused(why)) => {
+                m::SESSIONS_REJECTED.inc();
+                tracing::warn!(component = "mirage.session", peer = %act.peer, code = code::TRANSPORT, reason = %why, "TLS handshake refused");
                 ctx.stop();
             }
             Err(Handshake::Gone(why)) | Err(Handshake::Ok(_, _, _, Registration { ghost_id: why, .. })) => {

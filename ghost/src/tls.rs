@@ -1,0 +1,84 @@
+//! The Ghost's TLS client (native-tls, OpenSSL on Linux): the fleet CA pinned (built-in roots
+//! off) and, for mTLS, the Ghost's own certificate. Built once at startup, so a bad file is a
+//! startup error, not a retry loop. A completed TLS handshake is only provisional: under TLS
+//! 1.3 a refused client certificate shows up at the first read, so the session counts as up
+//! only when the registration ack arrives.
+
+use crate::config::{SecurityMode, TlsConfig};
+
+pub type Connector = tokio_native_tls::TlsConnector;
+
+/// The rules of edgectl-behaviour §2.1 for a client, in order, checked once.
+pub fn validate(t: &TlsConfig) -> Result<(), String> {
+    if t.mode == SecurityMode::Production {
+        if !t.enabled {
+            return Err("tls.mode = \"production\" requires tls.enabled = true".into());
+        }
+        if t.cert_file.is_empty() || t.key_file.is_empty() {
+            return Err("tls.mode = \"production\" requires mTLS: set tls.cert_file and tls.key_file (see `mirage certs init`)".into());
+        }
+    }
+    if t.enabled && t.ca_file.is_empty() {
+        return Err(
+            "tls.enabled needs tls.ca_file (the fleet CA that signed Mirage's certificate)".into(),
+        );
+    }
+    if !t.enabled && (!t.cert_file.is_empty() || !t.key_file.is_empty()) {
+        return Err("tls.cert_file/key_file are set but tls.enabled = false".into());
+    }
+    if t.cert_file.is_empty() != t.key_file.is_empty() {
+        return Err("tls.cert_file and tls.key_file go together".into());
+    }
+    Ok(())
+}
+
+pub fn connector(t: &TlsConfig) -> Result<Option<Connector>, String> {
+    validate(t)?;
+    if !t.enabled {
+        return Ok(None);
+    }
+    let read = |p: &str| std::fs::read(p).map_err(|e| format!("tls: cannot read {p}: {e}"));
+    let ca = native_tls::Certificate::from_pem(&read(&t.ca_file)?)
+        .map_err(|e| format!("tls.ca_file {}: {e}", t.ca_file))?;
+    let mut b = native_tls::TlsConnector::builder();
+    b.add_root_certificate(ca)
+        .disable_built_in_roots(true)
+        .min_protocol_version(Some(native_tls::Protocol::Tlsv12));
+    if !t.cert_file.is_empty() {
+        let id = native_tls::Identity::from_pkcs8(&read(&t.cert_file)?, &read(&t.key_file)?)
+            .map_err(|e| {
+                format!(
+                    "tls: client identity {} / {} (the key must be PKCS#8): {e}",
+                    t.cert_file, t.key_file
+                )
+            })?;
+        b.identity(id);
+    }
+    let c = b.build().map_err(|e| format!("tls: {e}"))?;
+    Ok(Some(tokio_native_tls::TlsConnector::from(c)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn production_needs_tls_and_a_client_identity() {
+        let mut t = TlsConfig {
+            mode: SecurityMode::Production,
+            ..Default::default()
+        };
+        assert!(validate(&t).unwrap_err().contains("tls.enabled"));
+        t.enabled = true;
+        assert!(validate(&t).unwrap_err().contains("mTLS"));
+        t.cert_file = "c".into();
+        t.key_file = "k".into();
+        assert!(validate(&t).unwrap_err().contains("ca_file"));
+        t.ca_file = "ca".into();
+        assert!(validate(&t).is_ok());
+        assert!(
+            validate(&TlsConfig::default()).is_ok(),
+            "development plaintext"
+        );
+    }
+}
