@@ -119,6 +119,18 @@ pub struct TlsConfig {
     pub server_name: String,
 }
 
+/// The optional HMAC-SHA256 frame auth block (PROTOCOL.md §6).
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Secret shared with Mirage; set = every frame this Ghost sends is signed.
+    pub key: String,
+    /// Key name in the block; empty = the ghost_id.
+    pub key_id: String,
+    /// Refuse frames from Mirage without a valid block.
+    pub required: bool,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct GhostConfig {
@@ -134,6 +146,7 @@ pub struct GhostConfig {
     pub dedupe: DedupeConfig,
     pub seed: SeedConfig,
     pub tls: TlsConfig,
+    pub auth: AuthConfig,
     /// Children started through `spawn_ghost` at most.
     pub max_children: usize,
 }
@@ -152,6 +165,7 @@ impl Default for GhostConfig {
             dedupe: DedupeConfig::default(),
             seed: SeedConfig::default(),
             tls: TlsConfig::default(),
+            auth: AuthConfig::default(),
             max_children: 16,
         }
     }
@@ -215,7 +229,23 @@ impl GhostConfig {
                 ));
             }
         }
+        if self.auth.required && self.auth.key.is_empty() {
+            return Err("auth.required needs auth.key (the secret shared with Mirage)".into());
+        }
         crate::tls::validate(&self.tls)
+    }
+
+    /// (key_id, key) for signing and checking frames, when a key is set.
+    pub fn auth_key(&self) -> Option<(String, Vec<u8>)> {
+        if self.auth.key.is_empty() {
+            return None;
+        }
+        let id = if self.auth.key_id.is_empty() {
+            self.ghost_id.clone()
+        } else {
+            self.auth.key_id.clone()
+        };
+        Some((id, self.auth.key.as_bytes().to_vec()))
     }
 
     /// The name the Mirage certificate must carry: `tls.server_name`, else the host of the

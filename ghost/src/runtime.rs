@@ -155,6 +155,8 @@ pub fn serve(cfg: GhostConfig) -> Result<i32, String> {
                     .map(|a| cfg.server_name(a))
                     .collect(),
                 tls,
+                auth: cfg.auth_key(),
+                auth_required: cfg.auth.required,
             };
             Some(MirageLink::new(lc, dispatcher.clone(), outbox.clone()).start())
         };

@@ -64,6 +64,16 @@ impl Default for ApiConfig {
     }
 }
 
+/// The optional HMAC-SHA256 frame auth block (PROTOCOL.md §6), keys per Ghost.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Refuse frames without a valid block (code 1000) and close the session.
+    pub required: bool,
+    /// ghost_id → secret. The key_id in a Ghost's frames must be its own ghost_id.
+    pub keys: std::collections::BTreeMap<String, String>,
+}
+
 /// A Ghost driven through its admin boundary (`execute_envelope`) instead of its session:
 /// an edgectl Ghost, which takes no commands on its session.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -91,6 +101,7 @@ pub struct MirageConfig {
     pub tick_ms: u64,
     pub ghost_admin: Vec<GhostAdmin>,
     pub tls: crate::tls::TlsConfig,
+    pub auth: AuthConfig,
 }
 
 impl Default for MirageConfig {
@@ -107,6 +118,7 @@ impl Default for MirageConfig {
             tick_ms: 250,
             ghost_admin: Vec::new(),
             tls: Default::default(),
+            auth: Default::default(),
         }
     }
 }
@@ -121,6 +133,9 @@ impl MirageConfig {
     pub fn validate(&self) -> Result<(), String> {
         self.timeouts.validate()?;
         crate::tls::validate(&self.tls)?;
+        if self.auth.required && self.auth.keys.is_empty() {
+            return Err("auth.required needs [auth.keys] (ghost_id = \"secret\")".into());
+        }
         self.listen
             .parse::<SocketAddr>()
             .map_err(|_| format!("listen {:?} is not ip:port", self.listen))?;

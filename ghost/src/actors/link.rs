@@ -41,6 +41,9 @@ pub struct LinkConfig {
     /// TLS connector (fleet CA pinned, client identity) and the server name per address.
     pub tls: Option<crate::tls::Connector>,
     pub server_names: Vec<String>,
+    /// HMAC key (key_id, secret): sign every frame; with `auth_required`, verify Mirage's.
+    pub auth: Option<(String, Vec<u8>)>,
+    pub auth_required: bool,
 }
 
 struct Session {
@@ -270,7 +273,15 @@ impl MirageLink {
         let id = s.next_msg_id;
         s.next_msg_id += 1;
         match env.to_frame(id) {
-            Ok(f) => s.tx.try_send(f).is_ok(),
+            Ok(mut f) => {
+                if let Some((kid, key)) = &self.cfg.auth {
+                    if let Err(e) = shared::wire::auth::sign(&mut f, kid, key) {
+                        tracing::error!(component = "ghost.link", error = %e, "cannot sign frame");
+                        return false;
+                    }
+                }
+                s.tx.try_send(f).is_ok()
+            }
             Err(e) => {
                 tracing::error!(component = "ghost.link", error = %e, "cannot encode frame");
                 false
@@ -381,6 +392,20 @@ impl StreamHandler<LinkIn> for MirageLink {
                 return;
             }
         };
+        if self.cfg.auth_required {
+            let key = self.cfg.auth.clone();
+            let ok = shared::wire::auth::verify(&frame, |id| {
+                key.as_ref()
+                    .filter(|(kid, _)| kid == id)
+                    .map(|(_, k)| k.clone())
+            });
+            if let Err(e) = ok {
+                tracing::error!(component = "ghost.link", direction = "in", message_id = frame.message_id, code = e.code(), error = %e, "frame without a valid auth block; closing");
+                self.error_frame(&e, Some(frame.message_id));
+                self.teardown(&e.to_string(), ctx);
+                return;
+            }
+        }
         if let Some(s) = &mut self.session {
             s.last_rx = Instant::now();
         }
@@ -463,8 +488,14 @@ impl Handler<SendEvents> for MirageLink {
     fn handle(&mut self, m: SendEvents, _: &mut Context<Self>) {
         let Some(s) = &mut self.session else { return };
         for t in m.0 {
-            let f = Frame::new(s.next_msg_id, shared::envelope::mt::EVENT, 0, t.payload);
+            let mut f = Frame::new(s.next_msg_id, shared::envelope::mt::EVENT, 0, t.payload);
             s.next_msg_id += 1;
+            if let Some((kid, key)) = &self.cfg.auth {
+                if let Err(e) = shared::wire::auth::sign(&mut f, kid, key) {
+                    tracing::error!(component = "ghost.link", error = %e, "cannot sign frame");
+                    continue;
+                }
+            }
             if s.tx.try_send(f).is_err() {
                 // Left in flight; the outbox sends it again when its ack is overdue.
                 tracing::warn!(component = "ghost.link", event_id = %t.event_id, "write queue full");

@@ -23,7 +23,7 @@ type Writer = Box<dyn AsyncWrite + Unpin>;
 use tokio::sync::mpsc;
 use tokio_util::codec::FramedRead;
 
-use super::supervisor::{Ingest, Register, SessionClosed, Supervisor};
+use super::supervisor::{Ingest, Register, SessionClosed, SessionVerified, Supervisor};
 use crate::config::MirageConfig;
 use crate::metrics as m;
 
@@ -39,6 +39,7 @@ pub struct GhostSession {
     next_msg_id: u64,
     open: Arc<std::sync::atomic::AtomicUsize>,
     tls: Option<Arc<openssl::ssl::SslAcceptor>>,
+    verified: bool,
 }
 
 impl GhostSession {
@@ -62,13 +63,30 @@ impl GhostSession {
             next_msg_id: 1,
             open,
             tls,
+            verified: false,
         }
     }
 
+    /// This Ghost's HMAC key, when one is configured.
+    fn key(&self) -> Option<Vec<u8>> {
+        self.cfg
+            .auth
+            .keys
+            .get(&self.ghost)
+            .map(|k| k.as_bytes().to_vec())
+    }
+
     fn send_env(&mut self, env: &Envelope, message_id: u64) {
+        let key = self.key();
         let Some(tx) = &self.tx else { return };
         match env.to_frame(message_id) {
-            Ok(f) => {
+            Ok(mut f) => {
+                if let Some(k) = key {
+                    if let Err(e) = shared::wire::auth::sign(&mut f, &self.ghost, &k) {
+                        tracing::error!(component = "mirage.session", ghost_id = %self.ghost, error = %e, "cannot sign frame");
+                        return;
+                    }
+                }
                 if tx.try_send(f).is_err() {
                     tracing::warn!(component = "mirage.session", ghost_id = %self.ghost, "write queue full; frame dropped");
                 }
@@ -225,6 +243,12 @@ impl Actor for GhostSession {
         };
         let deadline = Duration::from_millis(self.cfg.timeouts.handshake_ms);
         let tls = self.tls.clone();
+        // With auth required, only Ghosts that have a key may register.
+        let keyed: Option<Vec<String>> = self
+            .cfg
+            .auth
+            .required
+            .then(|| self.cfg.auth.keys.keys().cloned().collect());
         let read = async move {
             let (mut r, w, cert_id) = match secure(socket, tls, deadline).await {
                 Ok(x) => x,
@@ -251,6 +275,15 @@ impl Actor for GhostSession {
                     format!("invalid registration payload: {e}"),
                     "unknown".into(),
                 ),
+                Ok(reg) if keyed.as_ref().is_some_and(|k| !k.contains(&reg.ghost_id)) => {
+                    let id = reg.ghost_id.clone();
+                    Handshake::Reject(
+                        w,
+                        code::TRANSPORT,
+                        format!("frame auth is required and no key is configured for {id}"),
+                        id,
+                    )
+                }
                 Ok(reg) => {
                     let id = reg.ghost_id.clone();
                     let declared = reg.peer_identity.trim().to_owned();
@@ -382,6 +415,28 @@ impl StreamHandler<Result<Frame, WireError>> for GhostSession {
                 return;
             }
         };
+        if self.cfg.auth.required {
+            let key = self.key();
+            let ghost = self.ghost.clone();
+            // The key_id must be this session's ghost_id: one Ghost cannot sign as another.
+            let res = shared::wire::auth::verify(&frame, |id| {
+                (id == ghost).then(|| key.clone()).flatten()
+            });
+            if let Err(e) = res {
+                m::FRAME_ERRORS.inc();
+                tracing::warn!(component = "mirage.session", peer = %self.peer, ghost_id = %self.ghost, message_id = frame.message_id, message_type = frame.message_type, code = e.code(), reason = %e, "frame refused: auth");
+                self.error_frame(&e, Some(frame.message_id));
+                self.close(&e.to_string(), ctx);
+                return;
+            }
+            if !self.verified {
+                self.verified = true;
+                self.supervisor.do_send(SessionVerified {
+                    ghost_id: self.ghost.clone(),
+                    session_id: self.session_id.clone(),
+                });
+            }
+        }
         self.last_rx = Instant::now();
         match Envelope::from_frame(&frame) {
             Ok(Envelope::Event(e)) if is_heartbeat(&e) => {

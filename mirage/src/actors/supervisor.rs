@@ -38,11 +38,13 @@ pub struct GhostEntry {
     /// `[[ghost_admin]]`: driven through this admin address, reachable now or not.
     pub admin_addr: Option<String>,
     pub admin_ok: bool,
+    /// With frame auth required, a session counts only after its first authenticated frame.
+    pub verified: bool,
 }
 
 impl GhostEntry {
     fn connected(&self) -> bool {
-        self.session.is_some() || (self.admin_addr.is_some() && self.admin_ok)
+        (self.session.is_some() && self.verified) || (self.admin_addr.is_some() && self.admin_ok)
     }
 }
 
@@ -450,6 +452,7 @@ impl Actor for Supervisor {
                     events: 0,
                     admin_addr: Some(ga.addr),
                     admin_ok: false,
+                    verified: true,
                 },
             );
         }
@@ -512,6 +515,7 @@ impl Handler<Register> for Supervisor {
                 events: 0,
                 admin_addr: None,
                 admin_ok: false,
+                verified: false,
             });
         if let Some(old) = entry.session.take() {
             tracing::info!(component = "mirage.supervisor", ghost_id = %ghost, old = %entry.session_id, new = %session_id, "new session replaces the old one");
@@ -521,12 +525,15 @@ impl Handler<Register> for Supervisor {
         }
         entry.registration = m.reg;
         entry.session = Some(m.session);
+        entry.verified = !self.cfg.auth.required;
         entry.session_id = session_id.clone();
         entry.peer = m.peer;
         self.fleet_dirty = true;
         m::SESSIONS_OPENED.inc();
         // Commands sent while it was away may not have arrived: plans re-send them.
-        self.ghost_up(&ghost);
+        if !self.cfg.auth.required {
+            self.ghost_up(&ghost);
+        }
         Ok(RegistrationAck {
             status: "accepted".into(),
             code: 0,
@@ -536,6 +543,28 @@ impl Handler<Register> for Supervisor {
             session_id: Some(session_id),
             heartbeat_interval_ms: Some(self.cfg.timeouts.heartbeat_ms),
         })
+    }
+}
+
+/// The session's first frame carried a valid auth block: the Ghost may be used now.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SessionVerified {
+    pub ghost_id: String,
+    pub session_id: String,
+}
+
+impl Handler<SessionVerified> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, m: SessionVerified, _: &mut Context<Self>) {
+        if let Some(g) = self.ghosts.get_mut(&m.ghost_id) {
+            if g.session_id == m.session_id && !g.verified {
+                g.verified = true;
+                self.fleet_dirty = true;
+                self.ghost_up(&m.ghost_id);
+            }
+        }
     }
 }
 
@@ -1150,3 +1179,4 @@ shared::metered!(Supervisor, SessionClosed);
 shared::metered!(Supervisor, Submit);
 shared::metered!(Supervisor, PlanReport);
 shared::metered!(Supervisor, LockOp);
+shared::metered!(Supervisor, SessionVerified);

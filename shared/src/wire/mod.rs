@@ -1,6 +1,7 @@
 //! The binary frame (PROTOCOL.md §3): a fixed 32-byte big-endian header, an optional auth
 //! block, and a flat TLV payload. Pure: no I/O here; the codec plugs into tokio-util framing.
 
+pub mod auth;
 pub mod tlv;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
