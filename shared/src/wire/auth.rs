@@ -59,10 +59,10 @@ pub fn key_id(auth: &Bytes) -> Result<&str, WireError> {
 }
 
 /// Checks the block with the key `keys` returns for its key_id; returns the key_id.
-pub fn verify<'a, K: AsRef<[u8]>>(
-    f: &'a Frame,
+pub fn verify<K: AsRef<[u8]>>(
+    f: &Frame,
     keys: impl Fn(&str) -> Option<K>,
-) -> Result<&'a str, WireError> {
+) -> Result<&str, WireError> {
     let id = key_id(&f.auth)?;
     let key = keys(id).ok_or_else(|| WireError::Io(format!("auth: unknown key_id {id:?}")))?;
     let tag = &f.auth[2 + id.len()..];
