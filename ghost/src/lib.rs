@@ -9,4 +9,5 @@ pub mod logic;
 pub mod runtime;
 pub mod seeds;
 pub mod store;
+pub mod swarm;
 pub mod tls;

@@ -24,6 +24,31 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// N Ghosts in one process, each a real session with in-memory seeds (load and scale).
+    Swarm {
+        /// Mirage session address.
+        #[arg(long)]
+        mirage: String,
+        #[arg(long, default_value_t = 100)]
+        count: usize,
+        #[arg(long, default_value = "swarm-")]
+        id_prefix: String,
+        /// In-memory seeds: seed.flow, seed.kv.
+        #[arg(long, value_delimiter = ',', default_value = "seed.flow,seed.kv")]
+        seeds: Vec<String>,
+        #[arg(long, default_value_t = 5000)]
+        heartbeat_ms: u64,
+        /// TLS: the fleet CA.
+        #[arg(long)]
+        ca: Option<PathBuf>,
+        /// mTLS: directory with <ghost_id>.pem and <ghost_id>.key for every swarm Ghost.
+        #[arg(long)]
+        cert_dir: Option<PathBuf>,
+        #[arg(long, default_value = "127.0.0.1")]
+        server_name: String,
+        #[arg(long, default_value_t = 256)]
+        dial_concurrency: usize,
+    },
     /// Run one seed operation locally, without Mirage; exit code is the seed's.
     ///
     /// Example: `ghost exec seed.flow echo msg=hi`
@@ -126,6 +151,51 @@ fn main() -> ExitCode {
                 Ok(code) => ExitCode::from(code.clamp(1, 255) as u8),
                 Err(e) => {
                     eprintln!("ghost: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Cmd::Swarm {
+            mirage,
+            count,
+            id_prefix,
+            seeds,
+            heartbeat_ms,
+            ca,
+            cert_dir,
+            server_name,
+            dial_concurrency,
+        } => {
+            let cfg = ghost::swarm::SwarmConfig {
+                mirage,
+                count,
+                id_prefix,
+                seeds,
+                heartbeat: std::time::Duration::from_millis(heartbeat_ms.max(100)),
+                ca_file: ca,
+                cert_dir,
+                server_name,
+                dial_concurrency,
+            };
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("ghost swarm: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            match rt.block_on(async {
+                tokio::select! {
+                    r = ghost::swarm::run(cfg) => r,
+                    _ = shared::session::shutdown_signal() => Ok(()),
+                }
+            }) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("ghost swarm: {e}");
                     ExitCode::from(2)
                 }
             }

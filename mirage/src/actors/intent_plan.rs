@@ -20,6 +20,9 @@ pub struct IntentPlan {
     finished: bool,
     timer: Option<SpawnHandle>,
     timer_at: u64,
+    /// Inputs persisted-but-not-answered; the actor stops only when this is 0, so no caller
+    /// waiting on an earlier input sees a closed mailbox.
+    in_flight: usize,
 }
 
 /// How often a plan waiting for a placement looks again.
@@ -42,6 +45,13 @@ impl IntentPlan {
             finished: false,
             timer: None,
             timer_at: 0,
+            in_flight: 0,
+        }
+    }
+
+    fn stop_when_idle(&mut self, ctx: &mut Context<Self>) {
+        if self.finished && self.in_flight == 0 {
+            ctx.stop();
         }
     }
 
@@ -99,6 +109,7 @@ impl IntentPlan {
     ) -> ResponseActFuture<Self, Result<(), String>> {
         let (tx, rx) = oneshot::channel();
         let writes = self.write().into_iter().collect();
+        self.in_flight += 1;
         self.store.do_send(Put {
             writes,
             done: Some(tx),
@@ -108,14 +119,17 @@ impl IntentPlan {
             async move { rx.await.map_err(|_| "store gone".to_string())? }
                 .into_actor(self)
                 .map(move |res, act, ctx| {
+                    act.in_flight -= 1;
                     if let Err(e) = &res {
                         tracing::error!(component = "mirage.plan", intent_id = %act.plan.intent.intent_id, error = %e, "plan state not persisted; effects held back");
+                        act.stop_when_idle(ctx);
                         return res;
                     }
                     act.execute(fx, ctx);
                     if !act.finished {
                         act.schedule(ctx);
                     }
+                    act.stop_when_idle(ctx);
                     res
                 }),
         )
@@ -170,7 +184,9 @@ impl IntentPlan {
                         status,
                         plan: Box::new(self.plan.clone()),
                     });
-                    ctx.stop();
+                    if let Some(h) = self.timer.take() {
+                        ctx.cancel_future(h);
+                    }
                 }
             }
         }

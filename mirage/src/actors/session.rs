@@ -461,7 +461,8 @@ impl StreamHandler<Result<Frame, WireError>> for GhostSession {
                 };
                 let fut = async move { sup.send(ingest).await };
                 ctx.spawn(fut.into_actor(self).map(move |res, act, _| match res {
-                    Ok(a) => act.send_env(&Envelope::EventAck(a), msg_id),
+                    Ok(Some(a)) => act.send_env(&Envelope::EventAck(a), msg_id),
+                    Ok(None) => {}
                     Err(e) => {
                         tracing::error!(component = "mirage.session", ghost_id = %act.ghost, message_id = msg_id, error = %e, "supervisor unavailable; event not acked")
                     }

@@ -591,9 +591,10 @@ impl Handler<SessionClosed> for Supervisor {
     }
 }
 
-/// An event from a Ghost; resolves with the ack to send, after the plan persisted it.
+/// An event from a Ghost; resolves with the ack to send, after the plan persisted it. `None`:
+/// it could not be recorded now; no ack, so the Ghost sends it again after its ack timeout.
 #[derive(Message)]
-#[rtype(result = "EventAck")]
+#[rtype(result = "Option<EventAck>")]
 pub struct Ingest {
     pub ghost_id: String,
     pub event: Event,
@@ -612,12 +613,12 @@ fn ack(e: &Event, ghost: &str, status: AckStatus, code: u32) -> EventAck {
 }
 
 impl Handler<Ingest> for Supervisor {
-    type Result = ResponseActFuture<Self, EventAck>;
+    type Result = ResponseActFuture<Self, Option<EventAck>>;
 
     fn handle(&mut self, m: Ingest, _: &mut Context<Self>) -> Self::Result {
         if let Some(stored) = self.events.get(&m.event.event_id) {
             m::EVENTS_DUPLICATE.inc();
-            return Box::pin(fut::ready(stored.clone()));
+            return Box::pin(fut::ready(Some(stored.clone())));
         }
         m::EVENTS_RECEIVED.inc();
         let now = shared::now_ms();
@@ -629,7 +630,7 @@ impl Handler<Ingest> for Supervisor {
             tracing::warn!(component = "mirage.supervisor", ghost_id = %m.ghost_id, event_ghost = %m.event.ghost_id, event_id = %m.event.event_id, "event for another ghost on this session; rejected");
             let a = ack(&m.event, &m.ghost_id, AckStatus::Rejected, code::TRANSPORT);
             self.events.insert(a.clone(), now);
-            return Box::pin(fut::ready(a));
+            return Box::pin(fut::ready(Some(a)));
         }
         self.store.do_send(Put {
             writes: vec![Write::Event {
@@ -678,12 +679,14 @@ impl Handler<Ingest> for Supervisor {
                 Ok((e, ghost)) => {
                     let a = ack(&e, &ghost, AckStatus::Accepted, 0);
                     act.events.insert(a.clone(), shared::now_ms());
-                    a
+                    Some(a)
                 }
                 Err((e, ghost, err)) => {
-                    tracing::error!(component = "mirage.supervisor", event_id = %e.event_id, error = %err, "event not recorded; acking as rejected so nothing is claimed");
-                    act.routes.insert(e.command_id.clone(), route.unwrap_or_default());
-                    ack(&e, &ghost, AckStatus::Rejected, code::INTERNAL)
+                    tracing::error!(component = "mirage.supervisor", event_id = %e.event_id, ghost_id = %ghost, error = %err, "event not recorded; not acked, the ghost will send it again");
+                    if let Some(r) = route {
+                        act.routes.insert(e.command_id.clone(), r);
+                    }
+                    None
                 }
             }),
         )
