@@ -222,10 +222,8 @@ async fn ghost(
                     let Some(Ok(frame)) = item else { break };
                     last_rx = tokio::time::Instant::now();
                     match Envelope::from_frame(&frame) {
-                        Ok(Envelope::EventAck(a)) => {
-                            if outbox.remove(&a.event_id).is_some() && a.ack_status == AckStatus::Accepted {
-                                stats.events_acked.fetch_add(1, Relaxed);
-                            }
+                        Ok(Envelope::EventAck(a)) if outbox.remove(&a.event_id).is_some() && a.ack_status == AckStatus::Accepted => {
+                            stats.events_acked.fetch_add(1, Relaxed);
                         }
                         Ok(Envelope::Command(c)) => {
                             stats.commands.fetch_add(1, Relaxed);
