@@ -2,7 +2,7 @@
 CARGO ?= cargo
 FUZZ_SECONDS ?= 60
 
-.PHONY: all build run test lint fmt bench fuzz clean memory
+.PHONY: all build run test lint fmt bench fuzz clean memory bench-tls
 
 all: build
 
@@ -34,6 +34,10 @@ bench:
 ## memory: 100,000 one-step intents through the full loop; prints RSS after 10k and 100k.
 memory:
 	$(CARGO) test -p e2e --release --test memory -- --ignored --nocapture
+
+## bench-tls: 1,000 mTLS Ghost sessions (swarm) held by one Mirage; RSS and re-registration time.
+bench-tls:
+	SESSIONS=1000 $(CARGO) test -p e2e --release --test swarm -- --ignored --nocapture mtls_sessions
 
 ## fuzz: every cargo-fuzz target for FUZZ_SECONDS each (needs the nightly toolchain).
 fuzz:
