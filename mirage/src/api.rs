@@ -415,6 +415,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 pub fn start(
     listen: &str,
     max_body: usize,
+    tls: Option<(&str, &str)>,
     state: AppState,
 ) -> Result<(std::net::SocketAddr, actix_web::dev::Server), String> {
     let data = web::Data::new(state);
@@ -435,8 +436,22 @@ pub fn start(
     })
     .workers(1)
     .disable_signals()
-    .shutdown_timeout(2)
-    .bind(listen)
+    .shutdown_timeout(2);
+    let server = match tls {
+        None => server.bind(listen),
+        Some((cert, key)) => {
+            let e = |what: &str, x: openssl::error::ErrorStack| format!("api tls: {what}: {x}");
+            let mut b =
+                openssl::ssl::SslAcceptor::mozilla_intermediate_v5(openssl::ssl::SslMethod::tls())
+                    .map_err(|x| e("acceptor", x))?;
+            b.set_private_key_file(key, openssl::ssl::SslFiletype::PEM)
+                .map_err(|x| e(key, x))?;
+            b.set_certificate_chain_file(cert).map_err(|x| e(cert, x))?;
+            b.check_private_key()
+                .map_err(|x| e("key does not match the certificate", x))?;
+            server.bind_openssl(listen, b)
+        }
+    }
     .map_err(|e| format!("api listen {listen}: {e}"))?;
     let addr = server
         .addrs()

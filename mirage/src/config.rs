@@ -52,6 +52,9 @@ pub struct ApiConfig {
     pub token: String,
     /// Largest request body accepted.
     pub max_body: usize,
+    /// Optional HTTPS for the API and dashboard: certificate chain and PKCS#8 key (PEM).
+    pub tls_cert_file: String,
+    pub tls_key_file: String,
 }
 
 impl Default for ApiConfig {
@@ -60,6 +63,8 @@ impl Default for ApiConfig {
             listen: "127.0.0.1:7000".into(),
             token: String::new(),
             max_body: 1024 * 1024,
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
         }
     }
 }
@@ -167,6 +172,9 @@ impl MirageConfig {
                     g.id, g.addr
                 ));
             }
+        }
+        if self.api.tls_cert_file.is_empty() != self.api.tls_key_file.is_empty() {
+            return Err("api.tls_cert_file and api.tls_key_file go together".into());
         }
         if self.api.max_body < 1024 {
             return Err("api.max_body must be at least 1024".into());

@@ -145,7 +145,9 @@ pub fn serve_with(cfg: MirageConfig, local: Option<LocalGhost>) -> Result<i32, S
                 token: Arc::new(token),
                 local_admin: Arc::new(local_admin.clone()),
             };
-            let (addr, server) = api::start(&cfg.api.listen, cfg.api.max_body, state)?;
+            let tls = (!cfg.api.tls_cert_file.is_empty())
+                .then(|| (cfg.api.tls_cert_file.as_str(), cfg.api.tls_key_file.as_str()));
+            let (addr, server) = api::start(&cfg.api.listen, cfg.api.max_body, tls, state)?;
             api_addr = addr.to_string();
             actix_rt::spawn(server);
         }

@@ -228,3 +228,55 @@ fn production_without_tls_is_refused_at_startup() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("bearer token"));
 }
+
+#[test]
+fn the_api_can_be_served_over_https_with_a_token() {
+    use std::io::{Read, Write};
+    let dir = TempDir::new("api-tls");
+    let pki = dir.path("pki");
+    let st = Command::new(bin("mirage"))
+        .args([
+            "certs",
+            "init",
+            "--out",
+            pki.to_str().unwrap(),
+            "--mirage-host",
+            "127.0.0.1",
+        ])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let extra = format!(
+        "[api]\ntoken = \"t0k\"\ntls_cert_file = \"{0}/mirage.pem\"\ntls_key_file = \"{0}/mirage.key\"",
+        pki.display()
+    );
+    let m = Mirage::start(&dir, 0, &extra);
+    let mut b = openssl::ssl::SslConnector::builder(openssl::ssl::SslMethod::tls()).unwrap();
+    b.set_ca_file(pki.join("ca.pem")).unwrap();
+    let connector = b.build();
+    let get = |path: &str, token: Option<&str>| -> String {
+        let tcp = std::net::TcpStream::connect(&m.api).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut s = connector
+            .connect("127.0.0.1", tcp)
+            .expect("certificate verifies against the fleet CA");
+        let auth = token
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{auth}\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    };
+    assert!(get("/healthz", None).starts_with("HTTP/1.1 200"));
+    assert!(get("/v1/ghosts", None).starts_with("HTTP/1.1 401"));
+    assert!(get("/v1/ghosts", Some("t0k")).starts_with("HTTP/1.1 200"));
+    // Plain HTTP gets no API answer.
+    let (status, _) = http_raw(&m.api, "GET", "/healthz", None, &[]);
+    assert_ne!(status, 200);
+}
