@@ -2,7 +2,7 @@
 CARGO ?= cargo
 FUZZ_SECONDS ?= 60
 
-.PHONY: all build run test lint fmt bench fuzz clean memory bench-tls
+.PHONY: all build run test lint fmt bench fuzz clean memory bench-tls deps test-deps
 
 all: build
 
@@ -11,14 +11,21 @@ build:
 
 ## run: Mirage with a co-located local Ghost, embedded storage and the dashboard
 ## (http://127.0.0.1:7000/). Ctrl-C stops both.
-run:
+run: deps
 	$(CARGO) build --release -p mirage -p ghost
 	./target/release/mirage up
 
 ## test: formatting, lints, then every unit, conformance, property and end-to-end test.
-test: lint
+test: test-deps lint
 	$(CARGO) test --workspace --all-targets
 	$(CARGO) test --workspace --doc
+
+## deps: Debian packages the build needs (installed only when missing).
+deps:
+	@bash scripts/deps.sh
+
+test-deps:
+	@bash scripts/deps.sh --test
 
 lint:
 	$(CARGO) fmt --all -- --check
