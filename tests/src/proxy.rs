@@ -1,17 +1,101 @@
-//! A TCP proxy between a Ghost and Mirage whose connections can be cut on demand (a dropped
-//! link, not a crashed process). Runs on its own thread; stops when dropped.
+//! A TCP proxy between a Ghost and Mirage for fault injection: cut every connection (a
+//! dropped link), black-hole traffic both ways without closing (a partition), or drop
+//! Mirage's `event.ack` frames (an ack stall, which makes the Ghost send events again). The
+//! Mirage→Ghost direction is parsed frame by frame after the handshake line. Runs on its own
+//! thread; stops when dropped.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+
+#[derive(Default)]
+struct Faults {
+    blackhole: AtomicBool,
+    drop_acks: AtomicBool,
+    dropped_acks: std::sync::atomic::AtomicU64,
+}
 
 pub struct Proxy {
     pub addr: String,
     cut: watch::Sender<u64>,
+    faults: Arc<Faults>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Copies client→server bytes, holding them while black-holed.
+async fn upstream(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    f: Arc<Faults>,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let Ok(n) = from.read(&mut buf).await else {
+            return;
+        };
+        if n == 0 {
+            return;
+        }
+        while f.blackhole.load(Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Server→client: the handshake line passes, then whole frames, minus acks while stalled.
+async fn downstream(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    f: Arc<Faults>,
+) {
+    let mut buf = BytesMut::new();
+    let mut line_done = false;
+    loop {
+        let n = match from.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        let _ = n;
+        while f.blackhole.load(Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if !line_done {
+            let Some(i) = buf.iter().position(|b| *b == b'\n') else {
+                continue;
+            };
+            let line = buf.split_to(i + 1);
+            if to.write_all(&line).await.is_err() {
+                return;
+            }
+            line_done = true;
+        }
+        while buf.len() >= 32 {
+            let header_len = u16::from_be_bytes([buf[6], buf[7]]) as usize;
+            let payload_len = u64::from_be_bytes(buf[24..32].try_into().unwrap_or([0; 8])) as usize;
+            let total = header_len + payload_len;
+            if buf.len() < total {
+                break;
+            }
+            let frame = buf.split_to(total);
+            let message_type = u32::from_be_bytes([frame[16], frame[17], frame[18], frame[19]]);
+            if message_type == 8 && f.drop_acks.load(Ordering::Relaxed) {
+                f.dropped_acks.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            if to.write_all(&frame).await.is_err() {
+                return;
+            }
+        }
+    }
 }
 
 impl Proxy {
@@ -22,6 +106,8 @@ impl Proxy {
         let addr = std_listener.local_addr().unwrap().to_string();
         let (cut, cut_rx) = watch::channel(0u64);
         let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let faults = Arc::new(Faults::default());
+        let f2 = faults.clone();
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -35,11 +121,11 @@ impl Proxy {
                         _ = &mut stop_rx => return,
                         a = listener.accept() => a,
                     };
-                    let Ok((mut inbound, _)) = accepted else { continue };
-                    let target = target.clone();
+                    let Ok((inbound, _)) = accepted else { continue };
+                    let (target, f) = (target.clone(), f2.clone());
                     let mut cut_rx = cut_rx.clone();
                     tokio::spawn(async move {
-                        let Ok(Ok(mut outbound)) = tokio::time::timeout(
+                        let Ok(Ok(outbound)) = tokio::time::timeout(
                             Duration::from_secs(5),
                             TcpStream::connect(target.as_str()),
                         )
@@ -48,8 +134,11 @@ impl Proxy {
                             return;
                         };
                         let gen = *cut_rx.borrow_and_update();
+                        let (ir, iw) = inbound.into_split();
+                        let (or, ow) = outbound.into_split();
                         tokio::select! {
-                            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                            _ = upstream(ir, ow, f.clone()) => {}
+                            _ = downstream(or, iw, f) => {}
                             _ = async { while cut_rx.changed().await.is_ok() { if *cut_rx.borrow() != gen { break } } } => {}
                         }
                     });
@@ -59,6 +148,7 @@ impl Proxy {
         Proxy {
             addr,
             cut,
+            faults,
             stop: Some(stop_tx),
             thread: Some(thread),
         }
@@ -68,11 +158,26 @@ impl Proxy {
     pub fn cut(&self) {
         self.cut.send_modify(|g| *g += 1);
     }
+
+    /// Partition: nothing passes either way, nothing is closed.
+    pub fn blackhole(&self, on: bool) {
+        self.faults.blackhole.store(on, Ordering::Relaxed);
+    }
+
+    /// Ack stall: Mirage's event.ack frames are dropped.
+    pub fn drop_acks(&self, on: bool) {
+        self.faults.drop_acks.store(on, Ordering::Relaxed);
+    }
+
+    pub fn dropped_acks(&self) -> u64 {
+        self.faults.dropped_acks.load(Ordering::Relaxed)
+    }
 }
 
 impl Drop for Proxy {
     fn drop(&mut self) {
         self.cut();
+        self.blackhole(false);
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }

@@ -108,6 +108,8 @@ pub struct Supervisor {
     ghosts: BTreeMap<String, GhostEntry>,
     fleet: FleetHandle,
     fleet_dirty: bool,
+    /// Ghosts whose view changed since the shared snapshot was last updated.
+    fleet_changed: HashSet<String>,
     active: HashMap<String, Active>,
     finished: HashMap<String, (IntentSummary, Box<Plan>)>,
     finished_order: VecDeque<String>,
@@ -157,6 +159,7 @@ impl Supervisor {
             ghosts: BTreeMap::new(),
             fleet,
             fleet_dirty: true,
+            fleet_changed: HashSet::new(),
             active: HashMap::new(),
             finished: HashMap::new(),
             finished_order: VecDeque::new(),
@@ -195,6 +198,49 @@ impl Supervisor {
         }
     }
 
+    fn ghost_view(g: &GhostEntry) -> GhostView {
+        GhostView {
+            connected: g.connected(),
+            seeds: g
+                .registration
+                .seeds()
+                .iter()
+                .map(|s| {
+                    let ops = (!s.operations.is_empty())
+                        .then(|| s.operations.iter().map(|o| o.name.clone()).collect());
+                    (s.id.clone(), ops)
+                })
+                .collect(),
+        }
+    }
+
+    /// Applies changed Ghosts to the shared snapshot now, so the next placement sees them.
+    /// Copy-on-write: plans hold the snapshot only while handling a message, so this is
+    /// usually an in-place O(log n) update, not a copy.
+    fn flush_fleet(&mut self) {
+        if self.fleet_dirty {
+            self.rebuild_fleet();
+            self.fleet_changed.clear();
+            return;
+        }
+        if self.fleet_changed.is_empty() {
+            return;
+        }
+        let changed = std::mem::take(&mut self.fleet_changed);
+        let mut cell = self.fleet.borrow_mut();
+        let f = Arc::make_mut(&mut cell);
+        for id in changed {
+            match self.ghosts.get(&id) {
+                Some(g) => {
+                    f.ghosts.insert(id, Self::ghost_view(g));
+                }
+                None => {
+                    f.ghosts.remove(&id);
+                }
+            }
+        }
+    }
+
     fn rebuild_fleet(&mut self) {
         if !self.fleet_dirty {
             return;
@@ -204,23 +250,7 @@ impl Supervisor {
             local: (!self.cfg.local_ghost.is_empty()).then(|| self.cfg.local_ghost.clone()),
         };
         for (id, g) in &self.ghosts {
-            let seeds = g
-                .registration
-                .seeds()
-                .iter()
-                .map(|s| {
-                    let ops = (!s.operations.is_empty())
-                        .then(|| s.operations.iter().map(|o| o.name.clone()).collect());
-                    (s.id.clone(), ops)
-                })
-                .collect();
-            f.ghosts.insert(
-                id.clone(),
-                GhostView {
-                    connected: g.connected(),
-                    seeds,
-                },
-            );
+            f.ghosts.insert(id.clone(), Self::ghost_view(g));
         }
         *self.fleet.borrow_mut() = Arc::new(f);
         self.fleet_dirty = false;
@@ -300,7 +330,7 @@ impl Supervisor {
                         }
                         if g.registration.seeds() != seeds.as_slice() {
                             g.registration.seed_list = Some(seeds);
-                            act.fleet_dirty = true;
+                            act.fleet_changed.insert(id.clone());
                         }
                     }
                     Ok((reported, _)) => {
@@ -315,12 +345,14 @@ impl Supervisor {
                     }
                 }
                 if was != g.admin_ok {
-                    act.fleet_dirty = true;
+                    act.fleet_changed.insert(id.clone());
                     if g.admin_ok {
                         tracing::info!(component = "mirage.supervisor", ghost_id = %id, "admin ghost reachable");
+                        act.flush_fleet();
                         act.ghost_up(&id);
                     }
                 }
+                act.flush_fleet();
             }));
         }
     }
@@ -463,7 +495,7 @@ impl Actor for Supervisor {
             });
         }
         ctx.run_interval(Duration::from_millis(self.cfg.tick_ms), |act, _| {
-            act.rebuild_fleet();
+            act.flush_fleet();
         });
         ctx.run_interval(Duration::from_secs(1), |act, _| {
             act.events.expire(shared::now_ms());
@@ -528,7 +560,8 @@ impl Handler<Register> for Supervisor {
         entry.verified = !self.cfg.auth.required;
         entry.session_id = session_id.clone();
         entry.peer = m.peer;
-        self.fleet_dirty = true;
+        self.fleet_changed.insert(ghost.clone());
+        self.flush_fleet();
         m::SESSIONS_OPENED.inc();
         // Commands sent while it was away may not have arrived: plans re-send them.
         if !self.cfg.auth.required {
@@ -561,7 +594,8 @@ impl Handler<SessionVerified> for Supervisor {
         if let Some(g) = self.ghosts.get_mut(&m.ghost_id) {
             if g.session_id == m.session_id && !g.verified {
                 g.verified = true;
-                self.fleet_dirty = true;
+                self.fleet_changed.insert(m.ghost_id.clone());
+                self.flush_fleet();
                 self.ghost_up(&m.ghost_id);
             }
         }
@@ -584,7 +618,8 @@ impl Handler<SessionClosed> for Supervisor {
             // A replaced session's end must not mark the Ghost disconnected.
             if g.session_id == m.session_id && g.session.is_some() {
                 g.session = None;
-                self.fleet_dirty = true;
+                self.fleet_changed.insert(m.ghost_id.clone());
+                self.flush_fleet();
                 tracing::info!(component = "mirage.supervisor", ghost_id = %m.ghost_id, session_id = %m.session_id, reason = %m.reason, "ghost disconnected");
             }
         }
@@ -918,7 +953,7 @@ impl Handler<Submit> for Supervisor {
                 ),
             ))));
         }
-        self.rebuild_fleet();
+        self.flush_fleet();
         self.intent_seq += 1;
         m::INTENTS_SUBMITTED.inc();
         let plan = Plan::new(m.0);
