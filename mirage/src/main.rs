@@ -256,6 +256,27 @@ fn report_line(r: &Value) -> String {
     )
 }
 
+/// GET a JSON array and print it as an aligned table, or as JSON with `--json`.
+fn list(
+    api: &Api,
+    json: bool,
+    path: &str,
+    headers: &[&str],
+    row: impl Fn(&Value) -> Vec<String>,
+) -> Result<i32, String> {
+    let v = ok(api.call("GET", path, None))?;
+    if json {
+        print_json(&v);
+        return Ok(0);
+    }
+    let rows: Vec<Vec<String>> = v
+        .as_array()
+        .map(|a| a.iter().map(&row).collect())
+        .unwrap_or_default();
+    print!("{}", table(headers, &rows));
+    Ok(0)
+}
+
 fn client(cli: &Cli) -> Result<i32, String> {
     let api = Api::new(&cli.api, std::env::var("MIRAGE_TOKEN").ok())?;
     let json = cli.json;
@@ -317,36 +338,21 @@ fn client(cli: &Cli) -> Result<i32, String> {
             )?;
             Ok(result)
         }
-        Cmd::Intents { limit } => {
-            let v = ok(api.call("GET", &format!("/v1/intents?limit={limit}"), None))?;
-            if json {
-                print_json(&v);
-                return Ok(0);
-            }
-            let rows: Vec<Vec<String>> = v
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-                .iter()
-                .map(|i| {
-                    vec![
-                        s(&i["intent_id"]),
-                        s(&i["status"]),
-                        format!("{}/{}", s(&i["steps_done"]), s(&i["steps_total"])),
-                        s(&i["actor"]),
-                        s(&i["last_summary"]),
-                    ]
-                })
-                .collect();
-            print!(
-                "{}",
-                table(
-                    &["INTENT", "STATUS", "STEPS", "ACTOR", "LAST REPORT"],
-                    &rows
-                )
-            );
-            Ok(0)
-        }
+        Cmd::Intents { limit } => list(
+            &api,
+            json,
+            &format!("/v1/intents?limit={limit}"),
+            &["INTENT", "STATUS", "STEPS", "ACTOR", "LAST REPORT"],
+            |i| {
+                vec![
+                    s(&i["intent_id"]),
+                    s(&i["status"]),
+                    format!("{}/{}", s(&i["steps_done"]), s(&i["steps_total"])),
+                    s(&i["actor"]),
+                    s(&i["last_summary"]),
+                ]
+            },
+        ),
         Cmd::Intent { cmd } => match cmd {
             IntentCmd::Show { id } => {
                 let v = ok(api.call("GET", &format!("/v1/intents/{id}"), None))?;
@@ -453,50 +459,39 @@ fn client(cli: &Cli) -> Result<i32, String> {
             }
             Ok(0)
         }
-        Cmd::Ghosts => {
-            let v = ok(api.call("GET", "/v1/ghosts", None))?;
-            if json {
-                print_json(&v);
-                return Ok(0);
-            }
-            let rows: Vec<Vec<String>> = v
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-                .iter()
-                .map(|g| {
-                    let seeds: Vec<String> = g["seeds"]
-                        .as_array()
-                        .cloned()
-                        .unwrap_or_default()
-                        .iter()
-                        .map(|x| s(&x["id"]))
-                        .collect();
-                    vec![
-                        s(&g["ghost_id"]),
-                        if g["connected"] == true {
-                            "connected".into()
-                        } else {
-                            "offline".into()
-                        },
-                        if g["local"] == true {
-                            "local".into()
-                        } else if g["via_admin"].is_string() {
-                            "admin".into()
-                        } else {
-                            "-".into()
-                        },
-                        s(&g["events"]),
-                        seeds.join(","),
-                    ]
-                })
-                .collect();
-            print!(
-                "{}",
-                table(&["GHOST", "STATE", "KIND", "EVENTS", "SEEDS"], &rows)
-            );
-            Ok(0)
-        }
+        Cmd::Ghosts => list(
+            &api,
+            json,
+            "/v1/ghosts",
+            &["GHOST", "STATE", "KIND", "EVENTS", "SEEDS"],
+            |g| {
+                let seeds: Vec<String> = g["seeds"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|x| s(&x["id"]))
+                    .collect();
+                let kind = if g["local"] == true {
+                    "local"
+                } else if g["via_admin"].is_string() {
+                    "admin"
+                } else {
+                    "-"
+                };
+                vec![
+                    s(&g["ghost_id"]),
+                    if g["connected"] == true {
+                        "connected".into()
+                    } else {
+                        "offline".into()
+                    },
+                    kind.into(),
+                    s(&g["events"]),
+                    seeds.join(","),
+                ]
+            },
+        ),
         Cmd::Services => {
             let v = ok(api.call("GET", "/v1/services", None))?;
             if json {
@@ -531,17 +526,12 @@ fn client(cli: &Cli) -> Result<i32, String> {
                 }
                 return Ok(0);
             }
-            let v = ok(api.call("GET", "/v1/locks", None))?;
-            if json {
-                print_json(&v);
-                return Ok(0);
-            }
-            let rows: Vec<Vec<String>> = v
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-                .iter()
-                .map(|l| {
+            list(
+                &api,
+                json,
+                "/v1/locks",
+                &["KEY", "HOLDER", "TOKEN", "LAST TOKEN", "WAITING"],
+                |l| {
                     let h = &l["holder"];
                     let holder = if h.is_null() {
                         "-".into()
@@ -570,54 +560,34 @@ fn client(cli: &Cli) -> Result<i32, String> {
                             waiters.join(",")
                         },
                     ]
-                })
-                .collect();
-            print!(
-                "{}",
-                table(&["KEY", "HOLDER", "TOKEN", "LAST TOKEN", "WAITING"], &rows)
-            );
-            Ok(0)
+                },
+            )
         }
-        Cmd::Actors => {
-            let v = ok(api.call("GET", "/v1/actors", None))?;
-            if json {
-                print_json(&v);
-                return Ok(0);
-            }
-            let rows: Vec<Vec<String>> = v
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-                .iter()
-                .map(|a| {
-                    vec![
-                        s(&a["actor"]),
-                        s(&a["instances"]),
-                        s(&a["mailbox_depth"]),
-                        s(&a["mailbox_peak"]),
-                        s(&a["sent"]),
-                        s(&a["handled"]),
-                        format!("{:.1}", a["handle_mean_us"].as_f64().unwrap_or(0.0)),
-                    ]
-                })
-                .collect();
-            print!(
-                "{}",
-                table(
-                    &[
-                        "ACTOR",
-                        "INSTANCES",
-                        "DEPTH",
-                        "PEAK",
-                        "SENT",
-                        "HANDLED",
-                        "MEAN µs"
-                    ],
-                    &rows
-                )
-            );
-            Ok(0)
-        }
+        Cmd::Actors => list(
+            &api,
+            json,
+            "/v1/actors",
+            &[
+                "ACTOR",
+                "INSTANCES",
+                "DEPTH",
+                "PEAK",
+                "SENT",
+                "HANDLED",
+                "MEAN µs",
+            ],
+            |a| {
+                vec![
+                    s(&a["actor"]),
+                    s(&a["instances"]),
+                    s(&a["mailbox_depth"]),
+                    s(&a["mailbox_peak"]),
+                    s(&a["sent"]),
+                    s(&a["handled"]),
+                    format!("{:.1}", a["handle_mean_us"].as_f64().unwrap_or(0.0)),
+                ]
+            },
+        ),
         Cmd::Up(_) | Cmd::Serve(_) | Cmd::Wire { .. } | Cmd::Certs { .. } => Ok(0),
     }
 }
