@@ -106,3 +106,82 @@ fn stalled_acks_make_the_ghost_resend_and_nothing_happens_twice() {
         );
     }
 }
+
+#[test]
+fn the_lock_holders_ghost_dies_and_the_waiting_intent_proceeds() {
+    let dir = TempDir::new("holder-dies");
+    let m = Mirage::start(&dir, 0, "");
+    let port: u16 = m.session.rsplit(':').next().unwrap().parse().unwrap();
+    let mut g = Ghost::start(&dir, "g1", &format!("127.0.0.1:{port}"), "");
+    m.wait_ghosts(1, T);
+    let plan = |id: &str, ms: u32, timeout: &str| {
+        format!("intent_id=\"{id}\"\nactor=\"t\"\ntarget_scope=\"ghost:g1\"\nobjective=\"o\"\n[[step]]\nseed=\"seed.flow\"\noperation=\"sleep\"\nargs={{ms=\"{ms}\"}}\nblocking=true\ntimeout=\"{timeout}\"\n")
+    };
+    let a = m.submit(&plan("holder", 5000, "2s"));
+    std::thread::sleep(Duration::from_millis(300));
+    let b = m.submit(&plan("waiter", 10, "30s"));
+    std::thread::sleep(Duration::from_millis(300));
+    // The holder's Ghost dies mid-step.
+    g.proc.sigkill();
+    // Its attempt times out, the lock goes to the waiter.
+    let d = m.wait_status(&a, "failed", T);
+    assert!(
+        d["plan"]["failure"].as_str().unwrap().contains("no event"),
+        "{d}"
+    );
+    let (_, locks) = m.get("/v1/locks");
+    assert_eq!(
+        locks[0]["holder"]["owner"]["intent_id"], "waiter",
+        "{locks}"
+    );
+    assert_eq!(locks[0]["holder"]["token"], 2);
+    // The Ghost comes back; the waiter's command reaches it and completes.
+    g = Ghost::start(&dir, "g1", &format!("127.0.0.1:{port}"), "");
+    m.wait_status(&b, "satisfied", T);
+    let (_, locks) = m.get("/v1/locks");
+    assert!(locks[0]["holder"].is_null(), "{locks}");
+    drop(g);
+}
+
+#[test]
+fn mirage_restart_with_2000_connected_ghosts_all_reregister() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let n = 2000;
+    let dir = TempDir::new("storm");
+    let mut m = Mirage::start(&dir, 0, "");
+    let port: u16 = m.session.rsplit(':').next().unwrap().parse().unwrap();
+    let mut swarm = Command::new(bin("ghost"))
+        .args([
+            "swarm",
+            "--mirage",
+            &m.session,
+            "--count",
+            &n.to_string(),
+            "--heartbeat-ms",
+            "2000",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = swarm.stdout.take().unwrap();
+    std::thread::spawn(move || for _ in BufReader::new(out).lines() {});
+    m.wait_ghosts(n, Duration::from_secs(120));
+    let rss = m.proc.rss_kib();
+    eprintln!("{n} ghosts connected; Mirage RSS {rss} KiB");
+    m.proc.sigterm();
+    let t = Instant::now();
+    let m = Mirage::start(&dir, port, "");
+    m.wait_ghosts(n, Duration::from_secs(120));
+    let took = t.elapsed();
+    eprintln!(
+        "{n} ghosts re-registered {:.2}s after the Mirage restart",
+        took.as_secs_f64()
+    );
+    // They work: an intent over ten of them (swarm-10 … swarm-19).
+    let id = m.submit("intent_id=\"after-storm\"\nactor=\"t\"\ntarget_scope=\"ghost:swarm-1?\"\nobjective=\"o\"\n[[step]]\nseed=\"seed.kv\"\noperation=\"put\"\nargs={key=\"k\",value=\"v\"}\ntimeout=\"60s\"\n");
+    m.wait_status(&id, "satisfied", Duration::from_secs(120));
+    let _ = swarm.kill();
+    let _ = swarm.wait();
+}
