@@ -760,22 +760,21 @@ impl Handler<Dispatch> for Supervisor {
         let Some(g) = self.ghosts.get(&m.ghost) else {
             return;
         };
-        let Some(session) = &g.session else {
+        // A verified session that takes commands, else the admin route, else wait.
+        let session = g
+            .session
+            .as_ref()
+            .filter(|_| g.verified && g.registration.has_capability(CAP_SESSION_COMMAND));
+        let Some(session) = session else {
             if let (Some(addr), true) = (g.admin_addr.clone(), g.admin_ok) {
                 self.dispatch_admin(addr, m.ghost, m.command, ctx);
-                return;
+            } else if g.session.is_some() && !g.registration.has_capability(CAP_SESSION_COMMAND) {
+                tracing::warn!(component = "mirage.supervisor", ghost_id = %m.ghost, command_id = %cid, "ghost takes no commands on its session and has no [[ghost_admin]] entry; the step will time out");
+            } else {
+                tracing::debug!(component = "mirage.supervisor", ghost_id = %m.ghost, command_id = %cid, "ghost offline or not yet verified; command waits for it");
             }
-            tracing::debug!(component = "mirage.supervisor", ghost_id = %m.ghost, command_id = %cid, "ghost offline; command waits for it");
             return;
         };
-        if !g.registration.has_capability(CAP_SESSION_COMMAND) {
-            if let (Some(addr), true) = (g.admin_addr.clone(), g.admin_ok) {
-                self.dispatch_admin(addr, m.ghost, m.command, ctx);
-                return;
-            }
-            tracing::warn!(component = "mirage.supervisor", ghost_id = %m.ghost, command_id = %cid, "ghost takes no commands on its session and has no [[ghost_admin]] entry; the step will time out");
-            return;
-        }
         m::COMMANDS_SENT.inc();
         session.do_send(SendCommand(m.command));
     }
