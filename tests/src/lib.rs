@@ -308,37 +308,35 @@ pub struct Ghost {
 
 impl Ghost {
     pub fn start(dir: impl AsRef<Path>, id: &str, mirage: &str, extra_toml: &str) -> Ghost {
-        let dir = dir.as_ref();
-        let cfg = dir.join(format!("{id}.toml"));
-        std::fs::write(
-            &cfg,
-            format!(
+        let data = dir.as_ref().join(id);
+        Ghost::with_config(
+            dir,
+            id,
+            &format!(
                 "ghost_id = \"{id}\"\ndata_dir = \"{}\"\n{extra_toml}\n[mirage]\naddresses = [\"{mirage}\"]\n[admin]\nlisten = \"127.0.0.1:0\"\n[timeouts]\nheartbeat_ms = 300\ndead_after_ms = 2000\nack_timeout_ms = 3000\n[backoff]\ninitial_ms = 50\nmax_ms = 500\n",
-                dir.join(id).display()
+                data.display()
             ),
         )
-        .unwrap();
-        let proc = Proc::spawn(
-            &bin("ghost"),
-            &["serve", "--config", cfg.to_str().unwrap()],
-            dir.join(format!("{id}.log")),
-        );
-        let admin = proc.field("admin");
-        Ghost { proc, admin }
     }
 
     /// A Ghost with no Mirage session, only its admin boundary (like an edgectl Ghost).
     pub fn start_headless(dir: impl AsRef<Path>, id: &str) -> Ghost {
-        let dir = dir.as_ref();
-        let cfg = dir.join(format!("{id}.toml"));
-        std::fs::write(
-            &cfg,
-            format!(
+        let data = dir.as_ref().join(id);
+        Ghost::with_config(
+            dir,
+            id,
+            &format!(
                 "ghost_id = \"{id}\"\ndata_dir = \"{}\"\n[mirage]\npolicy = \"headless\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
-                dir.join(id).display()
+                data.display()
             ),
         )
-        .unwrap();
+    }
+
+    /// Writes `<id>.toml` into `dir`, runs `ghost serve` on it, waits for its ready line.
+    fn with_config(dir: impl AsRef<Path>, id: &str, toml: &str) -> Ghost {
+        let dir = dir.as_ref();
+        let cfg = dir.join(format!("{id}.toml"));
+        std::fs::write(&cfg, toml).unwrap();
         let proc = Proc::spawn(
             &bin("ghost"),
             &["serve", "--config", cfg.to_str().unwrap()],
