@@ -98,6 +98,8 @@ impl Api {
         loop {
             match self.follow_once(query, &mut last, &mut on) {
                 Ok(true) => return Ok(()),
+                // A 4xx (bad token, unknown query) will not heal by retrying.
+                Err(e) if e.starts_with("report stream answered 4") => return Err(e),
                 Ok(false) | Err(_) => {
                     if !announced {
                         on_gap("stream interrupted; reconnecting");

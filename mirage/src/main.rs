@@ -1,6 +1,7 @@
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use mirage::cli::{bar, s, table, Api};
@@ -426,7 +427,22 @@ fn client(cli: &Cli) -> Result<i32, String> {
                 .unwrap_or_default();
             if *follow {
                 let last = {
-                    let v = ok(api.call("GET", &format!("/v1/reports?{q}limit={limit}"), None))?;
+                    // Following is `tail -F`-like: a Mirage that is restarting (or not up yet)
+                    // is waited for; an HTTP refusal (bad token, bad query) is final.
+                    let path = format!("/v1/reports?{q}limit={limit}");
+                    let mut waited = false;
+                    let v = loop {
+                        match api.call("GET", &path, None) {
+                            Ok(r) => break ok(Ok(r))?,
+                            Err(e) => {
+                                if !waited {
+                                    eprintln!("mirage: {e}; waiting for it");
+                                    waited = true;
+                                }
+                                std::thread::sleep(Duration::from_millis(300));
+                            }
+                        }
+                    };
                     let arr = v.as_array().cloned().unwrap_or_default();
                     for r in &arr {
                         println!("{}", if json { r.to_string() } else { report_line(r) });
