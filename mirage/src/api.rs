@@ -103,7 +103,17 @@ async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({"ok": true}))
 }
 
-async fn submit(st: web::Data<AppState>, body: web::Bytes) -> HttpResponse {
+#[derive(Deserialize)]
+struct SubmitQuery {
+    /// Seconds to hold the answer until the intent has finished (at most 300).
+    wait: Option<f64>,
+}
+
+async fn submit(
+    st: web::Data<AppState>,
+    q: web::Query<SubmitQuery>,
+    body: web::Bytes,
+) -> HttpResponse {
     let Ok(text) = std::str::from_utf8(&body) else {
         return err(400, "body is not UTF-8");
     };
@@ -115,11 +125,40 @@ async fn submit(st: web::Data<AppState>, body: web::Bytes) -> HttpResponse {
                 .json(json!({"error": e.to_string(), "field": e.field, "status": 400}))
         }
     };
-    match st.sup.send(Submit(intent)).await {
-        Ok(Ok(s)) => HttpResponse::Created().json(s),
-        Ok(Err(e)) => api_err(e),
-        Err(e) => unavailable(e),
+    let id = intent.intent_id.clone();
+    let summary = match st.sup.send(Submit(intent)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return api_err(e),
+        Err(e) => return unavailable(e),
+    };
+    let Some(wait) = q.wait.filter(|w| *w > 0.0) else {
+        return HttpResponse::Created().json(summary);
+    };
+    if !wait.is_finite() || wait > 300.0 {
+        // The intent is accepted either way; say so rather than failing the submission.
+        return accepted(
+            &summary,
+            "not waited: wait must be between 0 and 300 seconds",
+        );
     }
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let registered = st.sup.addr().send(WaitFinished { intent_id: id, tx }).await;
+    if let Ok(Err(e)) = registered {
+        return accepted(&summary, &e.error);
+    }
+    match tokio::time::timeout(Duration::from_secs_f64(wait), rx).await {
+        Ok(Ok(done)) => HttpResponse::Created().json(done),
+        _ => accepted(&summary, &format!("still running after {wait} s")),
+    }
+}
+
+/// 202: the intent is in, but its end was not waited for; `wait` says why.
+fn accepted(summary: &IntentSummary, why: &str) -> HttpResponse {
+    let mut v = serde_json::to_value(summary).unwrap_or_else(|_| json!({}));
+    if let Some(o) = v.as_object_mut() {
+        o.insert("wait".into(), json!(why));
+    }
+    HttpResponse::Accepted().json(v)
 }
 
 #[derive(Deserialize)]

@@ -34,6 +34,17 @@ fn every_endpoint_and_its_errors() {
     assert_eq!((st, v["field"].clone()), (400, json!("body")));
     let (st, _) = m.post("/v1/intents", "intent_id=\"a1\"\nactor=\"t\"\ntarget_scope=\"ghost:*\"\nobjective=\"o\"\n[[step]]\nseed=\"seed.kv\"\noperation=\"get\"\n");
     assert_eq!(st, 409, "duplicate id");
+    // ?wait= holds the answer until the intent has finished…
+    let (st, v) = m.post("/v1/intents?wait=20", "intent_id=\"w1\"\nactor=\"t\"\ntarget_scope=\"ghost:g1\"\nobjective=\"o\"\n[[step]]\nseed=\"seed.flow\"\noperation=\"echo\"\n");
+    assert_eq!((st, v["status"].clone()), (201, json!("satisfied")), "{v}");
+    let (st, v) = m.post("/v1/intents?wait=20", "intent_id=\"w2\"\nactor=\"t\"\ntarget_scope=\"ghost:g1\"\nobjective=\"o\"\n[[step]]\nseed=\"seed.flow\"\noperation=\"fail\"\n");
+    assert_eq!((st, v["status"].clone()), (201, json!("failed")), "{v}");
+    // …and says so (202) when it is still running at the deadline.
+    let (st, v) = m.post("/v1/intents?wait=0.5", "intent_id=\"w3\"\nactor=\"t\"\ntarget_scope=\"ghost:g1\"\nobjective=\"o\"\n[[step]]\nseed=\"seed.flow\"\noperation=\"sleep\"\nargs={ms=\"3000\"}\n");
+    assert_eq!(st, 202, "{v}");
+    assert_eq!(v["intent_id"], "w3");
+    assert!(v["wait"].as_str().unwrap().contains("still running"), "{v}");
+    m.wait_status("w3", "satisfied", T);
     let big = format!("actor=\"t\"\n# {}\n", "x".repeat(2 * 1024 * 1024));
     let (st, _) = m.post("/v1/intents", &big);
     assert_eq!(st, 413, "oversize body");

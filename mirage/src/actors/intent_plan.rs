@@ -20,9 +20,15 @@ pub struct IntentPlan {
     finished: bool,
     timer: Option<SpawnHandle>,
     timer_at: u64,
-    /// Inputs persisted-but-not-answered; the actor stops only when this is 0, so no caller
-    /// waiting on an earlier input sees a closed mailbox.
-    in_flight: usize,
+    /// A write of the plan is being committed.
+    persisting: bool,
+    /// State changed since the write in flight was taken: write again when it lands.
+    dirty: bool,
+    /// Effects and callers of inputs not yet covered by a committed write. Inputs arriving
+    /// while a write commits share the next one, so a step over thousands of Ghosts costs
+    /// one serialisation per commit, not one per event (which was quadratic).
+    pending_fx: Vec<Effect>,
+    pending_replies: Vec<oneshot::Sender<Result<(), String>>>,
 }
 
 /// How often a plan waiting for a placement looks again.
@@ -45,12 +51,15 @@ impl IntentPlan {
             finished: false,
             timer: None,
             timer_at: 0,
-            in_flight: 0,
+            persisting: false,
+            dirty: false,
+            pending_fx: Vec::new(),
+            pending_replies: Vec::new(),
         }
     }
 
     fn stop_when_idle(&mut self, ctx: &mut Context<Self>) {
-        if self.finished && self.in_flight == 0 {
+        if self.finished && !self.persisting && self.pending_replies.is_empty() {
             ctx.stop();
         }
     }
@@ -101,38 +110,63 @@ impl IntentPlan {
         }
     }
 
-    /// Persist, then act. Resolves when the state is on disk and the effects are out.
+    /// Persist, then act: queue the effects and the caller's reply behind the next write.
+    /// The reply resolves once the state is on disk and the effects are out.
     fn apply(
         &mut self,
         fx: Vec<Effect>,
         ctx: &mut Context<Self>,
-    ) -> ResponseActFuture<Self, Result<(), String>> {
+    ) -> oneshot::Receiver<Result<(), String>> {
         let (tx, rx) = oneshot::channel();
-        let writes = self.write().into_iter().collect();
-        self.in_flight += 1;
+        self.pending_fx.extend(fx);
+        self.pending_replies.push(tx);
+        self.dirty = true;
+        if !self.persisting {
+            self.flush(ctx);
+        }
+        rx
+    }
+
+    /// One write for everything pending; when it commits, its effects go out and its callers
+    /// are answered, then whatever arrived meanwhile is written the same way.
+    fn flush(&mut self, ctx: &mut Context<Self>) {
+        self.dirty = false;
+        let fx = std::mem::take(&mut self.pending_fx);
+        let replies = std::mem::take(&mut self.pending_replies);
+        let Some(write) = self.write() else {
+            for r in replies {
+                let _ = r.send(Err("plan state cannot be serialised".into()));
+            }
+            return;
+        };
+        self.persisting = true;
+        let (tx, rx) = oneshot::channel();
         self.store.do_send(Put {
-            writes,
+            writes: vec![write],
             done: Some(tx),
         });
-        let _ = ctx;
-        Box::pin(
-            async move { rx.await.map_err(|_| "store gone".to_string())? }
+        ctx.spawn(
+            async move { rx.await.unwrap_or_else(|_| Err("store gone".to_string())) }
                 .into_actor(self)
                 .map(move |res, act, ctx| {
-                    act.in_flight -= 1;
-                    if let Err(e) = &res {
-                        tracing::error!(component = "mirage.plan", intent_id = %act.plan.intent.intent_id, error = %e, "plan state not persisted; effects held back");
-                        act.stop_when_idle(ctx);
-                        return res;
+                    act.persisting = false;
+                    match &res {
+                        Ok(()) => act.execute(fx, ctx),
+                        Err(e) => {
+                            tracing::error!(component = "mirage.plan", intent_id = %act.plan.intent.intent_id, error = %e, "plan state not persisted; effects held back");
+                        }
                     }
-                    act.execute(fx, ctx);
-                    if !act.finished {
+                    for r in replies {
+                        let _ = r.send(res.clone());
+                    }
+                    if act.dirty && !act.pending_replies.is_empty() {
+                        act.flush(ctx);
+                    } else if !act.finished {
                         act.schedule(ctx);
                     }
                     act.stop_when_idle(ctx);
-                    res
                 }),
-        )
+        );
     }
 
     fn execute(&mut self, fx: Vec<Effect>, ctx: &mut Context<Self>) {
@@ -211,20 +245,25 @@ impl Actor for IntentPlan {
 pub struct PlanMsg(pub Input);
 
 impl Handler<PlanMsg> for IntentPlan {
-    type Result = ResponseActFuture<Self, Result<(), String>>;
+    type Result = ResponseFuture<Result<(), String>>;
 
     fn handle(&mut self, m: PlanMsg, ctx: &mut Context<Self>) -> Self::Result {
         if self.finished {
-            return Box::pin(fut::ready(Ok(())));
+            return Box::pin(async { Ok(()) });
         }
         let fleet = self.fleet.borrow().clone();
-        let before = self.plan.clone();
+        // Only a tick or an unrelated Ghost coming up can leave the plan as it was; comparing
+        // a copy for every event would cost O(Ghosts) per event on a large step.
+        let before = matches!(m.0, Input::Tick | Input::GhostUp(_)).then(|| self.plan.clone());
         let fx = self.plan.handle(m.0, shared::now_ms(), &fleet);
-        if fx.is_empty() && before == self.plan {
-            self.schedule(ctx);
-            return Box::pin(fut::ready(Ok(())));
+        if fx.is_empty() && before.is_some_and(|b| b == self.plan) {
+            if !self.persisting {
+                self.schedule(ctx);
+            }
+            return Box::pin(async { Ok(()) });
         }
-        self.apply(fx, ctx)
+        let rx = self.apply(fx, ctx);
+        Box::pin(async move { rx.await.unwrap_or_else(|_| Err("plan stopped".to_string())) })
     }
 }
 
@@ -234,12 +273,13 @@ impl Handler<PlanMsg> for IntentPlan {
 pub struct Resume;
 
 impl Handler<Resume> for IntentPlan {
-    type Result = ResponseActFuture<Self, Result<(), String>>;
+    type Result = ResponseFuture<Result<(), String>>;
 
     fn handle(&mut self, _: Resume, ctx: &mut Context<Self>) -> Self::Result {
         let fleet = self.fleet.borrow().clone();
         let fx = self.plan.resume(shared::now_ms(), &fleet);
-        self.apply(fx, ctx)
+        let rx = self.apply(fx, ctx);
+        Box::pin(async move { rx.await.unwrap_or_else(|_| Err("plan stopped".to_string())) })
     }
 }
 

@@ -127,7 +127,14 @@ pub struct Supervisor {
     finished_since_prune: u64,
     pending_resume: Vec<(u64, Plan)>,
     admin_msg_id: u64,
+    /// API callers waiting for an intent to finish (`POST /v1/intents?wait=`), bounded by
+    /// `MAX_WAITERS`; a caller that gave up leaves a closed sender, swept when the bound is hit.
+    waiters: HashMap<String, Vec<tokio::sync::oneshot::Sender<IntentSummary>>>,
+    waiter_count: usize,
 }
+
+/// Callers that may wait for intents at once (each costs a map entry and a channel).
+pub const MAX_WAITERS: usize = 100_000;
 
 pub struct Restored {
     pub active: Vec<(u64, Plan)>,
@@ -179,6 +186,8 @@ impl Supervisor {
             finished_since_prune: 0,
             pending_resume: restored.active,
             admin_msg_id: 0,
+            waiters: HashMap::new(),
+            waiter_count: 0,
         };
         for (seq, plan) in restored.finished {
             s.remember_finished(IntentSummary::of(&plan, seq), Box::new(plan));
@@ -891,6 +900,12 @@ impl Handler<PlanFinished> for Supervisor {
         let mut summary = a.summary;
         summary.status = m.status.as_str().to_owned();
         summary.steps_done = m.plan.steps_done;
+        if let Some(ws) = self.waiters.remove(&m.intent_id) {
+            self.waiter_count -= ws.len();
+            for w in ws {
+                let _ = w.send(summary.clone());
+            }
+        }
         self.remember_finished(summary, m.plan);
         self.finished_since_prune += 1;
         if self.finished_since_prune >= 1000 {
@@ -977,6 +992,58 @@ impl Handler<Submit> for Supervisor {
                     .ok_or_else(|| ApiError::new(500, "intent vanished"))
             }),
         )
+    }
+}
+
+/// Resolves `tx` with the intent's summary once it has finished (at once if it already has).
+#[derive(Message)]
+#[rtype(result = "Result<(), ApiError>")]
+pub struct WaitFinished {
+    pub intent_id: String,
+    pub tx: tokio::sync::oneshot::Sender<IntentSummary>,
+}
+
+impl Handler<WaitFinished> for Supervisor {
+    type Result = Result<(), ApiError>;
+
+    fn handle(&mut self, m: WaitFinished, _: &mut Context<Self>) -> Self::Result {
+        let a = self.active.get(&m.intent_id);
+        // A standing intent stays active while it is kept; it has no finish to wait for.
+        if a.is_none() || a.is_some_and(|a| a.summary.status == "standing") {
+            return match self.finished.get(&m.intent_id) {
+                Some((s, _)) => {
+                    let _ = m.tx.send(s.clone());
+                    Ok(())
+                }
+                None if a.is_some() => Err(ApiError::new(
+                    409,
+                    format!(
+                        "intent {} is standing; it finishes only when withdrawn",
+                        m.intent_id
+                    ),
+                )),
+                None => Err(ApiError::new(404, format!("no intent {}", m.intent_id))),
+            };
+        }
+        if self.waiter_count >= MAX_WAITERS {
+            // Sweep callers that stopped waiting before refusing anyone.
+            let mut n = 0;
+            self.waiters.retain(|_, ws| {
+                ws.retain(|w| !w.is_closed());
+                n += ws.len();
+                !ws.is_empty()
+            });
+            self.waiter_count = n;
+            if n >= MAX_WAITERS {
+                return Err(ApiError::new(
+                    429,
+                    format!("{n} callers are already waiting for intents; poll instead"),
+                ));
+            }
+        }
+        self.waiter_count += 1;
+        self.waiters.entry(m.intent_id).or_default().push(m.tx);
+        Ok(())
     }
 }
 
