@@ -31,9 +31,45 @@ pub fn bin(name: &str) -> PathBuf {
             .expect("cargo build");
         assert!(st.success(), "building mirage and ghost failed");
     });
+    // Test binaries live in target/<profile>/deps, the bench tool in target/<profile>.
     let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap();
+    let mut dir = exe.parent().unwrap();
+    if dir.ends_with("deps") {
+        dir = dir.parent().unwrap();
+    }
     dir.join(name)
+}
+
+/// `ghost swarm` with `count` sessions against `mirage`; its per-second JSON stats lines
+/// arrive on the receiver. Kill the child to stop it.
+pub fn swarm(
+    mirage: &str,
+    count: usize,
+    extra: &[&str],
+) -> (std::process::Child, mpsc::Receiver<Value>) {
+    let mut child = Command::new(bin("ghost"))
+        .args(["swarm", "--mirage", mirage, "--count", &count.to_string()])
+        // Tests want quick heartbeats; a caller may choose its own.
+        .args(if extra.contains(&"--heartbeat-ms") {
+            &[][..]
+        } else {
+            &["--heartbeat-ms", "1000"][..]
+        })
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(out).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str::<Value>(&l) {
+                let _ = tx.send(v);
+            }
+        }
+    });
+    (child, rx)
 }
 
 pub struct TempDir(pub PathBuf);
@@ -84,9 +120,15 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(exe: &Path, args: &[&str], log: PathBuf) -> Proc {
+        Proc::spawn_env(exe, args, log, &[])
+    }
+
+    /// As `spawn`, with extra environment (e.g. `RUST_LOG`, default `info`).
+    pub fn spawn_env(exe: &Path, args: &[&str], log: PathBuf, env: &[(&str, &str)]) -> Proc {
         let mut child = Command::new(exe)
             .args(args)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(
@@ -477,7 +519,9 @@ fn dechunk(mut s: &str) -> String {
     out
 }
 
+pub mod blaster;
 pub mod fake_ghost;
+pub mod plot;
 pub mod proxy;
 
 /// A keep-alive HTTP/1.1 client (responses with Content-Length), for load loops.

@@ -4,45 +4,9 @@
 //! benchmarks (BENCHMARKS.md), this is their smoke version.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use e2e::*;
-use serde_json::Value;
-
-pub fn swarm(
-    mirage: &str,
-    count: usize,
-    extra: &[&str],
-) -> (std::process::Child, mpsc::Receiver<Value>) {
-    let mut child = Command::new(bin("ghost"))
-        .args([
-            "swarm",
-            "--mirage",
-            mirage,
-            "--count",
-            &count.to_string(),
-            "--heartbeat-ms",
-            "1000",
-        ])
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let out = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for l in BufReader::new(out).lines().map_while(Result::ok) {
-            if let Ok(v) = serde_json::from_str::<Value>(&l) {
-                let _ = tx.send(v);
-            }
-        }
-    });
-    (child, rx)
-}
 
 #[test]
 fn a_swarm_of_60_runs_fan_out_intents_and_every_event_is_accepted() {

@@ -1,0 +1,734 @@
+//! `bench`: the performance scenarios of BENCHMARKS.md, run against real `mirage` and `ghost`
+//! binaries of the same profile (build with `--release`). Each scenario prints one JSON line
+//! and, unless `--no-append`, appends it to BENCHMARKS.md with the exact command.
+//!
+//!   cargo run --release -p e2e --bin bench -- loop --intents 50000 --concurrency 32
+//!   cargo run --release -p e2e --bin bench -- --help
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use e2e::*;
+use serde_json::{json, Value};
+
+#[derive(Parser)]
+#[command(
+    name = "bench",
+    about = "Mirage/Ghost performance scenarios; one JSON line each, appended to BENCHMARKS.md"
+)]
+struct Cli {
+    /// Print only; do not append to the benchmarks file (smoke runs).
+    #[arg(long, global = true)]
+    no_append: bool,
+    /// The markdown file results are appended to.
+    #[arg(long, global = true, default_value = "BENCHMARKS.md")]
+    out: PathBuf,
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand, Clone)]
+enum Scenario {
+    /// One-step intents through the API to swarm Ghosts; intents/s and submit→finished
+    /// latency. Closed loop (each client waits for its intent) unless --rate is given.
+    Loop {
+        #[arg(long, default_value_t = 20_000)]
+        intents: u64,
+        /// Concurrent API clients.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        /// Swarm Ghosts the intents are spread over.
+        #[arg(long, default_value_t = 4)]
+        ghosts: usize,
+        /// Offered load in intents/s (open loop, latency counted from the scheduled time).
+        #[arg(long)]
+        rate: Option<f64>,
+    },
+    /// event → event.ack throughput: sessions send events pipelined, acks are counted.
+    Events {
+        #[arg(long, default_value_t = 1)]
+        sessions: usize,
+        /// Events per session.
+        #[arg(long, default_value_t = 200_000)]
+        events: u64,
+        /// Events in flight per session.
+        #[arg(long, default_value_t = 512)]
+        window: usize,
+    },
+    /// N idle swarm Ghosts with heartbeats: Mirage RSS and CPU while holding them.
+    Sessions {
+        #[arg(long, default_value_t = 1000)]
+        count: usize,
+        /// How long CPU is sampled once all are connected.
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+        #[arg(long, default_value_t = 5000)]
+        heartbeat_ms: u64,
+    },
+    /// Restart Mirage under N swarm Ghosts; time until all are registered again.
+    Storm {
+        #[arg(long, default_value_t = 1000)]
+        count: usize,
+    },
+    /// Open-loop load for a while: RSS and p99 per interval (flat is the goal).
+    Sustained {
+        #[arg(long, default_value_t = 600)]
+        seconds: u64,
+        #[arg(long, default_value_t = 2000.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 60)]
+        interval: u64,
+        #[arg(long, default_value_t = 4)]
+        ghosts: usize,
+    },
+    /// One intent whose step runs on every one of N swarm Ghosts: time to satisfied.
+    Fanout {
+        #[arg(long, default_value_t = 2000)]
+        ghosts: usize,
+        /// Intents, one after another.
+        #[arg(long, default_value_t = 3)]
+        rounds: u64,
+    },
+    /// Wire codec in-process: event frames decoded (frame + typed envelope) and encoded per s.
+    Codec {
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+    },
+    /// Latency against offered load: an open-loop run per rate, plotted as SVG.
+    Sweep {
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "1000,2000,5000,10000,20000"
+        )]
+        rates: Vec<f64>,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[arg(long, default_value_t = 4)]
+        ghosts: usize,
+        #[arg(long, default_value = "docs/bench/latency.svg")]
+        plot: PathBuf,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let name = match &cli.scenario {
+        Scenario::Loop { .. } => "loop",
+        Scenario::Events { .. } => "events",
+        Scenario::Sessions { .. } => "sessions",
+        Scenario::Storm { .. } => "storm",
+        Scenario::Sustained { .. } => "sustained",
+        Scenario::Codec { .. } => "codec",
+        Scenario::Fanout { .. } => "fanout",
+        Scenario::Sweep { .. } => "sweep",
+    };
+    let mut out = match cli.scenario.clone() {
+        Scenario::Loop {
+            intents,
+            concurrency,
+            ghosts,
+            rate,
+        } => {
+            let bed = Bed::start(ghosts);
+            let (m0, s0) = bed.cpu();
+            let r = drive(&bed, intents, concurrency, rate, None);
+            let (m1, s1) = bed.cpu();
+            let mut v = r.json();
+            v["ghosts"] = json!(ghosts);
+            v["mirage_rss_kib"] = json!(bed.mirage.proc.rss_kib());
+            // CPU per intent shows where a 2-core machine's time goes (clients take the rest).
+            v["mirage_cpu_us_per_intent"] = json!(round((m1 - m0) * 1e6 / intents as f64, 1));
+            v["swarm_cpu_us_per_intent"] = json!(round((s1 - s0) * 1e6 / intents as f64, 1));
+            v
+        }
+        Scenario::Events {
+            sessions,
+            events,
+            window,
+        } => events_scenario(sessions, events, window),
+        Scenario::Sessions {
+            count,
+            seconds,
+            heartbeat_ms,
+        } => sessions_scenario(count, seconds, heartbeat_ms),
+        Scenario::Storm { count } => storm_scenario(count),
+        Scenario::Sustained {
+            seconds,
+            rate,
+            interval,
+            ghosts,
+        } => sustained_scenario(seconds, rate, interval, ghosts),
+        Scenario::Codec { seconds } => codec_scenario(seconds),
+        Scenario::Fanout { ghosts, rounds } => fanout_scenario(ghosts, rounds),
+        Scenario::Sweep {
+            rates,
+            seconds,
+            ghosts,
+            plot,
+        } => sweep_scenario(&rates, seconds, ghosts, &plot),
+    };
+    out["scenario"] = json!(name);
+    out["profile"] = json!(if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    });
+    println!("{out}");
+    if !cli.no_append {
+        append(&cli.out, name, &out);
+    }
+}
+
+// ------------------------------------------------------------------ test bed
+
+/// A Mirage (release defaults except loopback ports and a temp data dir) and a swarm.
+struct Bed {
+    _dir: TempDir,
+    mirage: Mirage,
+    swarm: Option<std::process::Child>,
+    prefix: String,
+}
+
+impl Bed {
+    fn start(ghosts: usize) -> Bed {
+        let dir = TempDir::new("bench");
+        let mirage = start_mirage(&dir, 0);
+        let mut bed = Bed {
+            _dir: dir,
+            mirage,
+            swarm: None,
+            prefix: "g-".into(),
+        };
+        if ghosts > 0 {
+            bed.swarm = Some(start_swarm(&bed.mirage, ghosts, "g-", 5000));
+        }
+        bed
+    }
+}
+
+impl Drop for Bed {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.swarm {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Mirage with production timeouts (the test harness uses short ones) and `warn` logs.
+fn start_mirage(dir: &TempDir, port: u16) -> Mirage {
+    let cfg = dir.path("mirage.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\nlocal_ghost = \"\"\n[api]\nlisten = \"127.0.0.1:0\"\n",
+            dir.path("mirage").display()
+        ),
+    )
+    .unwrap();
+    let proc = Proc::spawn_env(
+        &bin("mirage"),
+        &["serve", "--config", cfg.to_str().unwrap()],
+        dir.path("mirage.log"),
+        &[(
+            "RUST_LOG",
+            &std::env::var("BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+        )],
+    );
+    let session = proc.field("session");
+    let api = proc.field("api");
+    Mirage { proc, session, api }
+}
+
+fn start_swarm(m: &Mirage, n: usize, prefix: &str, heartbeat_ms: u64) -> std::process::Child {
+    let hb = heartbeat_ms.to_string();
+    let (child, _rx) = swarm(
+        &m.session,
+        n,
+        &["--id-prefix", prefix, "--heartbeat-ms", &hb],
+    );
+    wait_connected(m, n, Duration::from_secs(300));
+    child
+}
+
+fn connected(m: &Mirage) -> u64 {
+    let (_, o) = m.get("/v1/overview");
+    o["ghosts_connected"].as_u64().unwrap_or(0)
+}
+
+fn wait_connected(m: &Mirage, n: usize, within: Duration) -> Duration {
+    let t = Instant::now();
+    while connected(m) < n as u64 {
+        assert!(
+            t.elapsed() < within,
+            "only {} of {n} connected",
+            connected(m)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    t.elapsed()
+}
+
+/// user+system CPU seconds of a process so far.
+fn cpu_secs(pid: u32) -> f64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = s.rsplit_once(')').map(|x| x.1).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of stat: 12 and 13 after the state field.
+    (ticks(11) + ticks(12)) / clock_ticks()
+}
+
+fn clock_ticks() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+// ------------------------------------------------------------------ the loop
+
+struct LoopResult {
+    intents: u64,
+    failed: u64,
+    secs: f64,
+    lat_us: Vec<u64>,
+    concurrency: usize,
+    rate: Option<f64>,
+}
+
+impl LoopResult {
+    fn json(&self) -> Value {
+        json!({
+            "intents": self.intents,
+            "failed": self.failed,
+            "concurrency": self.concurrency,
+            "offered_per_s": self.rate,
+            "seconds": round(self.secs, 2),
+            "intents_per_s": round(self.intents as f64 / self.secs, 0),
+            "p50_ms": pct_ms(&self.lat_us, 0.50),
+            "p99_ms": pct_ms(&self.lat_us, 0.99),
+            "max_ms": pct_ms(&self.lat_us, 1.0),
+        })
+    }
+}
+
+fn round(x: f64, d: i32) -> f64 {
+    let p = 10f64.powi(d);
+    (x * p).round() / p
+}
+
+/// `lat` must be sorted.
+fn pct_ms(lat: &[u64], q: f64) -> f64 {
+    if lat.is_empty() {
+        return 0.0;
+    }
+    let i = ((lat.len() as f64 * q) as usize).min(lat.len() - 1);
+    round(lat[i] as f64 / 1000.0, 3)
+}
+
+static RUN: AtomicU64 = AtomicU64::new(0);
+
+/// Submits `total` one-step intents with `?wait=`, each to one swarm Ghost. With a rate,
+/// client k sends its n-th intent at t0 + (n·C + k)/rate and latency counts from then, so a
+/// stalled server is not hidden by clients that stopped sending (coordinated omission).
+/// `progress` gets every latency as it is measured (sustained runs sample it).
+fn drive(
+    bed: &Bed,
+    total: u64,
+    concurrency: usize,
+    rate: Option<f64>,
+    progress: Option<&Mutex<Vec<u64>>>,
+) -> LoopResult {
+    let ghosts = bed.swarm_count();
+    let run = RUN.fetch_add(1, Ordering::Relaxed);
+    let next = AtomicU64::new(0);
+    let failed = AtomicU64::new(0);
+    let lat = Mutex::new(Vec::with_capacity(total as usize));
+    let t0 = Instant::now();
+    std::thread::scope(|s| {
+        for k in 0..concurrency {
+            let (next, failed, lat, api) = (&next, &failed, &lat, bed.mirage.api.clone());
+            let prefix = bed.prefix.clone();
+            s.spawn(move || {
+                let mut c = KeepAlive::connect(&api);
+                let mut mine = Vec::new();
+                let mut n = 0u64;
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= total {
+                        break;
+                    }
+                    let start = match rate {
+                        Some(r) => {
+                            let at = t0
+                                + Duration::from_secs_f64(
+                                    (n as f64 * concurrency as f64 + k as f64) / r,
+                                );
+                            n += 1;
+                            if let Some(d) = at.checked_duration_since(Instant::now()) {
+                                std::thread::sleep(d);
+                            }
+                            at
+                        }
+                        None => Instant::now(),
+                    };
+                    let body = format!(
+                        "intent_id=\"b{run}-{i}\"\nactor=\"bench\"\ntarget_scope=\"ghost:{prefix}{}\"\nobjective=\"bench\"\n[[step]]\nseed=\"seed.kv\"\noperation=\"put\"\nargs={{key=\"k{}\",value=\"{i}\"}}\n",
+                        i % ghosts.max(1) as u64,
+                        i % 1000
+                    );
+                    let (st, b) = c.request("POST", "/v1/intents?wait=60", &body);
+                    let us = start.elapsed().as_micros() as u64;
+                    if (st != 201 || !b.contains("\"status\":\"satisfied\""))
+                        && failed.fetch_add(1, Ordering::Relaxed) < 3
+                    {
+                        eprintln!("bench: intent b{run}-{i}: {st} {b}");
+                    }
+                    mine.push(us);
+                    if let Some(p) = progress {
+                        p.lock().unwrap().push(us);
+                    }
+                }
+                lat.lock().unwrap().extend(mine);
+            });
+        }
+    });
+    let secs = t0.elapsed().as_secs_f64();
+    let mut lat_us = lat.into_inner().unwrap();
+    lat_us.sort_unstable();
+    LoopResult {
+        intents: total,
+        failed: failed.into_inner(),
+        secs,
+        lat_us,
+        concurrency,
+        rate,
+    }
+}
+
+impl Bed {
+    /// CPU seconds used so far by Mirage and by the swarm.
+    fn cpu(&self) -> (f64, f64) {
+        (
+            cpu_secs(self.mirage.proc.child.id()),
+            self.swarm.as_ref().map(|c| cpu_secs(c.id())).unwrap_or(0.0),
+        )
+    }
+
+    fn swarm_count(&self) -> usize {
+        let (_, v) = self.mirage.get("/v1/overview");
+        v["ghosts_connected"].as_u64().unwrap_or(1) as usize
+    }
+}
+
+// ------------------------------------------------------------------ events
+
+fn events_scenario(sessions: usize, events: u64, window: usize) -> Value {
+    let bed = Bed::start(0);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let addr = bed.mirage.session.clone();
+    let (acked, secs) = rt.block_on(async move {
+        let mut conns = Vec::new();
+        for s in 0..sessions {
+            conns.push(e2e::blaster::Blaster::connect(&addr, &format!("ev-{s}")).await);
+        }
+        let t0 = Instant::now();
+        let mut tasks = Vec::new();
+        for c in conns {
+            tasks.push(tokio::spawn(c.blast(events, window)));
+        }
+        let mut acked = 0;
+        for t in tasks {
+            acked += t.await.unwrap();
+        }
+        (acked, t0.elapsed().as_secs_f64())
+    });
+    let cpu = cpu_secs(bed.mirage.proc.child.id());
+    json!({
+        "sessions": sessions,
+        "events": events * sessions as u64,
+        "acked": acked,
+        "window": window,
+        "seconds": round(secs, 2),
+        "acks_per_s": round(acked as f64 / secs, 0),
+        "mirage_cpu_s": round(cpu, 2),
+        "mirage_rss_kib": bed.mirage.proc.rss_kib(),
+    })
+}
+
+// ------------------------------------------------------------------ sessions, storm
+
+fn sessions_scenario(count: usize, seconds: u64, heartbeat_ms: u64) -> Value {
+    let dir = TempDir::new("bench-sessions");
+    let m = start_mirage(&dir, 0);
+    let rss_empty = m.proc.rss_kib();
+    let t = Instant::now();
+    let mut sw = start_swarm(&m, count, "s-", heartbeat_ms);
+    let connect_s = t.elapsed().as_secs_f64();
+    // Let registration work settle before sampling the steady state.
+    std::thread::sleep(Duration::from_secs(3));
+    let pid = m.proc.child.id();
+    let (c0, t0) = (cpu_secs(pid), Instant::now());
+    let mut rss_max = 0;
+    while t0.elapsed() < Duration::from_secs(seconds) {
+        rss_max = rss_max.max(m.proc.rss_kib());
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let cpu_pct = (cpu_secs(pid) - c0) / t0.elapsed().as_secs_f64() * 100.0;
+    let still = connected(&m);
+    let _ = sw.kill();
+    let _ = sw.wait();
+    json!({
+        "ghosts": count,
+        "connected_at_end": still,
+        "heartbeat_ms": heartbeat_ms,
+        "connect_all_s": round(connect_s, 2),
+        "sampled_s": seconds,
+        "mirage_rss_empty_kib": rss_empty,
+        "mirage_rss_kib": rss_max,
+        "kib_per_session": round((rss_max.saturating_sub(rss_empty)) as f64 / count as f64, 1),
+        "mirage_cpu_pct_of_one_core": round(cpu_pct, 1),
+    })
+}
+
+fn storm_scenario(count: usize) -> Value {
+    let dir = TempDir::new("bench-storm");
+    let mut m = start_mirage(&dir, 0);
+    let port: u16 = m.session.rsplit(':').next().unwrap().parse().unwrap();
+    let mut sw = start_swarm(&m, count, "st-", 5000);
+    let rss = m.proc.rss_kib();
+    m.proc.sigterm();
+    let t = Instant::now();
+    let m2 = start_mirage(&dir, port);
+    let ready = t.elapsed();
+    let all = wait_connected(&m2, count, Duration::from_secs(300));
+    let total = t.elapsed();
+    let _ = sw.kill();
+    let _ = sw.wait();
+    json!({
+        "ghosts": count,
+        "mirage_rss_before_kib": rss,
+        "mirage_ready_s": round(ready.as_secs_f64(), 2),
+        "all_registered_after_ready_s": round(all.as_secs_f64(), 2),
+        "all_registered_after_restart_s": round(total.as_secs_f64(), 2),
+        "mirage_rss_after_kib": m2.proc.rss_kib(),
+    })
+}
+
+// ------------------------------------------------------------------ sustained, sweep
+
+fn sustained_scenario(seconds: u64, rate: f64, interval: u64, ghosts: usize) -> Value {
+    let bed = Bed::start(ghosts);
+    let total = (rate * seconds as f64) as u64;
+    let samples = Mutex::new(Vec::<u64>::new());
+    let series = Mutex::new(Vec::<Value>::new());
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let pid = bed.mirage.proc.child.id();
+    let result = std::thread::scope(|s| {
+        let (samples, series, done, bed) = (&samples, &series, &done, &bed);
+        s.spawn(move || {
+            let t0 = Instant::now();
+            let mut k = 1u64;
+            while !done.load(Ordering::Relaxed) {
+                let due = t0 + Duration::from_secs(interval * k);
+                while Instant::now() < due && !done.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                let mut lat = std::mem::take(&mut *samples.lock().unwrap());
+                lat.sort_unstable();
+                let rss = bed.mirage.proc.rss_kib();
+                let p = json!({"t_s": round(t0.elapsed().as_secs_f64(), 0), "rss_kib": rss,
+                    "intents": lat.len(), "p50_ms": pct_ms(&lat, 0.5), "p99_ms": pct_ms(&lat, 0.99)});
+                eprintln!("bench: {p}");
+                series.lock().unwrap().push(p);
+                k += 1;
+            }
+        });
+        let concurrency = ((rate / 250.0).ceil() as usize).clamp(8, 128);
+        let r = drive(bed, total, concurrency, Some(rate), Some(samples));
+        done.store(true, Ordering::Relaxed);
+        r
+    });
+    let series = series.into_inner().unwrap();
+    let rss_at = |i: usize| {
+        series
+            .get(i)
+            .and_then(|p| p["rss_kib"].as_u64())
+            .unwrap_or(0)
+    };
+    let first = rss_at(0);
+    let last = series
+        .iter()
+        .rev()
+        .find(|p| p["intents"].as_u64().unwrap_or(0) > 0)
+        .and_then(|p| p["rss_kib"].as_u64())
+        .unwrap_or(0);
+    let mut v = result.json();
+    v["interval_s"] = json!(interval);
+    v["series"] = json!(series);
+    v["rss_first_interval_kib"] = json!(first);
+    v["rss_last_interval_kib"] = json!(last);
+    v["rss_growth_pct"] = json!(if first > 0 {
+        round((last as f64 / first as f64 - 1.0) * 100.0, 1)
+    } else {
+        0.0
+    });
+    v["mirage_cpu_s"] = json!(round(cpu_secs(pid), 1));
+    v
+}
+
+fn sweep_scenario(rates: &[f64], seconds: u64, ghosts: usize, plot: &std::path::Path) -> Value {
+    let bed = Bed::start(ghosts);
+    let mut points = Vec::new();
+    for &r in rates {
+        let total = (r * seconds as f64) as u64;
+        let concurrency = ((r / 250.0).ceil() as usize).clamp(8, 128);
+        let res = drive(&bed, total, concurrency, Some(r), None);
+        let v = res.json();
+        eprintln!("bench: rate {r}: {v}");
+        points.push(v);
+    }
+    if let Some(parent) = plot.parent() {
+        let _ = std::fs::create_dir_all(parent);
+    }
+    let plotted = e2e::plot::latency_svg(plot, &points);
+    json!({"ghosts": ghosts, "seconds_per_rate": seconds, "points": points,
+        "plot": plot.display().to_string(), "plot_error": plotted.err()})
+}
+
+fn fanout_scenario(ghosts: usize, rounds: u64) -> Value {
+    let bed = Bed::start(ghosts);
+    let mut took = Vec::new();
+    for r in 0..rounds {
+        let body = format!(
+            "intent_id=\"fan{r}\"\nactor=\"bench\"\ntarget_scope=\"ghost:g-*\"\nobjective=\"bench\"\n[[step]]\nseed=\"seed.kv\"\noperation=\"put\"\nargs={{key=\"k\",value=\"{r}\"}}\ntimeout=\"300s\"\n"
+        );
+        let t = Instant::now();
+        let (st, v) = http(&bed.mirage.api, "POST", "/v1/intents?wait=300", Some(&body));
+        assert!(st == 201 && v["status"] == "satisfied", "{st} {v}");
+        took.push(round(t.elapsed().as_secs_f64(), 3));
+    }
+    json!({"ghosts": ghosts, "rounds": rounds, "seconds_each": took,
+        "mirage_rss_kib": bed.mirage.proc.rss_kib()})
+}
+
+// ------------------------------------------------------------------ codec
+
+fn codec_scenario(seconds: f64) -> Value {
+    use shared::envelope::{Envelope, Event, Outcome};
+    use shared::wire::{decode_one, Limits};
+    let mut e = Event::new(
+        "evt.cmd.intent-1.0.ghost-17.0",
+        "cmd.intent-1.0.ghost-17.0",
+        "intent-1",
+        "ghost-17",
+        "seed.kv",
+        Outcome::Success,
+    );
+    e.timestamp_ms = Some(1_700_000_000_000);
+    e.stdout = Some(b"ok\n".to_vec().into());
+    let frame = Envelope::Event(e).to_frame(7).unwrap();
+    let bytes = frame.to_bytes().unwrap();
+    let limits = Limits::default();
+    let budget = Duration::from_secs_f64(seconds);
+    let t = Instant::now();
+    let mut n = 0u64;
+    while t.elapsed() < budget {
+        for _ in 0..1000 {
+            let f = decode_one(&bytes, &limits).unwrap();
+            let env = Envelope::from_frame(&f).unwrap();
+            std::hint::black_box(env);
+        }
+        n += 1000;
+    }
+    let decode = n as f64 / t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let mut m = 0u64;
+    let env = Envelope::from_frame(&frame).unwrap();
+    while t.elapsed() < budget {
+        for _ in 0..1000 {
+            let _ = std::hint::black_box(env.to_frame(7).unwrap().to_bytes());
+        }
+        m += 1000;
+    }
+    let encode = m as f64 / t.elapsed().as_secs_f64();
+    json!({"frame_bytes": bytes.len(), "decode_per_s": round(decode, 0),
+        "encode_per_s": round(encode, 0),
+        "decode_mib_per_s": round(decode * bytes.len() as f64 / 1048576.0, 1)})
+}
+
+// ------------------------------------------------------------------ output
+
+fn machine() -> Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpu
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+        .unwrap_or_default();
+    let mem = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem_kib: u64 = mem
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    json!({"cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "cpu": model, "mem_gib": mem_kib / 1048576})
+}
+
+/// UTC date and time, from the system clock (no calendar crate for one line).
+fn utc_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    // Civil-from-days (proleptic Gregorian).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60
+    )
+}
+
+fn append(path: &std::path::Path, name: &str, v: &Value) {
+    let cmd: Vec<String> = std::env::args().skip(1).collect();
+    let mut v = v.clone();
+    v["machine"] = machine();
+    let text = format!(
+        "\n### {name} — {}\n\n`cargo run --release -p e2e --bin bench -- {}`\n\n```json\n{}\n```\n",
+        utc_now(),
+        cmd.join(" "),
+        v
+    );
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    f.write_all(text.as_bytes()).unwrap();
+    eprintln!("bench: appended to {}", path.display());
+}
