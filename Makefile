@@ -2,7 +2,7 @@
 CARGO ?= cargo
 FUZZ_SECONDS ?= 60
 
-.PHONY: all build run test lint fmt bench fuzz clean memory bench-tls deps test-deps
+.PHONY: all build run test lint fmt bench benchmarks fuzz clean memory bench-tls deps test-deps
 
 all: build
 
@@ -37,6 +37,23 @@ fmt:
 ## bench: criterion codec benchmarks (figures go to BENCHMARKS.md by hand, with the command).
 bench:
 	$(CARGO) bench -p shared --bench codec
+
+## benchmarks: every bench scenario at full size (release; about 20 minutes), each result
+## appended to BENCHMARKS.md. One scenario: `cargo run --release -p e2e --bin bench -- --help`.
+BENCH = ./target/release/bench
+benchmarks:
+	$(CARGO) build --release -p mirage -p ghost -p e2e --bin bench
+	$(BENCH) codec
+	$(BENCH) loop --intents 50000 --concurrency 16 --ghosts 4
+	$(BENCH) loop --intents 50000 --concurrency 64 --ghosts 4
+	$(BENCH) events --sessions 1 --events 500000
+	$(BENCH) events --sessions 16 --events 50000
+	$(BENCH) fanout --ghosts 2000
+	$(BENCH) sessions --count 1000 --seconds 30
+	$(BENCH) sessions --count 10000 --seconds 60
+	$(BENCH) storm --count 10000
+	$(BENCH) sweep
+	$(BENCH) sustained --seconds 600 --rate 2000
 
 ## memory: 100,000 one-step intents through the full loop; prints RSS after 10k and 100k.
 memory:
