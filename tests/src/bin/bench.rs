@@ -718,6 +718,13 @@ fn append(path: &std::path::Path, name: &str, v: &Value) {
     let cmd: Vec<String> = std::env::args().skip(1).collect();
     let mut v = v.clone();
     v["machine"] = machine();
+    // Which code the figures belong to.
+    v["commit"] = std::process::Command::new("git")
+        .args(["describe", "--always", "--dirty"])
+        .output()
+        .ok()
+        .map(|o| json!(String::from_utf8_lossy(&o.stdout).trim()))
+        .unwrap_or(Value::Null);
     let text = format!(
         "\n### {name} — {}\n\n`cargo run --release -p e2e --bin bench -- {}`\n\n```json\n{}\n```\n",
         utc_now(),
