@@ -82,6 +82,10 @@ pub static INTENTS_SUBMITTED: Counter =
 pub static FRAME_ERRORS: Counter = Counter::new("mirage_frame_errors_total", "Frames rejected");
 pub static STORE_COMMIT_US: Latency =
     Latency::new("mirage_store_commit", "Store group-commit latency");
+pub static STORE_CHECKPOINT_US: Latency = Latency::new(
+    "mirage_store_checkpoint",
+    "WAL checkpoint latency (off the commit path)",
+);
 
 pub fn render(out: &mut String, gauges: &[(&str, &str, u64)]) {
     for c in [
@@ -105,8 +109,8 @@ pub fn render(out: &mut String, gauges: &[(&str, &str, u64)]) {
             c.get()
         );
     }
-    let l = &STORE_COMMIT_US;
-    let _ = writeln!(
+    for l in [&STORE_COMMIT_US, &STORE_CHECKPOINT_US] {
+        let _ = writeln!(
         out,
         "# HELP {n}_seconds {h}\n# TYPE {n}_seconds summary\n{n}_seconds_count {}\n{n}_seconds_sum {}\n# TYPE {n}_seconds_max gauge\n{n}_seconds_max {}",
         l.count.load(Relaxed),
@@ -115,6 +119,7 @@ pub fn render(out: &mut String, gauges: &[(&str, &str, u64)]) {
         n = l.name,
         h = l.help
     );
+    }
     for (name, help, v) in gauges {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
     }
