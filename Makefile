@@ -46,6 +46,7 @@ benchmarks:
 	$(BENCH) codec
 	$(BENCH) loop --intents 50000 --concurrency 16 --ghosts 4
 	$(BENCH) loop --intents 50000 --concurrency 64 --ghosts 4
+	$(BENCH) loop --intents 5000 --concurrency 1 --ghosts 4
 	$(BENCH) events --sessions 1 --events 500000
 	$(BENCH) events --sessions 16 --events 50000
 	$(BENCH) fanout --ghosts 2000

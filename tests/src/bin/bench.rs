@@ -104,7 +104,7 @@ enum Scenario {
         #[arg(
             long,
             value_delimiter = ',',
-            default_value = "1000,2000,5000,10000,20000"
+            default_value = "500,1000,2000,3000,4000,5000,6000,8000"
         )]
         rates: Vec<f64>,
         #[arg(long, default_value_t = 10)]
