@@ -76,13 +76,16 @@ impl Db {
         std::fs::create_dir_all(dir)?;
         let path = dir.join("mirage.db");
         let conn = Connection::open(&path)?;
-        // Checkpoints run on their own connection (see `spawn_checkpointer`), not inside a
-        // commit: an automatic checkpoint stalled the commit path for up to ~100 ms.
+        // A second connection (`spawn_checkpointer`) copies the WAL back all the time, so the
+        // writer's own automatic checkpoint (every 1,000 pages) finds little left to copy and
+        // no longer stalls a commit for ~100 ms. The writer's checkpoint must stay: only a
+        // checkpoint that completes between two writes lets the WAL start over; without it
+        // the WAL grew without bound under steady load (11 GB in five minutes).
         conn.execute_batch(
             "PRAGMA journal_mode=WAL;
              PRAGMA synchronous=NORMAL;
              PRAGMA busy_timeout=5000;
-             PRAGMA wal_autocheckpoint=0;
+             PRAGMA journal_size_limit=67108864;
              CREATE TABLE IF NOT EXISTS intents (
                  intent_id TEXT PRIMARY KEY,
                  seq INTEGER NOT NULL,
@@ -337,8 +340,8 @@ impl Actor for Store {
 }
 
 /// Copies the WAL back into the database every 200 ms from a second connection. PASSIVE
-/// checkpoints never block the writer; once one has caught up, the writer starts the WAL
-/// over, so the file stays small. Ends when the store is gone.
+/// checkpoints never block the writer, and they leave the writer's own checkpoint only the
+/// last few pages. Ends when the store is gone.
 fn spawn_checkpointer(path: std::path::PathBuf, alive: std::sync::Weak<Mutex<Db>>) {
     let spawned = std::thread::Builder::new()
         .name("mirage-checkpoint".into())
