@@ -308,12 +308,23 @@ pub struct Ghost {
 
 impl Ghost {
     pub fn start(dir: impl AsRef<Path>, id: &str, mirage: &str, extra_toml: &str) -> Ghost {
+        Ghost::start_with_admin(dir, id, mirage, extra_toml, "")
+    }
+
+    /// Like `start`, with more `[admin]` keys (`admin_toml`, one `key = value` a line).
+    pub fn start_with_admin(
+        dir: impl AsRef<Path>,
+        id: &str,
+        mirage: &str,
+        extra_toml: &str,
+        admin_toml: &str,
+    ) -> Ghost {
         let data = dir.as_ref().join(id);
         Ghost::with_config(
             dir,
             id,
             &format!(
-                "ghost_id = \"{id}\"\ndata_dir = \"{}\"\n{extra_toml}\n[mirage]\naddresses = [\"{mirage}\"]\n[admin]\nlisten = \"127.0.0.1:0\"\n[timeouts]\nheartbeat_ms = 300\ndead_after_ms = 2000\nack_timeout_ms = 3000\n[backoff]\ninitial_ms = 50\nmax_ms = 500\n",
+                "ghost_id = \"{id}\"\ndata_dir = \"{}\"\n{extra_toml}\n[mirage]\naddresses = [\"{mirage}\"]\n[admin]\nlisten = \"127.0.0.1:0\"\n{admin_toml}\n[timeouts]\nheartbeat_ms = 300\ndead_after_ms = 2000\nack_timeout_ms = 3000\n[backoff]\ninitial_ms = 50\nmax_ms = 500\n",
                 data.display()
             ),
         )
