@@ -542,6 +542,22 @@ impl Drop for RssPeak {
     }
 }
 
+/// How many extra sockets a test may open: `want`, or fewer when this process's open-file
+/// limit (which the servers it starts inherit) is lower, keeping 256 for everything else.
+pub fn fd_budget(want: usize) -> usize {
+    let soft = std::fs::read_to_string("/proc/self/limits")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| {
+            l.split_whitespace()
+                .nth(3)
+                .and_then(|v| v.parse::<usize>().ok())
+        })
+        .unwrap_or(1024);
+    want.min(soft.saturating_sub(256))
+}
+
 /// A small seeded PRNG (xorshift64*): fault schedules and junk bytes that a seed reproduces.
 pub struct Rng(u64);
 

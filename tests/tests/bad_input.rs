@@ -13,8 +13,13 @@ use e2e::*;
 use serde_json::{json, Value};
 
 const T: Duration = Duration::from_secs(40);
-const HALF_OPEN: usize = 2000;
 const MIB: usize = 1024 * 1024;
+
+/// 2,000 half-open connections per test, or as many as the open-file limit allows with the
+/// three tests of this file running at once.
+fn half_open_n() -> usize {
+    fd_budget(3 * 2000) / 3
+}
 
 fn connect(addr: &str) -> TcpStream {
     let s = TcpStream::connect(addr).unwrap();
@@ -247,6 +252,7 @@ fn mirage_alive(m: &mut Mirage) {
 
 #[test]
 fn session_port_refuses_bad_input_with_its_code_while_a_ghost_registers_and_works() {
+    let n = half_open_n();
     let t0 = Instant::now();
     let dir = TempDir::new("bad-session");
     // A short handshake deadline keeps the slowloris and half-open cases quick.
@@ -259,8 +265,8 @@ fn session_port_refuses_bad_input_with_its_code_while_a_ghost_registers_and_work
     let mut rng = Rng::new(1);
 
     // Thousands of half-open connections stay open through everything below.
-    let (mut idle, took) = half_open(&addr, HALF_OPEN);
-    eprintln!("session: {HALF_OPEN} half-open connections in {took:?}");
+    let (mut idle, took) = half_open(&addr, n);
+    eprintln!("session: {n} half-open connections in {took:?}");
     let loris = {
         let addr = addr.clone();
         std::thread::spawn(move || slowloris(&addr, &registration("loris"), 8))
@@ -391,12 +397,12 @@ fn session_port_refuses_bad_input_with_its_code_while_a_ghost_registers_and_work
     assert_eq!(ack_of(&got)["code"], 1300);
     // Every half-open connection was closed by the server at its handshake deadline.
     let closed = closed_by_server(&mut idle, Duration::from_secs(10));
-    assert_eq!(closed, HALF_OPEN, "half-open connections closed by Mirage");
+    assert_eq!(closed, n, "half-open connections closed by Mirage");
     let peak = rss.peak();
     drop(rss);
     let after = m.proc.rss_kib();
     eprintln!(
-        "session: slowloris cut after {cut:?}; {closed}/{HALF_OPEN} half-open closed; Mirage RSS {base} KiB before, peak {peak} KiB, {after} KiB after; {:.1}s",
+        "session: slowloris cut after {cut:?}; {closed}/{n} half-open closed; Mirage RSS {base} KiB before, peak {peak} KiB, {after} KiB after; {:.1}s",
         t0.elapsed().as_secs_f64()
     );
     assert!(peak < base + 64 * 1024, "RSS bounded: {base} → {peak} KiB");
@@ -433,6 +439,7 @@ fn post(path: &str, body: &[u8]) -> Vec<u8> {
 
 #[test]
 fn http_api_refuses_bad_input_with_4xx_while_an_intent_runs() {
+    let n = half_open_n();
     let t0 = Instant::now();
     let dir = TempDir::new("bad-http");
     let mut m = Mirage::start(&dir, 0, "");
@@ -443,8 +450,8 @@ fn http_api_refuses_bad_input_with_4xx_while_an_intent_runs() {
     let rss = RssPeak::start(m.proc.child.id());
     let mut rng = Rng::new(2);
 
-    let (mut idle, took) = half_open(&api, HALF_OPEN);
-    eprintln!("http: {HALF_OPEN} half-open connections in {took:?}");
+    let (mut idle, took) = half_open(&api, n);
+    eprintln!("http: {n} half-open connections in {took:?}");
     let loris = {
         let api = api.clone();
         std::thread::spawn(move || {
@@ -534,10 +541,10 @@ fn http_api_refuses_bad_input_with_4xx_while_an_intent_runs() {
     drop(rss);
     let after = m.proc.rss_kib();
     eprintln!(
-        "http: {closed}/{HALF_OPEN} half-open closed by Mirage; RSS {base} KiB before, peak {peak} KiB, {after} KiB after; {:.1}s",
+        "http: {closed}/{n} half-open closed by Mirage; RSS {base} KiB before, peak {peak} KiB, {after} KiB after; {:.1}s",
         t0.elapsed().as_secs_f64()
     );
-    assert_eq!(closed, HALF_OPEN);
+    assert_eq!(closed, n);
     assert!(peak < base + 64 * 1024, "RSS bounded: {base} → {peak} KiB");
     mirage_alive(&mut m);
 }
@@ -585,6 +592,7 @@ impl AdminConn {
 
 #[test]
 fn ghost_admin_refuses_bad_input_with_an_error_line_while_the_ghost_works() {
+    let n = half_open_n();
     let t0 = Instant::now();
     let dir = TempDir::new("bad-admin");
     let m = Mirage::start(&dir, 0, "");
@@ -650,8 +658,8 @@ fn ghost_admin_refuses_bad_input_with_an_error_line_while_the_ghost_works() {
     };
     std::thread::sleep(Duration::from_millis(200)); // the slowloris holds a slot first
     let attack = Instant::now();
-    let (mut idle_socks, took) = half_open(&admin, HALF_OPEN);
-    eprintln!("admin: {HALF_OPEN} half-open connections in {took:?}");
+    let (mut idle_socks, took) = half_open(&admin, n);
+    eprintln!("admin: {n} half-open connections in {took:?}");
     // The Ghost's own work goes on: an intent through its Mirage session.
     let id = m.submit(&kv_plan("during-admin-attack", "g1"));
     m.wait_status(&id, "satisfied", T);
@@ -661,10 +669,7 @@ fn ghost_admin_refuses_bad_input_with_an_error_line_while_the_ghost_works() {
     );
     // The slots come back while the attacker still holds its sockets: the Ghost closed them.
     let closed = closed_by_server(&mut idle_socks, idle + Duration::from_secs(5));
-    assert_eq!(
-        closed, HALF_OPEN,
-        "half-open admin connections closed by the Ghost"
-    );
+    assert_eq!(closed, n, "half-open admin connections closed by the Ghost");
     let (cut, got) = loris.join().unwrap();
     let cut = cut.expect("slowloris still open after 8 s");
     assert!(got.is_empty(), "no answer to an unfinished line");
@@ -679,7 +684,7 @@ fn ghost_admin_refuses_bad_input_with_an_error_line_while_the_ghost_works() {
     let peak = rss.peak();
     drop(rss);
     eprintln!(
-        "admin: slowloris cut after {cut:?}; {closed}/{HALF_OPEN} half-open closed; admin serving again {recovered:?} after the flood began; Ghost RSS {base} KiB before, peak {peak} KiB; {:.1}s",
+        "admin: slowloris cut after {cut:?}; {closed}/{n} half-open closed; admin serving again {recovered:?} after the flood began; Ghost RSS {base} KiB before, peak {peak} KiB; {:.1}s",
         t0.elapsed().as_secs_f64()
     );
     assert!(peak < base + 32 * 1024, "RSS bounded: {base} → {peak} KiB");
