@@ -2,7 +2,7 @@
 CARGO ?= cargo
 FUZZ_SECONDS ?= 60
 
-.PHONY: all build run test lint fmt bench benchmarks fuzz clean memory bench-tls deps test-deps
+.PHONY: all build run test lint fmt bench benchmarks fuzz clean memory bench-tls deps test-deps soak
 
 all: build
 
@@ -63,6 +63,12 @@ memory:
 ## bench-tls: 1,000 mTLS Ghost sessions (swarm) held by one Mirage; RSS and re-registration time.
 bench-tls:
 	SESSIONS=1000 $(CARGO) test -p e2e --release --test swarm -- --ignored --nocapture mtls_sessions
+
+## soak: seeded random faults (proxy cut, partition, ack stall, Ghost and Mirage SIGKILL) over
+## many short intents, then the invariants. SOAK_SECONDS (default 600); SEED reproduces a
+## schedule (a fresh one is printed when absent). A 25 s run is part of `make test`.
+soak:
+	SEED=$(SEED) SOAK_SECONDS=$(SOAK_SECONDS) $(CARGO) test -p e2e --test soak -- --ignored --nocapture soak_long
 
 ## fuzz: every cargo-fuzz target for FUZZ_SECONDS each (needs the nightly toolchain).
 fuzz:

@@ -21,7 +21,7 @@ use shared::envelope::{Args, Command, Envelope, Event};
 use shared::handshake::SeedInfo;
 use shared::metrics::MeteredAddr;
 use shared::wire::{decode_one, Limits};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_util::codec::{Decoder, Encoder, Framed};
 
 use crate::actors::dispatcher::{DStats, Dispatcher, Recent, Record, Run, Source};
@@ -31,7 +31,6 @@ use crate::config::GhostConfig;
 
 pub const MAX_LINE: usize = 1024 * 1024;
 pub const MAX_CONNECTIONS: usize = 64;
-pub const IDLE: Duration = Duration::from_secs(120);
 pub const MAX_LIST: usize = 1000;
 
 pub struct AdminCtx {
@@ -69,9 +68,25 @@ impl AdminCtx {
 
 /// Binds and serves until the System stops. Returns the bound address.
 pub async fn listen(ctx: Rc<AdminCtx>) -> Result<SocketAddr, String> {
-    let listener = TcpListener::bind(&ctx.cfg.admin.listen)
-        .await
-        .map_err(|e| format!("admin listen {}: {e}", ctx.cfg.admin.listen))?;
+    let addr: SocketAddr = ctx
+        .cfg
+        .admin
+        .listen
+        .parse()
+        .map_err(|_| format!("admin listen {:?} is not ip:port", ctx.cfg.admin.listen))?;
+    let bind = || -> std::io::Result<TcpListener> {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        // A connection burst beyond the slots is accepted and closed at once rather than
+        // left to SYN retries behind a full queue (tokio's default backlog is 1024).
+        socket.listen(4096)
+    };
+    let listener = bind().map_err(|e| format!("admin listen {addr}: {e}"))?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     actix_rt::spawn(async move {
@@ -96,9 +111,16 @@ pub async fn listen(ctx: Rc<AdminCtx>) -> Result<SocketAddr, String> {
 
 async fn serve_conn(ctx: Rc<AdminCtx>, sock: TcpStream, peer: SocketAddr) {
     let mut lines = Framed::new(sock, BoundedLines::new(MAX_LINE));
+    // Per line, not per byte: a client dribbling bytes (slowloris) or sending nothing
+    // (half-open) gives its slot back after this long.
+    let idle = Duration::from_millis(ctx.cfg.admin.idle_timeout_ms);
     loop {
-        let next = match tokio::time::timeout(IDLE, lines.next()).await {
-            Err(_) | Ok(None) => return,
+        let next = match tokio::time::timeout(idle, lines.next()).await {
+            Err(_) => {
+                tracing::info!(component = "ghost.admin", %peer, idle_ms = idle.as_millis() as u64, "admin connection closed: no complete request line in time");
+                return;
+            }
+            Ok(None) => return,
             Ok(Some(l)) => l,
         };
         let resp = match next {

@@ -45,13 +45,27 @@ impl Default for MirageConfig {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AdminConfig {
     /// `host:port`; empty = admin boundary off. Must be loopback unless `token` is set.
     pub listen: String,
     /// Required as `"token"` in every request when set.
     pub token: String,
+    /// A connection has this long to complete each request line (from connecting, or from
+    /// its previous answer); then it is closed. Bounds how long an idle, half-open or
+    /// byte-dribbling connection holds one of the 64 connection slots.
+    pub idle_timeout_ms: u64,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: String::new(),
+            token: String::new(),
+            idle_timeout_ms: 10_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -218,6 +232,9 @@ impl GhostConfig {
                 }
             }
         }
+        if self.admin.idle_timeout_ms == 0 {
+            return Err("admin.idle_timeout_ms must be above 0".into());
+        }
         if !self.admin.listen.is_empty() {
             let addr: SocketAddr =
                 self.admin.listen.parse().map_err(|_| {
@@ -279,6 +296,9 @@ mod tests {
         assert!(c.validate().unwrap_err().contains("admin.token"));
         c.admin.token = "t".into();
         assert!(c.validate().is_ok());
+        c.admin.idle_timeout_ms = 0;
+        assert!(c.validate().unwrap_err().contains("idle_timeout_ms"));
+        c.admin.idle_timeout_ms = 1;
         c.dedupe.window_ms = 1000;
         assert!(c.validate().unwrap_err().contains("15 minutes"));
         let e = toml::from_str::<GhostConfig>("ghost_idd = \"x\"").unwrap_err();

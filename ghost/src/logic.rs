@@ -178,6 +178,9 @@ pub enum Seen {
     InFlight,
     /// Done inside the window: send this stored event (TLV payload) again.
     Done(Bytes),
+    /// Claimed again, but a start was recorded at `started_ms` and no end: the Ghost stopped
+    /// while the seed had it, so its effect is unknown ([`after_interruption`] decides).
+    Interrupted { started_ms: u64 },
 }
 
 #[derive(Debug, Clone)]
@@ -196,6 +199,8 @@ pub struct DedupeWindow {
     order: VecDeque<(u64, String)>,
     /// Entries dropped before their window ended because of `max_entries` (should stay 0).
     pub evicted_early: u64,
+    /// command_id → start time of executions recorded as started and not (yet) finished.
+    started: HashMap<String, u64>,
 }
 
 impl DedupeWindow {
@@ -206,6 +211,7 @@ impl DedupeWindow {
             entries: HashMap::new(),
             order: VecDeque::new(),
             evicted_early: 0,
+            started: HashMap::new(),
         }
     }
 
@@ -215,13 +221,34 @@ impl DedupeWindow {
             Some(Entry::Done { event }) => Seen::Done(event.clone()),
             None => {
                 self.entries.insert(command_id.to_owned(), Entry::InFlight);
-                Seen::New
+                match self.started.get(command_id) {
+                    Some(&started_ms) => Seen::Interrupted { started_ms },
+                    None => Seen::New,
+                }
             }
         }
     }
 
+    /// The start of a claimed command's execution was recorded (persisted). Until the
+    /// command completes, claiming it again after a release or a restart says `Interrupted`.
+    pub fn started(&mut self, command_id: &str, started_ms: u64) {
+        self.started.insert(command_id.to_owned(), started_ms);
+    }
+
+    /// Restores a persisted start marker that has no execution record (the Ghost stopped
+    /// while the command ran).
+    pub fn restore_started(&mut self, command_id: String, started_ms: u64) {
+        self.started.insert(command_id, started_ms);
+    }
+
+    /// Start markers held (recorded, not finished).
+    pub fn started_len(&self) -> usize {
+        self.started.len()
+    }
+
     /// Stores the terminal event; returns ids evicted early to stay within `max_entries`.
     pub fn complete(&mut self, command_id: &str, event: Bytes, now_ms: u64) -> Vec<String> {
+        self.started.remove(command_id);
         self.entries
             .insert(command_id.to_owned(), Entry::Done { event });
         self.order.push_back((now_ms, command_id.to_owned()));
@@ -253,6 +280,9 @@ impl DedupeWindow {
     /// Removes entries older than the window; returns the cutoff to prune storage with.
     pub fn expire(&mut self, now_ms: u64) -> u64 {
         let cutoff = now_ms.saturating_sub(self.window_ms);
+        // Mirage stops re-sending long before the window ends (step timeouts ≤ 24 h are
+        // attempts, and a retry has a new command_id), so old markers only cost memory.
+        self.started.retain(|_, at| *at >= cutoff);
         while let Some((at, _)) = self.order.front() {
             if *at >= cutoff {
                 break;
@@ -270,6 +300,53 @@ impl DedupeWindow {
 
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+}
+
+// ---------------------------------------------------------------- interrupted executions
+
+/// Whether the dispatcher must persist a start marker before handing this command to its
+/// seed. Only operations declared non-idempotent need one: running an idempotent operation
+/// again is harmless, so it costs no write on the hot path.
+pub fn needs_start_marker(cmd: &Command, catalog: &Catalog) -> bool {
+    operation_idempotent(cmd, catalog) != Some(true)
+}
+
+fn operation_idempotent(cmd: &Command, catalog: &Catalog) -> Option<bool> {
+    catalog
+        .get(cmd.seed_selector.trim())?
+        .iter()
+        .find(|o| o.name == cmd.operation)
+        .map(|o| o.idempotent)
+}
+
+/// A command is claimed again (Mirage re-sent it after a reconnect, or the admin boundary
+/// repeated it) and its execution had started, at `started_ms`, without finishing: the Ghost
+/// stopped while the seed had it. An operation declared idempotent may run again (`Ok`);
+/// anything else must not, because its effect may already have happened: it ends with a
+/// terminal `error` event (runtime execution, 1400) saying the effect is unknown.
+pub fn after_interruption(
+    cmd: &Command,
+    started_ms: u64,
+    catalog: &Catalog,
+) -> Result<(), Rejection> {
+    match operation_idempotent(cmd, catalog) {
+        Some(true) => Ok(()),
+        declared => reject(
+            code::RUNTIME,
+            format!(
+                "ghost restarted while command {} was executing ({} {}, started at {started_ms} ms); \
+                 the operation is {}, so it was not run again and its effect is unknown",
+                cmd.command_id,
+                cmd.seed_selector.trim(),
+                cmd.operation,
+                if declared.is_none() {
+                    "no longer declared"
+                } else {
+                    "not idempotent"
+                }
+            ),
+        ),
     }
 }
 
@@ -498,6 +575,71 @@ mod tests {
         assert_eq!(d.check_and_claim("c1"), Seen::New);
         d.release("c1");
         assert_eq!(d.check_and_claim("c1"), Seen::New);
+    }
+
+    #[test]
+    fn a_started_command_claimed_again_is_interrupted_until_it_completes() {
+        let mut d = DedupeWindow::new(1000, 10);
+        assert_eq!(d.check_and_claim("c1"), Seen::New);
+        d.started("c1", 50);
+        assert_eq!(
+            d.check_and_claim("c1"),
+            Seen::InFlight,
+            "still running here"
+        );
+        // The event could not be recorded: the claim goes, the start marker stays.
+        d.release("c1");
+        assert_eq!(
+            d.check_and_claim("c1"),
+            Seen::Interrupted { started_ms: 50 }
+        );
+        d.complete("c1", Bytes::from_static(b"ev"), 60);
+        assert_eq!(d.started_len(), 0);
+        assert_eq!(
+            d.check_and_claim("c1"),
+            Seen::Done(Bytes::from_static(b"ev"))
+        );
+        // After a restart: restored markers, expired with the window.
+        let mut d = DedupeWindow::new(1000, 10);
+        d.restore_started("c2".into(), 100);
+        d.restore_started("c3".into(), 2000);
+        d.expire(1500);
+        assert_eq!(
+            d.check_and_claim("c2"),
+            Seen::New,
+            "outside the window: forgotten"
+        );
+        assert_eq!(
+            d.check_and_claim("c3"),
+            Seen::Interrupted { started_ms: 2000 }
+        );
+    }
+
+    #[test]
+    fn interrupted_commands_run_again_only_when_idempotent() {
+        let mut c = catalog();
+        let fs = builtin("seed.fs", &SeedSettings::default()).unwrap();
+        c.insert("seed.fs".into(), fs.operations());
+        let mut append = cmd("seed.fs", "append");
+        append.args.insert("path".into(), "p".into());
+        let sleep = cmd("seed.flow", "sleep");
+        assert!(needs_start_marker(&append, &c));
+        assert!(!needs_start_marker(&sleep, &c), "idempotent: no marker");
+        assert!(
+            needs_start_marker(&cmd("seed.flow", "nope"), &c),
+            "undeclared counts as not idempotent"
+        );
+        assert_eq!(after_interruption(&sleep, 7, &c), Ok(()));
+        let r = after_interruption(&append, 7, &c).unwrap_err();
+        assert_eq!(r.code, code::RUNTIME);
+        assert!(r
+            .reason
+            .contains("ghost restarted while command c1 was executing"));
+        assert!(r.reason.contains("seed.fs append, started at 7 ms"));
+        assert!(r.reason.contains("not idempotent"));
+        assert!(r.reason.contains("effect is unknown"));
+        let r = after_interruption(&cmd("seed.gone", "x"), 7, &c).unwrap_err();
+        assert!(r.reason.contains("no longer declared"), "{}", r.reason);
     }
 
     #[test]

@@ -52,10 +52,14 @@ pub fn serve(cfg: GhostConfig) -> Result<i32, String> {
     let rec = db
         .recover(now.saturating_sub(cfg.dedupe.window_ms))
         .map_err(|e| e.to_string())?;
-    tracing::info!(component = "ghost", ghost_id = %cfg.ghost_id, outbox = rec.outbox.len(), executions = rec.executions.len(), failed_events = rec.failed_events, "recovered state");
+    tracing::info!(component = "ghost", ghost_id = %cfg.ghost_id, outbox = rec.outbox.len(), executions = rec.executions.len(), interrupted = rec.started.len(), failed_events = rec.failed_events, "recovered state");
     let mut dedupe = DedupeWindow::new(cfg.dedupe.window_ms, cfg.dedupe.max_entries);
     for (cid, ev, at) in rec.executions {
         dedupe.restore(cid, ev, at);
+    }
+    for (cid, at) in rec.started {
+        tracing::warn!(component = "ghost", command_id = %cid, started_ms = at, "command was executing when the Ghost stopped; its effect is unknown");
+        dedupe.restore_started(cid, at);
     }
     let mut outbox_state = OutboxState::new(cfg.mirage.max_in_flight);
     for (seq, id, payload) in rec.outbox {

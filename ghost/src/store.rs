@@ -1,5 +1,6 @@
 //! The Ghost's embedded database (SQLite, WAL) under `data_dir`: the outbox, the executed
-//! command_ids of the dedupe window, and lock fences. One writer: the [`Store`] actor on its
+//! command_ids of the dedupe window, start markers of non-idempotent commands, and lock
+//! fences. One writer: the [`Store`] actor on its
 //! own thread (a `SyncArbiter` of one), so no event loop ever blocks on disk.
 //!
 //! `synchronous=NORMAL` in WAL mode: a committed write survives a process crash (SIGKILL),
@@ -26,6 +27,9 @@ pub struct Recovered {
     pub outbox: Vec<(u64, String, Bytes)>,
     /// (command_id, event payload, done_ms) inside the dedupe window, oldest first.
     pub executions: Vec<(String, Bytes, u64)>,
+    /// (command_id, started_ms) of commands whose start was recorded and whose end was not
+    /// (the process stopped while the seed had them), inside the window, oldest first.
+    pub started: Vec<(String, u64)>,
     pub fences: Vec<(String, u64)>,
     pub failed_events: u64,
 }
@@ -56,6 +60,10 @@ impl Db {
                  done_ms INTEGER NOT NULL
              );
              CREATE INDEX IF NOT EXISTS executions_done ON executions(done_ms);
+             CREATE TABLE IF NOT EXISTS started (
+                 command_id TEXT PRIMARY KEY,
+                 started_ms INTEGER NOT NULL
+             );
              CREATE TABLE IF NOT EXISTS fences (
                  seed_id TEXT PRIMARY KEY,
                  token INTEGER NOT NULL
@@ -90,9 +98,21 @@ impl Db {
                  ON CONFLICT(command_id) DO NOTHING",
                 params![cid, payload, now_ms as i64],
             )?;
+            // Finished: no longer interrupted, whatever happens next.
+            tx.execute("DELETE FROM started WHERE command_id=?1", params![cid])?;
         }
         tx.commit()?;
         Ok(seq as u64)
+    }
+
+    /// Records that a command is being handed to its seed (before any effect can happen).
+    pub fn mark_started(&mut self, command_id: &str, now_ms: u64) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO started(command_id, started_ms) VALUES (?1, ?2)
+             ON CONFLICT(command_id) DO NOTHING",
+            params![command_id, now_ms as i64],
+        )?;
+        Ok(())
     }
 
     pub fn acked(&mut self, event_id: &str) -> Result<(), StoreError> {
@@ -119,6 +139,10 @@ impl Db {
     }
 
     pub fn prune_executions(&mut self, before_ms: u64) -> Result<usize, StoreError> {
+        self.conn.execute(
+            "DELETE FROM started WHERE started_ms < ?1",
+            params![before_ms as i64],
+        )?;
         Ok(self.conn.execute(
             "DELETE FROM executions WHERE done_ms < ?1",
             params![before_ms as i64],
@@ -165,6 +189,16 @@ impl Db {
                     Bytes::from(r.get::<_, Vec<u8>>(1)?),
                     r.get::<_, i64>(2)? as u64,
                 ))
+            })?
+            .collect::<Result<_, _>>()?;
+        let mut st = self.conn.prepare(
+            "SELECT s.command_id, s.started_ms FROM started s
+             LEFT JOIN executions e ON e.command_id = s.command_id
+             WHERE e.command_id IS NULL AND s.started_ms >= ?1 ORDER BY s.started_ms",
+        )?;
+        rec.started = st
+            .query_map(params![window_start_ms as i64], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
             })?
             .collect::<Result<_, _>>()?;
         let mut st = self.conn.prepare("SELECT seed_id, token FROM fences")?;
@@ -218,10 +252,25 @@ impl Handler<Persist> for Store {
 #[derive(Message)]
 #[rtype(result = "Result<(), String>")]
 pub enum Update {
-    Acked { event_id: String },
-    Failed { event_id: String, reason: String },
-    Fence { seed: String, token: u64 },
-    Prune { before_ms: u64 },
+    Acked {
+        event_id: String,
+    },
+    Failed {
+        event_id: String,
+        reason: String,
+    },
+    Fence {
+        seed: String,
+        token: u64,
+    },
+    Prune {
+        before_ms: u64,
+    },
+    /// A command is about to reach its seed; answered once the marker is committed.
+    Started {
+        command_id: String,
+        now_ms: u64,
+    },
 }
 
 impl Handler<Update> for Store {
@@ -232,6 +281,7 @@ impl Handler<Update> for Store {
             Update::Failed { event_id, reason } => self.db.failed(&event_id, &reason),
             Update::Fence { seed, token } => self.db.save_fence(&seed, token),
             Update::Prune { before_ms } => self.db.prune_executions(before_ms).map(|_| ()),
+            Update::Started { command_id, now_ms } => self.db.mark_started(&command_id, now_ms),
         };
         r.map_err(|e| e.to_string())
     }
@@ -270,6 +320,29 @@ mod tests {
         assert_eq!(db.prune_executions(15).unwrap(), 1);
         assert_eq!(db.recover(0).unwrap().executions.len(), 1);
         assert!(db.execution("b").unwrap().is_some());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn start_markers_survive_a_crash_until_the_command_finishes() {
+        let dir = std::env::temp_dir().join(format!("ghost-store-started-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        {
+            let mut db = Db::open(&dir).unwrap();
+            db.mark_started("done", 10).unwrap();
+            db.persist("evt.done", Some("done"), b"D", 11).unwrap();
+            db.mark_started("cut", 20).unwrap();
+            db.mark_started("cut", 25).unwrap(); // the first start is kept
+            db.mark_started("old", 1).unwrap();
+        } // dropped without finishing "cut": as after SIGKILL
+        let mut db = Db::open(&dir).unwrap();
+        let rec = db.recover(5).unwrap();
+        assert_eq!(rec.started, vec![("cut".to_string(), 20)]);
+        db.prune_executions(21).unwrap();
+        assert!(
+            db.recover(0).unwrap().started.is_empty(),
+            "pruned with the window"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -7,7 +7,8 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::sync::{mpsc, Once};
 use std::time::{Duration, Instant};
 
@@ -350,12 +351,23 @@ pub struct Ghost {
 
 impl Ghost {
     pub fn start(dir: impl AsRef<Path>, id: &str, mirage: &str, extra_toml: &str) -> Ghost {
+        Ghost::start_with_admin(dir, id, mirage, extra_toml, "")
+    }
+
+    /// Like `start`, with more `[admin]` keys (`admin_toml`, one `key = value` a line).
+    pub fn start_with_admin(
+        dir: impl AsRef<Path>,
+        id: &str,
+        mirage: &str,
+        extra_toml: &str,
+        admin_toml: &str,
+    ) -> Ghost {
         let data = dir.as_ref().join(id);
         Ghost::with_config(
             dir,
             id,
             &format!(
-                "ghost_id = \"{id}\"\ndata_dir = \"{}\"\n{extra_toml}\n[mirage]\naddresses = [\"{mirage}\"]\n[admin]\nlisten = \"127.0.0.1:0\"\n[timeouts]\nheartbeat_ms = 300\ndead_after_ms = 2000\nack_timeout_ms = 3000\n[backoff]\ninitial_ms = 50\nmax_ms = 500\n",
+                "ghost_id = \"{id}\"\ndata_dir = \"{}\"\n{extra_toml}\n[mirage]\naddresses = [\"{mirage}\"]\n[admin]\nlisten = \"127.0.0.1:0\"\n{admin_toml}\n[timeouts]\nheartbeat_ms = 300\ndead_after_ms = 2000\nack_timeout_ms = 3000\n[backoff]\ninitial_ms = 50\nmax_ms = 500\n",
                 data.display()
             ),
         )
@@ -523,6 +535,107 @@ pub mod blaster;
 pub mod fake_ghost;
 pub mod plot;
 pub mod proxy;
+
+/// Resident memory of any process, in KiB (0 once it is gone).
+pub fn rss_of(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Samples a process's RSS every 50 ms until dropped; `peak()` is the highest seen.
+pub struct RssPeak {
+    stop: Arc<AtomicBool>,
+    peak: Arc<AtomicU64>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RssPeak {
+    pub fn start(pid: u32) -> RssPeak {
+        let stop = Arc::new(AtomicBool::new(false));
+        let peak = Arc::new(AtomicU64::new(rss_of(pid)));
+        let (s, p) = (stop.clone(), peak.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                p.fetch_max(rss_of(pid), Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        RssPeak {
+            stop,
+            peak,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn peak(&self) -> u64 {
+        self.peak.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for RssPeak {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// How many extra sockets a test may open: `want`, or fewer when this process's open-file
+/// limit (which the servers it starts inherit) is lower, keeping 256 for everything else.
+pub fn fd_budget(want: usize) -> usize {
+    let soft = std::fs::read_to_string("/proc/self/limits")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| {
+            l.split_whitespace()
+                .nth(3)
+                .and_then(|v| v.parse::<usize>().ok())
+        })
+        .unwrap_or(1024);
+    want.min(soft.saturating_sub(256))
+}
+
+/// A small seeded PRNG (xorshift64*): fault schedules and junk bytes that a seed reproduces.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        // xorshift must not start at 0; mix the seed so nearby seeds diverge at once.
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Uniform in `lo..hi` (`lo` when the range is empty).
+    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        if hi <= lo {
+            return lo;
+        }
+        lo + self.next_u64() % (hi - lo)
+    }
+
+    /// `n` random bytes without `\n`, so a line reader sees one line when one is added.
+    pub fn bytes_no_newline(&mut self, n: usize) -> Vec<u8> {
+        (0..n)
+            .map(|_| match (self.next_u64() >> 32) as u8 {
+                b'\n' => b'x',
+                b => b,
+            })
+            .collect()
+    }
+}
 
 /// A keep-alive HTTP/1.1 client (responses with Content-Length), for load loops.
 pub struct KeepAlive {

@@ -41,8 +41,14 @@ fn mirage_sigkill_mid_plan_resumes_and_each_effect_happens_once() {
     eprintln!("killed mirage after {done_before} of 20 steps");
     assert!(done_before < 20);
 
+    let restarted = Instant::now();
     let m = Mirage::start(&dir, session_port, "");
     let detail = m.wait_status(&id, "satisfied", Duration::from_secs(60));
+    eprintln!(
+        "mirage restarted; the remaining {} steps done, intent satisfied {:.2}s after the restart",
+        20 - done_before,
+        restarted.elapsed().as_secs_f64()
+    );
     assert_eq!(detail["summary"]["steps_done"], 20);
     for i in 0..10 {
         assert_eq!(

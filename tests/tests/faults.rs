@@ -34,9 +34,14 @@ fn a_partitioned_ghost_heals_and_its_step_completes_once() {
     // The others finished their part; the step waits for g3.
     let (_, d) = m.get(&format!("/v1/intents/{id}"));
     assert_eq!(d["summary"]["status"], "active", "{d}");
+    let partitioned = Instant::now();
     proxy.blackhole(false);
     proxy.cut(); // the stale connection goes; g3 redials through the healed link
     m.wait_status(&id, "satisfied", T);
+    eprintln!(
+        "partition: intent satisfied {:.2}s after the heal",
+        partitioned.elapsed().as_secs_f64()
+    );
     for g in [&g1, &g2, &g3] {
         assert_eq!(g.kv_get("after").as_deref(), Some("heal"));
     }
@@ -70,6 +75,7 @@ fn stalled_acks_make_the_ghost_resend_and_nothing_happens_twice() {
     // Past the Ghost's ack timeout (3 s) its events go again; Mirage answers with the stored ack.
     std::thread::sleep(Duration::from_millis(3500));
     proxy.drop_acks(false);
+    let resumed = Instant::now();
     let deadline = Instant::now() + T;
     loop {
         let st = g.admin(serde_json::json!({"action": "status"}));
@@ -79,6 +85,7 @@ fn stalled_acks_make_the_ghost_resend_and_nothing_happens_twice() {
         assert!(Instant::now() < deadline, "outbox never drained: {st}");
         std::thread::sleep(Duration::from_millis(100));
     }
+    let drained = resumed.elapsed();
     assert!(
         proxy.dropped_acks() >= 5,
         "acks were really stalled ({})",
@@ -95,6 +102,11 @@ fn stalled_acks_make_the_ghost_resend_and_nothing_happens_twice() {
         "the Ghost re-sent its events ({dup} duplicates seen)"
     );
     assert_eq!(g.executed(), 5, "each command ran once");
+    eprintln!(
+        "ack stall: {} acks dropped, {dup} duplicate events acked again, 5 commands run once; outbox empty {:.2}s after acks resumed",
+        proxy.dropped_acks(),
+        drained.as_secs_f64()
+    );
     for id in &ids {
         let reports = m.reports(id);
         assert_eq!(
@@ -123,8 +135,10 @@ fn the_lock_holders_ghost_dies_and_the_waiting_intent_proceeds() {
     std::thread::sleep(Duration::from_millis(300));
     // The holder's Ghost dies mid-step.
     g.proc.sigkill();
+    let killed = Instant::now();
     // Its attempt times out, the lock goes to the waiter.
     let d = m.wait_status(&a, "failed", T);
+    let failed_after = killed.elapsed();
     assert!(
         d["plan"]["failure"].as_str().unwrap().contains("no event"),
         "{d}"
@@ -136,8 +150,14 @@ fn the_lock_holders_ghost_dies_and_the_waiting_intent_proceeds() {
     );
     assert_eq!(locks[0]["holder"]["token"], 2);
     // The Ghost comes back; the waiter's command reaches it and completes.
+    let restarted = Instant::now();
     g = Ghost::start(&dir, "g1", &format!("127.0.0.1:{port}"), "");
     m.wait_status(&b, "satisfied", T);
+    eprintln!(
+        "holder dies: holder failed {:.2}s after the kill (2 s step timeout), waiter satisfied {:.2}s after the Ghost restarted",
+        failed_after.as_secs_f64(),
+        restarted.elapsed().as_secs_f64()
+    );
     let (_, locks) = m.get("/v1/locks");
     assert!(locks[0]["holder"].is_null(), "{locks}");
     drop(g);

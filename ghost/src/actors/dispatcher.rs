@@ -2,6 +2,11 @@
 //! Dedupe first (a command_id seen inside the window is not run again: its stored event is
 //! sent again), then the boundary checks, then the seed's own actor. Every command ends in
 //! exactly one terminal event, persisted through the Outbox before anyone is told.
+//!
+//! A non-idempotent operation gets a persisted start marker before it reaches its seed. If
+//! the Ghost stops before the command's event is persisted, the re-sent command finds the
+//! marker and is not run again: it ends with an `error` event saying its effect is unknown
+//! (see `logic::after_interruption`).
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
@@ -16,7 +21,10 @@ use shared::wire::tlv;
 
 use crate::actors::outbox::{Enqueue, Outbox};
 use crate::actors::seed::{Execute, SeedActor};
-use crate::logic::{check_command, Catalog, DedupeWindow, Fences, Phase, Rejection, Seen};
+use crate::logic::{
+    after_interruption, check_command, needs_start_marker, Catalog, DedupeWindow, Fences, Phase,
+    Rejection, Seen,
+};
 use crate::seeds::SeedOutput;
 use crate::store::{Store, Update};
 
@@ -60,6 +68,8 @@ pub struct Dispatcher {
     pub executed: u64,
     pub replayed: u64,
     pub rejected: u64,
+    /// Re-sent commands found started and unfinished (the Ghost stopped while they ran).
+    pub interrupted: u64,
 }
 
 pub struct DispatcherParts {
@@ -97,6 +107,7 @@ impl Dispatcher {
             executed: 0,
             replayed: 0,
             rejected: 0,
+            interrupted: 0,
         }
     }
 
@@ -221,7 +232,7 @@ impl Handler<Run> for Dispatcher {
 
     fn handle(&mut self, m: Run, _: &mut Context<Self>) -> Self::Result {
         let cmd = m.cmd;
-        match self.dedupe.check_and_claim(&cmd.command_id) {
+        let interrupted = match self.dedupe.check_and_claim(&cmd.command_id) {
             Seen::InFlight => {
                 tracing::info!(component = "ghost.dispatcher", command_id = %cmd.command_id, "duplicate command while it runs; its event will follow");
                 return Box::pin(fut::ready(Err(format!(
@@ -254,7 +265,25 @@ impl Handler<Run> for Dispatcher {
                     .into_actor(self),
                 );
             }
-            Seen::New => {}
+            Seen::New => None,
+            Seen::Interrupted { started_ms } => Some(started_ms),
+        };
+        if let Some(started_ms) = interrupted {
+            self.interrupted += 1;
+            match after_interruption(&cmd, started_ms, &self.catalog) {
+                Ok(()) => {
+                    tracing::warn!(component = "ghost.dispatcher", command_id = %cmd.command_id, seed = %cmd.seed_selector, operation = %cmd.operation, started_ms, "command was interrupted by a restart; idempotent, so it runs again");
+                }
+                Err(r) => {
+                    tracing::warn!(component = "ghost.dispatcher", command_id = %cmd.command_id, seed = %cmd.seed_selector, operation = %cmd.operation, started_ms, code = r.code, reason = %r.reason, "command was interrupted by a restart; not idempotent, not run again");
+                    let ev = self.event_for(
+                        &cmd,
+                        SeedOutput::error(1, format!("{}\n", r.reason)),
+                        Some(r),
+                    );
+                    return self.finish(m.source, cmd, ev);
+                }
+            }
         }
 
         let now = shared::now_ms();
@@ -313,20 +342,58 @@ impl Handler<Run> for Dispatcher {
             deadline_ms: cmd.deadline_ms,
         };
         let source = m.source;
+        // Not idempotent: the start is on disk before the seed can have any effect.
+        let marker = needs_start_marker(&cmd, &self.catalog).then(|| Update::Started {
+            command_id: cmd.command_id.clone(),
+            now_ms: now,
+        });
+        let marked = marker.is_some();
+        let store = self.store.clone();
         Box::pin(
-            async move { addr.send(exec).await }
-                .into_actor(self)
-                .then(move |res, act, _| {
-                    if let Some(s) = act.seeds.get_mut(&seed_id) {
-                        s.queued = s.queued.saturating_sub(1);
+            async move {
+                if let Some(mark) = marker {
+                    match store.send(mark).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => return Err(e),
+                        Err(e) => return Err(format!("store mailbox: {e}")),
                     }
-                    act.executed += 1;
-                    let out = res.unwrap_or_else(|e| {
-                        SeedOutput::error(70, format!("seed actor unavailable: {e}\n"))
-                    });
-                    let ev = act.event_for(&cmd, out, None);
-                    act.finish(source, cmd, ev)
-                }),
+                }
+                Ok(addr.send(exec).await)
+            }
+            .into_actor(self)
+            .then(move |res, act, _| {
+                if let Some(s) = act.seeds.get_mut(&seed_id) {
+                    s.queued = s.queued.saturating_sub(1);
+                }
+                let ev = match res {
+                    Ok(res) => {
+                        if marked {
+                            act.dedupe.started(&cmd.command_id, now);
+                        }
+                        act.executed += 1;
+                        let out = res.unwrap_or_else(|e| {
+                            SeedOutput::error(70, format!("seed actor unavailable: {e}\n"))
+                        });
+                        act.event_for(&cmd, out, None)
+                    }
+                    Err(e) => {
+                        act.rejected += 1;
+                        let r = Rejection {
+                            code: code::INTERNAL,
+                            reason: format!(
+                                "cannot record the start of a non-idempotent command, so it was not run: {e}"
+                            ),
+                        };
+                        tracing::error!(component = "ghost.dispatcher", command_id = %cmd.command_id, reason = %r.reason, "command not started");
+                        act.event_for(
+                            &cmd,
+                            SeedOutput::error(1, format!("{}\n", r.reason)),
+                            Some(r),
+                        )
+                    }
+                };
+                act.finish(source, cmd, ev)
+            }),
         )
     }
 }
@@ -372,6 +439,7 @@ pub struct DispatcherStats {
     pub executed: u64,
     pub replayed: u64,
     pub rejected: u64,
+    pub interrupted: u64,
     pub dedupe_entries: usize,
     pub dedupe_evicted_early: u64,
 }
@@ -389,6 +457,7 @@ impl Handler<DStats> for Dispatcher {
             executed: self.executed,
             replayed: self.replayed,
             rejected: self.rejected,
+            interrupted: self.interrupted,
             dedupe_entries: self.dedupe.len(),
             dedupe_evicted_early: self.dedupe.evicted_early,
         })

@@ -1,7 +1,7 @@
 //! `seed.fs`: files under one root. Refuses absolute paths, `..` components and anything whose
 //! resolved location (symlinks followed) leaves the root; file sizes are bounded.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::{Component, Path, PathBuf};
 
 use shared::envelope::Args;
@@ -13,11 +13,22 @@ const MAX_LIST: usize = 10_000;
 pub struct Fs {
     root: PathBuf,
     max_bytes: u64,
+    max_hold_ms: u64,
 }
 
 impl Fs {
     pub fn new(root: PathBuf, max_bytes: u64) -> Fs {
-        Fs { root, max_bytes }
+        Fs {
+            root,
+            max_bytes,
+            max_hold_ms: 60_000,
+        }
+    }
+
+    /// Bound for `append`'s `hold_ms` (the Ghost passes `seed.flow_max_sleep_ms`).
+    pub fn with_max_hold_ms(mut self, ms: u64) -> Fs {
+        self.max_hold_ms = ms;
+        self
     }
 
     fn root_canon(&self) -> Result<PathBuf, String> {
@@ -119,6 +130,48 @@ impl Fs {
                 std::fs::write(&full, content).map_err(|e| format!("seed.fs: {e}"))?;
                 Ok(b"ok\n".to_vec())
             }
+            "append" => {
+                let hold_ms = match args.get("hold_ms").map(|v| v.trim()) {
+                    None | Some("") => 0,
+                    Some(v) => match v.parse::<u64>() {
+                        Ok(ms) if ms <= self.max_hold_ms => ms,
+                        _ => {
+                            return Err(format!(
+                                "seed.fs: hold_ms must be a whole number of at most {}",
+                                self.max_hold_ms
+                            ))
+                        }
+                    },
+                };
+                let full = self.resolve(args.get("path"))?;
+                let content = args.get("content").map(String::as_str).unwrap_or("");
+                let have = std::fs::metadata(&full).map(|m| m.len()).unwrap_or(0);
+                if have.saturating_add(content.len() as u64) > self.max_bytes {
+                    return Err(format!(
+                        "seed.fs: appending {} bytes to {have} exceeds the limit of {}",
+                        content.len(),
+                        self.max_bytes
+                    ));
+                }
+                if let Some(parent) = full.parent() {
+                    std::fs::create_dir_all(parent).map_err(|e| format!("seed.fs: {e}"))?;
+                }
+                let full = self.resolve(args.get("path"))?;
+                let mut f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&full)
+                    .map_err(|e| format!("seed.fs: {e}"))?;
+                f.write_all(content.as_bytes())
+                    .and_then(|_| f.sync_data())
+                    .map_err(|e| format!("seed.fs: {e}"))?;
+                // The effect is done; holding the answer back leaves a window in which the
+                // Ghost can be stopped between the effect and its event (crash tests).
+                if hold_ms > 0 {
+                    std::thread::sleep(std::time::Duration::from_millis(hold_ms));
+                }
+                Ok(b"ok\n".to_vec())
+            }
             "read" => {
                 let full = self.resolve(args.get("path"))?;
                 let f = std::fs::File::open(&full).map_err(|e| format!("seed.fs: {e}"))?;
@@ -170,6 +223,15 @@ static OPS: &[OperationSpec] = &[
     OperationSpec::new("write", "Write content to path (parents created)")
         .args(&["path", "content"])
         .required(&["path"]),
+    // Not idempotent: running it twice appends twice, so a Ghost that restarted while it
+    // ran does not run it again (the dispatcher's start marker).
+    OperationSpec::new(
+        "append",
+        "Append content to path (parents created); hold_ms delays the answer after the write",
+    )
+    .args(&["path", "content", "hold_ms"])
+    .required(&["path"])
+    .mutating(),
     OperationSpec::new("read", "Read a file")
         .args(&["path"])
         .required(&["path"]),
@@ -242,6 +304,34 @@ mod tests {
             .succeeded());
         assert!(fs.execute("delete", &a(&[("path", "d/x.txt")])).succeeded());
         assert!(fs.execute("delete", &a(&[("path", "d/x.txt")])).succeeded());
+        let _ = std::fs::remove_dir_all(root);
+    }
+
+    #[test]
+    fn append_adds_each_time_and_is_bounded() {
+        let root = tmp("append");
+        let mut fs = Fs::new(root.clone(), 8).with_max_hold_ms(5);
+        for _ in 0..2 {
+            assert!(fs
+                .execute("append", &a(&[("path", "log/n"), ("content", "ab\n")]))
+                .succeeded());
+        }
+        assert_eq!(
+            fs.execute("read", &a(&[("path", "log/n")])).stdout,
+            b"ab\nab\n"
+        );
+        assert!(
+            !fs.execute("append", &a(&[("path", "log/n"), ("content", "abc")]))
+                .succeeded(),
+            "the size limit covers what is already there"
+        );
+        assert!(fs
+            .execute("append", &a(&[("path", "h"), ("hold_ms", "5")]))
+            .succeeded());
+        let out = fs.execute("append", &a(&[("path", "h"), ("hold_ms", "6")]));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("hold_ms"));
+        assert!(!fs.execute("append", &a(&[("path", "../x")])).succeeded());
+        assert!(!fs.operation("append").unwrap().idempotent);
         let _ = std::fs::remove_dir_all(root);
     }
 

@@ -175,10 +175,10 @@ pub fn builtin(id: &str, settings: &SeedSettings) -> Result<Box<dyn Seed>, Strin
             settings.kv_max_keys,
             settings.kv_max_value_bytes,
         )),
-        "seed.fs" | "fs" => Box::new(fs::Fs::new(
-            settings.fs_root.clone(),
-            settings.fs_max_file_bytes,
-        )),
+        "seed.fs" | "fs" => Box::new(
+            fs::Fs::new(settings.fs_root.clone(), settings.fs_max_file_bytes)
+                .with_max_hold_ms(settings.flow_max_sleep_ms),
+        ),
         other => {
             return Err(format!(
                 "unknown built-in seed {other:?} (built-ins: {})",
