@@ -103,14 +103,26 @@ async fn outbox_survives_sigkill_and_delivers_each_event_once() {
         seen.len()
     );
 
-    // Acked events are gone for good: another crash and restart sends nothing.
-    let st = tokio::task::spawn_blocking({
-        let mut a = g.admin();
-        move || a.call(json!({"action": "status"}))
-    })
-    .await
-    .unwrap();
-    assert_eq!(st["data"]["Outbox"]["pending"], 0, "{st}");
+    // Acked events are gone for good once their removal is on disk: another crash and
+    // restart sends nothing.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let st = tokio::task::spawn_blocking({
+            let mut a = g.admin();
+            move || a.call(json!({"action": "status"}))
+        })
+        .await
+        .unwrap();
+        assert_eq!(st["data"]["Outbox"]["pending"], 0, "{st}");
+        if st["data"]["Outbox"]["unsynced"] == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "acks never synced: {st}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     drop(conn);
     let mut g = g;
     g.sigkill();

@@ -23,6 +23,9 @@ pub struct Outbox {
     ack_timeout_ms: u64,
     pub acked: u64,
     pub failed: u64,
+    /// Acks and rejections handed to the store but not yet on disk: until then a crash sends
+    /// those events again (allowed: delivery is at least once).
+    unsynced: usize,
 }
 
 impl Outbox {
@@ -34,6 +37,7 @@ impl Outbox {
             ack_timeout_ms,
             acked: 0,
             failed: 0,
+            unsynced: 0,
         }
     }
 
@@ -109,7 +113,7 @@ pub struct Acked {
 impl Handler<Acked> for Outbox {
     type Result = ();
 
-    fn handle(&mut self, m: Acked, _: &mut Context<Self>) {
+    fn handle(&mut self, m: Acked, ctx: &mut Context<Self>) {
         if self.state.on_ack(&m.event_id).is_none() {
             tracing::debug!(component = "ghost.outbox", event_id = %m.event_id, "ack for an event not waiting (duplicate ack)");
             return;
@@ -127,7 +131,13 @@ impl Handler<Acked> for Outbox {
                 reason: m.reason,
             }
         };
-        self.store.do_send(update);
+        self.unsynced += 1;
+        let store = self.store.clone();
+        ctx.spawn(
+            async move { store.send(update).await }
+                .into_actor(self)
+                .map(|_, act, _| act.unsynced = act.unsynced.saturating_sub(1)),
+        );
         self.flush();
     }
 }
@@ -164,6 +174,8 @@ pub struct OutboxStats {
     pub in_flight: usize,
     pub acked: u64,
     pub failed: u64,
+    /// Acknowledged events whose removal is not yet on disk.
+    pub unsynced: usize,
 }
 
 #[derive(Message)]
@@ -179,6 +191,7 @@ impl Handler<Stats> for Outbox {
             in_flight: self.state.in_flight(),
             acked: self.acked,
             failed: self.failed,
+            unsynced: self.unsynced,
         })
     }
 }
