@@ -134,6 +134,16 @@ fn reports_follow_resumes_without_gaps_after_a_restart() {
     m.proc.sigterm();
     let mut m = Mirage::start(&dir, session_port, &extra);
     m.wait_ghosts(1, Duration::from_secs(20));
+    // A finished intent keeps its last word across the restart.
+    let (_, v) = m.get(&format!("/v1/intents/{a}"));
+    assert_eq!(v["summary"]["last_state"], "satisfied", "{v}");
+    assert!(
+        !v["summary"]["last_summary"]
+            .as_str()
+            .unwrap_or("")
+            .is_empty(),
+        "{v}"
+    );
     let b = m.submit(&plan("after"));
     m.wait_status(&b, "satisfied", Duration::from_secs(20));
     let mut seqs = Vec::new();

@@ -154,7 +154,10 @@ impl Supervisor {
         feed: broadcast::Sender<Arc<ReportRecord>>,
     ) -> Supervisor {
         let mut reports = Reports::new(cfg.limits.reports, cfg.limits.reports_per_intent);
+        // The newest report of each intent, so finished intents keep their last word.
+        let mut last: HashMap<String, (String, shared::envelope::CompletionState)> = HashMap::new();
         for r in restored.reports {
+            last.insert(r.intent_id.clone(), (r.summary.clone(), r.completion_state));
             reports.push(r);
         }
         let mut s = Supervisor {
@@ -190,7 +193,12 @@ impl Supervisor {
             waiter_count: 0,
         };
         for (seq, plan) in restored.finished {
-            s.remember_finished(IntentSummary::of(&plan, seq), Box::new(plan));
+            let mut summary = IntentSummary::of(&plan, seq);
+            if let Some((text, state)) = last.remove(&summary.intent_id) {
+                summary.last_summary = text;
+                summary.last_state = Some(state);
+            }
+            s.remember_finished(summary, Box::new(plan));
         }
         s
     }
