@@ -42,7 +42,8 @@ bench:
 ## appended to BENCHMARKS.md. One scenario: `cargo run --release -p e2e --bin bench -- --help`.
 BENCH = ./target/release/bench
 benchmarks:
-	$(CARGO) build --release -p mirage -p ghost -p e2e --bin bench
+	$(CARGO) build --release -p mirage -p ghost
+	$(CARGO) build --release -p e2e --bin bench
 	$(BENCH) codec
 	$(BENCH) loop --intents 50000 --concurrency 16 --ghosts 4
 	$(BENCH) loop --intents 50000 --concurrency 64 --ghosts 4
