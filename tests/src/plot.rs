@@ -14,7 +14,14 @@ pub fn latency_svg(path: &Path, points: &[Value]) -> Result<(), String> {
         .map(|p| get(p, "offered_per_s"))
         .fold(1.0, f64::max)
         * 1.05;
-    let ymax = points.iter().map(|p| get(p, "p99_ms")).fold(1.0, f64::max) * 1.1;
+    // Log scale: the knee takes latency from milliseconds to seconds.
+    let ymax = points.iter().map(|p| get(p, "p99_ms")).fold(1.0, f64::max) * 1.5;
+    let ymin = points
+        .iter()
+        .map(|p| get(p, "p50_ms"))
+        .filter(|v| *v > 0.0)
+        .fold(ymax, f64::min)
+        / 1.5;
     let root = SVGBackend::new(path, (800, 500)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| e.to_string())?;
     let mut chart = ChartBuilder::on(&root)
@@ -25,12 +32,12 @@ pub fn latency_svg(path: &Path, points: &[Value]) -> Result<(), String> {
         .margin(15)
         .x_label_area_size(45)
         .y_label_area_size(60)
-        .build_cartesian_2d(0.0..xmax, 0.0..ymax)
+        .build_cartesian_2d(0.0..xmax, (ymin..ymax).log_scale())
         .map_err(|e| e.to_string())?;
     chart
         .configure_mesh()
         .x_desc("offered intents/s")
-        .y_desc("submit → finished (ms)")
+        .y_desc("submit → finished (ms, log scale)")
         .draw()
         .map_err(|e| e.to_string())?;
     for (key, colour) in [("p50_ms", BLUE), ("p99_ms", RED)] {

@@ -111,6 +111,20 @@ fn sustained_sweep_and_codec() {
         svg.contains("<svg") && svg.contains("offered intents/s"),
         "plot drawn"
     );
+    // The plot can be redrawn from the sweep's JSON line alone.
+    let line = dir.path("sweep.json");
+    std::fs::write(&line, v.to_string()).unwrap();
+    std::fs::remove_file(&plot).unwrap();
+    let p = bench(&[
+        "plot",
+        "--from",
+        line.to_str().unwrap(),
+        "--out",
+        plot.to_str().unwrap(),
+    ]);
+    assert_eq!(p["points"], 2, "{p}");
+    assert!(p["plot_error"].is_null(), "{p}");
+    assert!(std::fs::read_to_string(&plot).unwrap().contains("<svg"));
     let v = bench(&["codec", "--seconds", "0.2"]);
     assert!(v["decode_per_s"].as_f64().unwrap() > 0.0, "{v}");
 }

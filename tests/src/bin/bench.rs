@@ -99,6 +99,13 @@ enum Scenario {
         #[arg(long, default_value_t = 3.0)]
         seconds: f64,
     },
+    /// Redraw the plot from a sweep's JSON line (e.g. copied from BENCHMARKS.md); no run.
+    Plot {
+        #[arg(long)]
+        from: PathBuf,
+        #[arg(long, default_value = "docs/bench/latency.svg")]
+        out: PathBuf,
+    },
     /// Latency against offered load: an open-loop run per rate, plotted as SVG.
     Sweep {
         #[arg(
@@ -127,6 +134,7 @@ fn main() {
         Scenario::Codec { .. } => "codec",
         Scenario::Fanout { .. } => "fanout",
         Scenario::Sweep { .. } => "sweep",
+        Scenario::Plot { .. } => "plot",
     };
     let mut out = match cli.scenario.clone() {
         Scenario::Loop {
@@ -165,6 +173,19 @@ fn main() {
             ghosts,
         } => sustained_scenario(seconds, rate, interval, ghosts),
         Scenario::Codec { seconds } => codec_scenario(seconds),
+        Scenario::Plot { from, out } => {
+            let text = std::fs::read_to_string(&from)
+                .unwrap_or_else(|e| panic!("{}: {e}", from.display()));
+            let v: Value = serde_json::from_str(text.trim())
+                .unwrap_or_else(|e| panic!("{}: not a sweep's JSON line: {e}", from.display()));
+            let points = v["points"].as_array().cloned().unwrap_or_default();
+            let r = e2e::plot::latency_svg(&out, &points);
+            println!(
+                "{}",
+                json!({"scenario": "plot", "points": points.len(), "plot": out.display().to_string(), "plot_error": r.err()})
+            );
+            return;
+        }
         Scenario::Fanout { ghosts, rounds } => fanout_scenario(ghosts, rounds),
         Scenario::Sweep {
             rates,
@@ -718,13 +739,30 @@ fn append(path: &std::path::Path, name: &str, v: &Value) {
     let cmd: Vec<String> = std::env::args().skip(1).collect();
     let mut v = v.clone();
     v["machine"] = machine();
-    // Which code the figures belong to.
-    v["commit"] = std::process::Command::new("git")
-        .args(["describe", "--always", "--dirty"])
-        .output()
-        .ok()
-        .map(|o| json!(String::from_utf8_lossy(&o.stdout).trim()))
-        .unwrap_or(Value::Null);
+    // Which code the figures belong to ("-dirty": uncommitted changes besides the results).
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    };
+    v["commit"] = match git(&["rev-parse", "--short", "HEAD"]) {
+        Some(c) if !c.is_empty() => {
+            let dirty = git(&[
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+                "--",
+                ".",
+                ":(exclude)BENCHMARKS.md",
+                ":(exclude)docs/bench",
+            ])
+            .is_some_and(|o| !o.is_empty());
+            json!(if dirty { format!("{c}-dirty") } else { c })
+        }
+        _ => Value::Null,
+    };
     let text = format!(
         "\n### {name} — {}\n\n`cargo run --release -p e2e --bin bench -- {}`\n\n```json\n{}\n```\n",
         utc_now(),
