@@ -90,12 +90,26 @@ pub async fn listen(ctx: Rc<AdminCtx>) -> Result<SocketAddr, String> {
     let local = listener.local_addr().map_err(|e| e.to_string())?;
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     actix_rt::spawn(async move {
+        // Refusals are logged at most once a second, with a count: a flood must not turn
+        // into a log flood.
+        let (mut refused, mut logged_at) = (0u64, None::<std::time::Instant>);
         loop {
-            let Ok((sock, peer)) = listener.accept().await else {
-                continue;
+            let (sock, peer) = match listener.accept().await {
+                Ok(x) => x,
+                Err(e) => {
+                    // e.g. out of file descriptors: back off instead of spinning.
+                    tracing::warn!(component = "ghost.admin", error = %e, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
             };
             let Ok(permit) = slots.clone().try_acquire_owned() else {
-                tracing::warn!(component = "ghost.admin", %peer, limit = MAX_CONNECTIONS, "admin connection refused: limit reached");
+                refused += 1;
+                if logged_at.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(1)) {
+                    tracing::warn!(component = "ghost.admin", %peer, limit = MAX_CONNECTIONS, refused, "admin connections refused: limit reached");
+                    refused = 0;
+                    logged_at = Some(std::time::Instant::now());
+                }
                 drop(sock);
                 continue;
             };
