@@ -23,7 +23,7 @@ type Writer = Box<dyn AsyncWrite + Unpin>;
 use tokio::sync::mpsc;
 use tokio_util::codec::FramedRead;
 
-use super::supervisor::{Ingest, Register, SessionClosed, SessionVerified, Supervisor};
+use super::supervisor::{IngestBatch, Register, SessionClosed, SessionVerified, Supervisor};
 use crate::config::MirageConfig;
 use crate::metrics as m;
 
@@ -40,7 +40,13 @@ pub struct GhostSession {
     open: Arc<std::sync::atomic::AtomicUsize>,
     tls: Option<Arc<openssl::ssl::SslAcceptor>>,
     verified: bool,
+    /// Events read but not yet handed to the Supervisor: everything decoded from one read
+    /// goes in one message (bounded by MAX_BATCH).
+    batch: Vec<(u64, shared::envelope::Event)>,
 }
+
+/// Events per Supervisor message.
+const MAX_BATCH: usize = 256;
 
 impl GhostSession {
     pub fn new(
@@ -64,6 +70,7 @@ impl GhostSession {
             open,
             tls,
             verified: false,
+            batch: Vec::new(),
         }
     }
 
@@ -403,6 +410,35 @@ fn is_heartbeat(e: &shared::envelope::Event) -> bool {
     e.intent_id == "intent.session.heartbeat" && e.event_id.starts_with("evt.session.")
 }
 
+impl GhostSession {
+    /// Hands the buffered events to the Supervisor; acks go out as it answers.
+    fn flush_events(&mut self, ctx: &mut Context<Self>) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let events = std::mem::take(&mut self.batch);
+        let n = events.len();
+        let sup = self.supervisor.clone();
+        let ingest = IngestBatch {
+            ghost_id: self.ghost.clone(),
+            events,
+        };
+        let fut = async move { sup.send(ingest).await };
+        ctx.spawn(fut.into_actor(self).map(move |res, act, _| match res {
+            Ok(acks) => {
+                for (msg_id, a) in acks {
+                    if let Some(a) = a {
+                        act.send_env(&Envelope::EventAck(a), msg_id);
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(component = "mirage.session", ghost_id = %act.ghost, events = n, error = %e, "supervisor unavailable; events not acked")
+            }
+        }));
+    }
+}
+
 impl StreamHandler<Result<Frame, WireError>> for GhostSession {
     fn handle(&mut self, item: Result<Frame, WireError>, ctx: &mut Context<Self>) {
         let frame = match item {
@@ -453,20 +489,13 @@ impl StreamHandler<Result<Frame, WireError>> for GhostSession {
                 self.send_env(&Envelope::EventAck(a), frame.message_id);
             }
             Ok(Envelope::Event(e)) => {
-                let msg_id = frame.message_id;
-                let sup = self.supervisor.clone();
-                let ingest = Ingest {
-                    ghost_id: self.ghost.clone(),
-                    event: e,
-                };
-                let fut = async move { sup.send(ingest).await };
-                ctx.spawn(fut.into_actor(self).map(move |res, act, _| match res {
-                    Ok(Some(a)) => act.send_env(&Envelope::EventAck(a), msg_id),
-                    Ok(None) => {}
-                    Err(e) => {
-                        tracing::error!(component = "mirage.session", ghost_id = %act.ghost, message_id = msg_id, error = %e, "supervisor unavailable; event not acked")
-                    }
-                }));
+                self.batch.push((frame.message_id, e));
+                if self.batch.len() >= MAX_BATCH {
+                    self.flush_events(ctx);
+                } else if self.batch.len() == 1 {
+                    // Runs after the frames already read have been handled.
+                    ctx.run_later(Duration::ZERO, |act, ctx| act.flush_events(ctx));
+                }
             }
             Ok(Envelope::Error(e)) => {
                 tracing::warn!(component = "mirage.session", ghost_id = %self.ghost, message_id = frame.message_id, code = e.error_code, reason = %e.error_reason, "error frame from ghost");

@@ -664,82 +664,203 @@ fn ack(e: &Event, ghost: &str, status: AckStatus, code: u32) -> EventAck {
     }
 }
 
-impl Handler<Ingest> for Supervisor {
-    type Result = ResponseActFuture<Self, Option<EventAck>>;
+/// What ingesting one event needs: an answer now, or the plan's word first.
+enum Step {
+    Now(Option<EventAck>),
+    Plan {
+        plan: Option<MeteredAddr<IntentPlan>>,
+        route: Option<String>,
+        event: Box<Event>,
+        ghost: String,
+    },
+}
 
-    fn handle(&mut self, m: Ingest, _: &mut Context<Self>) -> Self::Result {
-        if let Some(stored) = self.events.get(&m.event.event_id) {
+impl Supervisor {
+    /// The synchronous part of ingest: dedupe, bookkeeping, the audit write, routing.
+    fn ingest_step(&mut self, ghost_id: String, event: Event, writes: &mut Vec<Write>) -> Step {
+        if let Some(stored) = self.events.get(&event.event_id) {
             m::EVENTS_DUPLICATE.inc();
-            return Box::pin(fut::ready(Some(stored.clone())));
+            return Step::Now(Some(stored.clone()));
         }
         m::EVENTS_RECEIVED.inc();
         let now = shared::now_ms();
-        if let Some(g) = self.ghosts.get_mut(&m.ghost_id) {
+        if let Some(g) = self.ghosts.get_mut(&ghost_id) {
             g.events += 1;
             g.last_event_ms = now;
         }
-        if m.event.ghost_id != m.ghost_id {
-            tracing::warn!(component = "mirage.supervisor", ghost_id = %m.ghost_id, event_ghost = %m.event.ghost_id, event_id = %m.event.event_id, "event for another ghost on this session; rejected");
-            let a = ack(&m.event, &m.ghost_id, AckStatus::Rejected, code::TRANSPORT);
+        if event.ghost_id != ghost_id {
+            tracing::warn!(component = "mirage.supervisor", ghost_id = %ghost_id, event_ghost = %event.ghost_id, event_id = %event.event_id, "event for another ghost on this session; rejected");
+            let a = ack(&event, &ghost_id, AckStatus::Rejected, code::TRANSPORT);
             self.events.insert(a.clone(), now);
-            return Box::pin(fut::ready(Some(a)));
+            return Step::Now(Some(a));
         }
-        self.store.do_send(Put {
-            writes: vec![Write::Event {
-                event_id: m.event.event_id.clone(),
-                ghost_id: m.ghost_id.clone(),
-                command_id: m.event.command_id.clone(),
-                intent_id: m.event.intent_id.clone(),
-                outcome: m.event.outcome.as_str().to_owned(),
-                at_ms: now,
-            }],
-            done: None,
+        writes.push(Write::Event {
+            event_id: event.event_id.clone(),
+            ghost_id: ghost_id.clone(),
+            command_id: event.command_id.clone(),
+            intent_id: event.intent_id.clone(),
+            outcome: event.outcome.as_str().to_owned(),
+            at_ms: now,
         });
-        let route = self.routes.remove(&m.event.command_id);
+        let route = self.routes.remove(&event.command_id);
         let plan = route
             .as_ref()
             .and_then(|id| self.active.get(id))
             .map(|a| a.addr.clone());
-        let e = m.event;
-        let ghost = m.ghost_id;
+        Step::Plan {
+            plan,
+            route,
+            event: Box::new(event),
+            ghost: ghost_id,
+        }
+    }
+
+    /// After the plan answered (or there was none): the ack, or none so the Ghost re-sends.
+    fn ingest_done(
+        &mut self,
+        res: Result<(), String>,
+        route: Option<String>,
+        e: Event,
+        ghost: String,
+    ) -> Option<EventAck> {
+        match res {
+            Ok(()) => {
+                let a = ack(&e, &ghost, AckStatus::Accepted, 0);
+                self.events.insert(a.clone(), shared::now_ms());
+                Some(a)
+            }
+            Err(err) => {
+                tracing::error!(component = "mirage.supervisor", event_id = %e.event_id, ghost_id = %ghost, error = %err, "event not recorded; not acked, the ghost will send it again");
+                if let Some(r) = route {
+                    self.routes.insert(e.command_id.clone(), r);
+                }
+                None
+            }
+        }
+    }
+
+    fn store_writes(&self, writes: Vec<Write>) {
+        if !writes.is_empty() {
+            self.store.do_send(Put { writes, done: None });
+        }
+    }
+}
+
+/// The plan's answer for one event: Ok once its effect is persisted.
+async fn to_plan(
+    plan: Option<MeteredAddr<IntentPlan>>,
+    e: &Event,
+    ghost: &str,
+) -> Result<(), String> {
+    let Some(plan) = plan else { return Ok(()) };
+    let input = Input::Event {
+        ghost: ghost.to_owned(),
+        command_id: e.command_id.clone(),
+        event_id: e.event_id.clone(),
+        outcome: e.outcome,
+        reason: e.error_reason.clone().or_else(|| {
+            e.stderr
+                .as_ref()
+                .map(|s| String::from_utf8_lossy(s).trim().to_owned())
+                .filter(|s| !s.is_empty())
+        }),
+    };
+    match plan.send(PlanMsg(input)).await {
+        Ok(r) => r,
+        Err(err) => Err(err.to_string()),
+    }
+}
+
+impl Handler<Ingest> for Supervisor {
+    type Result = ResponseActFuture<Self, Option<EventAck>>;
+
+    fn handle(&mut self, m: Ingest, _: &mut Context<Self>) -> Self::Result {
+        let mut writes = Vec::new();
+        let step = self.ingest_step(m.ghost_id, m.event, &mut writes);
+        self.store_writes(writes);
+        match step {
+            Step::Now(a) => Box::pin(fut::ready(a)),
+            Step::Plan {
+                plan,
+                route,
+                event,
+                ghost,
+            } => Box::pin(
+                async move {
+                    let res = to_plan(plan, &event, &ghost).await;
+                    (res, event, ghost)
+                }
+                .into_actor(self)
+                .map(move |(res, e, ghost), act, _| act.ingest_done(res, route, *e, ghost)),
+            ),
+        }
+    }
+}
+
+/// Every event a session read in one go: one message and one store write for all of them.
+/// Answers, per event in order, its frame's message_id and its ack (None: not recorded).
+#[derive(Message)]
+#[rtype(result = "Vec<(u64, Option<EventAck>)>")]
+pub struct IngestBatch {
+    pub ghost_id: String,
+    pub events: Vec<(u64, Event)>,
+}
+
+impl Handler<IngestBatch> for Supervisor {
+    type Result = ResponseActFuture<Self, Vec<(u64, Option<EventAck>)>>;
+
+    fn handle(&mut self, m: IngestBatch, _: &mut Context<Self>) -> Self::Result {
+        let mut writes = Vec::new();
+        let mut steps = Vec::with_capacity(m.events.len());
+        for (msg_id, e) in m.events {
+            steps.push((msg_id, self.ingest_step(m.ghost_id.clone(), e, &mut writes)));
+        }
+        self.store_writes(writes);
+        // Plans answer concurrently; answers keep the order of the events.
+        let waits: Vec<_> = steps
+            .iter()
+            .map(|(_, st)| match st {
+                Step::Plan {
+                    plan, event, ghost, ..
+                } => {
+                    let (plan, event, ghost) = (plan.clone(), event.clone(), ghost.clone());
+                    Some(async move { to_plan(plan, &event, &ghost).await })
+                }
+                Step::Now(_) => None,
+            })
+            .collect();
         Box::pin(
             async move {
-                if let Some(plan) = plan {
-                    let input = Input::Event {
-                        ghost: ghost.clone(),
-                        command_id: e.command_id.clone(),
-                        event_id: e.event_id.clone(),
-                        outcome: e.outcome,
-                        reason: e.error_reason.clone().or_else(|| {
-                            e.stderr
-                                .as_ref()
-                                .map(|s| String::from_utf8_lossy(s).trim().to_owned())
-                                .filter(|s| !s.is_empty())
-                        }),
-                    };
-                    match plan.send(PlanMsg(input)).await {
-                        Ok(Ok(())) => {}
-                        // Not persisted: do not ack, so the Ghost sends it again.
-                        Ok(Err(err)) => return Err((e, ghost, err)),
-                        Err(err) => return Err((e, ghost, err.to_string())),
+                let mut out = Vec::with_capacity(waits.len());
+                let pending = waits.into_iter().map(|w| async move {
+                    match w {
+                        Some(f) => Some(f.await),
+                        None => None,
                     }
+                });
+                for r in futures::future::join_all(pending).await {
+                    out.push(r);
                 }
-                Ok((e, ghost))
+                out
             }
             .into_actor(self)
-            .map(move |res, act, _| match res {
-                Ok((e, ghost)) => {
-                    let a = ack(&e, &ghost, AckStatus::Accepted, 0);
-                    act.events.insert(a.clone(), shared::now_ms());
-                    Some(a)
-                }
-                Err((e, ghost, err)) => {
-                    tracing::error!(component = "mirage.supervisor", event_id = %e.event_id, ghost_id = %ghost, error = %err, "event not recorded; not acked, the ghost will send it again");
-                    if let Some(r) = route {
-                        act.routes.insert(e.command_id.clone(), r);
-                    }
-                    None
-                }
+            .map(move |results, act, _| {
+                steps
+                    .into_iter()
+                    .zip(results)
+                    .map(|((msg_id, st), res)| match st {
+                        Step::Now(a) => (msg_id, a),
+                        Step::Plan {
+                            route,
+                            event,
+                            ghost,
+                            ..
+                        } => (
+                            msg_id,
+                            act.ingest_done(res.unwrap_or(Ok(())), route, *event, ghost),
+                        ),
+                    })
+                    .collect()
             }),
         )
     }
@@ -1285,6 +1406,7 @@ impl Handler<GetOverview> for Supervisor {
 }
 
 shared::metered!(Supervisor, Ingest);
+shared::metered!(Supervisor, IngestBatch);
 shared::metered!(Supervisor, Dispatch);
 shared::metered!(Supervisor, Register);
 shared::metered!(Supervisor, SessionClosed);
