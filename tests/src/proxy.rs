@@ -1,8 +1,9 @@
 //! A TCP proxy between a Ghost and Mirage for fault injection: cut every connection (a
-//! dropped link), black-hole traffic both ways without closing (a partition), or drop
-//! Mirage's `event.ack` frames (an ack stall, which makes the Ghost send events again). The
-//! Mirage→Ghost direction is parsed frame by frame after the handshake line. Runs on its own
-//! thread; stops when dropped.
+//! dropped link), cut the next command frame in its middle, delay traffic both ways (a
+//! slow link), black-hole it without closing (a partition), or drop Mirage's `event.ack`
+//! frames (an ack stall, which makes the Ghost send events again). The Mirage→Ghost direction
+//! is parsed frame by frame after the handshake line. Runs on its own thread; stops when
+//! dropped.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -18,6 +19,21 @@ struct Faults {
     blackhole: AtomicBool,
     drop_acks: AtomicBool,
     dropped_acks: std::sync::atomic::AtomicU64,
+    delay_ms: std::sync::atomic::AtomicU64,
+    cut_mid_frame: AtomicBool,
+    cut_frames: std::sync::atomic::AtomicU64,
+}
+
+impl Faults {
+    async fn hold(&self) {
+        while self.blackhole.load(Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let d = self.delay_ms.load(Ordering::Relaxed);
+        if d > 0 {
+            tokio::time::sleep(Duration::from_millis(d)).await;
+        }
+    }
 }
 
 pub struct Proxy {
@@ -42,9 +58,7 @@ async fn upstream(
         if n == 0 {
             return;
         }
-        while f.blackhole.load(Ordering::Relaxed) {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        f.hold().await;
         if to.write_all(&buf[..n]).await.is_err() {
             return;
         }
@@ -65,9 +79,7 @@ async fn downstream(
             Ok(n) => n,
         };
         let _ = n;
-        while f.blackhole.load(Ordering::Relaxed) {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        f.hold().await;
         if !line_done {
             let Some(i) = buf.iter().position(|b| *b == b'\n') else {
                 continue;
@@ -90,6 +102,13 @@ async fn downstream(
             if message_type == 8 && f.drop_acks.load(Ordering::Relaxed) {
                 f.dropped_acks.fetch_add(1, Ordering::Relaxed);
                 continue;
+            }
+            if message_type == 2 && f.cut_mid_frame.swap(false, Ordering::Relaxed) {
+                // Half a frame, then the connection goes: the Ghost sees a truncated frame.
+                let _ = to.write_all(&frame[..frame.len() / 2]).await;
+                let _ = to.flush().await;
+                f.cut_frames.fetch_add(1, Ordering::Relaxed);
+                return;
             }
             if to.write_all(&frame).await.is_err() {
                 return;
@@ -167,6 +186,21 @@ impl Proxy {
     /// Ack stall: Mirage's event.ack frames are dropped.
     pub fn drop_acks(&self, on: bool) {
         self.faults.drop_acks.store(on, Ordering::Relaxed);
+    }
+
+    /// Slow link: every chunk waits this long before it is passed on, both ways (0: off).
+    pub fn delay(&self, ms: u64) {
+        self.faults.delay_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// The next command frame (Mirage→Ghost) is cut in its middle and the connection closed.
+    pub fn cut_next_frame(&self) {
+        self.faults.cut_mid_frame.store(true, Ordering::Relaxed);
+    }
+
+    /// Frames cut in their middle so far.
+    pub fn frames_cut(&self) -> u64 {
+        self.faults.cut_frames.load(Ordering::Relaxed)
     }
 
     pub fn dropped_acks(&self) -> u64 {
