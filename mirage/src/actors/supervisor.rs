@@ -810,58 +810,52 @@ impl Handler<IngestBatch> for Supervisor {
     type Result = ResponseActFuture<Self, Vec<(u64, Option<EventAck>)>>;
 
     fn handle(&mut self, m: IngestBatch, _: &mut Context<Self>) -> Self::Result {
+        /// Per event: its answer now, or its place among the plans' answers.
+        enum Slot {
+            Now(Option<EventAck>),
+            Wait(Option<String>),
+        }
         let mut writes = Vec::new();
-        let mut steps = Vec::with_capacity(m.events.len());
+        let mut slots = Vec::with_capacity(m.events.len());
+        let mut waits = Vec::new();
         for (msg_id, e) in m.events {
-            steps.push((msg_id, self.ingest_step(m.ghost_id.clone(), e, &mut writes)));
+            match self.ingest_step(m.ghost_id.clone(), e, &mut writes) {
+                Step::Now(a) => slots.push((msg_id, Slot::Now(a))),
+                Step::Plan {
+                    plan,
+                    route,
+                    event,
+                    ghost,
+                } => {
+                    slots.push((msg_id, Slot::Wait(route)));
+                    // The future owns its event and hands it back with the plan's answer.
+                    waits.push(async move {
+                        let res = to_plan(plan, &event, &ghost).await;
+                        (res, event, ghost)
+                    });
+                }
+            }
         }
         self.store_writes(writes);
         // Plans answer concurrently; answers keep the order of the events.
-        let waits: Vec<_> = steps
-            .iter()
-            .map(|(_, st)| match st {
-                Step::Plan {
-                    plan, event, ghost, ..
-                } => {
-                    let (plan, event, ghost) = (plan.clone(), event.clone(), ghost.clone());
-                    Some(async move { to_plan(plan, &event, &ghost).await })
-                }
-                Step::Now(_) => None,
-            })
-            .collect();
         Box::pin(
-            async move {
-                let mut out = Vec::with_capacity(waits.len());
-                let pending = waits.into_iter().map(|w| async move {
-                    match w {
-                        Some(f) => Some(f.await),
-                        None => None,
-                    }
-                });
-                for r in futures::future::join_all(pending).await {
-                    out.push(r);
-                }
-                out
-            }
-            .into_actor(self)
-            .map(move |results, act, _| {
-                steps
-                    .into_iter()
-                    .zip(results)
-                    .map(|((msg_id, st), res)| match st {
-                        Step::Now(a) => (msg_id, a),
-                        Step::Plan {
-                            route,
-                            event,
-                            ghost,
-                            ..
-                        } => (
-                            msg_id,
-                            act.ingest_done(res.unwrap_or(Ok(())), route, *event, ghost),
-                        ),
-                    })
-                    .collect()
-            }),
+            futures::future::join_all(waits)
+                .into_actor(self)
+                .map(move |results, act, _| {
+                    let mut results = results.into_iter();
+                    slots
+                        .into_iter()
+                        .map(|(msg_id, slot)| match slot {
+                            Slot::Now(a) => (msg_id, a),
+                            Slot::Wait(route) => match results.next() {
+                                Some((res, e, ghost)) => {
+                                    (msg_id, act.ingest_done(res, route, *e, ghost))
+                                }
+                                None => (msg_id, None),
+                            },
+                        })
+                        .collect()
+                }),
         )
     }
 }
