@@ -307,6 +307,19 @@ impl Mirage {
         }
     }
 
+    /// Locks that have a holder now (`/v1/locks`); empty when every lock is free.
+    pub fn held_locks(&self) -> Vec<Value> {
+        let (_, v) = self.get("/v1/locks");
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter(|l| !l["holder"].is_null())
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     pub fn reports(&self, id: &str) -> Vec<Value> {
         let (_, v) = self.get(&format!("/v1/reports?intent={id}&limit=1000"));
         v.as_array().cloned().unwrap_or_default()

@@ -58,13 +58,6 @@ fn mirage_sigkill_mid_plan_resumes_and_each_effect_happens_once() {
     }
     // 20 commands ran, each once (the 10 kv_get calls above are ours).
     assert_eq!(g.executed(), 30, "every step's effect exactly once");
-    let (_, locks) = m.get("/v1/locks");
-    assert!(
-        locks
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|l| l["holder"].is_null()),
-        "no lock left held: {locks}"
-    );
+    let held = m.held_locks();
+    assert!(held.is_empty(), "no lock left held: {held:?}");
 }
