@@ -746,6 +746,34 @@ impl Supervisor {
     }
 }
 
+/// Why an event failed, in the words the Ghost gave: its refusal, else the seed's stderr
+/// (bounded) and a non-zero exit code.
+fn failure_reason(e: &Event) -> Option<String> {
+    const MAX: usize = 512;
+    if let Some(r) = &e.error_reason {
+        return Some(r.clone());
+    }
+    let mut text = e
+        .stderr
+        .as_ref()
+        .map(|s| String::from_utf8_lossy(s).trim().to_owned())
+        .unwrap_or_default();
+    if text.len() > MAX {
+        let mut cut = MAX;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+        text.push('…');
+    }
+    match (text.is_empty(), e.exit_code.filter(|c| *c != 0)) {
+        (true, None) => None,
+        (true, Some(c)) => Some(format!("exit code {c}")),
+        (false, None) => Some(text),
+        (false, Some(c)) => Some(format!("{text} (exit code {c})")),
+    }
+}
+
 /// The plan's answer for one event: Ok once its effect is persisted.
 async fn to_plan(
     plan: Option<MeteredAddr<IntentPlan>>,
@@ -758,12 +786,7 @@ async fn to_plan(
         command_id: e.command_id.clone(),
         event_id: e.event_id.clone(),
         outcome: e.outcome,
-        reason: e.error_reason.clone().or_else(|| {
-            e.stderr
-                .as_ref()
-                .map(|s| String::from_utf8_lossy(s).trim().to_owned())
-                .filter(|s| !s.is_empty())
-        }),
+        reason: failure_reason(e),
     };
     match plan.send(PlanMsg(input)).await {
         Ok(r) => r,
@@ -1408,3 +1431,36 @@ shared::metered!(Supervisor, Submit);
 shared::metered!(Supervisor, PlanReport);
 shared::metered!(Supervisor, LockOp);
 shared::metered!(Supervisor, SessionVerified);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shared::envelope::Outcome;
+
+    fn ev() -> Event {
+        Event::new("e", "c", "i", "g", "seed.kv", Outcome::Error)
+    }
+
+    #[test]
+    fn a_failure_names_the_seeds_words_and_exit_code() {
+        let mut e = ev();
+        assert_eq!(failure_reason(&e), None);
+        e.exit_code = Some(1);
+        assert_eq!(failure_reason(&e).as_deref(), Some("exit code 1"));
+        e.stderr = Some(bytes::Bytes::from_static(b"missing key=k\n"));
+        assert_eq!(
+            failure_reason(&e).as_deref(),
+            Some("missing key=k (exit code 1)")
+        );
+        e.error_reason = Some("stale lock_token".into());
+        assert_eq!(failure_reason(&e).as_deref(), Some("stale lock_token"));
+        let mut long = ev();
+        long.stderr = Some(bytes::Bytes::from("é".repeat(1000)));
+        let r = failure_reason(&long).unwrap();
+        assert!(
+            r.len() <= 512 + '…'.len_utf8() && r.ends_with('…'),
+            "{}",
+            r.len()
+        );
+    }
+}
