@@ -202,7 +202,14 @@ pub fn serve(cfg: GhostConfig) -> Result<i32, String> {
         });
         Ok(())
     });
-    started?;
+    if let Err(e) = started {
+        // Actors started before the failure (e.g. the admin port is in use): let the System
+        // run them down in its own context; dropping it with them scheduled panics.
+        System::current().stop_with_code(2);
+        let _ = sys.run_with_code();
+        children_for_stop.borrow_mut().shutdown();
+        return Err(e);
+    }
     let code = sys.run_with_code().map_err(|e| e.to_string())?;
     children_for_stop.borrow_mut().shutdown();
     Ok(code)
