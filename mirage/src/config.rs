@@ -242,11 +242,17 @@ mod tests {
             ..MirageConfig::default()
         };
         let e = c.validate().unwrap_err();
-        assert!(e.contains("tls.ca_file") && e.contains("auth.required"), "{e}");
+        assert!(
+            e.contains("tls.ca_file") && e.contains("auth.required"),
+            "{e}"
+        );
         c.tls.enabled = true;
         c.tls.cert_file = "c.pem".into();
         c.tls.key_file = "k.pem".into();
-        assert!(c.validate().is_err(), "TLS without client certificates is not enough");
+        assert!(
+            c.validate().is_err(),
+            "TLS without client certificates is not enough"
+        );
         c.tls = Default::default();
         c.auth.required = true;
         c.auth.keys.insert("ghost.a".into(), "s".into());

@@ -117,13 +117,17 @@ fn two_ghost_processes_with_one_id_do_not_flap_and_the_second_is_refused() {
     assert_eq!(opened_after, opened, "sessions flapped");
     // The claimant keeps trying, at the longest delay (1000 ms x [0.5, 1.5)), not 4x a second.
     assert!(refused >= 1, "the claimant stopped trying: {g}");
-    assert!(refused <= 14, "claimant redials too fast: {refused} in {watch:?}");
+    assert!(
+        refused <= 14,
+        "claimant redials too fast: {refused} in {watch:?}"
+    );
     assert!(metric(&m, "mirage_ghost_id_conflicts_total") >= refused);
 
     // Logged once by Mirage, not per attempt; the claimant logs why it waits.
     let mlog = m.proc.log_text();
     assert_eq!(
-        mlog.matches("ghost_id conflict: a second Ghost process").count(),
+        mlog.matches("ghost_id conflict: a second Ghost process")
+            .count(),
         1,
         "{}",
         tail(&mlog, 40)
@@ -255,8 +259,15 @@ async fn without_an_instance_id_a_new_session_takes_over_as_before() {
         .err()
         .expect("refused");
     assert_eq!(rej.code, 1000);
-    assert!(rej.message.starts_with("ghost_id conflict"), "{}", rej.message);
-    assert!(!rej.message.contains("inst-2"), "the holder's id is not told");
+    assert!(
+        rej.message.starts_with("ghost_id conflict"),
+        "{}",
+        rej.message
+    );
+    assert!(
+        !rej.message.contains("inst-2"),
+        "the holder's id is not told"
+    );
     drop(m);
 }
 
@@ -374,7 +385,7 @@ async fn registration_churn_is_bounded_oversize_is_refused_and_ghosts_page() {
     assert_eq!(sorted, ids, "pages are in ghost_id order without repeats");
     let oldest_kept: usize = ids[0].trim_start_matches("churn.").parse().unwrap();
     assert!(oldest_kept > N / 2, "kept {ids:?}");
-    assert_eq!(pages, CAP.div_ceil(7) + usize::from(CAP % 7 == 0));
+    assert_eq!(pages, CAP.div_ceil(7) + usize::from(CAP.is_multiple_of(7)));
     let m2 = m.clone();
     let evicted =
         tokio::task::spawn_blocking(move || metric(&m2, "mirage_ghosts_evicted_total")).await;

@@ -37,15 +37,24 @@ fn run_failing(exe: &Path, args: &[&str]) -> (Option<i32>, String) {
         std::thread::sleep(Duration::from_millis(20));
     }
     let out = child.wait_with_output().unwrap();
-    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn assert_refused(what: &str, (code, err): (Option<i32>, String), names: &[&str]) {
-    println!("{what}: exit {code:?}, {}", err.lines().last().unwrap_or(""));
+    println!(
+        "{what}: exit {code:?}, {}",
+        err.lines().last().unwrap_or("")
+    );
     assert_eq!(code, Some(2), "{what}: exit code; stderr:\n{err}");
     assert!(!err.contains("panicked"), "{what}: panicked:\n{err}");
     for n in names {
-        assert!(err.contains(n), "{what}: stderr does not name {n:?}:\n{err}");
+        assert!(
+            err.contains(n),
+            "{what}: stderr does not name {n:?}:\n{err}"
+        );
     }
 }
 
@@ -157,7 +166,10 @@ fn a_bad_certificate_file_exits_2_without_a_panic() {
     .unwrap();
     assert_refused(
         "bad certificate",
-        run_failing(&bin("mirage"), &["serve", "--config", cfg.to_str().unwrap()]),
+        run_failing(
+            &bin("mirage"),
+            &["serve", "--config", cfg.to_str().unwrap()],
+        ),
         &["tls: cert_file", "cert.pem"],
     );
     // A missing file is named too.
@@ -165,7 +177,10 @@ fn a_bad_certificate_file_exits_2_without_a_panic() {
     std::fs::remove_file(&key).unwrap();
     assert_refused(
         "missing key file",
-        run_failing(&bin("mirage"), &["serve", "--config", cfg.to_str().unwrap()]),
+        run_failing(
+            &bin("mirage"),
+            &["serve", "--config", cfg.to_str().unwrap()],
+        ),
         &["tls:", "key.pem"],
     );
 }
@@ -177,7 +192,11 @@ fn an_unauthenticated_session_listener_off_loopback_is_refused() {
     assert_refused(
         "session listener on 0.0.0.0 without TLS or auth",
         mirage_serve(&dir, "0.0.0.0:0", "127.0.0.1:0", &[]),
-        &["listen 0.0.0.0:0 is not loopback", "tls.ca_file", "auth.required"],
+        &[
+            "listen 0.0.0.0:0 is not loopback",
+            "tls.ca_file",
+            "auth.required",
+        ],
     );
     assert!(
         !dir.path("data").exists(),

@@ -285,7 +285,9 @@ impl Actor for GhostSession {
                 ),
                 Ok(reg) if check_size(&reg, line.len(), &limits).is_err() => {
                     m::REGISTRATIONS_OVERSIZE.inc();
-                    let why = check_size(&reg, line.len(), &limits).err().unwrap_or_default();
+                    let why = check_size(&reg, line.len(), &limits)
+                        .err()
+                        .unwrap_or_default();
                     Handshake::Reject(
                         w,
                         code::SEMANTIC,
@@ -445,11 +447,12 @@ pub fn check_size(reg: &Registration, line_len: usize, l: &MirageLimits) -> Resu
         let texts = [("name", &s.name), ("description", &s.description)]
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v.len()))
-            .chain(
-                s.operations
-                    .iter()
-                    .map(|o| (format!("operation {:?} description", o.name), o.description.len())),
-            );
+            .chain(s.operations.iter().map(|o| {
+                (
+                    format!("operation {:?} description", o.name),
+                    o.description.len(),
+                )
+            }));
         for (what, n) in texts {
             if n > max {
                 return Err(format!(
@@ -663,6 +666,8 @@ mod tests {
         );
         let mut r = reg(1, 1);
         r.seed_list.as_mut().unwrap()[0].operations[0].description = "x".repeat(11);
-        assert!(check_size(&r, 100, &l).unwrap_err().contains("operation \"op\""));
+        assert!(check_size(&r, 100, &l)
+            .unwrap_err()
+            .contains("operation \"op\""));
     }
 }

@@ -696,7 +696,10 @@ impl Supervisor {
             return format!("{REJECT_ID_CONFLICT}: {ghost}");
         };
         match &mut g.conflict {
-            Some(c) if c.instance_id == claimant && now.saturating_sub(c.last_ms) <= CONFLICT_STALE_MS => {
+            Some(c)
+                if c.instance_id == claimant
+                    && now.saturating_sub(c.last_ms) <= CONFLICT_STALE_MS =>
+            {
                 c.refused += 1;
                 c.last_ms = now;
                 c.peer = peer.to_owned();
@@ -1480,11 +1483,7 @@ impl Handler<GetGhost> for Supervisor {
 
     fn handle(&mut self, m: GetGhost, _: &mut Context<Self>) -> Self::Result {
         let now = shared::now_ms();
-        MessageResult(
-            self.ghosts
-                .get(&m.0)
-                .map(|g| self.ghost_info(&m.0, g, now)),
-        )
+        MessageResult(self.ghosts.get(&m.0).map(|g| self.ghost_info(&m.0, g, now)))
     }
 }
 

@@ -87,8 +87,7 @@ impl Registration {
     pub fn validate(&self) -> Result<(), WireError> {
         validate_ghost_id(&self.ghost_id)?;
         if let Some(i) = self.instance() {
-            if i.len() > MAX_INSTANCE_ID || i.chars().any(|c| c.is_control() || c.is_whitespace())
-            {
+            if i.len() > MAX_INSTANCE_ID || i.chars().any(|c| c.is_control() || c.is_whitespace()) {
                 return Err(invalid(&format!(
                     "invalid registration: instance_id must be at most {MAX_INSTANCE_ID} bytes without whitespace or control characters"
                 )));
