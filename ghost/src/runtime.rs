@@ -48,11 +48,12 @@ pub fn serve(cfg: GhostConfig) -> Result<i32, String> {
 
     let mut db = Db::open(&cfg.data_dir)
         .map_err(|e| format!("{e} (data_dir {})", cfg.data_dir.display()))?;
+    let instance_id = crate::instance::load_or_create(&cfg.data_dir)?;
     let now = shared::now_ms();
     let rec = db
         .recover(now.saturating_sub(cfg.dedupe.window_ms))
         .map_err(|e| e.to_string())?;
-    tracing::info!(component = "ghost", ghost_id = %cfg.ghost_id, outbox = rec.outbox.len(), executions = rec.executions.len(), interrupted = rec.started.len(), failed_events = rec.failed_events, "recovered state");
+    tracing::info!(component = "ghost", ghost_id = %cfg.ghost_id, instance_id = %instance_id, outbox = rec.outbox.len(), executions = rec.executions.len(), interrupted = rec.started.len(), failed_events = rec.failed_events, "recovered state");
     let mut dedupe = DedupeWindow::new(cfg.dedupe.window_ms, cfg.dedupe.max_entries);
     for (cid, ev, at) in rec.executions {
         dedupe.restore(cid, ev, at);
@@ -142,6 +143,7 @@ pub fn serve(cfg: GhostConfig) -> Result<i32, String> {
                 labels: cfg.labels.clone(),
                 admin_addr: (!cfg.admin.listen.is_empty()).then(|| cfg.admin.listen.clone()),
                 version: Some(env!("CARGO_PKG_VERSION").to_owned()),
+                instance_id: Some(instance_id.clone()),
             };
             let lc = LinkConfig {
                 ghost_id: cfg.ghost_id.clone(),
@@ -200,7 +202,14 @@ pub fn serve(cfg: GhostConfig) -> Result<i32, String> {
         });
         Ok(())
     });
-    started?;
+    if let Err(e) = started {
+        // Actors started before the failure (e.g. the admin port is in use): let the System
+        // run them down in its own context; dropping it with them scheduled panics.
+        System::current().stop_with_code(2);
+        let _ = sys.run_with_code();
+        children_for_stop.borrow_mut().shutdown();
+        return Err(e);
+    }
     let code = sys.run_with_code().map_err(|e| e.to_string())?;
     children_for_stop.borrow_mut().shutdown();
     Ok(code)

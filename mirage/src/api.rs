@@ -193,26 +193,49 @@ async fn withdraw(st: web::Data<AppState>, id: web::Path<String>) -> HttpRespons
     }
 }
 
-async fn ghosts(st: web::Data<AppState>) -> HttpResponse {
-    match st.sup.addr().send(ListGhosts).await {
-        Ok(v) => HttpResponse::Ok().json(v),
+#[derive(Deserialize)]
+struct GhostQuery {
+    limit: Option<usize>,
+    after: Option<String>,
+}
+
+/// Largest page of `GET /v1/ghosts`; also the page size when `limit` is not given.
+pub const GHOSTS_PAGE_MAX: usize = 1000;
+
+/// `GET /v1/ghosts[?limit=N][&after=GHOST_ID]`: a JSON array in ghost_id order, as before,
+/// one page of at most `GHOSTS_PAGE_MAX`. `X-Next-Cursor` carries the `after` for the next
+/// page (absent on the last one) and `X-Total-Count` the registry size.
+async fn ghosts(st: web::Data<AppState>, q: web::Query<GhostQuery>) -> HttpResponse {
+    let q = q.into_inner();
+    let m = ListGhosts {
+        after: q.after.filter(|a| !a.is_empty()),
+        limit: q.limit.unwrap_or(GHOSTS_PAGE_MAX).clamp(1, GHOSTS_PAGE_MAX),
+    };
+    match st.sup.addr().send(m).await {
+        Ok(p) => {
+            let mut r = HttpResponse::Ok();
+            r.insert_header(("X-Total-Count", p.total.to_string()));
+            if let Some(n) = &p.next {
+                r.insert_header(("X-Next-Cursor", n.as_str()));
+            }
+            r.json(p.ghosts)
+        }
         Err(e) => unavailable(e),
     }
 }
 
 async fn ghost(st: web::Data<AppState>, id: web::Path<String>) -> HttpResponse {
-    match st.sup.addr().send(ListGhosts).await {
-        Ok(v) => match v.into_iter().find(|g| g.ghost_id == *id) {
-            Some(g) => HttpResponse::Ok().json(g),
-            None => err(404, format!("no ghost {id}")),
-        },
+    match st.sup.addr().send(GetGhost(id.clone())).await {
+        Ok(Some(g)) => HttpResponse::Ok().json(g),
+        Ok(None) => err(404, format!("no ghost {id}")),
         Err(e) => unavailable(e),
     }
 }
 
 async fn services(st: web::Data<AppState>) -> HttpResponse {
-    match st.sup.addr().send(ListGhosts).await {
-        Ok(v) => {
+    match st.sup.addr().send(ListGhosts::all()).await {
+        Ok(p) => {
+            let v = p.ghosts;
             let mut map: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
             for g in v {
                 for s in &g.seeds {
@@ -394,6 +417,11 @@ async fn metrics(st: web::Data<AppState>) -> HttpResponse {
                 "mirage_ghosts_connected",
                 "Ghosts with a live session",
                 g(|o| o.ghosts_connected),
+            ),
+            (
+                "mirage_ghosts_disconnected",
+                "Disconnected Ghosts still remembered (limits.disconnected_ghosts)",
+                g(|o| o.ghosts_disconnected),
             ),
             (
                 "mirage_intents_active",

@@ -25,6 +25,17 @@ pub struct Limits {
     pub session_queue: usize,
     /// Largest frame payload accepted from a Ghost.
     pub max_payload: u64,
+    /// Disconnected Ghosts remembered at most; past it the oldest disconnect is forgotten.
+    pub disconnected_ghosts: usize,
+    /// A disconnected Ghost is forgotten after this long.
+    pub disconnected_ghost_ms: u64,
+    /// Registrations: seeds in `seed_list` at most.
+    pub registration_seeds: usize,
+    /// Registrations: bytes of any one name or description (seed or operation) at most.
+    pub registration_description_bytes: usize,
+    /// Registrations: bytes of the whole `seed.register` line at most (PROTOCOL.md's 128 KiB
+    /// is the wire ceiling; this keeps what Mirage remembers per Ghost small).
+    pub registration_bytes: usize,
 }
 
 impl Default for Limits {
@@ -39,6 +50,11 @@ impl Default for Limits {
             sessions: 20_000,
             session_queue: 4096,
             max_payload: shared::wire::DEFAULT_MAX_PAYLOAD,
+            disconnected_ghosts: 10_000,
+            disconnected_ghost_ms: 24 * 60 * 60 * 1000,
+            registration_seeds: 64,
+            registration_description_bytes: 1024,
+            registration_bytes: 32 * 1024,
         }
     }
 }
@@ -141,9 +157,20 @@ impl MirageConfig {
         if self.auth.required && self.auth.keys.is_empty() {
             return Err("auth.required needs [auth.keys] (ghost_id = \"secret\")".into());
         }
-        self.listen
-            .parse::<SocketAddr>()
+        let session: SocketAddr = self
+            .listen
+            .parse()
             .map_err(|_| format!("listen {:?} is not ip:port", self.listen))?;
+        // Off loopback, plaintext sessions with a self-declared identity would let any host
+        // that reaches the port register as any ghost_id and take its commands. TLS alone
+        // proves Mirage to Ghosts, not Ghosts to Mirage, so it takes client certificates
+        // (tls.ca_file) or frame auth.
+        let mtls = self.tls.enabled && !self.tls.ca_file.is_empty();
+        if !session.ip().is_loopback() && !mtls && !self.auth.required {
+            return Err(format!(
+                "listen {session} is not loopback and Ghost sessions there are unauthenticated: set tls.enabled = true with tls.ca_file (client certificates, see `mirage certs init`), or auth.required = true with [auth.keys], or listen on 127.0.0.1"
+            ));
+        }
         if !self.api.listen.is_empty() {
             let a: SocketAddr = self
                 .api
@@ -208,6 +235,27 @@ mod tests {
         c.api.listen = "0.0.0.0:7000".into();
         assert!(c.validate().unwrap_err().contains("token"));
         c.api.token = "t".into();
+        c.validate().unwrap();
+        // So does a session listener, unless Ghosts must prove who they are.
+        let mut c = MirageConfig {
+            listen: "0.0.0.0:9000".into(),
+            ..MirageConfig::default()
+        };
+        let e = c.validate().unwrap_err();
+        assert!(
+            e.contains("tls.ca_file") && e.contains("auth.required"),
+            "{e}"
+        );
+        c.tls.enabled = true;
+        c.tls.cert_file = "c.pem".into();
+        c.tls.key_file = "k.pem".into();
+        assert!(
+            c.validate().is_err(),
+            "TLS without client certificates is not enough"
+        );
+        c.tls = Default::default();
+        c.auth.required = true;
+        c.auth.keys.insert("ghost.a".into(), "s".into());
         c.validate().unwrap();
         // A partial section keeps the other keys' defaults.
         let c: MirageConfig = toml::from_str("[api]\nlisten = \"127.0.0.1:0\"").unwrap();

@@ -271,6 +271,57 @@ fn list(
     row: impl Fn(&Value) -> Vec<String>,
 ) -> Result<i32, String> {
     let v = ok(api.call("GET", path, None))?;
+    print_list(v, json, headers, row)
+}
+
+/// Every page of `GET /v1/ghosts` (the server answers at most a page per call), in ghost_id
+/// order.
+fn all_ghosts(api: &Api) -> Result<Value, String> {
+    const PAGE: usize = 1000;
+    let mut all = Vec::new();
+    let mut after = String::new();
+    // Bounded: the registry itself is bounded; this stops a server that never ends a list.
+    for _ in 0..10_000 {
+        let path = if after.is_empty() {
+            format!("/v1/ghosts?limit={PAGE}")
+        } else {
+            format!("/v1/ghosts?limit={PAGE}&after={}", query_escape(&after))
+        };
+        let v = ok(api.call("GET", &path, None))?;
+        let page = v.as_array().cloned().unwrap_or_default();
+        let n = page.len();
+        match page.last().and_then(|g| g["ghost_id"].as_str()) {
+            Some(last) if n >= PAGE && last != after => after = last.to_owned(),
+            _ => after.clear(),
+        }
+        all.extend(page);
+        if after.is_empty() {
+            break;
+        }
+    }
+    Ok(Value::Array(all))
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters (ghost_ids may hold any
+/// printable character).
+fn query_escape(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for b in v.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn print_list(
+    v: Value,
+    json: bool,
+    headers: &[&str],
+    row: impl Fn(&Value) -> Vec<String>,
+) -> Result<i32, String> {
     if json {
         print_json(&v);
         return Ok(0);
@@ -480,10 +531,9 @@ fn client(cli: &Cli) -> Result<i32, String> {
             }
             Ok(0)
         }
-        Cmd::Ghosts => list(
-            &api,
+        Cmd::Ghosts => print_list(
+            all_ghosts(&api)?,
             json,
-            "/v1/ghosts",
             &["GHOST", "STATE", "KIND", "EVENTS", "SEEDS"],
             |g| {
                 let seeds: Vec<String> = g["seeds"]
@@ -502,10 +552,10 @@ fn client(cli: &Cli) -> Result<i32, String> {
                 };
                 vec![
                     s(&g["ghost_id"]),
-                    if g["connected"] == true {
-                        "connected".into()
-                    } else {
-                        "offline".into()
+                    match (g["connected"] == true, g["conflict"].is_object()) {
+                        (true, false) => "connected".into(),
+                        (true, true) => "connected,conflict".into(),
+                        (false, _) => "offline".into(),
                     },
                     kind.into(),
                     s(&g["events"]),

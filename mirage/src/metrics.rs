@@ -79,6 +79,18 @@ pub static HEARTBEATS: Counter =
 pub static REPORTS: Counter = Counter::new("mirage_reports_total", "Reports emitted");
 pub static INTENTS_SUBMITTED: Counter =
     Counter::new("mirage_intents_submitted_total", "Intents accepted");
+pub static GHOST_ID_CONFLICTS: Counter = Counter::new(
+    "mirage_ghost_id_conflicts_total",
+    "Registrations refused: another live Ghost process (another instance_id) holds the ghost_id",
+);
+pub static GHOSTS_EVICTED: Counter = Counter::new(
+    "mirage_ghosts_evicted_total",
+    "Disconnected Ghosts forgotten by the registry bound (count or age)",
+);
+pub static REGISTRATIONS_OVERSIZE: Counter = Counter::new(
+    "mirage_registrations_oversize_total",
+    "Registrations refused for exceeding a registration size limit",
+);
 pub static FRAME_ERRORS: Counter = Counter::new("mirage_frame_errors_total", "Frames rejected");
 pub static STORE_COMMIT_US: Latency =
     Latency::new("mirage_store_commit", "Store group-commit latency");
@@ -98,6 +110,9 @@ pub fn render(out: &mut String, gauges: &[(&str, &str, u64)]) {
         &REPORTS,
         &INTENTS_SUBMITTED,
         &FRAME_ERRORS,
+        &GHOST_ID_CONFLICTS,
+        &GHOSTS_EVICTED,
+        &REGISTRATIONS_OVERSIZE,
     ] {
         let _ = writeln!(
             out,

@@ -38,8 +38,14 @@ pub fn serve_with(cfg: MirageConfig, local: Option<LocalGhost>) -> Result<i32, S
     if local.is_some() && cfg.local_ghost.is_empty() {
         return Err("local_ghost is empty; `mirage up` needs an id for its local Ghost".into());
     }
+    if cfg.data_dir.exists() && !cfg.data_dir.is_dir() {
+        return Err(format!(
+            "data_dir {} is not a directory (set data_dir or --data-dir to a directory)",
+            cfg.data_dir.display()
+        ));
+    }
     let mut db = Db::open(&cfg.data_dir)
-        .map_err(|e| format!("{e} (data_dir {})", cfg.data_dir.display()))?;
+        .map_err(|e| format!("cannot open data_dir {}: {e}", cfg.data_dir.display()))?;
     let rec = db.recover(cfg.limits.reports).map_err(|e| e.to_string())?;
     let reports: Vec<ReportRecord> = rec
         .reports
@@ -69,6 +75,15 @@ pub fn serve_with(cfg: MirageConfig, local: Option<LocalGhost>) -> Result<i32, S
     let child: Rc<RefCell<Option<std::process::Child>>> = Rc::new(RefCell::new(None));
     let child_for_stop = child.clone();
     let started: Result<(), String> = sys.block_on(async move {
+        // The listener first: a port in use fails before any actor starts.
+        let listen: SocketAddr = cfg.listen.parse().map_err(|e| format!("listen {}: {e}", cfg.listen))?;
+        let socket = if listen.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }
+            .map_err(|e| format!("listen {listen}: {e}"))?;
+        socket.set_reuseaddr(true).map_err(|e| format!("listen {listen}: {e}"))?;
+        socket.bind(listen).map_err(|e| format!("listen {listen}: {e} (set `listen` or --listen to a free ip:port)"))?;
+        let listener = socket.listen(4096).map_err(|e| format!("listen {listen}: {e}"))?;
+        let session_addr = listener.local_addr().map_err(|e| e.to_string())?;
+
         let store = MeteredAddr::new(Store::new(db).start(), "mirage.store");
         let fleet = Rc::new(RefCell::new(Arc::new(FleetView::default())));
         let (feed, _) = broadcast::channel::<Arc<ReportRecord>>(1024);
@@ -76,14 +91,6 @@ pub fn serve_with(cfg: MirageConfig, local: Option<LocalGhost>) -> Result<i32, S
             Supervisor::new(cfg.clone(), store, fleet, restored, feed.clone()).start(),
             "mirage.supervisor",
         );
-
-        let listen: SocketAddr = cfg.listen.parse().map_err(|e| format!("listen {}: {e}", cfg.listen))?;
-        let socket = if listen.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }
-            .map_err(|e| e.to_string())?;
-        socket.set_reuseaddr(true).map_err(|e| e.to_string())?;
-        socket.bind(listen).map_err(|e| format!("listen {listen}: {e}"))?;
-        let listener = socket.listen(4096).map_err(|e| format!("listen {listen}: {e}"))?;
-        let session_addr = listener.local_addr().map_err(|e| e.to_string())?;
         let arbiters: Vec<Arbiter> = (0..cfg.threads()).map(|_| Arbiter::new()).collect();
         let open = Arc::new(AtomicUsize::new(0));
         // Handshakes count too, so half-open floods are bounded.
@@ -173,6 +180,11 @@ pub fn serve_with(cfg: MirageConfig, local: Option<LocalGhost>) -> Result<i32, S
     });
     if let Err(e) = started {
         stop_child(&child_for_stop);
+        // Actors may have started before the failure (e.g. the API port is in use): stop the
+        // System and let it run them down in its own context. Dropping it with them still
+        // scheduled panics ("there is no reactor running").
+        System::current().stop_with_code(2);
+        let _ = sys.run_with_code();
         return Err(e);
     }
     let code = sys.run_with_code().map_err(|e| e.to_string());

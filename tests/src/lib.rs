@@ -291,11 +291,9 @@ impl Mirage {
     pub fn wait_ghosts(&self, n: usize, within: Duration) {
         let deadline = Instant::now() + within;
         loop {
-            let (_, v) = self.get("/v1/ghosts");
-            let c = v
-                .as_array()
-                .map(|a| a.iter().filter(|g| g["connected"] == true).count())
-                .unwrap_or(0);
+            // The overview counts the whole fleet; `/v1/ghosts` answers a page of it.
+            let (_, v) = self.get("/v1/overview");
+            let c = v["ghosts_connected"].as_u64().unwrap_or(0) as usize;
             if c >= n {
                 return;
             }

@@ -179,7 +179,12 @@ impl MirageLink {
                 Ok(c) => act.established(c, addr_for_log, ctx),
                 Err(ConnectError::Rejected(ack)) => {
                     act.last_error = format!("registration rejected: code {} {}", ack.code, ack.message);
-                    tracing::error!(component = "ghost.link", peer = %addr_for_log, code = ack.code, reason = %ack.message, "Mirage rejected the registration");
+                    if ack.message.starts_with(handshake::REJECT_ID_CONFLICT) {
+                        // Another live process holds our ghost_id: redialling soon cannot help.
+                        tracing::error!(component = "ghost.link", peer = %addr_for_log, ghost_id = %act.cfg.ghost_id, code = ack.code, reason = %ack.message, "another Ghost process holds this ghost_id at Mirage; backing off to the longest delay");
+                    } else {
+                        tracing::error!(component = "ghost.link", peer = %addr_for_log, code = ack.code, reason = %ack.message, "Mirage rejected the registration");
+                    }
                     if act.cfg.policy == Policy::Required && !act.registered_once {
                         fatal(&act.last_error);
                         return;

@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 use tokio_util::codec::FramedRead;
 
 use super::supervisor::{IngestBatch, Register, SessionClosed, SessionVerified, Supervisor};
-use crate::config::MirageConfig;
+use crate::config::{Limits as MirageLimits, MirageConfig};
 use crate::metrics as m;
 
 pub struct GhostSession {
@@ -256,6 +256,7 @@ impl Actor for GhostSession {
             .auth
             .required
             .then(|| self.cfg.auth.keys.keys().cloned().collect());
+        let limits = self.cfg.limits.clone();
         let read = async move {
             let (mut r, w, cert_id) = match secure(socket, tls, deadline).await {
                 Ok(x) => x,
@@ -282,6 +283,18 @@ impl Actor for GhostSession {
                     format!("invalid registration payload: {e}"),
                     "unknown".into(),
                 ),
+                Ok(reg) if check_size(&reg, line.len(), &limits).is_err() => {
+                    m::REGISTRATIONS_OVERSIZE.inc();
+                    let why = check_size(&reg, line.len(), &limits)
+                        .err()
+                        .unwrap_or_default();
+                    Handshake::Reject(
+                        w,
+                        code::SEMANTIC,
+                        format!("invalid registration payload: {why}"),
+                        reg.ghost_id,
+                    )
+                }
                 Ok(reg) if keyed.as_ref().is_some_and(|k| !k.contains(&reg.ghost_id)) => {
                     let id = reg.ghost_id.clone();
                     Handshake::Reject(
@@ -375,7 +388,12 @@ impl Actor for GhostSession {
             }
             Err(Handshake::Reject(w, code, message, ghost)) => {
                 m::SESSIONS_REJECTED.inc();
-                tracing::warn!(component = "mirage.session", peer = %act.peer, ghost_id = %ghost, code, reason = %message, "registration rejected");
+                if message.starts_with(handshake::REJECT_ID_CONFLICT) {
+                    // The Supervisor logs a conflict once; a claimant retries every few seconds.
+                    tracing::debug!(component = "mirage.session", peer = %act.peer, ghost_id = %ghost, code, reason = %message, "registration rejected");
+                } else {
+                    tracing::warn!(component = "mirage.session", peer = %act.peer, ghost_id = %ghost, code, reason = %message, "registration rejected");
+                }
                 // Detached: the rejection line is written and the socket closed after we stop.
                 actix_rt::spawn(act.reject(w, code, message, ghost));
                 ctx.stop();
@@ -404,6 +422,47 @@ impl Actor for GhostSession {
             });
         }
     }
+}
+
+/// `[limits] registration_*`: what Mirage keeps per Ghost stays small whatever a peer sends
+/// (the 128 KiB line limit alone would let 10,000 ghost_ids hold over a GiB). The reason
+/// names the limit to raise.
+pub fn check_size(reg: &Registration, line_len: usize, l: &MirageLimits) -> Result<(), String> {
+    if line_len > l.registration_bytes {
+        return Err(format!(
+            "registration is {line_len} bytes; limits.registration_bytes is {}",
+            l.registration_bytes
+        ));
+    }
+    let seeds = reg.seeds();
+    if seeds.len() > l.registration_seeds {
+        return Err(format!(
+            "seed_list has {} seeds; limits.registration_seeds is {}",
+            seeds.len(),
+            l.registration_seeds
+        ));
+    }
+    let max = l.registration_description_bytes;
+    for (i, s) in seeds.iter().enumerate() {
+        let texts = [("name", &s.name), ("description", &s.description)]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.len()))
+            .chain(s.operations.iter().map(|o| {
+                (
+                    format!("operation {:?} description", o.name),
+                    o.description.len(),
+                )
+            }));
+        for (what, n) in texts {
+            if n > max {
+                return Err(format!(
+                    "seed_list[{i}] ({}) {what} is {n} bytes; limits.registration_description_bytes is {max}",
+                    s.id
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn is_heartbeat(e: &shared::envelope::Event) -> bool {
@@ -559,3 +618,56 @@ impl Handler<Close> for GhostSession {
 
 shared::metered!(GhostSession, SendCommand);
 shared::metered!(GhostSession, Close);
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use shared::handshake::{OperationInfo, SeedInfo};
+
+    fn reg(seeds: usize, desc: usize) -> Registration {
+        Registration {
+            ghost_id: "g".into(),
+            seed_list: Some(
+                (0..seeds)
+                    .map(|i| SeedInfo {
+                        id: format!("seed.s{i}"),
+                        name: "n".into(),
+                        description: "d".repeat(desc),
+                        operations: vec![OperationInfo {
+                            name: "op".into(),
+                            description: "o".into(),
+                            ..Default::default()
+                        }],
+                    })
+                    .collect(),
+            ),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn registration_size_limits_name_the_limit() {
+        let l = MirageLimits {
+            registration_seeds: 2,
+            registration_description_bytes: 10,
+            registration_bytes: 1000,
+            ..MirageLimits::default()
+        };
+        check_size(&reg(2, 10), 500, &l).unwrap();
+        let e = check_size(&reg(2, 10), 1001, &l).unwrap_err();
+        assert!(e.contains("limits.registration_bytes is 1000"), "{e}");
+        let e = check_size(&reg(3, 1), 100, &l).unwrap_err();
+        assert!(e.contains("limits.registration_seeds is 2"), "{e}");
+        let e = check_size(&reg(1, 11), 100, &l).unwrap_err();
+        assert!(
+            e.contains("description is 11 bytes; limits.registration_description_bytes is 10"),
+            "{e}"
+        );
+        let mut r = reg(1, 1);
+        r.seed_list.as_mut().unwrap()[0].operations[0].description = "x".repeat(11);
+        assert!(check_size(&r, 100, &l)
+            .unwrap_err()
+            .contains("operation \"op\""));
+    }
+}

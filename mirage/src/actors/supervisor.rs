@@ -11,7 +11,7 @@ use actix::prelude::*;
 use serde::Serialize;
 use shared::envelope::{AckStatus, Command, Event, EventAck};
 use shared::error::code;
-use shared::handshake::{Registration, RegistrationAck, CAP_SESSION_COMMAND};
+use shared::handshake::{Registration, RegistrationAck, CAP_SESSION_COMMAND, REJECT_ID_CONFLICT};
 use shared::metrics::MeteredAddr;
 use tokio::sync::broadcast;
 
@@ -40,6 +40,51 @@ pub struct GhostEntry {
     pub admin_ok: bool,
     /// With frame auth required, a session counts only after its first authenticated frame.
     pub verified: bool,
+    /// Another Ghost process (another instance_id) tried to register this ghost_id while the
+    /// holder was alive, and was refused.
+    pub conflict: Option<Conflict>,
+    /// When the session ended (0 while connected): the oldest disconnected Ghosts are
+    /// forgotten first.
+    pub disconnected_ms: u64,
+}
+
+/// A refused claim to a held ghost_id.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Conflict {
+    /// The claimant's instance_id and address.
+    pub instance_id: String,
+    pub peer: String,
+    pub first_ms: u64,
+    pub last_ms: u64,
+    /// Registrations refused for this claimant.
+    pub refused: u64,
+}
+
+/// A conflict with no refused attempt for this long is over (the claimant stopped); a Ghost
+/// backs off to at most 5 s (x1.5 jitter) after a rejection, so a live claimant retries well
+/// inside it.
+pub const CONFLICT_STALE_MS: u64 = 30_000;
+
+/// What a registration for a ghost_id that may be held means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// No live session holds the id: register.
+    Free,
+    /// The same Ghost again (same instance_id, or either side sent none, as edgectl Ghosts
+    /// do): the new session replaces the old one.
+    Takeover,
+    /// A different instance_id while the holder's session is alive: refuse.
+    Conflict,
+}
+
+/// Pure rule: `held` is the live holder's instance_id (`None` when no live session),
+/// `Some(None)` a live holder that sent none.
+pub fn claim(held: Option<Option<&str>>, new: Option<&str>) -> Claim {
+    match held {
+        None => Claim::Free,
+        Some(Some(h)) if new.is_some_and(|n| n != h) => Claim::Conflict,
+        Some(_) => Claim::Takeover,
+    }
 }
 
 impl GhostEntry {
@@ -62,6 +107,10 @@ pub struct GhostInfo {
     pub seeds: Vec<shared::handshake::SeedInfo>,
     pub local: bool,
     pub via_admin: Option<String>,
+    /// ext registration `instance_id` of the current (or last) holder.
+    pub instance_id: Option<String>,
+    /// A second Ghost process claiming this ghost_id, refused while the holder is alive.
+    pub conflict: Option<Conflict>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -131,6 +180,12 @@ pub struct Supervisor {
     /// `MAX_WAITERS`; a caller that gave up leaves a closed sender, swept when the bound is hit.
     waiters: HashMap<String, Vec<tokio::sync::oneshot::Sender<IntentSummary>>>,
     waiter_count: usize,
+    /// Ghosts with a session now (the session limit counts these).
+    connected_sessions: usize,
+    /// Disconnected Ghosts, oldest disconnect first, as (disconnected_ms, ghost_id); entries
+    /// that reconnected since are skipped (and compacted away) when met.
+    disconnected: VecDeque<(u64, String)>,
+    disconnected_n: usize,
 }
 
 /// Callers that may wait for intents at once (each costs a map entry and a channel).
@@ -191,6 +246,9 @@ impl Supervisor {
             admin_msg_id: 0,
             waiters: HashMap::new(),
             waiter_count: 0,
+            connected_sessions: 0,
+            disconnected: VecDeque::new(),
+            disconnected_n: 0,
         };
         for (seq, plan) in restored.finished {
             let mut summary = IntentSummary::of(&plan, seq);
@@ -502,6 +560,8 @@ impl Actor for Supervisor {
                     admin_addr: Some(ga.addr),
                     admin_ok: false,
                     verified: true,
+                    conflict: None,
+                    disconnected_ms: 0,
                 },
             );
         }
@@ -515,7 +575,10 @@ impl Actor for Supervisor {
             act.flush_fleet();
         });
         ctx.run_interval(Duration::from_secs(1), |act, _| {
-            act.events.expire(shared::now_ms());
+            let now = shared::now_ms();
+            act.events.expire(now);
+            act.evict_disconnected(now);
+            act.flush_fleet();
         });
     }
 }
@@ -536,18 +599,29 @@ impl Handler<Register> for Supervisor {
     fn handle(&mut self, m: Register, _: &mut Context<Self>) -> Self::Result {
         let now = shared::now_ms();
         let ghost = m.reg.ghost_id.clone();
-        let connected = self.ghosts.values().filter(|g| g.session.is_some()).count();
-        let replacing = self.ghosts.get(&ghost).is_some_and(|g| g.session.is_some());
-        if !replacing && connected >= self.cfg.limits.sessions {
+        let rejected = |message: String| RegistrationAck {
+            status: "rejected".into(),
+            code: code::TRANSPORT,
+            message,
+            ghost_id: ghost.clone(),
+            timestamp_ms: now,
+            ..Default::default()
+        };
+        let held = self
+            .ghosts
+            .get(&ghost)
+            .filter(|g| g.session.is_some())
+            .map(|g| g.registration.instance());
+        if claim(held, m.reg.instance()) == Claim::Conflict {
+            return Err(rejected(self.refuse_claim(&ghost, &m.reg, &m.peer, now)));
+        }
+        let replacing = held.is_some();
+        if !replacing && self.connected_sessions >= self.cfg.limits.sessions {
             m::SESSIONS_REJECTED.inc();
-            return Err(RegistrationAck {
-                status: "rejected".into(),
-                code: code::TRANSPORT,
-                message: format!("session limit of {} reached", self.cfg.limits.sessions),
-                ghost_id: ghost,
-                timestamp_ms: now,
-                ..Default::default()
-            });
+            return Err(rejected(format!(
+                "session limit of {} reached",
+                self.cfg.limits.sessions
+            )));
         }
         self.session_seq += 1;
         let session_id = format!("{ghost}#{}", self.session_seq);
@@ -565,18 +639,33 @@ impl Handler<Register> for Supervisor {
                 admin_addr: None,
                 admin_ok: false,
                 verified: false,
+                conflict: None,
+                disconnected_ms: 0,
             });
         if let Some(old) = entry.session.take() {
             tracing::info!(component = "mirage.supervisor", ghost_id = %ghost, old = %entry.session_id, new = %session_id, "new session replaces the old one");
             old.do_send(Close {
                 reason: format!("replaced by session {session_id}"),
             });
+        } else {
+            self.connected_sessions += 1;
+            if entry.disconnected_ms != 0 {
+                self.disconnected_n = self.disconnected_n.saturating_sub(1);
+            }
+        }
+        // The claimant is the holder now (the old holder ended), or the claim went quiet.
+        if entry.conflict.as_ref().is_some_and(|c| {
+            Some(c.instance_id.as_str()) == m.reg.instance()
+                || now.saturating_sub(c.last_ms) > CONFLICT_STALE_MS
+        }) {
+            entry.conflict = None;
         }
         entry.registration = m.reg;
         entry.session = Some(m.session);
         entry.verified = !self.cfg.auth.required;
         entry.session_id = session_id.clone();
         entry.peer = m.peer;
+        entry.disconnected_ms = 0;
         self.fleet_changed.insert(ghost.clone());
         self.flush_fleet();
         m::SESSIONS_OPENED.inc();
@@ -593,6 +682,45 @@ impl Handler<Register> for Supervisor {
             session_id: Some(session_id),
             heartbeat_interval_ms: Some(self.cfg.timeouts.heartbeat_ms),
         })
+    }
+}
+
+impl Supervisor {
+    /// Records a refused claim to a held ghost_id (logged once per claimant, counted every
+    /// time) and returns the rejection's message. The holder's instance_id is not told: it
+    /// would let the claimant pose as the holder.
+    fn refuse_claim(&mut self, ghost: &str, reg: &Registration, peer: &str, now: u64) -> String {
+        m::GHOST_ID_CONFLICTS.inc();
+        let claimant = reg.instance().unwrap_or_default().to_owned();
+        let Some(g) = self.ghosts.get_mut(ghost) else {
+            return format!("{REJECT_ID_CONFLICT}: {ghost}");
+        };
+        match &mut g.conflict {
+            Some(c)
+                if c.instance_id == claimant
+                    && now.saturating_sub(c.last_ms) <= CONFLICT_STALE_MS =>
+            {
+                c.refused += 1;
+                c.last_ms = now;
+                c.peer = peer.to_owned();
+                tracing::debug!(component = "mirage.supervisor", ghost_id = %ghost, instance_id = %claimant, peer = %peer, refused = c.refused, "ghost_id conflict: claim refused again");
+            }
+            _ => {
+                tracing::warn!(component = "mirage.supervisor", ghost_id = %ghost, holder_session = %g.session_id, holder_peer = %g.peer, holder_instance = %g.registration.instance().unwrap_or_default(), claimant_instance = %claimant, claimant_peer = %peer, "ghost_id conflict: a second Ghost process claims this ghost_id while the holder is alive; refused (stop one of them or give it its own ghost_id)");
+                g.conflict = Some(Conflict {
+                    instance_id: claimant,
+                    peer: peer.to_owned(),
+                    first_ms: now,
+                    last_ms: now,
+                    refused: 1,
+                });
+                self.fleet_changed.insert(ghost.to_owned());
+            }
+        }
+        format!(
+            "{REJECT_ID_CONFLICT}: {ghost} is held by a live session ({}) of another Ghost process (another instance_id); stop one of the two or give this one its own ghost_id",
+            g.session_id
+        )
     }
 }
 
@@ -635,10 +763,60 @@ impl Handler<SessionClosed> for Supervisor {
             // A replaced session's end must not mark the Ghost disconnected.
             if g.session_id == m.session_id && g.session.is_some() {
                 g.session = None;
+                self.connected_sessions = self.connected_sessions.saturating_sub(1);
+                if g.admin_addr.is_none() {
+                    let now = shared::now_ms().max(1);
+                    g.disconnected_ms = now;
+                    self.disconnected.push_back((now, m.ghost_id.clone()));
+                    self.disconnected_n += 1;
+                }
                 self.fleet_changed.insert(m.ghost_id.clone());
-                self.flush_fleet();
                 tracing::info!(component = "mirage.supervisor", ghost_id = %m.ghost_id, session_id = %m.session_id, reason = %m.reason, "ghost disconnected");
+                self.evict_disconnected(shared::now_ms());
+                self.flush_fleet();
             }
+        }
+    }
+}
+
+impl Supervisor {
+    /// Forgets disconnected Ghosts past `limits.disconnected_ghosts` or older than
+    /// `limits.disconnected_ghost_ms`, oldest disconnect first, so registrations from ever new
+    /// ghost_ids cannot grow the registry without bound.
+    fn evict_disconnected(&mut self, now: u64) {
+        let (cap, age) = (
+            self.cfg.limits.disconnected_ghosts,
+            self.cfg.limits.disconnected_ghost_ms,
+        );
+        while let Some((at, id)) = self.disconnected.front() {
+            let (at, live) = (
+                *at,
+                self.ghosts.get(id).is_some_and(|g| {
+                    g.session.is_none() && g.admin_addr.is_none() && g.disconnected_ms == *at
+                }),
+            );
+            if live && self.disconnected_n <= cap && now.saturating_sub(at) <= age {
+                break;
+            }
+            let Some((_, id)) = self.disconnected.pop_front() else {
+                break;
+            };
+            if live {
+                self.ghosts.remove(&id);
+                self.disconnected_n = self.disconnected_n.saturating_sub(1);
+                self.fleet_changed.insert(id.clone());
+                m::GHOSTS_EVICTED.inc();
+                tracing::debug!(component = "mirage.supervisor", ghost_id = %id, disconnected_ms = at, "disconnected ghost forgotten (registry bound)");
+            }
+        }
+        // Reconnects leave stale queue items behind; keep the queue within twice the live ones.
+        if self.disconnected.len() > 2 * self.disconnected_n + 64 {
+            let ghosts = &self.ghosts;
+            self.disconnected.retain(|(at, id)| {
+                ghosts
+                    .get(id)
+                    .is_some_and(|g| g.session.is_none() && g.disconnected_ms == *at)
+            });
         }
     }
 }
@@ -1243,33 +1421,92 @@ impl Handler<BreakLock> for Supervisor {
     }
 }
 
+/// A page of the fleet in ghost_id order: ids after `after`, at most `limit` of them.
 #[derive(Message)]
-#[rtype(result = "Vec<GhostInfo>")]
-pub struct ListGhosts;
+#[rtype(result = "GhostPage")]
+pub struct ListGhosts {
+    pub after: Option<String>,
+    pub limit: usize,
+}
+
+impl ListGhosts {
+    pub fn all() -> ListGhosts {
+        ListGhosts {
+            after: None,
+            limit: usize::MAX,
+        }
+    }
+}
+
+pub struct GhostPage {
+    pub ghosts: Vec<GhostInfo>,
+    /// The cursor for the next page (the last ghost_id here), when there is more.
+    pub next: Option<String>,
+    pub total: usize,
+}
+
+/// One Ghost by id.
+#[derive(Message)]
+#[rtype(result = "Option<GhostInfo>")]
+pub struct GetGhost(pub String);
+
+impl Supervisor {
+    fn ghost_info(&self, id: &str, g: &GhostEntry, now: u64) -> GhostInfo {
+        GhostInfo {
+            ghost_id: id.to_owned(),
+            connected: g.connected(),
+            session_id: g.session_id.clone(),
+            peer: g.peer.clone(),
+            registered_ms: g.registered_ms,
+            last_event_ms: g.last_event_ms,
+            events: g.events,
+            session_commands: g.registration.has_capability(CAP_SESSION_COMMAND),
+            labels: g.registration.labels.clone(),
+            seeds: g.registration.seeds().to_vec(),
+            local: id == self.cfg.local_ghost,
+            via_admin: g.admin_addr.clone(),
+            instance_id: g.registration.instance().map(str::to_owned),
+            conflict: g
+                .conflict
+                .clone()
+                .filter(|c| now.saturating_sub(c.last_ms) <= CONFLICT_STALE_MS),
+        }
+    }
+}
 
 impl Handler<ListGhosts> for Supervisor {
     type Result = MessageResult<ListGhosts>;
 
-    fn handle(&mut self, _: ListGhosts, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(
-            self.ghosts
-                .iter()
-                .map(|(id, g)| GhostInfo {
-                    ghost_id: id.clone(),
-                    connected: g.connected(),
-                    session_id: g.session_id.clone(),
-                    peer: g.peer.clone(),
-                    registered_ms: g.registered_ms,
-                    last_event_ms: g.last_event_ms,
-                    events: g.events,
-                    session_commands: g.registration.has_capability(CAP_SESSION_COMMAND),
-                    labels: g.registration.labels.clone(),
-                    seeds: g.registration.seeds().to_vec(),
-                    local: *id == self.cfg.local_ghost,
-                    via_admin: g.admin_addr.clone(),
-                })
-                .collect(),
-        )
+    fn handle(&mut self, m: ListGhosts, _: &mut Context<Self>) -> Self::Result {
+        use std::ops::Bound;
+        let now = shared::now_ms();
+        let start = match &m.after {
+            Some(a) => Bound::Excluded(a.clone()),
+            None => Bound::Unbounded,
+        };
+        let mut it = self.ghosts.range((start, Bound::Unbounded));
+        let ghosts: Vec<GhostInfo> = it
+            .by_ref()
+            .take(m.limit)
+            .map(|(id, g)| self.ghost_info(id, g, now))
+            .collect();
+        let next = it
+            .next()
+            .and_then(|_| ghosts.last().map(|g| g.ghost_id.clone()));
+        MessageResult(GhostPage {
+            ghosts,
+            next,
+            total: self.ghosts.len(),
+        })
+    }
+}
+
+impl Handler<GetGhost> for Supervisor {
+    type Result = MessageResult<GetGhost>;
+
+    fn handle(&mut self, m: GetGhost, _: &mut Context<Self>) -> Self::Result {
+        let now = shared::now_ms();
+        MessageResult(self.ghosts.get(&m.0).map(|g| self.ghost_info(&m.0, g, now)))
     }
 }
 
@@ -1392,6 +1629,8 @@ pub struct Overview {
     pub mirage_id: String,
     pub ghosts_connected: usize,
     pub ghosts_known: usize,
+    /// Disconnected Ghosts still remembered (bounded by `limits.disconnected_ghosts`).
+    pub ghosts_disconnected: usize,
     pub intents_active: usize,
     pub intents_finished_kept: usize,
     pub reports_kept: usize,
@@ -1412,6 +1651,7 @@ impl Handler<GetOverview> for Supervisor {
             mirage_id: self.cfg.mirage_id.clone(),
             ghosts_connected: self.ghosts.values().filter(|g| g.connected()).count(),
             ghosts_known: self.ghosts.len(),
+            ghosts_disconnected: self.disconnected_n,
             intents_active: self.active.len(),
             intents_finished_kept: self.finished.len(),
             reports_kept: self.reports.len(),
@@ -1462,5 +1702,20 @@ mod tests {
             "{}",
             r.len()
         );
+    }
+
+    #[test]
+    fn claim_rule() {
+        // Nobody holds the id.
+        assert_eq!(claim(None, Some("a")), Claim::Free);
+        assert_eq!(claim(None, None), Claim::Free);
+        // The same instance again: a reconnect, takes the session over.
+        assert_eq!(claim(Some(Some("a")), Some("a")), Claim::Takeover);
+        // Another instance while the holder lives: refused.
+        assert_eq!(claim(Some(Some("a")), Some("b")), Claim::Conflict);
+        // Either side without an instance_id (edgectl): today's takeover.
+        assert_eq!(claim(Some(Some("a")), None), Claim::Takeover);
+        assert_eq!(claim(Some(None), Some("b")), Claim::Takeover);
+        assert_eq!(claim(Some(None), None), Claim::Takeover);
     }
 }

@@ -16,6 +16,13 @@ pub const MAX_LINE: usize = 128 * 1024;
 pub const TYPE_REGISTER: &str = "seed.register";
 pub const TYPE_REGISTER_ACK: &str = "seed.register.ack";
 
+/// Longest accepted ext `instance_id`.
+pub const MAX_INSTANCE_ID: usize = 128;
+
+/// How a rejected ack's message starts when another live Ghost process (another instance_id)
+/// holds the ghost_id. Code 1000 (an identity failure, as edgectl's rejections).
+pub const REJECT_ID_CONFLICT: &str = "ghost_id conflict";
+
 /// ext capability: "send me commands on this session".
 pub const CAP_SESSION_COMMAND: &str = "session.command";
 
@@ -55,11 +62,21 @@ pub struct Registration {
     pub admin_addr: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
+    /// ext: which Ghost process this is, generated once and kept in its data dir. Lets
+    /// Mirage tell a reconnect of the same Ghost (takeover) from a second process claiming
+    /// the same ghost_id (refused while the first is alive). Absent from edgectl Ghosts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_id: Option<String>,
 }
 
 impl Registration {
     pub fn seeds(&self) -> &[SeedInfo] {
         self.seed_list.as_deref().unwrap_or(&[])
+    }
+
+    /// The instance id, when one was sent and is not blank.
+    pub fn instance(&self) -> Option<&str> {
+        self.instance_id.as_deref().filter(|i| !i.trim().is_empty())
     }
 
     pub fn has_capability(&self, cap: &str) -> bool {
@@ -69,6 +86,13 @@ impl Registration {
     /// PROTOCOL.md §2 rules, plus limits that keep ids safe to log and store.
     pub fn validate(&self) -> Result<(), WireError> {
         validate_ghost_id(&self.ghost_id)?;
+        if let Some(i) = self.instance() {
+            if i.len() > MAX_INSTANCE_ID || i.chars().any(|c| c.is_control() || c.is_whitespace()) {
+                return Err(invalid(&format!(
+                    "invalid registration: instance_id must be at most {MAX_INSTANCE_ID} bytes without whitespace or control characters"
+                )));
+            }
+        }
         let seeds = self
             .seed_list
             .as_ref()
@@ -331,6 +355,30 @@ mod tests {
         .is_err());
         assert!(parse_registration(
             br#"{"type":"seed.register","registration":{"ghost_id":"g1"}}"#
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn instance_id_is_optional_and_bounded() {
+        let base = br#"{"type":"seed.register","registration":{"ghost_id":"g1","peer_identity":"g1","seed_list":[]}}"#;
+        let r = parse_registration(base).unwrap();
+        assert_eq!(r.instance(), None);
+        // Absent stays absent on the wire: an edgectl Mirage sees the bytes it knows.
+        let line = registration_line(&r).unwrap();
+        assert!(!String::from_utf8_lossy(&line).contains("instance_id"));
+        let r = parse_registration(
+            br#"{"type":"seed.register","registration":{"ghost_id":"g1","seed_list":[],"instance_id":"abc"}}"#,
+        )
+        .unwrap();
+        assert_eq!(r.instance(), Some("abc"));
+        let long = format!(
+            r#"{{"type":"seed.register","registration":{{"ghost_id":"g1","seed_list":[],"instance_id":"{}"}}}}"#,
+            "x".repeat(MAX_INSTANCE_ID + 1)
+        );
+        assert!(parse_registration(long.as_bytes()).is_err());
+        assert!(parse_registration(
+            br#"{"type":"seed.register","registration":{"ghost_id":"g1","seed_list":[],"instance_id":"a b"}}"#
         )
         .is_err());
     }
