@@ -91,6 +91,9 @@ pub struct SeedConfig {
     /// seed.fs root; empty = `<data_dir>/fs`.
     pub fs_root: String,
     pub fs_max_file_bytes: u64,
+    /// Quota: total bytes of files under the seed.fs root; a write past it is refused.
+    /// 0 = no quota.
+    pub fs_max_total_bytes: u64,
     pub kv_max_keys: usize,
     pub kv_max_value_bytes: usize,
     pub flow_max_sleep_ms: u64,
@@ -105,6 +108,7 @@ impl Default for SeedConfig {
         SeedConfig {
             fs_root: String::new(),
             fs_max_file_bytes: 1024 * 1024,
+            fs_max_total_bytes: 1024 * 1024 * 1024,
             kv_max_keys: 100_000,
             kv_max_value_bytes: 64 * 1024,
             flow_max_sleep_ms: 60_000,

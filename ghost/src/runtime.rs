@@ -24,6 +24,7 @@ pub fn seed_settings(cfg: &GhostConfig) -> SeedSettings {
     SeedSettings {
         fs_root: cfg.fs_root(),
         fs_max_file_bytes: cfg.seed.fs_max_file_bytes,
+        fs_max_total_bytes: cfg.seed.fs_max_total_bytes,
         kv_max_keys: cfg.seed.kv_max_keys,
         kv_max_value_bytes: cfg.seed.kv_max_value_bytes,
         flow_max_sleep_ms: cfg.seed.flow_max_sleep_ms,
