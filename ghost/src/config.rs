@@ -118,6 +118,22 @@ impl Default for SeedConfig {
     }
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OutboxConfig {
+    /// Bytes preallocated in `data_dir/outbox.reserve` and given back to the disk when the
+    /// store cannot write (a full disk), so terminal events are still persisted. 0 = off.
+    pub reserve_bytes: u64,
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        OutboxConfig {
+            reserve_bytes: 8 * 1024 * 1024,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum SecurityMode {
@@ -163,6 +179,7 @@ pub struct GhostConfig {
     pub backoff: Backoff,
     pub dedupe: DedupeConfig,
     pub seed: SeedConfig,
+    pub outbox: OutboxConfig,
     pub tls: TlsConfig,
     pub auth: AuthConfig,
     /// Children started through `spawn_ghost` at most.
@@ -182,6 +199,7 @@ impl Default for GhostConfig {
             backoff: Backoff::default(),
             dedupe: DedupeConfig::default(),
             seed: SeedConfig::default(),
+            outbox: OutboxConfig::default(),
             tls: TlsConfig::default(),
             auth: AuthConfig::default(),
             max_children: 16,

@@ -6,6 +6,7 @@ pub mod admin;
 pub mod children;
 pub mod config;
 pub mod logic;
+pub mod reserve;
 pub mod runtime;
 pub mod seeds;
 pub mod store;
