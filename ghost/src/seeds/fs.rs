@@ -78,6 +78,15 @@ fn check_file(st: &Stat, shown: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether the process named in a temp file's name (`.seedfs-tmp.<pid>.<n>`) still runs.
+fn writer_alive(tmp_name: &str) -> bool {
+    tmp_name
+        .strip_prefix(TMP_PREFIX)
+        .and_then(|r| r.split('.').next())
+        .and_then(|p| p.parse::<u32>().ok())
+        .is_some_and(|pid| Path::new("/proc").join(pid.to_string()).exists())
+}
+
 fn io_err(shown: &str, e: impl std::fmt::Display) -> String {
     format!("seed.fs: {shown}: {e}")
 }
@@ -249,8 +258,9 @@ impl Fs {
                     FileType::RegularFile => {
                         let n = name.to_string_lossy();
                         if n.starts_with(TMP_PREFIX) {
-                            // Left by a Ghost that stopped mid-write; never a user's file.
-                            if sweep && !n.starts_with(&ours) {
+                            // Left by a process that stopped mid-write (never a user's file);
+                            // one of a live process (a Ghost beside `ghost exec`) is its own.
+                            if sweep && !n.starts_with(&ours) && !writer_alive(&n) {
                                 let _ = rfs::unlinkat(&dir, name, AtFlags::empty());
                             }
                             continue;
@@ -904,8 +914,10 @@ mod tests {
     fn write_replaces_whole_and_stale_temp_files_are_swept() {
         let root = tmp("tmpfiles");
         std::fs::create_dir_all(&root).unwrap();
-        // A temp file left by a Ghost (another pid) killed mid-write.
-        std::fs::write(root.join(format!("{TMP_PREFIX}1.1")), "half").unwrap();
+        // A temp file left by a process killed mid-write (no such pid), and one of a live
+        // writer (pid 1 always runs), which is not ours to remove.
+        std::fs::write(root.join(format!("{TMP_PREFIX}4194304999.1")), "half").unwrap();
+        std::fs::write(root.join(format!("{TMP_PREFIX}1.1")), "live").unwrap();
         let mut fs = Fs::new(root.clone(), 100).with_max_total_bytes(1000);
         assert!(fs
             .execute("write", &a(&[("path", "f"), ("content", "old")]))
@@ -927,7 +939,13 @@ mod tests {
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
-        assert_eq!(names, vec!["f".to_string()], "no temp file left");
+        let mut names = names;
+        names.sort();
+        assert_eq!(
+            names,
+            vec![format!("{TMP_PREFIX}1.1"), "f".to_string()],
+            "the stale temp file is gone, the live writer's kept, ours never left behind"
+        );
         let _ = std::fs::remove_dir_all(root);
     }
 }
