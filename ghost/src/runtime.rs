@@ -17,6 +17,7 @@ use crate::admin::{self, AdminCtx};
 use crate::children::Children;
 use crate::config::{GhostConfig, Policy};
 use crate::logic::{Catalog, DedupeWindow, Fences, OutboxState, Phase};
+use crate::reserve::Reserve;
 use crate::seeds::{builtin, Registry, SeedSettings};
 use crate::store::{Db, Store};
 
@@ -24,6 +25,7 @@ pub fn seed_settings(cfg: &GhostConfig) -> SeedSettings {
     SeedSettings {
         fs_root: cfg.fs_root(),
         fs_max_file_bytes: cfg.seed.fs_max_file_bytes,
+        fs_max_total_bytes: cfg.seed.fs_max_total_bytes,
         kv_max_keys: cfg.seed.kv_max_keys,
         kv_max_value_bytes: cfg.seed.kv_max_value_bytes,
         flow_max_sleep_ms: cfg.seed.flow_max_sleep_ms,
@@ -68,6 +70,16 @@ pub fn serve(cfg: GhostConfig) -> Result<i32, String> {
     }
     let fences = Fences(rec.fences.into_iter().collect());
     let phase = phase.radiate()?;
+    // Room on the data dir's disk that only the outbox can take back (a full disk).
+    let reserve = (cfg.outbox.reserve_bytes > 0).then(|| {
+        let r = Arc::new(Reserve::new(&cfg.data_dir, cfg.outbox.reserve_bytes));
+        match r.ensure() {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(component = "ghost", bytes = cfg.outbox.reserve_bytes, data_dir = %cfg.data_dir.display(), "not enough free space for the outbox disk reserve; made later when there is"),
+            Err(e) => tracing::warn!(component = "ghost", error = %e, "cannot make the outbox disk reserve"),
+        }
+        r
+    });
 
     let sys = actix_rt::System::new();
     let children = Rc::new(RefCell::new(Children::default()));
@@ -110,10 +122,10 @@ pub fn serve(cfg: GhostConfig) -> Result<i32, String> {
             seed_addrs.insert(id, MeteredAddr::new(addr, "ghost.seed"));
         }
 
-        let outbox = MeteredAddr::new(
-            Outbox::new(outbox_state, store.clone(), cfg.timeouts.ack_timeout_ms).start(),
-            "ghost.outbox",
-        );
+        let outbox = Outbox::new(outbox_state, store.clone(), cfg.timeouts.ack_timeout_ms)
+            .with_reserve(reserve.clone());
+        let outbox_health = outbox.health();
+        let outbox = MeteredAddr::new(outbox.start(), "ghost.outbox");
         let dispatcher = MeteredAddr::new(
             Dispatcher::new(DispatcherParts {
                 ghost_id: cfg.ghost_id.clone(),
@@ -125,6 +137,8 @@ pub fn serve(cfg: GhostConfig) -> Result<i32, String> {
                 seed_mailbox: cfg.seed.mailbox,
                 max_output: cfg.seed.max_output_bytes,
                 outbox: outbox.clone(),
+                outbox_health,
+                reserve,
                 store: store.clone(),
             })
             .start(),
