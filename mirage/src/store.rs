@@ -129,8 +129,8 @@ impl Db {
                 } => {
                     tx.prepare_cached(
                         "INSERT INTO intents(intent_id, seq, status, plan, updated_ms) VALUES (?1,?2,?3,?4,?5)
-                         ON CONFLICT(intent_id) DO UPDATE SET status=excluded.status, plan=excluded.plan,
-                         updated_ms=excluded.updated_ms",
+                         ON CONFLICT(intent_id) DO UPDATE SET seq=excluded.seq, status=excluded.status,
+                         plan=excluded.plan, updated_ms=excluded.updated_ms",
                     )?
                     .execute(params![intent_id, *seq as i64, status, plan, *updated_ms as i64])?;
                 }
@@ -417,6 +417,7 @@ mod tests {
                 || "x".into(),
             )
             .unwrap(),
+            1,
         );
         let plan = serde_json::to_string(&p).unwrap();
         let mut batch = vec![];

@@ -131,6 +131,8 @@ pub struct Supervisor {
     /// `MAX_WAITERS`; a caller that gave up leaves a closed sender, swept when the bound is hit.
     waiters: HashMap<String, Vec<tokio::sync::oneshot::Sender<IntentSummary>>>,
     waiter_count: usize,
+    /// The newest submission generation handed out (see `next_generation`).
+    last_generation: u64,
 }
 
 /// Callers that may wait for intents at once (each costs a map entry and a channel).
@@ -160,7 +162,15 @@ impl Supervisor {
             last.insert(r.intent_id.clone(), (r.summary.clone(), r.completion_state));
             reports.push(r);
         }
+        let last_generation = restored
+            .active
+            .iter()
+            .chain(restored.finished.iter())
+            .map(|(_, p)| p.generation)
+            .max()
+            .unwrap_or(0);
         let mut s = Supervisor {
+            last_generation,
             events: EventWindow::new(cfg.limits.event_window_ms, cfg.limits.event_window),
             reports,
             cfg,
@@ -203,6 +213,14 @@ impl Supervisor {
         s
     }
 
+    /// A generation no earlier submission had: the wall clock in ms, moved on past the last
+    /// one handed out (or restored), so it rises even if the clock steps back, and a fresh
+    /// data dir (no rows to restore) still does not repeat the ids of a former life.
+    fn next_generation(&mut self) -> u64 {
+        self.last_generation = shared::now_ms().max(self.last_generation.saturating_add(1));
+        self.last_generation
+    }
+
     fn remember_finished(&mut self, summary: IntentSummary, plan: Box<Plan>) {
         let id = summary.intent_id.clone();
         if self.finished.insert(id.clone(), (summary, plan)).is_none() {
@@ -226,6 +244,17 @@ impl Supervisor {
                     let ops = (!s.operations.is_empty())
                         .then(|| s.operations.iter().map(|o| o.name.clone()).collect());
                     (s.id.clone(), ops)
+                })
+                .collect(),
+            idempotent: g
+                .registration
+                .seeds()
+                .iter()
+                .flat_map(|s| {
+                    s.operations
+                        .iter()
+                        .filter(|o| o.idempotent)
+                        .map(|o| (s.id.clone(), o.name.clone()))
                 })
                 .collect(),
         }
@@ -1093,7 +1122,7 @@ impl Handler<Submit> for Supervisor {
         self.flush_fleet();
         self.intent_seq += 1;
         m::INTENTS_SUBMITTED.inc();
-        let plan = Plan::new(m.0);
+        let plan = Plan::new(m.0, self.next_generation());
         let addr = self.start_plan(self.intent_seq, plan, ctx);
         let summary = self.active.get(&id).map(|a| a.summary.clone());
         Box::pin(
