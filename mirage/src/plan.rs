@@ -311,6 +311,17 @@ impl Plan {
         s.outstanding.values().map(|o| o.deadline_ms).min()
     }
 
+    /// Whether this plan's current step holds or waits for `key` as `owner` (recovery drops
+    /// lock holders and waiters for which this is false).
+    pub fn needs_lock(&self, owner: &Owner, key: &str) -> bool {
+        !self.status.is_terminal()
+            && owner.intent_id == self.intent.intent_id
+            && self
+                .step
+                .as_ref()
+                .is_some_and(|s| s.index == owner.step && s.locks.contains_key(key))
+    }
+
     /// Commands this plan is waiting on (for routing after a restart).
     pub fn outstanding(&self) -> impl Iterator<Item = (&String, &Outstanding)> {
         self.step.iter().flat_map(|s| s.outstanding.iter())
@@ -1308,6 +1319,35 @@ mod tests {
             .filter(|e| matches!(e, Effect::Release { .. }))
             .collect();
         assert_eq!(released.len(), 2, "locks released when the step ends");
+    }
+
+    #[test]
+    fn only_the_current_step_needs_its_locks() {
+        let f = fleet(&["a"]);
+        let mut p = plan("[[step]]\nseed=\"seed.kv\"\noperation=\"put\"\nblocking=true\n[[step]]\nseed=\"seed.kv\"\noperation=\"put\"\nblocking=true\n");
+        p.handle(Input::Start, 0, &f);
+        let o = |step| Owner {
+            intent_id: "i1".into(),
+            step,
+        };
+        assert!(p.needs_lock(&o(0), "a::seed.kv"));
+        assert!(!p.needs_lock(&o(0), "b::seed.kv"), "not its key");
+        p.handle(
+            Input::LockGranted {
+                key: "a::seed.kv".into(),
+                token: 1,
+            },
+            1,
+            &f,
+        );
+        p.handle(ev("a", "cmd.i1.1.a.1", true), 2, &f);
+        assert!(!p.needs_lock(&o(0), "a::seed.kv"), "step 1 has finished");
+        assert!(p.needs_lock(&o(1), "a::seed.kv"), "step 2 waits for it");
+        let other = Owner {
+            intent_id: "i2".into(),
+            step: 1,
+        };
+        assert!(!p.needs_lock(&other, "a::seed.kv"));
     }
 
     #[test]

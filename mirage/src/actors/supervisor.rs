@@ -152,9 +152,10 @@ impl Supervisor {
         cfg: Arc<MirageConfig>,
         store: MeteredAddr<Store>,
         fleet: FleetHandle,
-        restored: Restored,
+        mut restored: Restored,
         feed: broadcast::Sender<Arc<ReportRecord>>,
     ) -> Supervisor {
+        Self::reconcile_locks(&mut restored, &store);
         let mut reports = Reports::new(cfg.limits.reports, cfg.limits.reports_per_intent);
         // The newest report of each intent, so finished intents keep their last word.
         let mut last: HashMap<String, (String, shared::envelope::CompletionState)> = HashMap::new();
@@ -211,6 +212,51 @@ impl Supervisor {
             s.remember_finished(summary, Box::new(plan));
         }
         s
+    }
+
+    /// Frees restored locks held or awaited by plan steps that are no longer current (the
+    /// lock table lags the plan state by one commit, so a crash can leave them behind) and
+    /// persists what changed. Before any plan resumes, so the resumed steps find them free.
+    fn reconcile_locks(restored: &mut Restored, store: &MeteredAddr<Store>) {
+        let plans: HashMap<&str, &Plan> = restored
+            .active
+            .iter()
+            .map(|(_, p)| (p.intent.intent_id.as_str(), p))
+            .collect();
+        let now = shared::now_ms();
+        let mut writes = Vec::new();
+        for q in &mut restored.locks {
+            let key = q.key.clone();
+            let r = q.reconcile(
+                |o| {
+                    plans
+                        .get(o.intent_id.as_str())
+                        .is_some_and(|p| p.needs_lock(o, &key))
+                },
+                now,
+            );
+            if !r.changed() {
+                continue;
+            }
+            let dropped: Vec<String> = r.dropped_waiters.iter().map(|o| o.to_string()).collect();
+            tracing::warn!(
+                component = "mirage.lock",
+                key = %key,
+                released = %r.released.as_ref().map(|o| o.to_string()).unwrap_or_default(),
+                dropped_waiters = ?dropped,
+                granted = %r.grant.as_ref().map(|g| g.owner.to_string()).unwrap_or_default(),
+                "recovery: seed lock held or awaited by a step that is no longer running; freed"
+            );
+            if let Ok(json) = serde_json::to_string(q) {
+                writes.push(Write::Lock { key, json });
+            }
+        }
+        if !writes.is_empty() {
+            store.do_send(Put {
+                writes,
+                done: None,
+            });
+        }
     }
 
     /// A generation no earlier submission had: the wall clock in ms, moved on past the last
