@@ -48,6 +48,9 @@ pub enum Write {
         outcome: String,
         at_ms: u64,
     },
+    /// A refused submission: its row, if a write of it landed after all (only that
+    /// submission's: an older one of the same intent_id has another seq).
+    Forget { intent_id: String, seq: u64 },
     /// Retention: drop finished intents beyond the newest `keep`, reports beyond `keep`.
     Prune {
         keep_finished: u64,
@@ -161,6 +164,10 @@ impl Db {
                          VALUES (?1,?2,?3,?4,?5,?6)",
                     )?
                     .execute(params![event_id, ghost_id, command_id, intent_id, outcome, *at_ms as i64])?;
+                }
+                Write::Forget { intent_id, seq } => {
+                    tx.prepare_cached("DELETE FROM intents WHERE intent_id=?1 AND seq=?2")?
+                        .execute(params![intent_id, *seq as i64])?;
                 }
                 Write::Prune {
                     keep_finished,

@@ -15,7 +15,7 @@ use shared::handshake::{Registration, RegistrationAck, CAP_SESSION_COMMAND};
 use shared::metrics::MeteredAddr;
 use tokio::sync::broadcast;
 
-use super::intent_plan::{IntentPlan, PlanMsg, Resume, Snapshot};
+use super::intent_plan::{Discard, IntentPlan, PlanMsg, Resume, Snapshot};
 use super::seed_lock::{LockMsg, LockState, SeedLock};
 use super::session::{Close, GhostSession, SendCommand};
 use super::FleetHandle;
@@ -1169,7 +1169,8 @@ impl Handler<Submit> for Supervisor {
         self.intent_seq += 1;
         m::INTENTS_SUBMITTED.inc();
         let plan = Plan::new(m.0, self.next_generation());
-        let addr = self.start_plan(self.intent_seq, plan, ctx);
+        let seq = self.intent_seq;
+        let addr = self.start_plan(seq, plan, ctx);
         let summary = self.active.get(&id).map(|a| a.summary.clone());
         Box::pin(
             async move {
@@ -1181,7 +1182,25 @@ impl Handler<Submit> for Supervisor {
             }
             .into_actor(self)
             .map(move |res, act, _| {
-                res?;
+                if let Err(e) = res {
+                    // Refused: nothing of it may stay behind (not active, not counted, its id
+                    // free), and a row a later write might still land is removed after it.
+                    if act.active.get(&id).is_some_and(|a| a.seq == seq) {
+                        if let Some(a) = act.active.remove(&id) {
+                            a.addr.addr().do_send(Discard);
+                        }
+                        act.forget_routes(&id);
+                        act.store.do_send(Put {
+                            writes: vec![Write::Forget {
+                                intent_id: id.clone(),
+                                seq,
+                            }],
+                            done: None,
+                        });
+                        tracing::warn!(component = "mirage.supervisor", intent_id = %id, error = %e.error, "intent refused: its state could not be written");
+                    }
+                    return Err(e);
+                }
                 act.active
                     .get(&id)
                     .map(|a| a.summary.clone())
