@@ -1056,7 +1056,11 @@ mod tests {
             for s in ["seed.kv", "seed.flow"] {
                 v.seeds.insert(s.into(), None);
             }
-            for (s, o) in [("seed.kv", "put"), ("seed.kv", "get"), ("seed.flow", "status")] {
+            for (s, o) in [
+                ("seed.kv", "put"),
+                ("seed.kv", "get"),
+                ("seed.flow", "status"),
+            ] {
                 v.idempotent.insert((s.into(), o.into()));
             }
             f.ghosts.insert(g.to_string(), v);
@@ -1238,9 +1242,8 @@ mod tests {
         );
 
         // An attempt of an operation not declared idempotent times out: effect unknown too.
-        let mut p = plan(
-            "[[step]]\nseed=\"seed.kv\"\noperation=\"append\"\ntimeout=\"1s\"\nretries=2\n",
-        );
+        let mut p =
+            plan("[[step]]\nseed=\"seed.kv\"\noperation=\"append\"\ntimeout=\"1s\"\nretries=2\n");
         p.handle(Input::Start, 0, &f);
         let fx = p.handle(Input::Tick, 1000, &f);
         assert!(dispatched(&fx).is_empty(), "not retried: {fx:?}");
@@ -1427,7 +1430,10 @@ mod tests {
         let mut again = Plan::new(intent, 1_700_000_000_001);
         let a = dispatched(&first.handle(Input::Start, 0, &f));
         let b = dispatched(&again.handle(Input::Start, 0, &f));
-        assert_eq!(a[0].1, format!("cmd.deploy-42.s{}.1.a.1", base36(1_700_000_000_000)));
+        assert_eq!(
+            a[0].1,
+            format!("cmd.deploy-42.s{}.1.a.1", base36(1_700_000_000_000))
+        );
         assert_ne!(a, b, "a reused intent_id gets new command ids");
         // The same submission after a restart re-sends the same id (the Ghost dedupes it).
         let json = serde_json::to_string(&again).unwrap();

@@ -50,7 +50,10 @@ pub enum Write {
     },
     /// A refused submission: its row, if a write of it landed after all (only that
     /// submission's: an older one of the same intent_id has another seq).
-    Forget { intent_id: String, seq: u64 },
+    Forget {
+        intent_id: String,
+        seq: u64,
+    },
     /// Retention: drop finished intents beyond the newest `keep`, reports beyond `keep`.
     Prune {
         keep_finished: u64,

@@ -107,7 +107,10 @@ fn a_refused_submission_leaves_nothing_behind() {
         assert_eq!(st, 404, "a refused intent is not kept");
     }
     let (_, o) = m.get("/v1/overview");
-    assert_eq!(o["intents_active"], 0, "refused intents are not active: {o}");
+    assert_eq!(
+        o["intents_active"], 0,
+        "refused intents are not active: {o}"
+    );
 
     // Space back: the same ids are free and run, with no restart.
     std::fs::remove_file(&filler).unwrap();

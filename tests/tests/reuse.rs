@@ -135,7 +135,11 @@ fn the_same_submission_keeps_its_command_ids_across_a_mirage_restart() {
         sent,
         "one command, the id sent before the restart"
     );
-    assert_eq!(lines(), 1, "the re-sent command was deduped, not run again: {d}");
+    assert_eq!(
+        lines(),
+        1,
+        "the re-sent command was deduped, not run again: {d}"
+    );
     assert_eq!(g.executed(), 1, "the Ghost ran it once");
     eprintln!(
         "reuse: Mirage SIGKILLed mid-append, restarted: re-sent {} deduped, 1 line",

@@ -252,10 +252,7 @@ impl Supervisor {
             }
         }
         if !writes.is_empty() {
-            store.do_send(Put {
-                writes,
-                done: None,
-            });
+            store.do_send(Put { writes, done: None });
         }
     }
 
