@@ -214,6 +214,10 @@ pub struct Plan {
     /// 0: a plan persisted before generations existed (its ids keep the old form).
     #[serde(default)]
     pub generation: u64,
+    /// The first report seq of this submission: an earlier submission of the same intent_id
+    /// left reports in the history that are not this one's.
+    #[serde(default)]
+    pub first_report_seq: u64,
 }
 
 fn report(
@@ -271,6 +275,7 @@ impl Plan {
             round_corrected: false,
             failure: None,
             generation,
+            first_report_seq: 0,
         }
     }
 
@@ -812,6 +817,24 @@ impl Plan {
                         },
                         step.retries
                     );
+                    if step.continue_on_error {
+                        // The intent goes on; the report history must still say it.
+                        let mut r = report(
+                            Phase::InProgress,
+                            CompletionState::InProgress,
+                            format!(
+                                "intent {} step {}/{} on {ghost}: {why}",
+                                self.intent.intent_id,
+                                idx + 1,
+                                self.intent.steps.len()
+                            ),
+                            Some(idx),
+                        );
+                        r.command_id = Some(command_id.clone());
+                        r.ghost_id = Some(ghost.clone());
+                        r.outcome = Some(Outcome::Error);
+                        fx.push(Effect::Report(r));
+                    }
                     s.ghosts.insert(ghost.clone(), GhostProgress::Failed(why));
                 } else if o.attempt <= step.retries {
                     let mut r = report(
@@ -1254,6 +1277,20 @@ mod tests {
                 && failure.contains("seed.kv append is not declared idempotent"),
             "{failure}"
         );
+
+        // With continue_on_error the intent goes on, and a report still says it.
+        let mut p = plan(
+            "[[step]]\nseed=\"seed.kv\"\noperation=\"append\"\ntimeout=\"1s\"\ncontinue_on_error=true\n[[step]]\nseed=\"seed.kv\"\noperation=\"get\"\n",
+        );
+        p.handle(Input::Start, 0, &f);
+        let fx = p.handle(Input::Tick, 1000, &f);
+        assert!(
+            fx.iter().any(|e| matches!(e, Effect::Report(r)
+                if r.summary.contains("step 1/2 on a: effect unknown")
+                    && r.ghost_id.as_deref() == Some("a"))),
+            "{fx:?}"
+        );
+        assert_eq!(dispatched(&fx)[0].1, "cmd.i1.2.a.1", "step 2 runs");
 
         // A plain error of a non-idempotent operation (it did not run) is still retried.
         let mut p = plan("[[step]]\nseed=\"seed.kv\"\noperation=\"append\"\nretries=1\n");

@@ -76,7 +76,19 @@ fn a_reused_intent_id_runs_afresh_with_new_command_ids() {
     // The same id again, writing version=2: it must run, not replay the old event.
     let submitted = Instant::now();
     let id = m.submit(&write_version("deploy-42", 2));
-    m.wait_status(&id, "satisfied", T);
+    let d = m.wait_status(&id, "satisfied", T);
+    // `intent show` is this submission's: one acceptance, one satisfied, none of the first's.
+    let reports = d["reports"].as_array().unwrap();
+    for what in ["accepted", "satisfied"] {
+        assert_eq!(
+            reports
+                .iter()
+                .filter(|r| r["summary"].as_str().unwrap_or_default().contains(what))
+                .count(),
+            1,
+            "{what}: {reports:?}"
+        );
+    }
     assert_eq!(
         std::fs::read_to_string(&file).unwrap(),
         "version=2",

@@ -76,6 +76,8 @@ pub struct IntentSummary {
     pub last_summary: String,
     pub last_state: Option<shared::envelope::CompletionState>,
     pub submitted_seq: u64,
+    #[serde(skip)]
+    pub first_report_seq: u64,
 }
 
 impl IntentSummary {
@@ -91,6 +93,7 @@ impl IntentSummary {
             last_summary: plan.failure.clone().unwrap_or_default(),
             last_state: None,
             submitted_seq: seq,
+            first_report_seq: plan.first_report_seq,
         }
     }
 }
@@ -1165,7 +1168,8 @@ impl Handler<Submit> for Supervisor {
         self.flush_fleet();
         self.intent_seq += 1;
         m::INTENTS_SUBMITTED.inc();
-        let plan = Plan::new(m.0, self.next_generation());
+        let mut plan = Plan::new(m.0, self.next_generation());
+        plan.first_report_seq = self.report_seq + 1;
         let seq = self.intent_seq;
         let addr = self.start_plan(seq, plan, ctx);
         let summary = self.active.get(&id).map(|a| a.summary.clone());
@@ -1378,9 +1382,17 @@ impl Handler<GetIntent> for Supervisor {
     type Result = ResponseActFuture<Self, Result<IntentDetail, ApiError>>;
 
     fn handle(&mut self, m: GetIntent, _: &mut Context<Self>) -> Self::Result {
-        let reports = self
+        let mut reports = self
             .reports
             .query(Some(&m.0), 0, self.cfg.limits.reports_per_intent);
+        // Only this submission's: a reused intent_id's earlier run is history, not this one.
+        let since = self
+            .active
+            .get(&m.0)
+            .map(|a| a.summary.first_report_seq)
+            .or_else(|| self.finished.get(&m.0).map(|f| f.1.first_report_seq))
+            .unwrap_or(0);
+        reports.retain(|r| r.seq >= since);
         if let Some((summary, plan)) = self.finished.get(&m.0) {
             return Box::pin(fut::ready(Ok(IntentDetail {
                 summary: summary.clone(),
