@@ -200,6 +200,10 @@ impl IntentPlan {
                     }
                     if res.is_err() {
                         act.schedule_retry(ctx);
+                        // Deadlines still fall due while the disk is full.
+                        if !act.finished {
+                            act.schedule(ctx);
+                        }
                     } else if act.dirty && !act.pending_replies.is_empty() {
                         act.flush(ctx);
                     } else if !act.finished {
