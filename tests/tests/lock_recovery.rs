@@ -17,12 +17,23 @@ const STEPS: usize = 12;
 /// Lease of a blocking step with timeout 20 s and no retries.
 const LEASE: Duration = Duration::from_secs(45);
 
+/// The swarm process goes with the test, however it ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[test]
 fn mirage_sigkill_mid_fan_out_leaves_no_lock_held_by_a_finished_step() {
     let dir = TempDir::new("lock-recovery");
     let mut m = Mirage::start(&dir, 0, "");
     let session_port: u16 = m.session.rsplit(':').next().unwrap().parse().unwrap();
-    let (mut swarm_child, _stats) = swarm(&m.session, GHOSTS, &[]);
+    let (child, _stats) = swarm(&m.session, GHOSTS, &[]);
+    let _swarm = KillOnDrop(child);
     m.wait_ghosts(GHOSTS, Duration::from_secs(60));
     let mut plan = String::from(
         "intent_id=\"fan\"\nactor=\"t\"\ntarget_scope=\"ghost:swarm-*\"\nobjective=\"o\"\n",
@@ -124,8 +135,6 @@ fn mirage_sigkill_mid_fan_out_leaves_no_lock_held_by_a_finished_step() {
     );
     let held = m.held_locks();
     assert!(held.is_empty(), "every lock free at the end: {held:?}");
-    let _ = swarm_child.kill();
-    let _ = swarm_child.wait();
     eprintln!(
         "lock recovery: {GHOSTS} Ghosts x {STEPS} blocking steps, Mirage SIGKILLed after step 2 \
          (stale lock left by the crash itself: {natural}); satisfied {:.2}s after the restart \
