@@ -65,6 +65,10 @@ pub async fn probe(addr: &str, timeout: Duration) -> Result<(String, Vec<SeedInf
                         .filter_map(|o| {
                             Some(OperationInfo {
                                 name: get(o, &["Name", "name"])?.as_str()?.to_owned(),
+                                // Mirage retries a timed-out attempt only where this is true.
+                                idempotent: get(o, &["Idempotent", "idempotent"])
+                                    .and_then(Value::as_bool)
+                                    .unwrap_or(false),
                                 ..Default::default()
                             })
                         })

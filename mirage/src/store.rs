@@ -48,6 +48,12 @@ pub enum Write {
         outcome: String,
         at_ms: u64,
     },
+    /// A refused submission: its row, if a write of it landed after all (only that
+    /// submission's: an older one of the same intent_id has another seq).
+    Forget {
+        intent_id: String,
+        seq: u64,
+    },
     /// Retention: drop finished intents beyond the newest `keep`, reports beyond `keep`.
     Prune {
         keep_finished: u64,
@@ -129,8 +135,8 @@ impl Db {
                 } => {
                     tx.prepare_cached(
                         "INSERT INTO intents(intent_id, seq, status, plan, updated_ms) VALUES (?1,?2,?3,?4,?5)
-                         ON CONFLICT(intent_id) DO UPDATE SET status=excluded.status, plan=excluded.plan,
-                         updated_ms=excluded.updated_ms",
+                         ON CONFLICT(intent_id) DO UPDATE SET seq=excluded.seq, status=excluded.status,
+                         plan=excluded.plan, updated_ms=excluded.updated_ms",
                     )?
                     .execute(params![intent_id, *seq as i64, status, plan, *updated_ms as i64])?;
                 }
@@ -161,6 +167,10 @@ impl Db {
                          VALUES (?1,?2,?3,?4,?5,?6)",
                     )?
                     .execute(params![event_id, ghost_id, command_id, intent_id, outcome, *at_ms as i64])?;
+                }
+                Write::Forget { intent_id, seq } => {
+                    tx.prepare_cached("DELETE FROM intents WHERE intent_id=?1 AND seq=?2")?
+                        .execute(params![intent_id, *seq as i64])?;
                 }
                 Write::Prune {
                     keep_finished,
@@ -417,6 +427,7 @@ mod tests {
                 || "x".into(),
             )
             .unwrap(),
+            1,
         );
         let plan = serde_json::to_string(&p).unwrap();
         let mut batch = vec![];
