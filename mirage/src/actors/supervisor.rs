@@ -62,6 +62,10 @@ pub struct GhostInfo {
     pub seeds: Vec<shared::handshake::SeedInfo>,
     pub local: bool,
     pub via_admin: Option<String>,
+    /// The Ghost's clock minus Mirage's, in ms, from its heartbeats (null until measured).
+    pub clock_skew_ms: Option<i64>,
+    /// Set when the skew is large enough to matter (see `skew::warning`).
+    pub clock_warning: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -108,6 +112,8 @@ pub struct Supervisor {
     ghosts: BTreeMap<String, GhostEntry>,
     fleet: FleetHandle,
     fleet_dirty: bool,
+    /// ghost_id → measured clock skew (ms), for `/v1/ghosts`; only for known Ghosts.
+    clock_skew: BTreeMap<String, i64>,
     /// Ghosts whose view changed since the shared snapshot was last updated.
     fleet_changed: HashSet<String>,
     active: HashMap<String, Active>,
@@ -169,6 +175,7 @@ impl Supervisor {
             ghosts: BTreeMap::new(),
             fleet,
             fleet_dirty: true,
+            clock_skew: BTreeMap::new(),
             fleet_changed: HashSet::new(),
             active: HashMap::new(),
             finished: HashMap::new(),
@@ -615,6 +622,29 @@ impl Handler<SessionVerified> for Supervisor {
                 self.flush_fleet();
                 self.ghost_up(&m.ghost_id);
             }
+        }
+    }
+}
+
+/// A session measured its Ghost's clock skew anew.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ClockSkew {
+    pub ghost_id: String,
+    pub session_id: String,
+    pub skew_ms: i64,
+}
+
+impl Handler<ClockSkew> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, m: ClockSkew, _: &mut Context<Self>) {
+        if self
+            .ghosts
+            .get(&m.ghost_id)
+            .is_some_and(|g| g.session_id == m.session_id)
+        {
+            self.clock_skew.insert(m.ghost_id, m.skew_ms);
         }
     }
 }
@@ -1244,6 +1274,11 @@ impl Handler<ListGhosts> for Supervisor {
                     seeds: g.registration.seeds().to_vec(),
                     local: *id == self.cfg.local_ghost,
                     via_admin: g.admin_addr.clone(),
+                    clock_skew_ms: self.clock_skew.get(id).copied(),
+                    clock_warning: self
+                        .clock_skew
+                        .get(id)
+                        .and_then(|s| crate::skew::warning(*s)),
                 })
                 .collect(),
         )
@@ -1408,3 +1443,4 @@ shared::metered!(Supervisor, Submit);
 shared::metered!(Supervisor, PlanReport);
 shared::metered!(Supervisor, LockOp);
 shared::metered!(Supervisor, SessionVerified);
+shared::metered!(Supervisor, ClockSkew);
