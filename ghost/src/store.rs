@@ -22,7 +22,13 @@ pub enum StoreError {
     Sql(#[from] rusqlite::Error),
     #[error("store: {0}")]
     Io(#[from] std::io::Error),
+    /// The files are not what they should be (wiped, corrupt); the message names them.
+    #[error("store: {0}")]
+    Refused(String),
 }
+
+/// What ghost.db keeps, for the messages that refuse to start without it.
+const HOLDS: &str = "the outbox, the dedupe window, start markers and lock fences";
 
 /// The Ghost's aging clock: milliseconds of Ghost run time, monotonic within a run
 /// (`Instant`) and resumed after a restart from the highest value the store holds. Neither a
@@ -79,6 +85,7 @@ pub struct Recovered {
 
 pub struct Db {
     conn: Connection,
+    path: std::path::PathBuf,
 }
 
 /// Columns added when aging moved to the Ghost clock; a database from before gets them, its
@@ -95,7 +102,14 @@ impl Db {
     /// before aging moved to the Ghost clock (its records get one window from now).
     pub fn open(dir: &Path, window_ms: u64) -> Result<Db, StoreError> {
         std::fs::create_dir_all(dir)?;
-        let conn = Connection::open(dir.join("ghost.db"))?;
+        let path = dir.join("ghost.db");
+        // Before SQLite touches the files: it would start empty on a wiped database and drop
+        // a damaged WAL without a word.
+        let checked = shared::dbguard::check(&path, HOLDS).map_err(StoreError::Refused)?;
+        for w in &checked.warnings {
+            tracing::error!(component = "ghost.store", file = %path.display(), warning = %w, "database files");
+        }
+        let conn = Connection::open(&path)?;
         conn.execute_batch(
             "PRAGMA journal_mode=WAL;
              PRAGMA synchronous=NORMAL;
@@ -126,8 +140,15 @@ impl Db {
                  value INTEGER NOT NULL
              );",
         )?;
-        let mut db = Db { conn };
+        let mut db = Db {
+            conn,
+            path: path.clone(),
+        };
         db.migrate_aging(window_ms)?;
+        shared::dbguard::mark(&path)?;
+        if checked.fresh {
+            tracing::info!(component = "ghost.store", file = %path.display(), "new database");
+        }
         Ok(db)
     }
 
@@ -324,8 +345,20 @@ impl Db {
         ))
     }
 
-    /// Everything a restart needs, aged on the resumed Ghost clock.
+    /// Everything a restart needs, aged on the resumed Ghost clock. A row that cannot be
+    /// read is corruption: the error names the file and says what to do.
     pub fn recover(&mut self) -> Result<Recovered, StoreError> {
+        self.recover_rows().map_err(|e| {
+            StoreError::Refused(format!(
+                "{}: the stored state cannot be read ({e}): the database is corrupt. Restore it \
+                 from a backup; or, to start with an empty database on purpose, move it and {} aside",
+                self.path.display(),
+                shared::dbguard::marker_path(&self.path).display()
+            ))
+        })
+    }
+
+    fn recover_rows(&mut self) -> Result<Recovered, StoreError> {
         let mut rec = Recovered {
             clock_ms: self.clock()?,
             ..Default::default()
