@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use e2e::*;
 use serde_json::{json, Value};
 
-const T: Duration = Duration::from_secs(60);
+const T: Duration = Duration::from_secs(120);
 const HOUR_MS: i64 = 3_600_000;
 
 fn wait_until(what: &str, within: Duration, mut f: impl FnMut() -> bool) {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use e2e::*;
 
-const T: Duration = Duration::from_secs(60);
+const T: Duration = Duration::from_secs(120);
 
 /// Runs a binary that is expected to refuse to start; returns (exit code, stderr).
 fn run_to_exit(exe: &Path, args: &[&str], log: &Path) -> (Option<i32>, String) {
