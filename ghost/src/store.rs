@@ -145,7 +145,12 @@ impl Db {
             path: path.clone(),
         };
         db.migrate_aging(window_ms)?;
-        shared::dbguard::mark(&path)?;
+        shared::dbguard::mark(&path).map_err(|e| {
+            StoreError::Refused(format!(
+                "cannot write {}: {e}",
+                shared::dbguard::marker_path(&path).display()
+            ))
+        })?;
         if checked.fresh {
             tracing::info!(component = "ghost.store", file = %path.display(), "new database");
         }

@@ -125,7 +125,12 @@ impl Db {
                  at_ms INTEGER NOT NULL
              );",
         )?;
-        shared::dbguard::mark(&path)?;
+        shared::dbguard::mark(&path).map_err(|e| {
+            StoreError::Refused(format!(
+                "cannot write {}: {e}",
+                shared::dbguard::marker_path(&path).display()
+            ))
+        })?;
         if checked.fresh {
             tracing::info!(component = "mirage.store", file = %path.display(), "new database");
         }
@@ -662,5 +667,46 @@ mod tests {
         assert!(e.contains("the database is corrupt"), "{e}");
         assert!(e.contains("Restore it from a backup"), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_rolled_back_spill_left_in_the_wal_is_not_corruption() {
+        let base = std::env::temp_dir().join(format!("mirage-store-spill-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let live = base.join("live");
+        let mut db = Db::open(&live).unwrap();
+        // A tiny page cache makes a big transaction spill frames into the WAL before it ends.
+        db.conn
+            .execute_batch("PRAGMA wal_autocheckpoint=0; PRAGMA cache_size=5;")
+            .unwrap();
+        let plan = plan_json();
+        let tx = db.conn.transaction().unwrap();
+        for i in 0..2000 {
+            tx.execute(
+                "INSERT INTO intents VALUES (?1, ?2, 'active', ?3, 0)",
+                params![format!("spill{i}"), i, plan],
+            )
+            .unwrap();
+        }
+        drop(tx); // rolled back
+        let spilled = std::fs::metadata(live.join("mirage.db-wal")).unwrap().len();
+        db.apply(&[Write::Intent {
+            intent_id: "kept".into(),
+            seq: 1,
+            status: "satisfied".into(),
+            plan: plan.clone(),
+            updated_ms: 1,
+        }])
+        .unwrap();
+        assert!(spilled > 100 * 1024, "the transaction spilled: {spilled}");
+        let copy = base.join("copy");
+        snapshot(&live, &copy);
+        let c = shared::dbguard::check(&copy.join("mirage.db"), HOLDS).unwrap();
+        assert!(c.warnings.is_empty(), "{c:?}");
+        let r = Db::open(&copy).unwrap().recover(10).unwrap();
+        assert_eq!(r.finished.len(), 1);
+        assert!(r.active.is_empty());
+        drop(db);
+        let _ = std::fs::remove_dir_all(&base);
     }
 }

@@ -153,13 +153,13 @@ pub fn check(db: &Path, holds: &str) -> Result<Checked, String> {
             salts,
             commits,
             bad_frame,
-            later_frames,
+            later_commits,
         } => {
-            if let Some(n) = bad_frame {
-                if later_frames > 0 {
+            if let Some((n, _)) = bad_frame {
+                if later_commits > 0 {
                     return Err(corrupt(format!(
-                        "frame {n} fails its checksum and {later_frames} later frames of the same \
-                         generation follow it"
+                        "frame {n} fails its checksum and {later_commits} commit frames of the \
+                         same generation follow it"
                     )));
                 }
             }
@@ -173,10 +173,13 @@ pub fn check(db: &Path, holds: &str) -> Result<Checked, String> {
                     )));
                 }
             }
-            if let Some(n) = bad_frame {
+            // A bad frame that claims a commit, with nothing after it: a commit torn by an OS
+            // crash (synchronous=NORMAL may lose the last commits then). Leftover frames of a
+            // transaction that never committed (rolled back, or cut by a crash) are normal.
+            if let Some((n, true)) = bad_frame {
                 out.warnings.push(format!(
-                    "{}: frame {n} and what follows it are unreadable and were never committed \
-                     (an interrupted write); SQLite ignores them",
+                    "{}: frame {n}, the last commit, is unreadable (a write torn by a machine \
+                     crash); SQLite ignores it, so that last commit is lost",
                     wal.display()
                 ));
             }
@@ -225,10 +228,14 @@ enum Wal {
         salts: [u8; 8],
         /// Frames up to and including the last valid commit frame.
         commits: u32,
-        /// The first frame of the current generation that fails its checksum (1-based).
-        bad_frame: Option<u32>,
-        /// Frames of the current generation after that one.
-        later_frames: u32,
+        /// The first frame of the current generation that fails its checksum (1-based), and
+        /// whether it claims to end a commit.
+        bad_frame: Option<(u32, bool)>,
+        /// Commit frames of the current generation after that one. Frames past the last
+        /// commit that never committed (a rolled-back transaction's spill) are overwritten
+        /// by the next transaction and break the checksum chain without being corruption;
+        /// a commit frame there means committed data SQLite would drop.
+        later_commits: u32,
     },
 }
 
@@ -281,7 +288,7 @@ fn scan_wal(mut r: impl Read) -> std::io::Result<Wal> {
     salts.copy_from_slice(&h[16..24]);
     let mut s = sum;
     let mut frame = vec![0u8; FRAME_HEADER + page];
-    let (mut n, mut commits, mut bad_frame, mut later_frames) = (0u32, 0u32, None, 0u32);
+    let (mut n, mut commits, mut bad_frame, mut later_commits) = (0u32, 0u32, None, 0u32);
     loop {
         if read_full(&mut r, &mut frame)? < frame.len() {
             break;
@@ -295,19 +302,20 @@ fn scan_wal(mut r: impl Read) -> std::io::Result<Wal> {
             }
             continue;
         }
+        let is_commit = be32(&frame[4..8]) != 0;
         if bad_frame.is_some() {
-            later_frames += 1;
+            later_commits += is_commit as u32;
             continue;
         }
         let next = checksum(big_endian, &frame[0..8], s);
         let next = checksum(big_endian, &frame[FRAME_HEADER..], next);
         let pgno = be32(&frame[0..4]);
         if pgno == 0 || next != (be32(&frame[16..20]), be32(&frame[20..24])) {
-            bad_frame = Some(n);
+            bad_frame = Some((n, is_commit));
             continue;
         }
         s = next;
-        if be32(&frame[4..8]) != 0 {
+        if is_commit {
             commits = n;
         }
     }
@@ -315,7 +323,7 @@ fn scan_wal(mut r: impl Read) -> std::io::Result<Wal> {
         salts,
         commits,
         bad_frame,
-        later_frames,
+        later_commits,
     })
 }
 
@@ -407,7 +415,7 @@ mod tests {
                     salts: [1, 2, 3, 4, 5, 6, 7, 8],
                     commits: 2,
                     bad_frame: None,
-                    later_frames: 0
+                    later_commits: 0
                 }
             );
         }
@@ -434,8 +442,8 @@ mod tests {
             Wal::Frames {
                 salts: [1, 2, 3, 4, 5, 6, 7, 8],
                 commits: 1,
-                bad_frame: Some(2),
-                later_frames: 1
+                bad_frame: Some((2, true)),
+                later_commits: 1
             }
         );
         // Garbage appended after the frames is not the current generation: ignored.
@@ -450,6 +458,26 @@ mod tests {
             }
         ));
         assert!(matches!(frames(&w[..20]), Wal::BadHeader(_)));
+    }
+
+    #[test]
+    fn leftovers_of_an_uncommitted_transaction_are_not_corruption() {
+        // Frames 1–2 committed; 3–5 were spilled by a transaction that rolled back, then a
+        // new transaction overwrote frame 3 and committed: 4–5 no longer chain.
+        let old = wal(false, &[(1, 0), (2, 2), (7, 0), (8, 0), (9, 0)], 512);
+        let new = wal(false, &[(1, 0), (2, 2), (3, 3)], 512);
+        let mut w = new.clone();
+        w.extend_from_slice(&old[new.len()..]);
+        // Different page bytes in frame 3 than the old one had, so 4's chain is broken.
+        assert_eq!(
+            frames(&w),
+            Wal::Frames {
+                salts: [1, 2, 3, 4, 5, 6, 7, 8],
+                commits: 3,
+                bad_frame: Some((4, false)),
+                later_commits: 0
+            }
+        );
     }
 
     #[test]
