@@ -111,6 +111,10 @@ pub struct GhostInfo {
     pub instance_id: Option<String>,
     /// A second Ghost process claiming this ghost_id, refused while the holder is alive.
     pub conflict: Option<Conflict>,
+    /// The Ghost's clock minus Mirage's, in ms, from its heartbeats (null until measured).
+    pub clock_skew_ms: Option<i64>,
+    /// Set when the skew is large enough to matter (see `skew::warning`).
+    pub clock_warning: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -160,6 +164,8 @@ pub struct Supervisor {
     ghosts: BTreeMap<String, GhostEntry>,
     fleet: FleetHandle,
     fleet_dirty: bool,
+    /// ghost_id → measured clock skew (ms), for `/v1/ghosts`; only for known Ghosts.
+    clock_skew: BTreeMap<String, i64>,
     /// Ghosts whose view changed since the shared snapshot was last updated.
     fleet_changed: HashSet<String>,
     active: HashMap<String, Active>,
@@ -238,6 +244,7 @@ impl Supervisor {
             ghosts: BTreeMap::new(),
             fleet,
             fleet_dirty: true,
+            clock_skew: BTreeMap::new(),
             fleet_changed: HashSet::new(),
             active: HashMap::new(),
             finished: HashMap::new(),
@@ -818,6 +825,29 @@ impl Handler<SessionVerified> for Supervisor {
                 self.flush_fleet();
                 self.ghost_up(&m.ghost_id);
             }
+        }
+    }
+}
+
+/// A session measured its Ghost's clock skew anew.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ClockSkew {
+    pub ghost_id: String,
+    pub session_id: String,
+    pub skew_ms: i64,
+}
+
+impl Handler<ClockSkew> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, m: ClockSkew, _: &mut Context<Self>) {
+        if self
+            .ghosts
+            .get(&m.ghost_id)
+            .is_some_and(|g| g.session_id == m.session_id)
+        {
+            self.clock_skew.insert(m.ghost_id, m.skew_ms);
         }
     }
 }
@@ -1565,6 +1595,11 @@ impl Supervisor {
                 .conflict
                 .clone()
                 .filter(|c| now.saturating_sub(c.last_ms) <= CONFLICT_STALE_MS),
+            clock_skew_ms: self.clock_skew.get(id).copied(),
+            clock_warning: self
+                .clock_skew
+                .get(id)
+                .and_then(|s| crate::skew::warning(*s)),
         }
     }
 }
@@ -1774,6 +1809,7 @@ shared::metered!(Supervisor, Submit);
 shared::metered!(Supervisor, PlanReport);
 shared::metered!(Supervisor, LockOp);
 shared::metered!(Supervisor, SessionVerified);
+shared::metered!(Supervisor, ClockSkew);
 
 #[cfg(test)]
 mod tests {
