@@ -450,8 +450,10 @@ fn admin_fence(ctx: &AdminCtx, seed: &str, token: u64) -> Result<(), String> {
             "stale lock_token {token} for {seed}: an admin-path holder with token {max} has acted"
         ));
     }
-    if fences.observe(seed, token) {
-        let text = serde_json::to_vec(&fences.0).map_err(|e| e.to_string())?;
+    // Raised in memory only once it is on disk.
+    let mut raised = crate::logic::Fences(fences.0.clone());
+    if raised.observe(seed, token) {
+        let text = serde_json::to_vec(&raised.0).map_err(|e| e.to_string())?;
         let tmp = path.with_extension("json.tmp");
         std::fs::write(&tmp, text)
             .and_then(|()| std::fs::rename(&tmp, &path))
@@ -461,6 +463,7 @@ fn admin_fence(ctx: &AdminCtx, seed: &str, token: u64) -> Result<(), String> {
                     path.display()
                 )
             })?;
+        *fences = raised;
     }
     Ok(())
 }
