@@ -412,25 +412,25 @@ impl Supervisor {
             .unwrap_or_default();
         actix_rt::spawn(async move {
             let cmd = command.clone();
-            let ev =
-                match crate::admin_client::execute(&addr, &token, msg_id, command, timeout).await {
-                    Ok(e) => e,
-                    Err(why) => {
-                        // The Ghost refused or could not be reached: a terminal error, not silence.
-                        let mut e = Event::new(
-                            format!("evt.{}", cmd.command_id),
-                            cmd.command_id.clone(),
-                            cmd.intent_id.clone(),
-                            ghost.clone(),
-                            cmd.seed_selector.clone(),
-                            shared::envelope::Outcome::Error,
-                        );
-                        e.error_code = Some(code::RUNTIME);
-                        e.error_reason = Some(format!("admin {addr}: {why}"));
-                        e.timestamp_ms = Some(shared::now_ms());
-                        e
-                    }
-                };
+            let res = crate::admin_client::execute(&addr, &token, msg_id, command, timeout).await;
+            let ev = match res {
+                Ok(e) => e,
+                Err(why) => {
+                    // The Ghost refused or could not be reached: a terminal error, not silence.
+                    let mut e = Event::new(
+                        format!("evt.{}", cmd.command_id),
+                        cmd.command_id.clone(),
+                        cmd.intent_id.clone(),
+                        ghost.clone(),
+                        cmd.seed_selector.clone(),
+                        shared::envelope::Outcome::Error,
+                    );
+                    e.error_code = Some(code::RUNTIME);
+                    e.error_reason = Some(format!("admin {addr}: {why}"));
+                    e.timestamp_ms = Some(shared::now_ms());
+                    e
+                }
+            };
             me.do_send(Ingest {
                 ghost_id: ghost,
                 event: ev,
