@@ -165,7 +165,10 @@ fn a_plan_whose_write_failed_goes_on_when_space_is_back() {
     let after = g.kv_get("after");
     let persisted = m.proc.log_text().contains("plan state persisted again");
     if !persisted {
-        assert_eq!(after, None, "step 2 ran before the plan state was persisted");
+        assert_eq!(
+            after, None,
+            "step 2 ran before the plan state was persisted"
+        );
         let (_, d) = m.get(&format!("/v1/intents/{id}"));
         assert_eq!(d["summary"]["status"], "active", "{}", d["summary"]);
     }
