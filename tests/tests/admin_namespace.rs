@@ -16,6 +16,20 @@ fn kv_plan(intent: &str, ghost: &str, value: &str) -> String {
     format!("intent_id=\"{intent}\"\nactor=\"t\"\ntarget_scope=\"ghost:{ghost}\"\nobjective=\"o\"\n[[step]]\nseed=\"seed.kv\"\noperation=\"put\"\nargs={{key=\"k\",value=\"{value}\"}}\nblocking=true\n")
 }
 
+fn base36(mut n: u64) -> String {
+    const D: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut out = Vec::new();
+    loop {
+        out.push(D[(n % 36) as usize]);
+        n /= 36;
+        if n == 0 {
+            break;
+        }
+    }
+    out.reverse();
+    String::from_utf8(out).unwrap()
+}
+
 fn frame(cmd: Command) -> String {
     let b = Envelope::Command(cmd)
         .to_frame(1)
@@ -59,9 +73,18 @@ fn admin_commands_cannot_make_mirage_commands_duplicates_or_stale() {
     let g = Ghost::start(&dir, "g1", &m.session, "");
     m.wait_ghosts(1, T);
 
-    // 1. The id Mirage will give the first command of intent "poison", sent first through
-    //    the admin boundary (`execute`).
-    let mirage_id = "cmd.poison.1.g1.1";
+    // Intent "poison": step 1 sleeps, so its step 2's command id (which carries the
+    // submission's generation) is known before Mirage sends it.
+    let id = m.submit(&format!(
+        "intent_id=\"poison\"\nactor=\"t\"\ntarget_scope=\"ghost:g1\"\nobjective=\"o\"\n\
+         [[step]]\nseed=\"seed.flow\"\noperation=\"sleep\"\nargs={{ms=\"3000\"}}\n\
+         [[step]]\nseed=\"seed.kv\"\noperation=\"put\"\nargs={{key=\"k\",value=\"mirage\"}}\nblocking=true\n"
+    ));
+    let (_, d) = m.get(&format!("/v1/intents/{id}"));
+    let generation = d["plan"]["generation"].as_u64().expect("plan.generation");
+    let mirage_id = format!("cmd.poison.s{}.2.g1.1", base36(generation));
+    let mirage_id = mirage_id.as_str();
+    // 1. That id sent first through the admin boundary (`execute`).
     let r = g.admin(json!({"action": "execute", "command": {
         "command_id": mirage_id, "intent_id": "poison",
         "seed_selector": "seed.kv", "operation": "put", "args": {"key": "k", "value": "admin"}}}));
@@ -87,7 +110,6 @@ fn admin_commands_cannot_make_mirage_commands_duplicates_or_stale() {
 
     // 3. Mirage's real command runs (not a "duplicate"), and its blocking step's lock token is
     //    not "stale".
-    let id = m.submit(&kv_plan("poison", "g1", "mirage"));
     let v = m.wait_status(&id, "satisfied", T);
     assert_eq!(g.kv_get("k").as_deref(), Some("mirage"), "{v}");
     let ids = command_ids(&g, "session");
