@@ -75,11 +75,11 @@ fn admin_commands_cannot_make_mirage_commands_duplicates_or_stale() {
 
     // Intent "poison": step 1 sleeps, so its step 2's command id (which carries the
     // submission's generation) is known before Mirage sends it.
-    let id = m.submit(&format!(
+    let id = m.submit(
         "intent_id=\"poison\"\nactor=\"t\"\ntarget_scope=\"ghost:g1\"\nobjective=\"o\"\n\
-         [[step]]\nseed=\"seed.flow\"\noperation=\"sleep\"\nargs={{ms=\"3000\"}}\n\
-         [[step]]\nseed=\"seed.kv\"\noperation=\"put\"\nargs={{key=\"k\",value=\"mirage\"}}\nblocking=true\n"
-    ));
+         [[step]]\nseed=\"seed.flow\"\noperation=\"sleep\"\nargs={ms=\"3000\"}\n\
+         [[step]]\nseed=\"seed.kv\"\noperation=\"put\"\nargs={key=\"k\",value=\"mirage\"}\nblocking=true\n"
+    );
     let (_, d) = m.get(&format!("/v1/intents/{id}"));
     let generation = d["plan"]["generation"].as_u64().expect("plan.generation");
     let mirage_id = format!("cmd.poison.s{}.2.g1.1", base36(generation));
