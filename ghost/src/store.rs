@@ -105,6 +105,29 @@ impl Db {
         Ok(seq as u64)
     }
 
+    /// Persists the execution record of an admin-run command, whose event is answered in the
+    /// admin reply only: nothing goes in the outbox, so nothing is sent on the session, now
+    /// or after a restart (issue 21 item 1).
+    pub fn record_execution(
+        &mut self,
+        command_id: &str,
+        payload: &[u8],
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "INSERT INTO executions(command_id, event, done_ms) VALUES (?1, ?2, ?3)
+             ON CONFLICT(command_id) DO NOTHING",
+            params![command_id, payload, now_ms as i64],
+        )?;
+        tx.execute(
+            "DELETE FROM started WHERE command_id=?1",
+            params![command_id],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Records that a command is being handed to its seed (before any effect can happen).
     pub fn mark_started(&mut self, command_id: &str, now_ms: u64) -> Result<(), StoreError> {
         self.conn.execute(
@@ -238,14 +261,24 @@ pub struct Persist {
     pub command_id: Option<String>,
     pub payload: Bytes,
     pub now_ms: u64,
+    /// false: an admin-run command's event, kept as its execution record only (no outbox
+    /// row, so never sent on the session); the result's seq is then 0.
+    pub session: bool,
 }
 
 impl Handler<Persist> for Store {
     type Result = Result<u64, String>;
     fn handle(&mut self, m: Persist, _: &mut SyncContext<Self>) -> Self::Result {
-        self.db
-            .persist(&m.event_id, m.command_id.as_deref(), &m.payload, m.now_ms)
-            .map_err(|e| e.to_string())
+        match (m.session, m.command_id.as_deref()) {
+            (false, Some(cid)) => self
+                .db
+                .record_execution(cid, &m.payload, m.now_ms)
+                .map(|()| 0),
+            _ => self
+                .db
+                .persist(&m.event_id, m.command_id.as_deref(), &m.payload, m.now_ms),
+        }
+        .map_err(|e| e.to_string())
     }
 }
 
@@ -320,6 +353,23 @@ mod tests {
         assert_eq!(db.prune_executions(15).unwrap(), 1);
         assert_eq!(db.recover(0).unwrap().executions.len(), 1);
         assert!(db.execution("b").unwrap().is_some());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn admin_run_executions_never_reach_the_outbox() {
+        let dir = std::env::temp_dir().join(format!("ghost-store-admin-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        {
+            let mut db = Db::open(&dir).unwrap();
+            db.mark_started("admin:cmd.i.1", 10).unwrap();
+            db.record_execution("admin:cmd.i.1", b"E", 11).unwrap();
+        }
+        let mut db = Db::open(&dir).unwrap();
+        let rec = db.recover(0).unwrap();
+        assert!(rec.outbox.is_empty(), "nothing to send on the session");
+        assert_eq!(rec.executions.len(), 1, "still deduplicated after a restart");
+        assert!(rec.started.is_empty(), "finished");
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -71,6 +71,9 @@ pub struct Enqueue {
     pub event_id: String,
     pub command_id: Option<String>,
     pub payload: Bytes,
+    /// false for an admin-run command: persisted as its execution record, answered in the
+    /// admin reply only, never sent on the session (edgectl's Mirage would count it twice).
+    pub session: bool,
 }
 
 impl Handler<Enqueue> for Outbox {
@@ -83,6 +86,7 @@ impl Handler<Enqueue> for Outbox {
             command_id: m.command_id,
             payload: m.payload.clone(),
             now_ms: shared::now_ms(),
+            session: m.session,
         };
         Box::pin(
             async move {
@@ -94,8 +98,10 @@ impl Handler<Enqueue> for Outbox {
             .into_actor(self)
             .map(move |res, act, _| {
                 let seq = res?;
-                act.state.push(seq, m.event_id, m.payload);
-                act.flush();
+                if m.session {
+                    act.state.push(seq, m.event_id, m.payload);
+                    act.flush();
+                }
                 Ok(())
             }),
         )
