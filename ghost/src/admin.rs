@@ -284,6 +284,16 @@ fn limit_of(m: &Map<String, Value>) -> usize {
     }
 }
 
+/// The `spawn_ghost` answer in both spellings: edgectl's Mirage decodes its untagged
+/// `SpawnGhostResult` (`TargetName`, `GhostID`, `AdminAddr`; Go matches keys ignoring case
+/// but not underscores), our clients and edgectl's Ghost read the snake_case keys.
+pub fn spawn_reply(id: &str, addr: &str) -> Value {
+    json!({
+        "target_name": id, "ghost_id": id, "admin_addr": addr,
+        "TargetName": id, "GhostID": id, "AdminAddr": addr,
+    })
+}
+
 pub async fn handle_line(ctx: &AdminCtx, line: &str) -> Value {
     let req = match serde_json::from_str::<Value>(line) {
         Ok(v) => lower(v, 2),
@@ -365,16 +375,6 @@ pub async fn handle_line(ctx: &AdminCtx, line: &str) -> Value {
         "" => err("missing action"),
         other => err(format!("unknown action: {other}")),
     }
-}
-
-/// The `spawn_ghost` answer in both spellings: edgectl's Mirage decodes its untagged
-/// `SpawnGhostResult` (`TargetName`, `GhostID`, `AdminAddr`; Go matches keys ignoring case
-/// but not underscores), our clients and edgectl's Ghost read the snake_case keys.
-pub fn spawn_reply(id: &str, addr: &str) -> Value {
-    json!({
-        "target_name": id, "ghost_id": id, "admin_addr": addr,
-        "TargetName": id, "GhostID": id, "AdminAddr": addr,
-    })
 }
 
 fn constant_eq(a: &str, b: &str) -> bool {

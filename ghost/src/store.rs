@@ -368,7 +368,11 @@ mod tests {
         let mut db = Db::open(&dir).unwrap();
         let rec = db.recover(0).unwrap();
         assert!(rec.outbox.is_empty(), "nothing to send on the session");
-        assert_eq!(rec.executions.len(), 1, "still deduplicated after a restart");
+        assert_eq!(
+            rec.executions.len(),
+            1,
+            "still deduplicated after a restart"
+        );
         assert!(rec.started.is_empty(), "finished");
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -540,9 +540,22 @@ pub fn refused_event_ack(frame: &Frame, ghost: &str, e: &WireError) -> Option<Ev
         timestamp_ms: shared::now_ms(),
         extra: vec![shared::wire::tlv::Field::string(
             tlv_id::ERROR_REASON,
-            &e.to_string(),
+            &bounded(e.to_string(), 512),
         )],
     })
+}
+
+/// A reason cut to at most `max` bytes (it may quote a peer's value of any length).
+fn bounded(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut cut = max;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push('…');
+    }
+    s
 }
 
 fn is_heartbeat(e: &shared::envelope::Event) -> bool {
@@ -703,7 +716,7 @@ shared::metered!(GhostSession, Close);
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![allow(clippy::unwrap_used, clippy::panic)]
     use super::*;
     use shared::handshake::{OperationInfo, SeedInfo};
 
@@ -726,6 +739,54 @@ mod tests {
             ),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_refused_event_gets_a_rejected_ack_with_its_ids() {
+        use shared::wire::tlv::{Field, Fields};
+        let frame = |fields: &[(u16, &str)]| {
+            let mut p = Fields::new();
+            for (fid, v) in fields {
+                p.push(Field::string(*fid, v));
+            }
+            Frame::new(7, shared::envelope::mt::EVENT, 0, p.to_bytes().unwrap())
+        };
+        let e = WireError::BadValue {
+            field_id: tlv_id::OUTCOME,
+            reason: "outcome must be one of [success error], got \"skipped\"".into(),
+        };
+        let f = frame(&[
+            (tlv_id::EVENT_ID, "evt.c"),
+            (tlv_id::COMMAND_ID, "c"),
+            (tlv_id::OUTCOME, "skipped"),
+        ]);
+        let a = refused_event_ack(&f, "g", &e).unwrap();
+        assert_eq!((a.event_id.as_str(), a.command_id.as_str()), ("evt.c", "c"));
+        assert_eq!(
+            (a.ghost_id.as_str(), a.ack_status),
+            ("g", AckStatus::Rejected)
+        );
+        assert_eq!(a.ack_code, code::SEMANTIC);
+        assert!(a.timestamp_ms > 0);
+        // It encodes (edgectl's required ack fields are all there) and says why.
+        let back = Envelope::EventAck(a).to_frame(7).unwrap();
+        let Ok(Envelope::EventAck(b)) = Envelope::from_frame(&back) else {
+            panic!("not an ack")
+        };
+        assert!(b.extra.iter().any(|x| x.id == tlv_id::ERROR_REASON
+            && String::from_utf8_lossy(&x.value).contains("skipped")));
+        // No event_id or command_id to answer with, or not an event: no ack.
+        assert!(refused_event_ack(&frame(&[(tlv_id::COMMAND_ID, "c")]), "g", &e).is_none());
+        assert!(refused_event_ack(
+            &frame(&[(tlv_id::EVENT_ID, "evt.c"), (tlv_id::COMMAND_ID, " ")]),
+            "g",
+            &e
+        )
+        .is_none());
+        assert_eq!(bounded("é".repeat(300), 511).len(), 510 + '…'.len_utf8());
+        let mut cmd = frame(&[(tlv_id::EVENT_ID, "evt.c"), (tlv_id::COMMAND_ID, "c")]);
+        cmd.message_type = shared::envelope::mt::COMMAND;
+        assert!(refused_event_ack(&cmd, "g", &e).is_none());
     }
 
     #[test]
