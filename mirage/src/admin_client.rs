@@ -65,6 +65,10 @@ pub async fn probe(addr: &str, timeout: Duration) -> Result<(String, Vec<SeedInf
                         .filter_map(|o| {
                             Some(OperationInfo {
                                 name: get(o, &["Name", "name"])?.as_str()?.to_owned(),
+                                // Mirage retries a timed-out attempt only where this is true.
+                                idempotent: get(o, &["Idempotent", "idempotent"])
+                                    .and_then(Value::as_bool)
+                                    .unwrap_or(false),
                                 ..Default::default()
                             })
                         })
@@ -92,10 +96,12 @@ pub async fn probe(addr: &str, timeout: Duration) -> Result<(String, Vec<SeedInf
 pub async fn execute(
     addr: &str,
     message_id: u64,
-    cmd: Command,
+    mut cmd: Command,
     timeout: Duration,
 ) -> Result<Event, String> {
     let cmd_id = cmd.command_id.clone();
+    // As on the session: the time left, on our clock (ext 207), for a Ghost whose clock differs.
+    cmd.attach_budget(shared::now_ms());
     let frame = Envelope::Command(cmd)
         .to_frame(message_id)
         .and_then(|f| f.to_bytes())

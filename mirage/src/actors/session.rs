@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 use tokio_util::codec::FramedRead;
 
 use super::supervisor::{
-    Heartbeats, IngestBatch, Register, SessionClosed, SessionVerified, Supervisor,
+    ClockSkew, Heartbeats, IngestBatch, Register, SessionClosed, SessionVerified, Supervisor,
 };
 use crate::config::{Limits as MirageLimits, MirageConfig};
 use crate::metrics as m;
@@ -52,6 +52,8 @@ pub struct GhostSession {
     /// Heartbeats acked since the Supervisor was last told, and when the last one came.
     heartbeats: u64,
     last_heartbeat_ms: u64,
+    /// The Ghost's clock against ours, from its heartbeats' timestamps.
+    skew: crate::skew::SkewEstimator,
 }
 
 /// Events per Supervisor message.
@@ -83,6 +85,7 @@ impl GhostSession {
             ext_frames: false,
             heartbeats: 0,
             last_heartbeat_ms: 0,
+            skew: Default::default(),
         }
     }
 
@@ -631,6 +634,19 @@ impl StreamHandler<Result<Frame, WireError>> for GhostSession {
                 m::HEARTBEATS.inc();
                 self.heartbeats += 1;
                 self.last_heartbeat_ms = shared::now_ms();
+                if let Some(skew_ms) = e
+                    .timestamp_ms
+                    .and_then(|t| self.skew.sample(t, shared::now_ms()))
+                {
+                    if let Some(w) = crate::skew::warning(skew_ms) {
+                        tracing::warn!(component = "mirage.session", ghost_id = %self.ghost, skew_ms, warning = %w, "ghost clock skew");
+                    }
+                    self.supervisor.do_send(ClockSkew {
+                        ghost_id: self.ghost.clone(),
+                        session_id: self.session_id.clone(),
+                        skew_ms,
+                    });
+                }
                 let a = EventAck {
                     event_id: e.event_id,
                     command_id: e.command_id,
@@ -692,7 +708,11 @@ impl Handler<SendCommand> for GhostSession {
     fn handle(&mut self, m: SendCommand, _: &mut Context<Self>) {
         let id = self.next_msg_id;
         self.next_msg_id += 1;
-        self.send_env(&Envelope::Command(m.0), id);
+        let mut cmd = m.0;
+        // The time left, measured now on our clock (ext 207): a Ghost whose clock differs
+        // from ours still gets the whole budget. deadline_ms stays for edgectl peers.
+        cmd.attach_budget(shared::now_ms());
+        self.send_env(&Envelope::Command(cmd), id);
     }
 }
 
