@@ -55,8 +55,9 @@ fn ghost_with_clock(dir: &Path, id: &str, mirage: &str, offset: &str) -> Ghost {
     std::fs::write(
         &cfg,
         format!(
-            "ghost_id = \"{id}\"\ndata_dir = \"{}\"\n[mirage]\naddresses = [\"{mirage}\"]\n[admin]\nlisten = \"127.0.0.1:0\"\n[timeouts]\nheartbeat_ms = 300\ndead_after_ms = 2000\nack_timeout_ms = 3000\n[backoff]\ninitial_ms = 50\nmax_ms = 500\n",
-            data.display()
+            "ghost_id = \"{id}\"\ndata_dir = \"{}\"\n[mirage]\naddresses = [\"{mirage}\"]\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"{token}\"\n[timeouts]\nheartbeat_ms = 300\ndead_after_ms = 2000\nack_timeout_ms = 3000\n[backoff]\ninitial_ms = 50\nmax_ms = 500\n",
+            data.display(),
+            token = e2e::ADMIN_TOKEN,
         ),
     )
     .unwrap();
@@ -72,7 +73,11 @@ fn ghost_with_clock(dir: &Path, id: &str, mirage: &str, offset: &str) -> Ghost {
         ],
     );
     let admin = proc.field("admin");
-    Ghost { proc, admin }
+    Ghost {
+        proc,
+        admin,
+        token: e2e::ADMIN_TOKEN.to_owned(),
+    }
 }
 
 fn ghost_info(m: &Mirage, id: &str) -> Value {

@@ -345,8 +345,8 @@ fn a_ghost_without_session_commands_is_driven_through_its_admin_boundary() {
         &dir,
         0,
         &format!(
-            "[[ghost_admin]]\nid = \"edge\"\naddr = \"{}\"\n",
-            edge.admin
+            "[[ghost_admin]]\nid = \"edge\"\naddr = \"{}\"\ntoken = \"{}\"\n",
+            edge.admin, edge.token
         ),
     );
     m.wait_ghosts(1, T);

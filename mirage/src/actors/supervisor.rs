@@ -485,7 +485,7 @@ impl Supervisor {
     fn poll_admin_ghosts(&mut self, ctx: &mut Context<Self>) {
         let timeout = Duration::from_millis(self.cfg.timeouts.connect_ms.min(2000));
         for ga in self.cfg.ghost_admin.clone() {
-            let fut = async move { crate::admin_client::probe(&ga.addr, timeout).await };
+            let fut = async move { crate::admin_client::probe(&ga.addr, &ga.token, timeout).await };
             let id = ga.id.clone();
             ctx.spawn(fut.into_actor(self).map(move |res, act, _| {
                 let Some(g) = act.ghosts.get_mut(&id) else { return };
@@ -554,9 +554,17 @@ impl Supervisor {
         );
         let me = ctx.address();
         m::COMMANDS_SENT.inc();
+        let token = self
+            .cfg
+            .ghost_admin
+            .iter()
+            .find(|g| g.id == ghost)
+            .map(|g| g.token.clone())
+            .unwrap_or_default();
         actix_rt::spawn(async move {
             let cmd = command.clone();
-            let ev = match crate::admin_client::execute(&addr, msg_id, command, timeout).await {
+            let res = crate::admin_client::execute(&addr, &token, msg_id, command, timeout).await;
+            let ev = match res {
                 Ok(e) => e,
                 Err(why) => {
                     // The Ghost refused or could not be reached: a terminal error, not silence.
