@@ -297,6 +297,16 @@ fn limit_of(m: &Map<String, Value>) -> usize {
     }
 }
 
+/// The `spawn_ghost` answer in both spellings: edgectl's Mirage decodes its untagged
+/// `SpawnGhostResult` (`TargetName`, `GhostID`, `AdminAddr`; Go matches keys ignoring case
+/// but not underscores), our clients and edgectl's Ghost read the snake_case keys.
+pub fn spawn_reply(id: &str, addr: &str) -> Value {
+    json!({
+        "target_name": id, "ghost_id": id, "admin_addr": addr,
+        "TargetName": id, "GhostID": id, "AdminAddr": addr,
+    })
+}
+
 pub async fn handle_line(ctx: &AdminCtx, line: &str) -> Value {
     let req = match serde_json::from_str::<Value>(line) {
         Ok(v) => lower(v, 2),
@@ -374,9 +384,7 @@ pub async fn handle_line(ctx: &AdminCtx, line: &str) -> Value {
             let admin = s(&spawn, "admin_addr").to_owned();
             let r = ctx.children.borrow_mut().spawn(&ctx.cfg, &target, &admin);
             match r {
-                Ok((id, addr)) => {
-                    ok(json!({"target_name": id, "ghost_id": id, "admin_addr": addr}))
-                }
+                Ok((id, addr)) => ok(spawn_reply(&id, &addr)),
                 Err(e) => err(e),
             }
         }

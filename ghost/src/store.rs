@@ -59,6 +59,33 @@ fn tick_sql(t: u64) -> i64 {
     t.min(i64::MAX as u64) as i64
 }
 
+/// A finished command's execution record (kept at least as long as its start marker was),
+/// and the marker removed: no longer interrupted, whatever happens next.
+fn insert_execution(
+    tx: &rusqlite::Transaction<'_>,
+    cid: &str,
+    payload: &[u8],
+    now_ms: u64,
+    tick: u64,
+    keep_until: u64,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO executions(command_id, event, done_ms, tick, keep_until)
+         VALUES (?1, ?2, ?3, ?4,
+           max(?5, coalesce((SELECT keep_until FROM started WHERE command_id=?1), 0)))
+         ON CONFLICT(command_id) DO NOTHING",
+        params![
+            cid,
+            payload,
+            now_ms as i64,
+            tick_sql(tick),
+            tick_sql(keep_until)
+        ],
+    )?;
+    tx.execute("DELETE FROM started WHERE command_id=?1", params![cid])?;
+    Ok(())
+}
+
 fn tick_from_sql(t: i64) -> u64 {
     if t == i64::MAX {
         u64::MAX
@@ -224,24 +251,27 @@ impl Db {
             |r| r.get(0),
         )?;
         if let Some(cid) = command_id {
-            tx.execute(
-                "INSERT INTO executions(command_id, event, done_ms, tick, keep_until)
-                 VALUES (?1, ?2, ?3, ?4,
-                   max(?5, coalesce((SELECT keep_until FROM started WHERE command_id=?1), 0)))
-                 ON CONFLICT(command_id) DO NOTHING",
-                params![
-                    cid,
-                    payload,
-                    now_ms as i64,
-                    tick_sql(tick),
-                    tick_sql(keep_until)
-                ],
-            )?;
-            // Finished: no longer interrupted, whatever happens next.
-            tx.execute("DELETE FROM started WHERE command_id=?1", params![cid])?;
+            insert_execution(&tx, cid, payload, now_ms, tick, keep_until)?;
         }
         tx.commit()?;
         Ok(seq as u64)
+    }
+
+    /// Persists the execution record of an admin-run command, whose event is answered in the
+    /// admin reply only: nothing goes in the outbox, so nothing is sent on the session, now
+    /// or after a restart (issue 21 item 1). The record is the one `persist` writes.
+    pub fn record_execution(
+        &mut self,
+        command_id: &str,
+        payload: &[u8],
+        now_ms: u64,
+        tick: u64,
+        keep_until: u64,
+    ) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        insert_execution(&tx, command_id, payload, now_ms, tick, keep_until)?;
+        tx.commit()?;
+        Ok(())
     }
 
     /// Records that a command is being handed to its seed (before any effect can happen).
@@ -454,22 +484,31 @@ pub struct Persist {
     pub payload: Bytes,
     /// Wall clock, for people reading the outbox; aging uses the Ghost clock.
     pub now_ms: u64,
+    /// false: an admin-run command's event, kept as its execution record only (no outbox
+    /// row, so never sent on the session); the result's seq is then 0.
+    pub session: bool,
 }
 
 impl Handler<Persist> for Store {
     type Result = Result<u64, String>;
     fn handle(&mut self, m: Persist, _: &mut SyncContext<Self>) -> Self::Result {
         let tick = self.clock.now();
-        self.db
-            .persist(
+        let keep_until = tick.saturating_add(self.window_ms);
+        match (m.session, m.command_id.as_deref()) {
+            (false, Some(cid)) => self
+                .db
+                .record_execution(cid, &m.payload, m.now_ms, tick, keep_until)
+                .map(|()| 0),
+            _ => self.db.persist(
                 &m.event_id,
                 m.command_id.as_deref(),
                 &m.payload,
                 m.now_ms,
                 tick,
-                tick.saturating_add(self.window_ms),
-            )
-            .map_err(|e| e.to_string())
+                keep_until,
+            ),
+        }
+        .map_err(|e| e.to_string())
     }
 }
 
@@ -576,6 +615,27 @@ mod tests {
         );
         assert_eq!(db.recover().unwrap().executions.len(), 1);
         assert!(db.execution("b").unwrap().is_some());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn admin_run_executions_never_reach_the_outbox() {
+        let dir = tmp("admin-run");
+        {
+            let mut db = Db::open(&dir, W).unwrap();
+            db.mark_started("admin:cmd.i.1", 10, 10, 10 + W).unwrap();
+            db.record_execution("admin:cmd.i.1", b"E", 11, 11, 11 + W)
+                .unwrap();
+        }
+        let mut db = Db::open(&dir, W).unwrap();
+        let rec = db.recover().unwrap();
+        assert!(rec.outbox.is_empty(), "nothing to send on the session");
+        assert_eq!(
+            rec.executions.len(),
+            1,
+            "still deduplicated after a restart"
+        );
+        assert!(rec.started.is_empty(), "finished");
         let _ = std::fs::remove_dir_all(&dir);
     }
 

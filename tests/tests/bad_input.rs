@@ -147,9 +147,12 @@ fn slowloris(addr: &str, line: &[u8], max_bytes: usize) -> (Option<Duration>, Ve
 
 // ------------------------------------------------------------------ session port helpers
 
+/// Registers as a Ghost of ours (`session.command`): only those are sent `error` frames
+/// (an edgectl Ghost gets a rejected `event.ack` or nothing; tests/interop.rs).
 fn registration(id: &str) -> Vec<u8> {
     let mut l = json!({"type": "seed.register", "registration": {
-        "ghost_id": id, "peer_identity": id, "seed_list": []}})
+        "ghost_id": id, "peer_identity": id, "seed_list": [],
+        "capabilities": ["session.command"]}})
     .to_string()
     .into_bytes();
     l.push(b'\n');

@@ -207,6 +207,8 @@ impl Dispatcher {
             event_id: ev.event_id.clone(),
             command_id: Some(cmd.command_id.clone()),
             payload: payload.clone(),
+            // An admin-run command is answered in the admin reply only.
+            session: source == Source::Session,
         };
         let outbox = self.outbox.clone();
         Box::pin(
@@ -311,10 +313,15 @@ impl Handler<Run> for Dispatcher {
                 let Ok(Envelope::Event(ev)) = ev else {
                     return Box::pin(fut::ready(Err("stored event unreadable".into())));
                 };
+                if m.source == Source::Admin {
+                    // Answered in the admin reply only, as the first run was.
+                    return Box::pin(fut::ready(Ok(ev)));
+                }
                 let enqueue = Enqueue {
                     event_id: ev.event_id.clone(),
                     command_id: None,
                     payload: payload.clone(),
+                    session: true,
                 };
                 let outbox = self.outbox.clone();
                 return Box::pin(

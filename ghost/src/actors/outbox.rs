@@ -220,6 +220,9 @@ pub struct Enqueue {
     pub event_id: String,
     pub command_id: Option<String>,
     pub payload: Bytes,
+    /// false for an admin-run command: persisted as its execution record, answered in the
+    /// admin reply only, never sent on the session (edgectl's Mirage would count it twice).
+    pub session: bool,
 }
 
 impl Handler<Enqueue> for Outbox {
@@ -232,6 +235,7 @@ impl Handler<Enqueue> for Outbox {
             command_id: m.command_id.clone(),
             payload: m.payload.clone(),
             now_ms: shared::now_ms(),
+            session: m.session,
         };
         let (first, again) = (persist(), persist());
         let reserve = self.reserve.clone();
@@ -259,8 +263,10 @@ impl Handler<Enqueue> for Outbox {
             .map(move |res, act, _| match res {
                 Ok(seq) => {
                     act.on_persist_ok();
-                    act.state.push(seq, m.event_id, m.payload);
-                    act.flush();
+                    if m.session {
+                        act.state.push(seq, m.event_id, m.payload);
+                        act.flush();
+                    }
                     Ok(())
                 }
                 Err(e) => {

@@ -11,8 +11,9 @@ use actix::prelude::*;
 use bytes::BytesMut;
 use shared::envelope::{AckStatus, Command, Envelope, ErrorEnvelope, EventAck};
 use shared::error::{code, WireError};
-use shared::handshake::{self, Registration, RegistrationAck};
+use shared::handshake::{self, Registration, RegistrationAck, CAP_SESSION_COMMAND};
 use shared::metrics::MeteredAddr;
+use shared::wire::tlv::id as tlv_id;
 use shared::wire::{Frame, FrameCodec, Limits};
 use tokio::io::AsyncWriteExt;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -24,7 +25,7 @@ use tokio::sync::mpsc;
 use tokio_util::codec::FramedRead;
 
 use super::supervisor::{
-    ClockSkew, IngestBatch, Register, SessionClosed, SessionVerified, Supervisor,
+    ClockSkew, Heartbeats, IngestBatch, Register, SessionClosed, SessionVerified, Supervisor,
 };
 use crate::config::{Limits as MirageLimits, MirageConfig};
 use crate::metrics as m;
@@ -45,6 +46,12 @@ pub struct GhostSession {
     /// Events read but not yet handed to the Supervisor: everything decoded from one read
     /// goes in one message (bounded by MAX_BATCH).
     batch: Vec<(u64, shared::envelope::Event)>,
+    /// The Ghost declared `session.command` (ours): it decodes `error` frames. An edgectl
+    /// Ghost does not, so it is only ever sent `event.ack` (PROTOCOL.md §2).
+    ext_frames: bool,
+    /// Heartbeats acked since the Supervisor was last told, and when the last one came.
+    heartbeats: u64,
+    last_heartbeat_ms: u64,
     /// The Ghost's clock against ours, from its heartbeats' timestamps.
     skew: crate::skew::SkewEstimator,
 }
@@ -75,6 +82,9 @@ impl GhostSession {
             tls,
             verified: false,
             batch: Vec::new(),
+            ext_frames: false,
+            heartbeats: 0,
+            last_heartbeat_ms: 0,
             skew: Default::default(),
         }
     }
@@ -122,6 +132,41 @@ impl GhostSession {
             }),
             id,
         );
+    }
+
+    /// Answers a frame this session refuses. A Ghost of ours gets an `error` frame; an
+    /// edgectl Ghost cannot decode one (it would re-send the event until its ack timeout and
+    /// then re-dial), so a refused event gets a rejected `event.ack` instead, and a frame
+    /// that is not a readable event gets no answer (the session closes when the stream is
+    /// broken).
+    fn refuse(&mut self, e: &WireError, frame: Option<&Frame>) {
+        if self.ext_frames {
+            self.error_frame(e, frame.map(|f| f.message_id));
+            return;
+        }
+        let Some(f) = frame else { return };
+        match refused_event_ack(f, &self.ghost, e) {
+            Some(a) => {
+                tracing::info!(component = "mirage.session", ghost_id = %self.ghost, message_id = f.message_id, event_id = %a.event_id, command_id = %a.command_id, code = a.ack_code, "event refused; answered with a rejected event.ack (the ghost takes no error frames)");
+                self.send_env(&Envelope::EventAck(a), f.message_id);
+            }
+            None => {
+                tracing::debug!(component = "mirage.session", ghost_id = %self.ghost, message_id = f.message_id, message_type = f.message_type, "refused frame has no event_id and command_id; no answer an edgectl ghost can read")
+            }
+        }
+    }
+
+    /// Tells the Supervisor about the heartbeats acked since last time (one message per
+    /// tick, not one per heartbeat).
+    fn report_heartbeats(&mut self) {
+        if self.heartbeats == 0 || self.ghost.is_empty() {
+            return;
+        }
+        self.supervisor.do_send(Heartbeats {
+            ghost_id: self.ghost.clone(),
+            count: std::mem::take(&mut self.heartbeats),
+            last_ms: self.last_heartbeat_ms,
+        });
     }
 
     /// Drop the writer (it flushes and closes) and stop.
@@ -192,6 +237,7 @@ impl GhostSession {
         );
         let dead = Duration::from_millis(self.cfg.timeouts.dead_after_ms);
         ctx.run_interval(hb, move |act, ctx| {
+            act.report_heartbeats();
             if act.last_rx.elapsed() > dead {
                 let why = format!(
                     "nothing from the ghost for {} ms",
@@ -387,6 +433,7 @@ impl Actor for GhostSession {
         }).map(|res, act, ctx| match res {
             Ok((r, w, buf, reg, ack)) => {
                 act.ghost = reg.ghost_id.clone();
+                act.ext_frames = reg.has_capability(CAP_SESSION_COMMAND);
                 act.session_id = ack.session_id.clone().unwrap_or_default();
                 tracing::info!(component = "mirage.session", peer = %act.peer, ghost_id = %act.ghost, session_id = %act.session_id, seeds = reg.seeds().len(), "ghost registered");
                 act.start_frames(r, w, buf, ctx);
@@ -419,6 +466,7 @@ impl Actor for GhostSession {
     fn stopped(&mut self, _: &mut Context<Self>) {
         shared::metrics::actor("mirage.session").instance_stopped();
         self.open.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.report_heartbeats();
         if !self.ghost.is_empty() {
             self.supervisor.do_send(SessionClosed {
                 ghost_id: self.ghost.clone(),
@@ -470,6 +518,49 @@ pub fn check_size(reg: &Registration, line_len: usize, l: &MirageLimits) -> Resu
     Ok(())
 }
 
+/// The rejected `event.ack` for an event frame that was refused, in the shape an edgectl
+/// Ghost decodes (fields 4, 2, 200, 700, 701, 6; it ignores ext 801, which says why). `None`
+/// when the frame is not an event or its event_id / command_id cannot be read: edgectl
+/// requires both non-blank in an ack, and matches the ack to its event by event_id.
+pub fn refused_event_ack(frame: &Frame, ghost: &str, e: &WireError) -> Option<EventAck> {
+    if frame.message_type != shared::envelope::mt::EVENT {
+        return None;
+    }
+    let fields = shared::wire::tlv::decode(&frame.payload).ok()?;
+    let text = |fid| {
+        fields
+            .get(fid)
+            .and_then(|f| f.as_str().ok())
+            .filter(|s| !s.trim().is_empty())
+            .map(str::to_owned)
+    };
+    Some(EventAck {
+        event_id: text(tlv_id::EVENT_ID)?,
+        command_id: text(tlv_id::COMMAND_ID)?,
+        ghost_id: ghost.to_owned(),
+        ack_status: AckStatus::Rejected,
+        ack_code: e.code(),
+        timestamp_ms: shared::now_ms(),
+        extra: vec![shared::wire::tlv::Field::string(
+            tlv_id::ERROR_REASON,
+            &bounded(e.to_string(), 512),
+        )],
+    })
+}
+
+/// A reason cut to at most `max` bytes (it may quote a peer's value of any length).
+fn bounded(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut cut = max;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push('…');
+    }
+    s
+}
+
 fn is_heartbeat(e: &shared::envelope::Event) -> bool {
     e.intent_id == "intent.session.heartbeat" && e.event_id.starts_with("evt.session.")
 }
@@ -510,7 +601,7 @@ impl StreamHandler<Result<Frame, WireError>> for GhostSession {
             Err(e) => {
                 m::FRAME_ERRORS.inc();
                 tracing::warn!(component = "mirage.session", peer = %self.peer, ghost_id = %self.ghost, direction = "in", code = e.code(), stage = %e.stage(), error = %e, "framing error; closing");
-                self.error_frame(&e, None);
+                self.refuse(&e, None);
                 self.close(&e.to_string(), ctx);
                 return;
             }
@@ -525,7 +616,7 @@ impl StreamHandler<Result<Frame, WireError>> for GhostSession {
             if let Err(e) = res {
                 m::FRAME_ERRORS.inc();
                 tracing::warn!(component = "mirage.session", peer = %self.peer, ghost_id = %self.ghost, message_id = frame.message_id, message_type = frame.message_type, code = e.code(), reason = %e, "frame refused: auth");
-                self.error_frame(&e, Some(frame.message_id));
+                self.refuse(&e, Some(&frame));
                 self.close(&e.to_string(), ctx);
                 return;
             }
@@ -541,6 +632,8 @@ impl StreamHandler<Result<Frame, WireError>> for GhostSession {
         match Envelope::from_frame(&frame) {
             Ok(Envelope::Event(e)) if is_heartbeat(&e) => {
                 m::HEARTBEATS.inc();
+                self.heartbeats += 1;
+                self.last_heartbeat_ms = shared::now_ms();
                 if let Some(skew_ms) = e
                     .timestamp_ms
                     .and_then(|t| self.skew.sample(t, shared::now_ms()))
@@ -587,12 +680,12 @@ impl StreamHandler<Result<Frame, WireError>> for GhostSession {
                     ),
                 };
                 tracing::warn!(component = "mirage.session", ghost_id = %self.ghost, message_id = frame.message_id, message_type = frame.message_type, "unexpected message type");
-                self.error_frame(&e, Some(frame.message_id));
+                self.refuse(&e, Some(&frame));
             }
             Err(e) => {
                 m::FRAME_ERRORS.inc();
                 tracing::warn!(component = "mirage.session", ghost_id = %self.ghost, message_id = frame.message_id, message_type = frame.message_type, code = e.code(), error = %e, "invalid frame");
-                self.error_frame(&e, Some(frame.message_id));
+                self.refuse(&e, Some(&frame));
                 if e.breaks_stream() {
                     self.close(&e.to_string(), ctx);
                 }
@@ -643,7 +736,7 @@ shared::metered!(GhostSession, Close);
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![allow(clippy::unwrap_used, clippy::panic)]
     use super::*;
     use shared::handshake::{OperationInfo, SeedInfo};
 
@@ -666,6 +759,54 @@ mod tests {
             ),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_refused_event_gets_a_rejected_ack_with_its_ids() {
+        use shared::wire::tlv::{Field, Fields};
+        let frame = |fields: &[(u16, &str)]| {
+            let mut p = Fields::new();
+            for (fid, v) in fields {
+                p.push(Field::string(*fid, v));
+            }
+            Frame::new(7, shared::envelope::mt::EVENT, 0, p.to_bytes().unwrap())
+        };
+        let e = WireError::BadValue {
+            field_id: tlv_id::OUTCOME,
+            reason: "outcome must be one of [success error], got \"skipped\"".into(),
+        };
+        let f = frame(&[
+            (tlv_id::EVENT_ID, "evt.c"),
+            (tlv_id::COMMAND_ID, "c"),
+            (tlv_id::OUTCOME, "skipped"),
+        ]);
+        let a = refused_event_ack(&f, "g", &e).unwrap();
+        assert_eq!((a.event_id.as_str(), a.command_id.as_str()), ("evt.c", "c"));
+        assert_eq!(
+            (a.ghost_id.as_str(), a.ack_status),
+            ("g", AckStatus::Rejected)
+        );
+        assert_eq!(a.ack_code, code::SEMANTIC);
+        assert!(a.timestamp_ms > 0);
+        // It encodes (edgectl's required ack fields are all there) and says why.
+        let back = Envelope::EventAck(a).to_frame(7).unwrap();
+        let Ok(Envelope::EventAck(b)) = Envelope::from_frame(&back) else {
+            panic!("not an ack")
+        };
+        assert!(b.extra.iter().any(|x| x.id == tlv_id::ERROR_REASON
+            && String::from_utf8_lossy(&x.value).contains("skipped")));
+        // No event_id or command_id to answer with, or not an event: no ack.
+        assert!(refused_event_ack(&frame(&[(tlv_id::COMMAND_ID, "c")]), "g", &e).is_none());
+        assert!(refused_event_ack(
+            &frame(&[(tlv_id::EVENT_ID, "evt.c"), (tlv_id::COMMAND_ID, " ")]),
+            "g",
+            &e
+        )
+        .is_none());
+        assert_eq!(bounded("é".repeat(300), 511).len(), 510 + '…'.len_utf8());
+        let mut cmd = frame(&[(tlv_id::EVENT_ID, "evt.c"), (tlv_id::COMMAND_ID, "c")]);
+        cmd.message_type = shared::envelope::mt::COMMAND;
+        assert!(refused_event_ack(&cmd, "g", &e).is_none());
     }
 
     #[test]

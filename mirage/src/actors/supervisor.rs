@@ -35,6 +35,10 @@ pub struct GhostEntry {
     pub registered_ms: u64,
     pub last_event_ms: u64,
     pub events: u64,
+    /// Heartbeat events acked on its sessions (edgectl Ghosts send nothing else), and when
+    /// the last one came. Not in `events`: those are observations (command results).
+    pub heartbeats: u64,
+    pub last_heartbeat_ms: u64,
     /// `[[ghost_admin]]`: driven through this admin address, reachable now or not.
     pub admin_addr: Option<String>,
     pub admin_ok: bool,
@@ -100,8 +104,15 @@ pub struct GhostInfo {
     pub session_id: String,
     pub peer: String,
     pub registered_ms: u64,
+    /// Events other than heartbeats (command results, observations) and the last one's time.
     pub last_event_ms: u64,
     pub events: u64,
+    /// Heartbeat events acked (an edgectl Ghost sends one every 5 s and nothing else on its
+    /// session) and the last one's time.
+    pub heartbeats: u64,
+    pub last_heartbeat_ms: u64,
+    /// The latest of `last_event_ms` and `last_heartbeat_ms`: when the Ghost was last heard.
+    pub last_seen_ms: u64,
     pub session_commands: bool,
     pub labels: BTreeMap<String, String>,
     pub seeds: Vec<shared::handshake::SeedInfo>,
@@ -647,6 +658,8 @@ impl Actor for Supervisor {
                     registered_ms: 0,
                     last_event_ms: 0,
                     events: 0,
+                    heartbeats: 0,
+                    last_heartbeat_ms: 0,
                     admin_addr: Some(ga.addr),
                     admin_ok: false,
                     verified: true,
@@ -726,6 +739,8 @@ impl Handler<Register> for Supervisor {
                 registered_ms: now,
                 last_event_ms: 0,
                 events: 0,
+                heartbeats: 0,
+                last_heartbeat_ms: 0,
                 admin_addr: None,
                 admin_ok: false,
                 verified: false,
@@ -833,6 +848,26 @@ impl Handler<SessionVerified> for Supervisor {
                 self.flush_fleet();
                 self.ghost_up(&m.ghost_id);
             }
+        }
+    }
+}
+
+/// Heartbeats a session acked since its last report (sent once per session tick).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Heartbeats {
+    pub ghost_id: String,
+    pub count: u64,
+    pub last_ms: u64,
+}
+
+impl Handler<Heartbeats> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, m: Heartbeats, _: &mut Context<Self>) {
+        if let Some(g) = self.ghosts.get_mut(&m.ghost_id) {
+            g.heartbeats += m.count;
+            g.last_heartbeat_ms = g.last_heartbeat_ms.max(m.last_ms);
         }
     }
 }
@@ -1593,6 +1628,9 @@ impl Supervisor {
             registered_ms: g.registered_ms,
             last_event_ms: g.last_event_ms,
             events: g.events,
+            heartbeats: g.heartbeats,
+            last_heartbeat_ms: g.last_heartbeat_ms,
+            last_seen_ms: g.last_event_ms.max(g.last_heartbeat_ms),
             session_commands: g.registration.has_capability(CAP_SESSION_COMMAND),
             labels: g.registration.labels.clone(),
             seeds: g.registration.seeds().to_vec(),
@@ -1810,6 +1848,7 @@ impl Handler<GetOverview> for Supervisor {
 
 shared::metered!(Supervisor, Ingest);
 shared::metered!(Supervisor, IngestBatch);
+shared::metered!(Supervisor, Heartbeats);
 shared::metered!(Supervisor, Dispatch);
 shared::metered!(Supervisor, Register);
 shared::metered!(Supervisor, SessionClosed);

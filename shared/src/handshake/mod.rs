@@ -190,9 +190,12 @@ pub fn validate_ghost_id(id: &str) -> Result<(), WireError> {
         ));
     }
     if id.chars().any(|c| c.is_control() || c.is_whitespace()) {
-        return Err(invalid(
-            "invalid registration: ghost_id contains whitespace or control characters",
-        ));
+        // edgectl accepts such ids; we keep refusing them and say so (docs/DECISIONS.md).
+        return Err(invalid(&format!(
+            "invalid registration: ghost_id {id:?} contains whitespace or control characters; \
+             edgectl accepts such ids, this Mirage refuses them (ids are logged, stored and used \
+             as lock keys): choose a ghost_id without them"
+        )));
     }
     Ok(())
 }
