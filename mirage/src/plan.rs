@@ -88,6 +88,85 @@ impl FleetView {
     }
 }
 
+/// At submit: refuse a step whose seed or operation no known Ghost in scope declares, rather
+/// than let it wait for a placement until its timeout. Known means in the registry, connected
+/// or not (a Ghost that is offline now is remembered with its registration). A step is
+/// accepted when no Ghost in scope is known yet (a fleet still coming up, a Mirage just
+/// restarted), or when one in scope has not said what it hosts (an unreached
+/// `[[ghost_admin]]` Ghost, a Ghost that registers no seed list): those may still host it.
+/// Err: (step index, what is missing, which Ghosts were considered).
+pub fn submit_check(intent: &Intent, fleet: &FleetView) -> Result<(), (usize, String)> {
+    const NAMED: usize = 8;
+    for (idx, s) in intent.steps.iter().enumerate() {
+        let considered: Vec<(&String, &GhostView)> = fleet
+            .ghosts
+            .iter()
+            .filter(|(g, _)| intent.in_scope(g))
+            .filter(|(g, _)| match &s.on {
+                On::Ghost(only) => *g == only,
+                _ => true,
+            })
+            .collect();
+        if considered.is_empty() || considered.iter().any(|(_, v)| v.seeds.is_empty()) {
+            continue;
+        }
+        let mut ops = vec![s.operation.as_str()];
+        if let Some(c) = &s.check {
+            ops.push(c.operation.as_str());
+        }
+        let hosts_seed = considered
+            .iter()
+            .any(|(_, v)| v.seeds.contains_key(&s.seed));
+        let missing = if !hosts_seed {
+            Some(format!("seed {:?}", s.seed))
+        } else {
+            ops.iter()
+                .find(|op| {
+                    !considered.iter().any(|(_, v)| match v.seeds.get(&s.seed) {
+                        Some(None) => true,
+                        Some(Some(declared)) => declared.iter().any(|d| d == *op),
+                        None => false,
+                    })
+                })
+                .map(|op| format!("operation {op:?} of seed {:?}", s.seed))
+        };
+        let Some(missing) = missing else { continue };
+        let mut names: Vec<String> = considered
+            .iter()
+            .take(NAMED)
+            .map(|(g, v)| {
+                let state = if v.connected { "connected" } else { "offline" };
+                let declared = match v.seeds.get(&s.seed) {
+                    Some(Some(o)) => format!("{} declares {}", s.seed, o.join(", ")),
+                    Some(None) => format!("hosts {}", s.seed),
+                    None => format!(
+                        "seeds {}",
+                        v.seeds.keys().cloned().collect::<Vec<_>>().join(", ")
+                    ),
+                };
+                format!("{g} ({state}; {declared})")
+            })
+            .collect();
+        if considered.len() > NAMED {
+            names.push(format!("and {} more", considered.len() - NAMED));
+        }
+        let scope = match &s.on {
+            On::Ghost(g) => format!("{g} in {}", intent.target_scope),
+            _ => intent.target_scope.clone(),
+        };
+        return Err((
+            idx,
+            format!(
+                "step {}/{}: no known Ghost in {scope} declares {missing}; considered: {}",
+                idx + 1,
+                intent.steps.len(),
+                names.join("; ")
+            ),
+        ));
+    }
+    Ok(())
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReportDraft {
     pub phase: Phase,
@@ -1129,6 +1208,69 @@ mod tests {
     }
 
     const TWO: &str = "[[step]]\nseed=\"seed.kv\"\noperation=\"put\"\n[[step]]\nseed=\"seed.flow\"\noperation=\"status\"\non=\"one\"\n";
+
+    #[test]
+    fn submit_refuses_what_no_known_ghost_in_scope_declares() {
+        let mut f = fleet(&["a", "b"]);
+        if let Some(v) = f.ghosts.get_mut("b") {
+            v.connected = false;
+            v.seeds
+                .insert("seed.fs".into(), Some(vec!["read".into(), "write".into()]));
+        }
+        let ok = |steps: &str, f: &FleetView| submit_check(&plan(steps).intent, f);
+        assert_eq!(ok(TWO, &f), Ok(()));
+        let (idx, why) = ok(
+            "[[step]]\nseed=\"seed.kv\"\noperation=\"put\"\n[[step]]\nseed=\"seed.nope\"\noperation=\"x\"\n",
+            &f,
+        )
+        .unwrap_err();
+        assert_eq!(idx, 1);
+        assert!(
+            why.starts_with("step 2/2: no known Ghost in ghost:* declares seed \"seed.nope\""),
+            "{why}"
+        );
+        assert!(
+            why.contains("a (connected;") && why.contains("b (offline;"),
+            "{why}"
+        );
+        // Declared by an offline Ghost only: accepted (it may come back).
+        assert_eq!(
+            ok("[[step]]\nseed=\"seed.fs\"\noperation=\"read\"\n", &f),
+            Ok(())
+        );
+        let (_, why) = ok("[[step]]\nseed=\"seed.fs\"\noperation=\"delete\"\n", &f).unwrap_err();
+        assert!(
+            why.contains("operation \"delete\" of seed \"seed.fs\""),
+            "{why}"
+        );
+        assert!(why.contains("seed.fs declares read, write"), "{why}");
+        // A check's operation counts too.
+        let (_, why) = ok(
+            "[[step]]\nseed=\"seed.fs\"\noperation=\"read\"\ncheck={operation=\"stat\"}\n",
+            &f,
+        )
+        .unwrap_err();
+        assert!(why.contains("\"stat\""), "{why}");
+        // on = a Ghost: only that one is considered.
+        assert!(ok(
+            "[[step]]\nseed=\"seed.fs\"\noperation=\"read\"\non=\"a\"\n",
+            &f
+        )
+        .is_err());
+        // No Ghost known in scope, or one that has not said what it hosts: accepted.
+        assert_eq!(
+            ok(
+                "[[step]]\nseed=\"seed.nope\"\noperation=\"x\"\n",
+                &fleet(&[])
+            ),
+            Ok(())
+        );
+        f.ghosts.insert("c".into(), GhostView::default());
+        assert_eq!(
+            ok("[[step]]\nseed=\"seed.nope\"\noperation=\"x\"\n", &f),
+            Ok(())
+        );
+    }
 
     #[test]
     fn wakeups_follow_deadlines_and_keep() {

@@ -1397,6 +1397,12 @@ impl Handler<Submit> for Supervisor {
             ))));
         }
         self.flush_fleet();
+        if let Err((idx, why)) = crate::plan::submit_check(&m.0, &self.fleet.borrow()) {
+            tracing::info!(component = "mirage.supervisor", intent_id = %id, step = idx + 1, reason = %why, "intent refused at submit");
+            let mut e = ApiError::new(400, format!("intent {id} refused: {why}"));
+            e.field = Some(format!("step[{idx}]"));
+            return Box::pin(fut::ready(Err(e)));
+        }
         self.intent_seq += 1;
         m::INTENTS_SUBMITTED.inc();
         let mut plan = Plan::new(m.0, self.next_generation());
