@@ -467,7 +467,12 @@ fn client(cli: &Cli) -> Result<i32, String> {
                 if json {
                     print_json(&v);
                 } else {
-                    println!("withdrawing {id}");
+                    match v["status"].as_str() {
+                        Some("withdrawing") => println!(
+                            "withdrawing {id}: its running command keeps the seed lock until it ends"
+                        ),
+                        _ => println!("withdrawn {id}"),
+                    }
                 }
                 Ok(0)
             }

@@ -297,6 +297,11 @@ pub struct Plan {
     /// left reports in the history that are not this one's.
     #[serde(default)]
     pub first_report_seq: u64,
+    /// Withdrawn while a blocking step's commands ran: the status stays `Active` (so a
+    /// restart resumes it and keeps its locks) until they end, by event or attempt deadline;
+    /// then the locks go and the plan ends `Withdrawn`. Nothing new is sent meanwhile.
+    #[serde(default)]
+    pub withdrawing: Option<String>,
 }
 
 fn report(
@@ -355,6 +360,7 @@ impl Plan {
             failure: None,
             generation,
             first_report_seq: 0,
+            withdrawing: None,
         }
     }
 
@@ -416,6 +422,10 @@ impl Plan {
         if self.status.is_terminal() {
             return fx;
         }
+        if self.withdrawing.is_some() {
+            self.drain(input, now, &mut fx);
+            return fx;
+        }
         match input {
             Input::Start => {
                 if self.step.is_none() && self.status == Status::Active {
@@ -469,6 +479,43 @@ impl Plan {
                 }
             }
             Input::Withdraw { why } => {
+                // A running blocking command keeps its seed lock until it ends: handing the
+                // lock on now would let the next holder's command run beside it (a higher
+                // fencing token stops only commands sent later, not one already running).
+                let running: Vec<String> = self
+                    .step
+                    .iter()
+                    .filter(|s| s.locks.values().any(Option::is_some))
+                    .flat_map(|s| s.outstanding.keys().cloned())
+                    .collect();
+                if !running.is_empty() {
+                    let keys: Vec<String> = self
+                        .step
+                        .iter()
+                        .flat_map(|s| s.locks.keys().cloned())
+                        .collect();
+                    let until = self
+                        .step
+                        .iter()
+                        .flat_map(|s| s.outstanding.values().map(|o| o.deadline_ms))
+                        .max()
+                        .unwrap_or(now);
+                    fx.push(Effect::Report(report(
+                        Phase::InProgress,
+                        CompletionState::InProgress,
+                        format!(
+                            "intent {} withdrawing: {why}; seed lock(s) {} kept until {} ends \
+                             (its event, or its attempt timeout in {} ms)",
+                            self.id(),
+                            keys.join(", "),
+                            running.join(", "),
+                            until.saturating_sub(now)
+                        ),
+                        self.step.as_ref().map(|s| s.index),
+                    )));
+                    self.withdrawing = Some(why);
+                    return fx;
+                }
                 self.release_all(&mut fx);
                 self.status = Status::Withdrawn;
                 self.step = None;
@@ -482,6 +529,94 @@ impl Plan {
             }
         }
         fx
+    }
+
+    /// Withdrawn with commands running: take in their ends, send nothing new (no retry, no
+    /// operation after a check), then release the locks and finish.
+    fn drain(&mut self, input: Input, now: u64, fx: &mut Vec<Effect>) {
+        let Some(s) = &mut self.step else {
+            self.finish_withdraw(now, fx);
+            return;
+        };
+        match input {
+            Input::Event {
+                ghost,
+                command_id,
+                outcome,
+                reason,
+                ..
+            } => {
+                if s.outstanding
+                    .get(&command_id)
+                    .is_some_and(|o| o.ghost == ghost)
+                {
+                    s.outstanding.remove(&command_id);
+                    s.ghosts.insert(
+                        ghost,
+                        match outcome {
+                            Outcome::Success => GhostProgress::Done,
+                            Outcome::Error => GhostProgress::Failed(
+                                reason.unwrap_or_else(|| "seed reported an error".into()),
+                            ),
+                        },
+                    );
+                }
+            }
+            Input::Tick => {
+                s.outstanding.retain(|_, o| now < o.deadline_ms);
+            }
+            Input::LockLost { key } => {
+                // Taken away (lease or operator): nothing left to hold back.
+                s.locks.remove(&key);
+                s.outstanding.clear();
+            }
+            Input::GhostUp(g) => {
+                // The running command's event may have been lost with the session.
+                let idx = s.index;
+                let again: Vec<Outstanding> = s
+                    .outstanding
+                    .values()
+                    .filter(|o| o.ghost == g)
+                    .cloned()
+                    .collect();
+                for o in &again {
+                    fx.push(self.dispatch_effect(idx, o));
+                }
+                return;
+            }
+            Input::LockGranted { key, .. } => {
+                // Not held for anything any more.
+                if s.locks.get(&key).is_some_and(Option::is_none) {
+                    s.locks.remove(&key);
+                    let owner = Owner {
+                        intent_id: self.intent.intent_id.clone(),
+                        step: s.index,
+                    };
+                    fx.push(Effect::Release { key, owner });
+                }
+            }
+            Input::Start | Input::LockQueued { .. } | Input::Withdraw { .. } => {}
+        }
+        if self.step.as_ref().is_some_and(|s| s.outstanding.is_empty()) {
+            self.finish_withdraw(now, fx);
+        }
+    }
+
+    fn finish_withdraw(&mut self, _now: u64, fx: &mut Vec<Effect>) {
+        let why = self.withdrawing.clone().unwrap_or_default();
+        self.release_all(fx);
+        self.status = Status::Withdrawn;
+        self.step = None;
+        fx.push(Effect::Report(report(
+            Phase::Complete,
+            CompletionState::Failed,
+            format!(
+                "intent {} withdrawn: {why}; its running command(s) ended, seed lock(s) released",
+                self.id()
+            ),
+            None,
+        )));
+        fx.push(Effect::Finished(Status::Withdrawn));
     }
 
     /// After a restart: ask for the locks again and re-send what was never answered.
@@ -1534,17 +1669,10 @@ mod tests {
 
     #[test]
     fn withdraw_releases_locks_and_stops() {
+        // Waiting for its lock (nothing dispatched): it leaves at once.
         let f = fleet(&["a"]);
         let mut p = plan("[[step]]\nseed=\"seed.kv\"\noperation=\"put\"\nblocking=true\n");
         p.handle(Input::Start, 0, &f);
-        p.handle(
-            Input::LockGranted {
-                key: "a::seed.kv".into(),
-                token: 1,
-            },
-            1,
-            &f,
-        );
         let fx = p.handle(
             Input::Withdraw {
                 why: "operator".into(),
@@ -1557,6 +1685,67 @@ mod tests {
             .any(|e| matches!(e, Effect::Release { key, .. } if key == "a::seed.kv")));
         assert!(fx.contains(&Effect::Finished(Status::Withdrawn)));
         assert!(p.handle(ev("a", "cmd.i1.1.a.1", true), 3, &f).is_empty());
+    }
+
+    #[test]
+    fn withdraw_keeps_the_lock_until_the_running_command_ends() {
+        let f = fleet(&["a"]);
+        let mut p = plan("[[step]]\nseed=\"seed.flow\"\noperation=\"sleep\"\nblocking=true\ntimeout=\"10s\"\nretries=2\n");
+        p.handle(Input::Start, 0, &f);
+        p.handle(
+            Input::LockGranted {
+                key: "a::seed.flow".into(),
+                token: 1,
+            },
+            1,
+            &f,
+        );
+        let released = |fx: &[Effect]| fx.iter().any(|e| matches!(e, Effect::Release { .. }));
+        let fx = p.handle(
+            Input::Withdraw {
+                why: "operator".into(),
+            },
+            2,
+            &f,
+        );
+        assert!(!released(&fx), "kept while cmd runs: {fx:?}");
+        assert!(!fx.contains(&Effect::Finished(Status::Withdrawn)));
+        assert_eq!(
+            p.status,
+            Status::Active,
+            "resumed as active after a restart"
+        );
+        assert!(p.needs_lock(&p.owner(0), "a::seed.flow"));
+        // A failure is not retried while withdrawing; its end releases the lock.
+        let fx = p.handle(ev("a", "cmd.i1.1.a.1", false), 3, &f);
+        assert!(dispatched(&fx).is_empty(), "{fx:?}");
+        assert!(released(&fx));
+        assert!(fx.contains(&Effect::Finished(Status::Withdrawn)));
+        assert_eq!(p.status, Status::Withdrawn);
+        // No event: the attempt deadline ends the wait.
+        let mut p = plan(
+            "[[step]]\nseed=\"seed.flow\"\noperation=\"sleep\"\nblocking=true\ntimeout=\"10s\"\n",
+        );
+        p.handle(Input::Start, 0, &f);
+        p.handle(
+            Input::LockGranted {
+                key: "a::seed.flow".into(),
+                token: 1,
+            },
+            1,
+            &f,
+        );
+        p.handle(
+            Input::Withdraw {
+                why: "operator".into(),
+            },
+            2,
+            &f,
+        );
+        assert_eq!(p.next_wakeup(2, 250), Some(10_001));
+        assert!(!released(&p.handle(Input::Tick, 5_000, &f)));
+        let fx = p.handle(Input::Tick, 10_001, &f);
+        assert!(released(&fx) && fx.contains(&Effect::Finished(Status::Withdrawn)));
     }
 
     #[test]

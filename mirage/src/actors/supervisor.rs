@@ -140,7 +140,11 @@ impl IntentSummary {
             actor: plan.intent.actor.clone(),
             objective: plan.intent.objective.clone(),
             target_scope: plan.intent.target_scope.clone(),
-            status: IntentPlan::status_word(plan).to_owned(),
+            status: if plan.withdrawing.is_some() && plan.status == Status::Active {
+                "withdrawing".to_owned()
+            } else {
+                IntentPlan::status_word(plan).to_owned()
+            },
             steps_total: plan.intent.steps.len(),
             steps_done: plan.steps_done,
             last_summary: plan.failure.clone().unwrap_or_default(),
@@ -1502,12 +1506,13 @@ impl Handler<WaitFinished> for Supervisor {
     }
 }
 
+/// Answers "withdrawn", or "withdrawing" while a running blocking command keeps its lock.
 #[derive(Message)]
-#[rtype(result = "Result<(), ApiError>")]
+#[rtype(result = "Result<String, ApiError>")]
 pub struct Withdraw(pub String);
 
 impl Handler<Withdraw> for Supervisor {
-    type Result = ResponseActFuture<Self, Result<(), ApiError>>;
+    type Result = ResponseActFuture<Self, Result<String, ApiError>>;
 
     fn handle(&mut self, m: Withdraw, _: &mut Context<Self>) -> Self::Result {
         let Some(a) = self.active.get(&m.0) else {
@@ -1519,6 +1524,7 @@ impl Handler<Withdraw> for Supervisor {
             return Box::pin(fut::ready(Err(e)));
         };
         let addr = a.addr.clone();
+        let id = m.0.clone();
         Box::pin(
             async move {
                 addr.send(PlanMsg(Input::Withdraw {
@@ -1526,9 +1532,26 @@ impl Handler<Withdraw> for Supervisor {
                 }))
                 .await
                 .map_err(|e| ApiError::new(500, e.to_string()))?
-                .map_err(|e| ApiError::new(503, e))
+                .map_err(|e| ApiError::new(503, e))?;
+                // A stopped plan has finished: withdrawn.
+                let draining = addr
+                    .addr()
+                    .send(Snapshot)
+                    .await
+                    .is_ok_and(|p| p.withdrawing.is_some() && p.status == Status::Active);
+                Ok(draining)
             }
-            .into_actor(self),
+            .into_actor(self)
+            .map(move |res: Result<bool, ApiError>, act, _| {
+                let draining = res?;
+                if draining {
+                    if let Some(a) = act.active.get_mut(&id) {
+                        a.summary.status = "withdrawing".into();
+                    }
+                    return Ok("withdrawing".into());
+                }
+                Ok("withdrawn".into())
+            }),
         )
     }
 }
