@@ -227,11 +227,76 @@ pub enum Input {
         event_id: String,
         outcome: Outcome,
         reason: Option<String>,
+        /// What the seed printed, already bounded (see [`Output::from_bytes`]).
+        output: Option<Box<Output>>,
     },
     GhostUp(String),
     Withdraw {
         why: String,
     },
+}
+
+/// Per stream per command: the first bytes of stdout and of stderr kept.
+pub const OUTPUT_MAX_BYTES: usize = 4096;
+/// Commands whose output one intent keeps (the latest; older ones are counted as dropped).
+pub const OUTPUTS_PER_INTENT: usize = 32;
+
+/// A command's output as the Ghost put it in its event (seed.result stdout/stderr, ext
+/// fields 401/402), bounded.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Output {
+    pub stdout: String,
+    pub stderr: String,
+    pub exit_code: Option<u32>,
+    /// Bytes the seed printed; more than kept means the text was cut.
+    pub stdout_bytes: usize,
+    pub stderr_bytes: usize,
+}
+
+/// Lossy UTF-8 of at most `max` bytes of `b`, cut on a character boundary.
+pub fn bounded_text(b: &[u8], max: usize) -> String {
+    let mut cut = b.len().min(max);
+    // A multi-byte character split at the cut would turn into U+FFFD; step back to its start.
+    while cut > 0 && cut < b.len() && (b[cut] & 0xC0) == 0x80 {
+        cut -= 1;
+    }
+    String::from_utf8_lossy(&b[..cut]).into_owned()
+}
+
+impl Output {
+    /// None when the event carried no output at all.
+    pub fn from_bytes(
+        stdout: Option<&[u8]>,
+        stderr: Option<&[u8]>,
+        exit_code: Option<u32>,
+    ) -> Option<Output> {
+        let (o, e) = (stdout.unwrap_or_default(), stderr.unwrap_or_default());
+        if o.is_empty() && e.is_empty() {
+            return None;
+        }
+        Some(Output {
+            stdout: bounded_text(o, OUTPUT_MAX_BYTES),
+            stderr: bounded_text(e, OUTPUT_MAX_BYTES),
+            exit_code,
+            stdout_bytes: o.len(),
+            stderr_bytes: e.len(),
+        })
+    }
+}
+
+/// One command's output, kept with the plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandOutput {
+    pub step: usize,
+    pub round: u32,
+    pub ghost: String,
+    pub command_id: String,
+    pub operation: String,
+    pub kind: Kind,
+    pub outcome: Outcome,
+    pub at_ms: u64,
+    #[serde(flatten)]
+    pub output: Output,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -302,6 +367,12 @@ pub struct Plan {
     /// then the locks go and the plan ends `Withdrawn`. Nothing new is sent meanwhile.
     #[serde(default)]
     pub withdrawing: Option<String>,
+    /// The latest commands' output, at most [`OUTPUTS_PER_INTENT`], oldest first.
+    #[serde(default)]
+    pub outputs: std::collections::VecDeque<CommandOutput>,
+    /// Outputs dropped to keep that bound.
+    #[serde(default)]
+    pub outputs_dropped: u64,
 }
 
 fn report(
@@ -361,6 +432,8 @@ impl Plan {
             generation,
             first_report_seq: 0,
             withdrawing: None,
+            outputs: Default::default(),
+            outputs_dropped: 0,
         }
     }
 
@@ -462,9 +535,13 @@ impl Plan {
                 event_id,
                 outcome,
                 reason,
-            } => self.on_event(
-                ghost, command_id, event_id, outcome, reason, false, now, fleet, &mut fx,
-            ),
+                output,
+            } => {
+                self.keep_output(&ghost, &command_id, outcome, output, now);
+                self.on_event(
+                    ghost, command_id, event_id, outcome, reason, false, now, fleet, &mut fx,
+                )
+            }
             Input::GhostUp(g) => {
                 // Commands sent while it was away may never have arrived: send them again,
                 // same command_id (the Ghost dedupes).
@@ -531,6 +608,39 @@ impl Plan {
         fx
     }
 
+    /// Keeps the output of a command this plan is waiting on (not of a duplicate or late
+    /// event), within the per-intent bound.
+    fn keep_output(
+        &mut self,
+        ghost: &str,
+        command_id: &str,
+        outcome: Outcome,
+        output: Option<Box<Output>>,
+        now: u64,
+    ) {
+        let Some(output) = output else { return };
+        let Some(s) = &self.step else { return };
+        let Some(o) = s.outstanding.get(command_id).filter(|o| o.ghost == ghost) else {
+            return;
+        };
+        let kept = CommandOutput {
+            step: s.index,
+            round: self.round,
+            ghost: ghost.to_owned(),
+            command_id: command_id.to_owned(),
+            operation: o.command.operation.clone(),
+            kind: o.kind,
+            outcome,
+            at_ms: now,
+            output: *output,
+        };
+        if self.outputs.len() >= OUTPUTS_PER_INTENT {
+            self.outputs.pop_front();
+            self.outputs_dropped += 1;
+        }
+        self.outputs.push_back(kept);
+    }
+
     /// Withdrawn with commands running: take in their ends, send nothing new (no retry, no
     /// operation after a check), then release the locks and finish.
     fn drain(&mut self, input: Input, now: u64, fx: &mut Vec<Effect>) {
@@ -544,8 +654,11 @@ impl Plan {
                 command_id,
                 outcome,
                 reason,
+                output,
                 ..
             } => {
+                self.keep_output(&ghost, &command_id, outcome, output, now);
+                let Some(s) = &mut self.step else { return };
                 if s.outstanding
                     .get(&command_id)
                     .is_some_and(|o| o.ghost == ghost)
@@ -1339,6 +1452,7 @@ mod tests {
             event_id: format!("evt.{cid}"),
             outcome: if ok { Outcome::Success } else { Outcome::Error },
             reason: (!ok).then(|| "boom".into()),
+            output: None,
         }
     }
 
@@ -1405,6 +1519,50 @@ mod tests {
             ok("[[step]]\nseed=\"seed.nope\"\noperation=\"x\"\n", &f),
             Ok(())
         );
+    }
+
+    #[test]
+    fn output_is_kept_bounded_and_only_for_awaited_commands() {
+        let f = fleet(&["a"]);
+        let mut p = plan("[[step]]\nseed=\"seed.flow\"\noperation=\"status\"\n");
+        p.handle(Input::Start, 0, &f);
+        let big = vec![b'x'; OUTPUT_MAX_BYTES + 10];
+        let out = Output::from_bytes(Some(b"hello\n"), Some(&big), Some(0)).unwrap();
+        assert_eq!(out.stderr.len(), OUTPUT_MAX_BYTES);
+        assert_eq!(out.stderr_bytes, OUTPUT_MAX_BYTES + 10);
+        let with = |cid: &str, out: Output, ok: bool| Input::Event {
+            ghost: "a".into(),
+            command_id: cid.into(),
+            event_id: format!("evt.{cid}"),
+            outcome: if ok { Outcome::Success } else { Outcome::Error },
+            reason: (!ok).then(|| "boom".into()),
+            output: Some(Box::new(out)),
+        };
+        p.handle(with("cmd.other", out.clone(), true), 1, &f);
+        assert!(p.outputs.is_empty(), "not a command of this plan");
+        p.handle(with("cmd.i1.1.a.1", out, true), 2, &f);
+        assert_eq!(p.status, Status::Satisfied);
+        assert_eq!(p.outputs.len(), 1);
+        assert_eq!(p.outputs[0].output.stdout, "hello\n");
+        assert_eq!(p.outputs[0].operation, "status");
+        assert_eq!(Output::from_bytes(Some(b""), None, Some(0)), None);
+        // Cut on a character boundary: no half character.
+        let s = "é".repeat(OUTPUT_MAX_BYTES);
+        assert_eq!(bounded_text(s.as_bytes(), 5), "éé");
+        // At most OUTPUTS_PER_INTENT per intent, the latest kept.
+        let mut p = plan("[[step]]\nseed=\"seed.kv\"\noperation=\"put\"\nretries=100\n");
+        p.handle(Input::Start, 0, &f);
+        let o = Output::from_bytes(Some(b"o"), None, None).unwrap();
+        for n in 1..=(OUTPUTS_PER_INTENT as u32 + 5) {
+            p.handle(
+                with(&format!("cmd.i1.1.a.{n}"), o.clone(), false),
+                n as u64,
+                &f,
+            );
+        }
+        assert_eq!(p.outputs.len(), OUTPUTS_PER_INTENT);
+        assert_eq!(p.outputs_dropped, 5);
+        assert_eq!(p.outputs[0].command_id, "cmd.i1.1.a.6");
     }
 
     #[test]
@@ -1529,6 +1687,7 @@ mod tests {
                 event_id: "evt.cmd.i1.1.a.1".into(),
                 outcome: Outcome::Error,
                 reason: Some("ghost restarted while command cmd.i1.1.a.1 was executing (seed.kv put); the operation is not idempotent, so it was not run again and its effect is unknown".into()),
+                output: None,
             },
             1,
             &f,

@@ -1074,6 +1074,12 @@ async fn to_plan(
         event_id: e.event_id.clone(),
         outcome: e.outcome,
         reason: failure_reason(e),
+        output: crate::plan::Output::from_bytes(
+            e.stdout.as_deref(),
+            e.stderr.as_deref(),
+            e.exit_code,
+        )
+        .map(Box::new),
     };
     match plan.send(PlanMsg(input)).await {
         Ok(r) => r,
