@@ -366,9 +366,46 @@ pub fn output_lines(plan: &Value) -> Vec<String> {
     lines
 }
 
+/// `intent show`'s per-Ghost results: one line per step and Ghost.
+pub fn result_lines(plan: &Value) -> Vec<String> {
+    let rs = plan["results"].as_array().cloned().unwrap_or_default();
+    if rs.is_empty() {
+        return vec![];
+    }
+    let mut lines = vec!["results:".to_owned()];
+    for r in &rs {
+        let detail = r["detail"].as_str().filter(|d| !d.is_empty());
+        lines.push(format!(
+            "  step {} {} {}{}",
+            r["step"].as_u64().unwrap_or(0) + 1,
+            s(&r["ghost"]),
+            s(&r["result"]),
+            detail.map(|d| format!(": {d}")).unwrap_or_default()
+        ));
+    }
+    if let Some(n) = plan["results_dropped"].as_u64().filter(|n| *n > 0) {
+        lines.push(format!("  … {n} more not kept"));
+    }
+    lines
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn result_lines_name_step_ghost_and_result() {
+        let plan = serde_json::json!({"results": [{"step": 0, "ghost": "g2", "result": "offline_skipped"},
+            {"step": 1, "ghost": "g1", "result": "failed", "detail": "boom"}]});
+        assert_eq!(
+            result_lines(&plan),
+            [
+                "results:",
+                "  step 1 g2 offline_skipped",
+                "  step 2 g1 failed: boom"
+            ]
+        );
+    }
 
     #[test]
     fn output_lines_show_each_stream_escaped_and_cut() {

@@ -23,6 +23,22 @@ pub enum On {
     Ghost(String),
 }
 
+/// What a fan-out step (`on = "all"`) does about Ghosts in scope that host its seed but are
+/// offline when it is placed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Offline {
+    /// Run on the connected ones; the offline ones are reported as skipped.
+    #[default]
+    Skip,
+    /// The offline ones count as failed Ghosts of the step (so the step fails unless
+    /// `continue_on_error`).
+    Fail,
+    /// Run on the connected ones; each offline one runs the step when it comes back (after
+    /// the intent's pass, in step order), and the intent stays active until all have.
+    CatchUp,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Check {
     pub operation: String,
@@ -41,6 +57,8 @@ pub struct Step {
     pub retries: u32,
     pub continue_on_error: bool,
     pub check: Option<Check>,
+    #[serde(default)]
+    pub offline: Offline,
 }
 
 /// A validated intent.
@@ -65,6 +83,9 @@ struct RawIntent {
     objective: Option<String>,
     #[serde(default)]
     keep: Option<Duration>,
+    /// The default of every step's `offline`.
+    #[serde(default)]
+    offline: Option<String>,
     #[serde(default, alias = "steps")]
     step: Vec<RawStep>,
 }
@@ -88,6 +109,18 @@ struct RawStep {
     continue_on_error: bool,
     #[serde(default)]
     check: Option<RawCheck>,
+    #[serde(default)]
+    offline: Option<String>,
+}
+
+fn offline(field: &str, v: Option<&str>, default: Offline) -> Result<Offline, FieldError> {
+    match v.map(str::trim) {
+        None => Ok(default),
+        Some("skip") => Ok(Offline::Skip),
+        Some("fail") => Ok(Offline::Fail),
+        Some("catch_up") => Ok(Offline::CatchUp),
+        Some(_) => Err(fe(field, "must be skip, fail or catch_up")),
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -243,6 +276,7 @@ fn validate(raw: RawIntent, new_id: impl FnOnce() -> String) -> Result<Intent, F
     if raw.step.len() > MAX_STEPS {
         return Err(fe("step", format!("at most {MAX_STEPS} steps")));
     }
+    let default_offline = offline("offline", raw.offline.as_deref(), Offline::Skip)?;
     let mut steps = Vec::with_capacity(raw.step.len());
     for (i, s) in raw.step.iter().enumerate() {
         let f = |name: &str| format!("step[{i}].{name}");
@@ -277,6 +311,7 @@ fn validate(raw: RawIntent, new_id: impl FnOnce() -> String) -> Result<Intent, F
             retries: s.retries,
             continue_on_error: s.continue_on_error,
             check,
+            offline: offline(&f("offline"), s.offline.as_deref(), default_offline)?,
         });
     }
     if keep_ms.is_some() && steps.iter().all(|s| s.check.is_none()) {

@@ -460,6 +460,13 @@ fn client(cli: &Cli) -> Result<i32, String> {
                 for r in v["reports"].as_array().cloned().unwrap_or_default() {
                     println!("{}", report_line(&r));
                 }
+                let res = mirage::cli::result_lines(&v["plan"]);
+                if !res.is_empty() {
+                    println!();
+                    for l in res {
+                        println!("{l}");
+                    }
+                }
                 let out = mirage::cli::output_lines(&v["plan"]);
                 if !out.is_empty() {
                     println!();

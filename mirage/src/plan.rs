@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use shared::envelope::{Command, CompletionState, Outcome, Phase};
 
-use crate::intent::{Intent, On, Step};
+use crate::intent::{Intent, Offline, On, Step};
 use crate::lock::{self, Owner};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -201,6 +201,10 @@ pub enum Effect {
         kind: Kind,
     },
     Report(ReportDraft),
+    /// Tell this plan when `ghost` comes back (a Ghost it owes a catch-up).
+    Watch {
+        ghost: String,
+    },
     /// The intent reached a terminal state or satisfied without `keep`: the actor may stop.
     Finished(Status),
 }
@@ -234,6 +238,36 @@ pub enum Input {
     Withdraw {
         why: String,
     },
+}
+
+/// Per-Ghost results one intent keeps (beyond it they are counted in `results_dropped`).
+pub const RESULTS_PER_INTENT: usize = 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GhostOutcome {
+    Done,
+    Failed,
+    /// Offline at placement; `offline = "skip"`.
+    OfflineSkipped,
+    /// Offline at placement; `offline = "fail"`.
+    OfflineFailed,
+    /// Offline at placement; `offline = "catch_up"`: runs when it comes back.
+    CatchUpPending,
+    /// Ran the step after coming back.
+    CaughtUp,
+    /// Ran the step after coming back, and it failed.
+    CatchUpFailed,
+}
+
+/// One Ghost's result of one step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GhostResult {
+    pub step: usize,
+    pub ghost: String,
+    pub result: GhostOutcome,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub detail: String,
 }
 
 /// Per stream per command: the first bytes of stdout and of stderr kept.
@@ -339,6 +373,9 @@ pub struct StepRun {
     pub outstanding: BTreeMap<String, Outstanding>,
     pub dispatched: bool,
     pub corrected: bool,
+    /// Ghosts in scope hosting the seed but offline when an `on = "all"` step was placed.
+    #[serde(default)]
+    pub offline: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -373,6 +410,17 @@ pub struct Plan {
     /// Outputs dropped to keep that bound.
     #[serde(default)]
     pub outputs_dropped: u64,
+    /// Per-Ghost results of finished steps, at most [`RESULTS_PER_INTENT`].
+    #[serde(default)]
+    pub results: Vec<GhostResult>,
+    #[serde(default)]
+    pub results_dropped: u64,
+    /// Ghost → steps it missed while offline (`offline = "catch_up"`), run when it is back.
+    #[serde(default)]
+    pub catch_up: BTreeMap<String, Vec<usize>>,
+    /// The Ghost whose catch-up pass runs now.
+    #[serde(default)]
+    pub catching: Option<String>,
 }
 
 fn report(
@@ -434,6 +482,10 @@ impl Plan {
             withdrawing: None,
             outputs: Default::default(),
             outputs_dropped: 0,
+            results: Vec::new(),
+            results_dropped: 0,
+            catch_up: BTreeMap::new(),
+            catching: None,
         }
     }
 
@@ -543,6 +595,11 @@ impl Plan {
                 )
             }
             Input::GhostUp(g) => {
+                if self.step.is_none() && self.status == Status::Satisfied {
+                    // Back, and owed a catch-up: run the steps it missed.
+                    self.next_catch_up(now, fleet, &mut fx);
+                    return fx;
+                }
                 // Commands sent while it was away may never have arrived: send them again,
                 // same command_id (the Ghost dedupes).
                 if let Some(s) = &self.step {
@@ -606,6 +663,65 @@ impl Plan {
             }
         }
         fx
+    }
+
+    /// Ghosts in scope that host the step's seed but are offline (`on = "all"`, first pass).
+    fn offline_hosts(&self, idx: usize, fleet: &FleetView) -> Vec<String> {
+        let s = &self.intent.steps[idx];
+        if s.on != On::All || self.catching.is_some() || self.round > 0 {
+            return vec![];
+        }
+        fleet
+            .ghosts
+            .iter()
+            .filter(|(g, v)| {
+                !v.connected
+                    && self.intent.in_scope(g)
+                    && fleet.hosts(g, &s.seed, &s.operation) == Ok(true)
+            })
+            .map(|(g, _)| g.clone())
+            .collect()
+    }
+
+    fn record(&mut self, step: usize, ghost: &str, result: GhostOutcome, detail: String) {
+        if self.results.len() >= RESULTS_PER_INTENT {
+            self.results_dropped += 1;
+            return;
+        }
+        self.results.push(GhostResult {
+            step,
+            ghost: ghost.to_owned(),
+            result,
+            detail,
+        });
+    }
+
+    /// Starts the catch-up pass of a Ghost that is owed one and connected now, if any.
+    fn next_catch_up(&mut self, now: u64, fleet: &FleetView, fx: &mut Vec<Effect>) {
+        let Some(g) = self
+            .catch_up
+            .keys()
+            .find(|g| fleet.ghosts.get(*g).is_some_and(|v| v.connected))
+            .cloned()
+        else {
+            return;
+        };
+        let steps: Vec<String> = self.catch_up[&g]
+            .iter()
+            .map(|i| (i + 1).to_string())
+            .collect();
+        fx.push(Effect::Report(report(
+            Phase::InProgress,
+            CompletionState::InProgress,
+            format!(
+                "intent {}: {g} is back; catching up step(s) {}",
+                self.id(),
+                steps.join(", ")
+            ),
+            None,
+        )));
+        self.catching = Some(g);
+        self.begin_step(0, now, fleet, fx);
     }
 
     /// Keeps the output of a command this plan is waiting on (not of a duplicate or late
@@ -738,6 +854,12 @@ impl Plan {
         if self.status.is_terminal() {
             return fx;
         }
+        for g in self.catch_up.keys() {
+            fx.push(Effect::Watch { ghost: g.clone() });
+        }
+        if self.step.is_none() && self.status == Status::Satisfied {
+            self.next_catch_up(now, fleet, &mut fx);
+        }
         let Some(s) = &self.step else {
             if self.status == Status::Active {
                 return self.handle(Input::Start, now, fleet);
@@ -760,6 +882,16 @@ impl Plan {
 
     fn place(&self, idx: usize, fleet: &FleetView) -> Result<Vec<String>, String> {
         let s = &self.intent.steps[idx];
+        if let Some(g) = &self.catching {
+            return match fleet.hosts(g, &s.seed, &s.operation) {
+                Ok(true) if fleet.ghosts.get(g).is_some_and(|v| v.connected) => Ok(vec![g.clone()]),
+                Ok(_) => Err(format!(
+                    "{g} (catching up) is not connected or does not host {}",
+                    s.seed
+                )),
+                Err(e) => Err(e),
+            };
+        }
         let in_scope = |g: &str| self.intent.in_scope(g);
         let mut candidates = Vec::new();
         let mut refusal = None;
@@ -829,8 +961,15 @@ impl Plan {
         while self.round > 0 && idx < self.total() && self.intent.steps[idx].check.is_none() {
             idx += 1;
         }
+        // In a catch-up pass only the steps that Ghost missed run.
+        if let Some(g) = &self.catching {
+            let missed = self.catch_up.get(g).cloned().unwrap_or_default();
+            while idx < self.total() && !missed.contains(&idx) {
+                idx += 1;
+            }
+        }
         if idx >= self.total() {
-            self.complete_round(now, fx);
+            self.complete_round(now, fleet, fx);
             return;
         }
         let started = match &self.step {
@@ -853,6 +992,7 @@ impl Plan {
                     outstanding: BTreeMap::new(),
                     dispatched: false,
                     corrected: false,
+                    offline: vec![],
                 });
                 if first {
                     fx.push(Effect::Report(report(
@@ -892,6 +1032,7 @@ impl Plan {
             outstanding: BTreeMap::new(),
             dispatched: false,
             corrected: false,
+            offline: self.offline_hosts(idx, fleet),
         });
         if locks.is_empty() {
             self.dispatch_step(now, fx);
@@ -1207,7 +1348,7 @@ impl Plan {
             return;
         }
         let idx = s.index;
-        let failed: Vec<(String, String)> = s
+        let mut failed: Vec<(String, String)> = s
             .ghosts
             .iter()
             .filter_map(|(g, p)| match p {
@@ -1215,7 +1356,80 @@ impl Plan {
                 _ => None,
             })
             .collect();
+        let progress: Vec<(String, Option<String>)> = s
+            .ghosts
+            .iter()
+            .map(|(g, p)| match p {
+                GhostProgress::Failed(why) => (g.clone(), Some(why.clone())),
+                _ => (g.clone(), None),
+            })
+            .collect();
+        let offline = s.offline.clone();
+        let policy = self.intent.steps[idx].offline;
+        let catching = self.catching.clone();
+        // Re-check rounds of a standing intent are not results of their own.
+        let progress = if self.round == 0 || catching.is_some() {
+            progress
+        } else {
+            vec![]
+        };
+        for (g, why) in progress {
+            let r = match (&catching, &why) {
+                (Some(_), None) => GhostOutcome::CaughtUp,
+                (Some(_), Some(_)) => GhostOutcome::CatchUpFailed,
+                (None, None) => GhostOutcome::Done,
+                (None, Some(_)) => GhostOutcome::Failed,
+            };
+            self.record(idx, &g, r, why.unwrap_or_default());
+        }
+        for g in &offline {
+            match policy {
+                Offline::Skip => {
+                    self.record(idx, g, GhostOutcome::OfflineSkipped, String::new());
+                }
+                Offline::Fail => {
+                    let why = "offline when the step was placed (offline = \"fail\")".to_owned();
+                    self.record(idx, g, GhostOutcome::OfflineFailed, why.clone());
+                    failed.push((g.clone(), why));
+                }
+                Offline::CatchUp => {
+                    self.record(idx, g, GhostOutcome::CatchUpPending, String::new());
+                    let missed = self.catch_up.entry(g.clone()).or_default();
+                    if !missed.contains(&idx) {
+                        missed.push(idx);
+                        fx.push(Effect::Watch { ghost: g.clone() });
+                    }
+                }
+            }
+        }
         self.release_all(fx);
+        if let Some(g) = catching {
+            if let Some((_, why)) = failed
+                .first()
+                .filter(|_| !self.intent.steps[idx].continue_on_error)
+            {
+                // The intent was satisfied for the others; this Ghost's catch-up stops here.
+                let summary = format!(
+                    "intent {}: catch-up of {g} failed at step {}/{}: {why}",
+                    self.id(),
+                    idx + 1,
+                    self.total()
+                );
+                fx.push(Effect::Report(report(
+                    Phase::InProgress,
+                    CompletionState::Failed,
+                    summary,
+                    Some(idx),
+                )));
+                self.step = None;
+                self.catch_up.remove(&g);
+                self.catching = None;
+                self.after_pass(now, fleet, fx);
+                return;
+            }
+            self.begin_step(idx + 1, now, fleet, fx);
+            return;
+        }
         let step = &self.intent.steps[idx];
         let r = |phase, state, summary| {
             let mut r = report(phase, state, summary, Some(idx));
@@ -1269,8 +1483,19 @@ impl Plan {
         self.begin_step(idx + 1, now, fleet, fx);
     }
 
-    fn complete_round(&mut self, now: u64, fx: &mut Vec<Effect>) {
+    fn complete_round(&mut self, now: u64, fleet: &FleetView, fx: &mut Vec<Effect>) {
         self.step = None;
+        if let Some(g) = self.catching.take() {
+            self.catch_up.remove(&g);
+            fx.push(Effect::Report(report(
+                Phase::InProgress,
+                CompletionState::InProgress,
+                format!("intent {}: {g} caught up", self.id()),
+                None,
+            )));
+            self.after_pass(now, fleet, fx);
+            return;
+        }
         let first = self.round == 0;
         if first || self.round_corrected {
             let summary = if first {
@@ -1282,6 +1507,7 @@ impl Plan {
             } else {
                 format!("intent {} corrected and satisfied again", self.id())
             };
+            let summary = format!("{summary}{}", self.offline_note());
             fx.push(Effect::Report(report(
                 Phase::Complete,
                 CompletionState::Satisfied,
@@ -1291,9 +1517,64 @@ impl Plan {
         }
         self.status = Status::Satisfied;
         self.round_corrected = false;
-        match self.intent.keep_ms {
-            Some(k) => self.next_keep_ms = Some(now.saturating_add(k)),
-            None => fx.push(Effect::Finished(Status::Satisfied)),
+        if let Some(k) = self.intent.keep_ms {
+            self.next_keep_ms = Some(now.saturating_add(k));
+        }
+        self.after_pass(now, fleet, fx);
+    }
+
+    /// After a pass (first, re-check or catch-up): the next catch-up, or done when nothing
+    /// is owed and nothing is kept.
+    fn after_pass(&mut self, now: u64, fleet: &FleetView, fx: &mut Vec<Effect>) {
+        if self.step.is_some() {
+            return;
+        }
+        if !self.catch_up.is_empty() {
+            self.next_catch_up(now, fleet, fx);
+            return;
+        }
+        if self.intent.keep_ms.is_none() {
+            fx.push(Effect::Finished(Status::Satisfied));
+        }
+    }
+
+    /// "; offline: b skipped; c to catch up" from the recorded results (empty when none).
+    fn offline_note(&self) -> String {
+        let names = |want: GhostOutcome| {
+            let mut v: Vec<&str> = self
+                .results
+                .iter()
+                .filter(|r| r.result == want)
+                .map(|r| r.ghost.as_str())
+                .collect();
+            v.sort_unstable();
+            v.dedup();
+            v
+        };
+        let mut parts = Vec::new();
+        for (want, what) in [
+            (GhostOutcome::OfflineSkipped, "skipped"),
+            (GhostOutcome::CatchUpPending, "to catch up when back"),
+        ] {
+            let n = names(want);
+            if !n.is_empty() {
+                let shown: Vec<&str> = n.iter().take(10).copied().collect();
+                let more = if n.len() > 10 {
+                    format!(" and {} more", n.len() - 10)
+                } else {
+                    String::new()
+                };
+                parts.push(format!(
+                    "{} offline Ghost(s) {what}: {}{more}",
+                    n.len(),
+                    shown.join(", ")
+                ));
+            }
+        }
+        if parts.is_empty() {
+            String::new()
+        } else {
+            format!("; {}", parts.join("; "))
         }
     }
 
@@ -1348,6 +1629,19 @@ impl Plan {
         let idx = s.index;
         let timeout = self.intent.steps[idx].timeout_ms;
         if s.waiting_placement.is_some() {
+            if now.saturating_sub(s.started_ms) >= timeout && self.catching.is_some() {
+                // Gone again before its catch-up could run: it stays owed, tried when back.
+                let why = s.waiting_placement.clone().unwrap_or_default();
+                let g = self.catching.take().unwrap_or_default();
+                self.step = None;
+                fx.push(Effect::Report(report(
+                    Phase::InProgress,
+                    CompletionState::InProgress,
+                    format!("intent {}: catch-up of {g} paused: {why}", self.id()),
+                    Some(idx),
+                )));
+                return;
+            }
             if now.saturating_sub(s.started_ms) >= timeout {
                 let why = s.waiting_placement.clone().unwrap_or_default();
                 self.fail(idx, format!("no placement within {timeout}ms: {why}"), fx);
@@ -1563,6 +1857,80 @@ mod tests {
         assert_eq!(p.outputs.len(), OUTPUTS_PER_INTENT);
         assert_eq!(p.outputs_dropped, 5);
         assert_eq!(p.outputs[0].command_id, "cmd.i1.1.a.6");
+    }
+
+    #[test]
+    fn fan_out_reports_offline_ghosts_and_follows_the_offline_key() {
+        let mut f = fleet(&["a", "b"]);
+        if let Some(v) = f.ghosts.get_mut("b") {
+            v.connected = false;
+        }
+        let results = |p: &Plan| -> Vec<(String, GhostOutcome)> {
+            p.results
+                .iter()
+                .map(|r| (r.ghost.clone(), r.result))
+                .collect()
+        };
+        // skip (default): satisfied, and says so.
+        let mut p = plan("[[step]]\nseed=\"seed.kv\"\noperation=\"put\"\n");
+        p.handle(Input::Start, 0, &f);
+        let fx = p.handle(ev("a", "cmd.i1.1.a.1", true), 1, &f);
+        assert_eq!(p.status, Status::Satisfied);
+        assert!(fx.contains(&Effect::Finished(Status::Satisfied)));
+        assert_eq!(
+            results(&p),
+            [
+                ("a".into(), GhostOutcome::Done),
+                ("b".into(), GhostOutcome::OfflineSkipped)
+            ]
+        );
+        let said = fx.iter().any(|e| matches!(e, Effect::Report(r) if r.summary.contains("1 offline Ghost(s) skipped: b")));
+        assert!(said, "{fx:?}");
+        // fail: the step fails on b.
+        let mut p = plan("[[step]]\nseed=\"seed.kv\"\noperation=\"put\"\noffline=\"fail\"\n");
+        p.handle(Input::Start, 0, &f);
+        p.handle(ev("a", "cmd.i1.1.a.1", true), 1, &f);
+        assert_eq!(p.status, Status::Failed);
+        assert!(
+            p.failure
+                .as_deref()
+                .unwrap_or_default()
+                .contains("on b: offline"),
+            "{:?}",
+            p.failure
+        );
+        // catch_up: satisfied for a, stays alive, runs both steps on b when it is back.
+        let mut p = plan("offline=\"catch_up\"\n[[step]]\nseed=\"seed.kv\"\noperation=\"put\"\n[[step]]\nseed=\"seed.kv\"\noperation=\"get\"\n");
+        p.handle(Input::Start, 0, &f);
+        let fx = p.handle(ev("a", "cmd.i1.1.a.1", true), 1, &f);
+        assert!(fx.contains(&Effect::Watch { ghost: "b".into() }));
+        let fx = p.handle(ev("a", "cmd.i1.2.a.1", true), 2, &f);
+        assert_eq!(p.status, Status::Satisfied);
+        assert!(!fx.contains(&Effect::Finished(Status::Satisfied)), "owes b");
+        assert_eq!(p.catch_up.get("b"), Some(&vec![0, 1]));
+        if let Some(v) = f.ghosts.get_mut("b") {
+            v.connected = true;
+        }
+        let fx = p.handle(Input::GhostUp("b".into()), 3, &f);
+        assert_eq!(
+            dispatched(&fx),
+            [("b".to_string(), "cmd.i1.1.b.1".to_string())]
+        );
+        let fx = p.handle(ev("b", "cmd.i1.1.b.1", true), 4, &f);
+        assert_eq!(
+            dispatched(&fx),
+            [("b".to_string(), "cmd.i1.2.b.1".to_string())]
+        );
+        let fx = p.handle(ev("b", "cmd.i1.2.b.1", true), 5, &f);
+        assert!(fx.contains(&Effect::Finished(Status::Satisfied)), "{fx:?}");
+        assert!(p.catch_up.is_empty());
+        assert_eq!(
+            results(&p)
+                .iter()
+                .filter(|(g, r)| g == "b" && *r == GhostOutcome::CaughtUp)
+                .count(),
+            2
+        );
     }
 
     #[test]

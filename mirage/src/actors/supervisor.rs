@@ -142,6 +142,8 @@ impl IntentSummary {
             target_scope: plan.intent.target_scope.clone(),
             status: if plan.withdrawing.is_some() && plan.status == Status::Active {
                 "withdrawing".to_owned()
+            } else if plan.intent.keep_ms.is_none() && !plan.catch_up.is_empty() {
+                "satisfied".to_owned()
             } else {
                 IntentPlan::status_word(plan).to_owned()
             },
@@ -1277,6 +1279,33 @@ impl Handler<LockOp> for Supervisor {
     }
 }
 
+/// A plan wants to hear when `ghost` comes back (it owes that Ghost a catch-up).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Watch {
+    pub intent_id: String,
+    pub ghost: String,
+}
+
+impl Handler<Watch> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, m: Watch, _: &mut Context<Self>) {
+        if !self.active.contains_key(&m.intent_id) {
+            return;
+        }
+        let connected = self.ghosts.get(&m.ghost).is_some_and(|g| g.connected());
+        self.interest
+            .entry(m.ghost.clone())
+            .or_default()
+            .insert(m.intent_id.clone());
+        // Came back before the plan asked: tell it now.
+        if let Some(a) = self.active.get(&m.intent_id).filter(|_| connected) {
+            a.addr.do_send(PlanMsg(Input::GhostUp(m.ghost)));
+        }
+    }
+}
+
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct PlanReport {
@@ -1474,6 +1503,11 @@ impl Handler<WaitFinished> for Supervisor {
     fn handle(&mut self, m: WaitFinished, _: &mut Context<Self>) -> Self::Result {
         let a = self.active.get(&m.intent_id);
         // A standing intent stays active while it is kept; it has no finish to wait for.
+        // Satisfied but still active (catching up offline Ghosts): answered with that now.
+        if let Some(a) = a.filter(|a| a.summary.status == "satisfied") {
+            let _ = m.tx.send(a.summary.clone());
+            return Ok(());
+        }
         if a.is_none() || a.is_some_and(|a| a.summary.status == "standing") {
             return match self.finished.get(&m.intent_id) {
                 Some((s, _)) => {
