@@ -44,6 +44,10 @@ pub struct Check {
     pub operation: String,
     #[serde(default)]
     pub args: Args,
+    /// The desired content: the check passes only where its stdout (one trailing newline
+    /// aside) equals this. Without it a check passes when its operation succeeds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -129,6 +133,8 @@ struct RawCheck {
     operation: Option<String>,
     #[serde(default)]
     args: BTreeMap<String, ArgValue>,
+    #[serde(default)]
+    expect: Option<ArgValue>,
 }
 
 /// Args are strings on the wire; numbers and booleans are accepted and written as text.
@@ -296,10 +302,18 @@ fn validate(raw: RawIntent, new_id: impl FnOnce() -> String) -> Result<Intent, F
         }
         let check = match &s.check {
             None => None,
-            Some(c) => Some(Check {
-                operation: required(&f("check.operation"), &c.operation)?,
-                args: args(&f("check.args"), &c.args)?,
-            }),
+            Some(c) => {
+                let expect = c.expect.as_ref().map(ArgValue::text);
+                // Mirage keeps the first 4 KiB of a check's output: more cannot be compared.
+                if expect.as_ref().is_some_and(|e| e.len() > 4096) {
+                    return Err(fe(f("check.expect"), "at most 4096 bytes"));
+                }
+                Some(Check {
+                    operation: required(&f("check.operation"), &c.operation)?,
+                    args: args(&f("check.args"), &c.args)?,
+                    expect,
+                })
+            }
         };
         steps.push(Step {
             seed,

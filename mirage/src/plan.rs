@@ -589,6 +589,8 @@ impl Plan {
                 reason,
                 output,
             } => {
+                let (outcome, reason) =
+                    self.check_content(&ghost, &command_id, outcome, reason, output.as_deref());
                 self.keep_output(&ghost, &command_id, outcome, output, now);
                 self.on_event(
                     ghost, command_id, event_id, outcome, reason, false, now, fleet, &mut fx,
@@ -722,6 +724,46 @@ impl Plan {
         )));
         self.catching = Some(g);
         self.begin_step(0, now, fleet, fx);
+    }
+
+    /// A successful check with `expect` passes only if its output is the desired content:
+    /// otherwise it counts as a failed check (drift), and the operation runs.
+    fn check_content(
+        &self,
+        ghost: &str,
+        command_id: &str,
+        outcome: Outcome,
+        reason: Option<String>,
+        output: Option<&Output>,
+    ) -> (Outcome, Option<String>) {
+        let Some(s) = &self.step else {
+            return (outcome, reason);
+        };
+        let expect = self.intent.steps[s.index]
+            .check
+            .as_ref()
+            .and_then(|c| c.expect.as_deref());
+        let is_check = s
+            .outstanding
+            .get(command_id)
+            .is_some_and(|o| o.ghost == ghost && o.kind == Kind::Check);
+        let (Some(want), true, Outcome::Success) = (expect, is_check, outcome) else {
+            return (outcome, reason);
+        };
+        let got = output.map(|o| o.stdout.as_str()).unwrap_or_default();
+        let cut = output.is_some_and(|o| o.stdout_bytes > o.stdout.len());
+        let got_trim = got.strip_suffix('\n').unwrap_or(got);
+        if !cut && (got == want || got_trim == want) {
+            return (outcome, reason);
+        }
+        let shown: String = got_trim.chars().take(80).collect();
+        (
+            Outcome::Error,
+            Some(format!(
+                "content differs: got {shown:?}, want {:?}",
+                want.chars().take(80).collect::<String>()
+            )),
+        )
     }
 
     /// Keeps the output of a command this plan is waiting on (not of a duplicate or late
@@ -1931,6 +1973,35 @@ mod tests {
                 .count(),
             2
         );
+    }
+
+    #[test]
+    fn a_check_with_expect_compares_content() {
+        let f = fleet(&["a"]);
+        let mut p = plan("[[step]]\nseed=\"seed.kv\"\noperation=\"put\"\nargs={key=\"k\",value=\"on\"}\ncheck={operation=\"get\",args={key=\"k\"},expect=\"on\"}\n");
+        let check = |cid: &str, stdout: &str| Input::Event {
+            ghost: "a".into(),
+            command_id: cid.into(),
+            event_id: format!("evt.{cid}"),
+            outcome: Outcome::Success,
+            reason: None,
+            output: Output::from_bytes(Some(stdout.as_bytes()), None, Some(0)).map(Box::new),
+        };
+        p.handle(Input::Start, 0, &f);
+        // The key exists with another value: the check succeeded, but the content differs.
+        let fx = p.handle(check("chk.i1.1.a.1", "off\n"), 1, &f);
+        assert_eq!(
+            dispatched(&fx),
+            [("a".to_string(), "cmd.i1.1.a.1".to_string())]
+        );
+        p.handle(ev("a", "cmd.i1.1.a.1", true), 2, &f);
+        assert_eq!(p.status, Status::Satisfied);
+        // The right content: satisfied without running the operation.
+        let mut p = plan("[[step]]\nseed=\"seed.kv\"\noperation=\"put\"\nargs={key=\"k\",value=\"on\"}\ncheck={operation=\"get\",args={key=\"k\"},expect=\"on\"}\n");
+        p.handle(Input::Start, 0, &f);
+        let fx = p.handle(check("chk.i1.1.a.1", "on\n"), 1, &f);
+        assert!(dispatched(&fx).is_empty());
+        assert_eq!(p.status, Status::Satisfied);
     }
 
     #[test]
