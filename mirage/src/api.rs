@@ -201,9 +201,7 @@ async fn get_intent(st: web::Data<AppState>, id: web::Path<String>) -> HttpRespo
 async fn withdraw(st: web::Data<AppState>, id: web::Path<String>) -> HttpResponse {
     let id = id.into_inner();
     match st.sup.addr().send(Withdraw(id.clone())).await {
-        Ok(Ok(())) => {
-            HttpResponse::Accepted().json(json!({"intent_id": id, "status": "withdrawn"}))
-        }
+        Ok(Ok(status)) => HttpResponse::Accepted().json(json!({"intent_id": id, "status": status})),
         Ok(Err(e)) => api_err(e),
         Err(e) => unavailable(e),
     }

@@ -309,9 +309,118 @@ pub fn s(v: &Value) -> String {
     }
 }
 
+/// `intent show`'s output section: each kept command's stdout and stderr, lines indented
+/// under a header naming the step, Ghost and command. Control characters are shown escaped
+/// (a Ghost's output must not drive the user's terminal).
+pub fn output_lines(plan: &Value) -> Vec<String> {
+    let outs = plan["outputs"].as_array().cloned().unwrap_or_default();
+    if outs.is_empty() {
+        return vec![];
+    }
+    let mut lines = vec![format!(
+        "output ({} command(s){}):",
+        outs.len(),
+        match plan["outputs_dropped"].as_u64().unwrap_or(0) {
+            0 => String::new(),
+            n => format!(", {n} older dropped"),
+        }
+    )];
+    for o in &outs {
+        let exit = o["exit_code"]
+            .as_u64()
+            .map(|c| format!(", exit {c}"))
+            .unwrap_or_default();
+        lines.push(format!(
+            "  step {} on {} {} ({} {}{exit}):",
+            o["step"].as_u64().unwrap_or(0) + 1,
+            s(&o["ghost"]),
+            s(&o["command_id"]),
+            s(&o["operation"]),
+            s(&o["outcome"]),
+        ));
+        for stream in ["stdout", "stderr"] {
+            let text = o[stream].as_str().unwrap_or_default();
+            if text.is_empty() {
+                continue;
+            }
+            for l in text.lines() {
+                let clean: String = l
+                    .chars()
+                    .flat_map(|c| match c {
+                        '\t' => vec!['\t'],
+                        c if c.is_control() => c.escape_default().collect(),
+                        c => vec![c],
+                    })
+                    .collect();
+                lines.push(format!("    {stream}| {clean}"));
+            }
+            let total = o[&format!("{stream}_bytes")].as_u64().unwrap_or(0);
+            if total as usize > text.len() {
+                lines.push(format!(
+                    "    {stream}| … ({total} bytes, first {} kept)",
+                    text.len()
+                ));
+            }
+        }
+    }
+    lines
+}
+
+/// `intent show`'s per-Ghost results: one line per step and Ghost.
+pub fn result_lines(plan: &Value) -> Vec<String> {
+    let rs = plan["results"].as_array().cloned().unwrap_or_default();
+    if rs.is_empty() {
+        return vec![];
+    }
+    let mut lines = vec!["results:".to_owned()];
+    for r in &rs {
+        let detail = r["detail"].as_str().filter(|d| !d.is_empty());
+        lines.push(format!(
+            "  step {} {} {}{}",
+            r["step"].as_u64().unwrap_or(0) + 1,
+            s(&r["ghost"]),
+            s(&r["result"]),
+            detail.map(|d| format!(": {d}")).unwrap_or_default()
+        ));
+    }
+    if let Some(n) = plan["results_dropped"].as_u64().filter(|n| *n > 0) {
+        lines.push(format!("  … {n} more not kept"));
+    }
+    lines
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn result_lines_name_step_ghost_and_result() {
+        let plan = serde_json::json!({"results": [{"step": 0, "ghost": "g2", "result": "offline_skipped"},
+            {"step": 1, "ghost": "g1", "result": "failed", "detail": "boom"}]});
+        assert_eq!(
+            result_lines(&plan),
+            [
+                "results:",
+                "  step 1 g2 offline_skipped",
+                "  step 2 g1 failed: boom"
+            ]
+        );
+    }
+
+    #[test]
+    fn output_lines_show_each_stream_escaped_and_cut() {
+        let plan = serde_json::json!({"outputs": [{"step": 0, "ghost": "g1", "command_id": "cmd.x",
+            "operation": "echo", "outcome": "success", "exit_code": 0,
+            "stdout": "hi\n\u{1b}[2Jthere\n", "stderr": "", "stdout_bytes": 9000, "stderr_bytes": 0}],
+            "outputs_dropped": 2});
+        let l = output_lines(&plan);
+        assert_eq!(l[0], "output (1 command(s), 2 older dropped):");
+        assert_eq!(l[1], "  step 1 on g1 cmd.x (echo success, exit 0):");
+        assert_eq!(l[2], "    stdout| hi");
+        assert_eq!(l[3], "    stdout| \\u{1b}[2Jthere");
+        assert!(l[4].contains("9000 bytes"), "{l:?}");
+        assert!(output_lines(&serde_json::json!({})).is_empty());
+    }
 
     #[test]
     fn tables_align_and_bars_fill() {

@@ -23,11 +23,31 @@ pub enum On {
     Ghost(String),
 }
 
+/// What a fan-out step (`on = "all"`) does about Ghosts in scope that host its seed but are
+/// offline when it is placed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Offline {
+    /// Run on the connected ones; the offline ones are reported as skipped.
+    #[default]
+    Skip,
+    /// The offline ones count as failed Ghosts of the step (so the step fails unless
+    /// `continue_on_error`).
+    Fail,
+    /// Run on the connected ones; each offline one runs the step when it comes back (after
+    /// the intent's pass, in step order), and the intent stays active until all have.
+    CatchUp,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Check {
     pub operation: String,
     #[serde(default)]
     pub args: Args,
+    /// The desired content: the check passes only where its stdout (one trailing newline
+    /// aside) equals this. Without it a check passes when its operation succeeds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,6 +61,8 @@ pub struct Step {
     pub retries: u32,
     pub continue_on_error: bool,
     pub check: Option<Check>,
+    #[serde(default)]
+    pub offline: Offline,
 }
 
 /// A validated intent.
@@ -65,6 +87,9 @@ struct RawIntent {
     objective: Option<String>,
     #[serde(default)]
     keep: Option<Duration>,
+    /// The default of every step's `offline`.
+    #[serde(default)]
+    offline: Option<String>,
     #[serde(default, alias = "steps")]
     step: Vec<RawStep>,
 }
@@ -88,6 +113,18 @@ struct RawStep {
     continue_on_error: bool,
     #[serde(default)]
     check: Option<RawCheck>,
+    #[serde(default)]
+    offline: Option<String>,
+}
+
+fn offline(field: &str, v: Option<&str>, default: Offline) -> Result<Offline, FieldError> {
+    match v.map(str::trim) {
+        None => Ok(default),
+        Some("skip") => Ok(Offline::Skip),
+        Some("fail") => Ok(Offline::Fail),
+        Some("catch_up") => Ok(Offline::CatchUp),
+        Some(_) => Err(fe(field, "must be skip, fail or catch_up")),
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -96,6 +133,8 @@ struct RawCheck {
     operation: Option<String>,
     #[serde(default)]
     args: BTreeMap<String, ArgValue>,
+    #[serde(default)]
+    expect: Option<ArgValue>,
 }
 
 /// Args are strings on the wire; numbers and booleans are accepted and written as text.
@@ -243,6 +282,7 @@ fn validate(raw: RawIntent, new_id: impl FnOnce() -> String) -> Result<Intent, F
     if raw.step.len() > MAX_STEPS {
         return Err(fe("step", format!("at most {MAX_STEPS} steps")));
     }
+    let default_offline = offline("offline", raw.offline.as_deref(), Offline::Skip)?;
     let mut steps = Vec::with_capacity(raw.step.len());
     for (i, s) in raw.step.iter().enumerate() {
         let f = |name: &str| format!("step[{i}].{name}");
@@ -262,10 +302,18 @@ fn validate(raw: RawIntent, new_id: impl FnOnce() -> String) -> Result<Intent, F
         }
         let check = match &s.check {
             None => None,
-            Some(c) => Some(Check {
-                operation: required(&f("check.operation"), &c.operation)?,
-                args: args(&f("check.args"), &c.args)?,
-            }),
+            Some(c) => {
+                let expect = c.expect.as_ref().map(ArgValue::text);
+                // Mirage keeps the first 4 KiB of a check's output: more cannot be compared.
+                if expect.as_ref().is_some_and(|e| e.len() > 4096) {
+                    return Err(fe(f("check.expect"), "at most 4096 bytes"));
+                }
+                Some(Check {
+                    operation: required(&f("check.operation"), &c.operation)?,
+                    args: args(&f("check.args"), &c.args)?,
+                    expect,
+                })
+            }
         };
         steps.push(Step {
             seed,
@@ -277,6 +325,7 @@ fn validate(raw: RawIntent, new_id: impl FnOnce() -> String) -> Result<Intent, F
             retries: s.retries,
             continue_on_error: s.continue_on_error,
             check,
+            offline: offline(&f("offline"), s.offline.as_deref(), default_offline)?,
         });
     }
     if keep_ms.is_some() && steps.iter().all(|s| s.check.is_none()) {

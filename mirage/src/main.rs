@@ -484,6 +484,20 @@ fn client(cli: &Cli) -> Result<i32, String> {
                 for r in v["reports"].as_array().cloned().unwrap_or_default() {
                     println!("{}", report_line(&r));
                 }
+                let res = mirage::cli::result_lines(&v["plan"]);
+                if !res.is_empty() {
+                    println!();
+                    for l in res {
+                        println!("{l}");
+                    }
+                }
+                let out = mirage::cli::output_lines(&v["plan"]);
+                if !out.is_empty() {
+                    println!();
+                    for l in out {
+                        println!("{l}");
+                    }
+                }
                 Ok(0)
             }
             IntentCmd::Withdraw { id } => {
@@ -491,7 +505,12 @@ fn client(cli: &Cli) -> Result<i32, String> {
                 if json {
                     print_json(&v);
                 } else {
-                    println!("withdrawing {id}");
+                    match v["status"].as_str() {
+                        Some("withdrawing") => println!(
+                            "withdrawing {id}: its running command keeps the seed lock until it ends"
+                        ),
+                        _ => println!("withdrawn {id}"),
+                    }
                 }
                 Ok(0)
             }

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use shared::envelope::{Command, CompletionState, Outcome, Phase};
 
-use crate::intent::{Intent, On, Step};
+use crate::intent::{Intent, Offline, On, Step};
 use crate::lock::{self, Owner};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -88,6 +88,85 @@ impl FleetView {
     }
 }
 
+/// At submit: refuse a step whose seed or operation no known Ghost in scope declares, rather
+/// than let it wait for a placement until its timeout. Known means in the registry, connected
+/// or not (a Ghost that is offline now is remembered with its registration). A step is
+/// accepted when no Ghost in scope is known yet (a fleet still coming up, a Mirage just
+/// restarted), or when one in scope has not said what it hosts (an unreached
+/// `[[ghost_admin]]` Ghost, a Ghost that registers no seed list): those may still host it.
+/// Err: (step index, what is missing, which Ghosts were considered).
+pub fn submit_check(intent: &Intent, fleet: &FleetView) -> Result<(), (usize, String)> {
+    const NAMED: usize = 8;
+    for (idx, s) in intent.steps.iter().enumerate() {
+        let considered: Vec<(&String, &GhostView)> = fleet
+            .ghosts
+            .iter()
+            .filter(|(g, _)| intent.in_scope(g))
+            .filter(|(g, _)| match &s.on {
+                On::Ghost(only) => *g == only,
+                _ => true,
+            })
+            .collect();
+        if considered.is_empty() || considered.iter().any(|(_, v)| v.seeds.is_empty()) {
+            continue;
+        }
+        let mut ops = vec![s.operation.as_str()];
+        if let Some(c) = &s.check {
+            ops.push(c.operation.as_str());
+        }
+        let hosts_seed = considered
+            .iter()
+            .any(|(_, v)| v.seeds.contains_key(&s.seed));
+        let missing = if !hosts_seed {
+            Some(format!("seed {:?}", s.seed))
+        } else {
+            ops.iter()
+                .find(|op| {
+                    !considered.iter().any(|(_, v)| match v.seeds.get(&s.seed) {
+                        Some(None) => true,
+                        Some(Some(declared)) => declared.iter().any(|d| d == *op),
+                        None => false,
+                    })
+                })
+                .map(|op| format!("operation {op:?} of seed {:?}", s.seed))
+        };
+        let Some(missing) = missing else { continue };
+        let mut names: Vec<String> = considered
+            .iter()
+            .take(NAMED)
+            .map(|(g, v)| {
+                let state = if v.connected { "connected" } else { "offline" };
+                let declared = match v.seeds.get(&s.seed) {
+                    Some(Some(o)) => format!("{} declares {}", s.seed, o.join(", ")),
+                    Some(None) => format!("hosts {}", s.seed),
+                    None => format!(
+                        "seeds {}",
+                        v.seeds.keys().cloned().collect::<Vec<_>>().join(", ")
+                    ),
+                };
+                format!("{g} ({state}; {declared})")
+            })
+            .collect();
+        if considered.len() > NAMED {
+            names.push(format!("and {} more", considered.len() - NAMED));
+        }
+        let scope = match &s.on {
+            On::Ghost(g) => format!("{g} in {}", intent.target_scope),
+            _ => intent.target_scope.clone(),
+        };
+        return Err((
+            idx,
+            format!(
+                "step {}/{}: no known Ghost in {scope} declares {missing}; considered: {}",
+                idx + 1,
+                intent.steps.len(),
+                names.join("; ")
+            ),
+        ));
+    }
+    Ok(())
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReportDraft {
     pub phase: Phase,
@@ -122,6 +201,10 @@ pub enum Effect {
         kind: Kind,
     },
     Report(ReportDraft),
+    /// Tell this plan when `ghost` comes back (a Ghost it owes a catch-up).
+    Watch {
+        ghost: String,
+    },
     /// The intent reached a terminal state or satisfied without `keep`: the actor may stop.
     Finished(Status),
 }
@@ -148,11 +231,106 @@ pub enum Input {
         event_id: String,
         outcome: Outcome,
         reason: Option<String>,
+        /// What the seed printed, already bounded (see [`Output::from_bytes`]).
+        output: Option<Box<Output>>,
     },
     GhostUp(String),
     Withdraw {
         why: String,
     },
+}
+
+/// Per-Ghost results one intent keeps (beyond it they are counted in `results_dropped`).
+pub const RESULTS_PER_INTENT: usize = 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GhostOutcome {
+    Done,
+    Failed,
+    /// Offline at placement; `offline = "skip"`.
+    OfflineSkipped,
+    /// Offline at placement; `offline = "fail"`.
+    OfflineFailed,
+    /// Offline at placement; `offline = "catch_up"`: runs when it comes back.
+    CatchUpPending,
+    /// Ran the step after coming back.
+    CaughtUp,
+    /// Ran the step after coming back, and it failed.
+    CatchUpFailed,
+}
+
+/// One Ghost's result of one step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GhostResult {
+    pub step: usize,
+    pub ghost: String,
+    pub result: GhostOutcome,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+}
+
+/// Per stream per command: the first bytes of stdout and of stderr kept.
+pub const OUTPUT_MAX_BYTES: usize = 4096;
+/// Commands whose output one intent keeps (the latest; older ones are counted as dropped).
+pub const OUTPUTS_PER_INTENT: usize = 32;
+
+/// A command's output as the Ghost put it in its event (seed.result stdout/stderr, ext
+/// fields 401/402), bounded.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Output {
+    pub stdout: String,
+    pub stderr: String,
+    pub exit_code: Option<u32>,
+    /// Bytes the seed printed; more than kept means the text was cut.
+    pub stdout_bytes: usize,
+    pub stderr_bytes: usize,
+}
+
+/// Lossy UTF-8 of at most `max` bytes of `b`, cut on a character boundary.
+pub fn bounded_text(b: &[u8], max: usize) -> String {
+    let mut cut = b.len().min(max);
+    // A multi-byte character split at the cut would turn into U+FFFD; step back to its start.
+    while cut > 0 && cut < b.len() && (b[cut] & 0xC0) == 0x80 {
+        cut -= 1;
+    }
+    String::from_utf8_lossy(&b[..cut]).into_owned()
+}
+
+impl Output {
+    /// None when the event carried no output at all.
+    pub fn from_bytes(
+        stdout: Option<&[u8]>,
+        stderr: Option<&[u8]>,
+        exit_code: Option<u32>,
+    ) -> Option<Output> {
+        let (o, e) = (stdout.unwrap_or_default(), stderr.unwrap_or_default());
+        if o.is_empty() && e.is_empty() {
+            return None;
+        }
+        Some(Output {
+            stdout: bounded_text(o, OUTPUT_MAX_BYTES),
+            stderr: bounded_text(e, OUTPUT_MAX_BYTES),
+            exit_code,
+            stdout_bytes: o.len(),
+            stderr_bytes: e.len(),
+        })
+    }
+}
+
+/// One command's output, kept with the plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandOutput {
+    pub step: usize,
+    pub round: u32,
+    pub ghost: String,
+    pub command_id: String,
+    pub operation: String,
+    pub kind: Kind,
+    pub outcome: Outcome,
+    pub at_ms: u64,
+    #[serde(flatten)]
+    pub output: Output,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -195,6 +373,9 @@ pub struct StepRun {
     pub outstanding: BTreeMap<String, Outstanding>,
     pub dispatched: bool,
     pub corrected: bool,
+    /// Ghosts in scope hosting the seed but offline when an `on = "all"` step was placed.
+    #[serde(default)]
+    pub offline: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -218,6 +399,28 @@ pub struct Plan {
     /// left reports in the history that are not this one's.
     #[serde(default)]
     pub first_report_seq: u64,
+    /// Withdrawn while a blocking step's commands ran: the status stays `Active` (so a
+    /// restart resumes it and keeps its locks) until they end, by event or attempt deadline;
+    /// then the locks go and the plan ends `Withdrawn`. Nothing new is sent meanwhile.
+    #[serde(default)]
+    pub withdrawing: Option<String>,
+    /// The latest commands' output, at most [`OUTPUTS_PER_INTENT`], oldest first.
+    #[serde(default)]
+    pub outputs: std::collections::VecDeque<CommandOutput>,
+    /// Outputs dropped to keep that bound.
+    #[serde(default)]
+    pub outputs_dropped: u64,
+    /// Per-Ghost results of finished steps, at most [`RESULTS_PER_INTENT`].
+    #[serde(default)]
+    pub results: Vec<GhostResult>,
+    #[serde(default)]
+    pub results_dropped: u64,
+    /// Ghost → steps it missed while offline (`offline = "catch_up"`), run when it is back.
+    #[serde(default)]
+    pub catch_up: BTreeMap<String, Vec<usize>>,
+    /// The Ghost whose catch-up pass runs now.
+    #[serde(default)]
+    pub catching: Option<String>,
 }
 
 fn report(
@@ -276,6 +479,13 @@ impl Plan {
             failure: None,
             generation,
             first_report_seq: 0,
+            withdrawing: None,
+            outputs: Default::default(),
+            outputs_dropped: 0,
+            results: Vec::new(),
+            results_dropped: 0,
+            catch_up: BTreeMap::new(),
+            catching: None,
         }
     }
 
@@ -337,6 +547,10 @@ impl Plan {
         if self.status.is_terminal() {
             return fx;
         }
+        if self.withdrawing.is_some() {
+            self.drain(input, now, &mut fx);
+            return fx;
+        }
         match input {
             Input::Start => {
                 if self.step.is_none() && self.status == Status::Active {
@@ -373,10 +587,21 @@ impl Plan {
                 event_id,
                 outcome,
                 reason,
-            } => self.on_event(
-                ghost, command_id, event_id, outcome, reason, false, now, fleet, &mut fx,
-            ),
+                output,
+            } => {
+                let (outcome, reason) =
+                    self.check_content(&ghost, &command_id, outcome, reason, output.as_deref());
+                self.keep_output(&ghost, &command_id, outcome, output, now);
+                self.on_event(
+                    ghost, command_id, event_id, outcome, reason, false, now, fleet, &mut fx,
+                )
+            }
             Input::GhostUp(g) => {
+                if self.step.is_none() && self.status == Status::Satisfied {
+                    // Back, and owed a catch-up: run the steps it missed.
+                    self.next_catch_up(now, fleet, &mut fx);
+                    return fx;
+                }
                 // Commands sent while it was away may never have arrived: send them again,
                 // same command_id (the Ghost dedupes).
                 if let Some(s) = &self.step {
@@ -390,6 +615,43 @@ impl Plan {
                 }
             }
             Input::Withdraw { why } => {
+                // A running blocking command keeps its seed lock until it ends: handing the
+                // lock on now would let the next holder's command run beside it (a higher
+                // fencing token stops only commands sent later, not one already running).
+                let running: Vec<String> = self
+                    .step
+                    .iter()
+                    .filter(|s| s.locks.values().any(Option::is_some))
+                    .flat_map(|s| s.outstanding.keys().cloned())
+                    .collect();
+                if !running.is_empty() {
+                    let keys: Vec<String> = self
+                        .step
+                        .iter()
+                        .flat_map(|s| s.locks.keys().cloned())
+                        .collect();
+                    let until = self
+                        .step
+                        .iter()
+                        .flat_map(|s| s.outstanding.values().map(|o| o.deadline_ms))
+                        .max()
+                        .unwrap_or(now);
+                    fx.push(Effect::Report(report(
+                        Phase::InProgress,
+                        CompletionState::InProgress,
+                        format!(
+                            "intent {} withdrawing: {why}; seed lock(s) {} kept until {} ends \
+                             (its event, or its attempt timeout in {} ms)",
+                            self.id(),
+                            keys.join(", "),
+                            running.join(", "),
+                            until.saturating_sub(now)
+                        ),
+                        self.step.as_ref().map(|s| s.index),
+                    )));
+                    self.withdrawing = Some(why);
+                    return fx;
+                }
                 self.release_all(&mut fx);
                 self.status = Status::Withdrawn;
                 self.step = None;
@@ -405,11 +667,240 @@ impl Plan {
         fx
     }
 
+    /// Ghosts in scope that host the step's seed but are offline (`on = "all"`, first pass).
+    fn offline_hosts(&self, idx: usize, fleet: &FleetView) -> Vec<String> {
+        let s = &self.intent.steps[idx];
+        if s.on != On::All || self.catching.is_some() || self.round > 0 {
+            return vec![];
+        }
+        fleet
+            .ghosts
+            .iter()
+            .filter(|(g, v)| {
+                !v.connected
+                    && self.intent.in_scope(g)
+                    && fleet.hosts(g, &s.seed, &s.operation) == Ok(true)
+            })
+            .map(|(g, _)| g.clone())
+            .collect()
+    }
+
+    fn record(&mut self, step: usize, ghost: &str, result: GhostOutcome, detail: String) {
+        if self.results.len() >= RESULTS_PER_INTENT {
+            self.results_dropped += 1;
+            return;
+        }
+        self.results.push(GhostResult {
+            step,
+            ghost: ghost.to_owned(),
+            result,
+            detail,
+        });
+    }
+
+    /// Starts the catch-up pass of a Ghost that is owed one and connected now, if any.
+    fn next_catch_up(&mut self, now: u64, fleet: &FleetView, fx: &mut Vec<Effect>) {
+        let Some(g) = self
+            .catch_up
+            .keys()
+            .find(|g| fleet.ghosts.get(*g).is_some_and(|v| v.connected))
+            .cloned()
+        else {
+            return;
+        };
+        let steps: Vec<String> = self.catch_up[&g]
+            .iter()
+            .map(|i| (i + 1).to_string())
+            .collect();
+        fx.push(Effect::Report(report(
+            Phase::InProgress,
+            CompletionState::InProgress,
+            format!(
+                "intent {}: {g} is back; catching up step(s) {}",
+                self.id(),
+                steps.join(", ")
+            ),
+            None,
+        )));
+        self.catching = Some(g);
+        self.begin_step(0, now, fleet, fx);
+    }
+
+    /// A successful check with `expect` passes only if its output is the desired content:
+    /// otherwise it counts as a failed check (drift), and the operation runs.
+    fn check_content(
+        &self,
+        ghost: &str,
+        command_id: &str,
+        outcome: Outcome,
+        reason: Option<String>,
+        output: Option<&Output>,
+    ) -> (Outcome, Option<String>) {
+        let Some(s) = &self.step else {
+            return (outcome, reason);
+        };
+        let expect = self.intent.steps[s.index]
+            .check
+            .as_ref()
+            .and_then(|c| c.expect.as_deref());
+        let is_check = s
+            .outstanding
+            .get(command_id)
+            .is_some_and(|o| o.ghost == ghost && o.kind == Kind::Check);
+        let (Some(want), true, Outcome::Success) = (expect, is_check, outcome) else {
+            return (outcome, reason);
+        };
+        let got = output.map(|o| o.stdout.as_str()).unwrap_or_default();
+        let cut = output.is_some_and(|o| o.stdout_bytes > o.stdout.len());
+        let got_trim = got.strip_suffix('\n').unwrap_or(got);
+        if !cut && (got == want || got_trim == want) {
+            return (outcome, reason);
+        }
+        let shown: String = got_trim.chars().take(80).collect();
+        (
+            Outcome::Error,
+            Some(format!(
+                "content differs: got {shown:?}, want {:?}",
+                want.chars().take(80).collect::<String>()
+            )),
+        )
+    }
+
+    /// Keeps the output of a command this plan is waiting on (not of a duplicate or late
+    /// event), within the per-intent bound.
+    fn keep_output(
+        &mut self,
+        ghost: &str,
+        command_id: &str,
+        outcome: Outcome,
+        output: Option<Box<Output>>,
+        now: u64,
+    ) {
+        let Some(output) = output else { return };
+        let Some(s) = &self.step else { return };
+        let Some(o) = s.outstanding.get(command_id).filter(|o| o.ghost == ghost) else {
+            return;
+        };
+        let kept = CommandOutput {
+            step: s.index,
+            round: self.round,
+            ghost: ghost.to_owned(),
+            command_id: command_id.to_owned(),
+            operation: o.command.operation.clone(),
+            kind: o.kind,
+            outcome,
+            at_ms: now,
+            output: *output,
+        };
+        if self.outputs.len() >= OUTPUTS_PER_INTENT {
+            self.outputs.pop_front();
+            self.outputs_dropped += 1;
+        }
+        self.outputs.push_back(kept);
+    }
+
+    /// Withdrawn with commands running: take in their ends, send nothing new (no retry, no
+    /// operation after a check), then release the locks and finish.
+    fn drain(&mut self, input: Input, now: u64, fx: &mut Vec<Effect>) {
+        let Some(s) = &mut self.step else {
+            self.finish_withdraw(now, fx);
+            return;
+        };
+        match input {
+            Input::Event {
+                ghost,
+                command_id,
+                outcome,
+                reason,
+                output,
+                ..
+            } => {
+                self.keep_output(&ghost, &command_id, outcome, output, now);
+                let Some(s) = &mut self.step else { return };
+                if s.outstanding
+                    .get(&command_id)
+                    .is_some_and(|o| o.ghost == ghost)
+                {
+                    s.outstanding.remove(&command_id);
+                    s.ghosts.insert(
+                        ghost,
+                        match outcome {
+                            Outcome::Success => GhostProgress::Done,
+                            Outcome::Error => GhostProgress::Failed(
+                                reason.unwrap_or_else(|| "seed reported an error".into()),
+                            ),
+                        },
+                    );
+                }
+            }
+            Input::Tick => {
+                s.outstanding.retain(|_, o| now < o.deadline_ms);
+            }
+            Input::LockLost { key } => {
+                // Taken away (lease or operator): nothing left to hold back.
+                s.locks.remove(&key);
+                s.outstanding.clear();
+            }
+            Input::GhostUp(g) => {
+                // The running command's event may have been lost with the session.
+                let idx = s.index;
+                let again: Vec<Outstanding> = s
+                    .outstanding
+                    .values()
+                    .filter(|o| o.ghost == g)
+                    .cloned()
+                    .collect();
+                for o in &again {
+                    fx.push(self.dispatch_effect(idx, o));
+                }
+                return;
+            }
+            Input::LockGranted { key, .. } => {
+                // Not held for anything any more.
+                if s.locks.get(&key).is_some_and(Option::is_none) {
+                    s.locks.remove(&key);
+                    let owner = Owner {
+                        intent_id: self.intent.intent_id.clone(),
+                        step: s.index,
+                    };
+                    fx.push(Effect::Release { key, owner });
+                }
+            }
+            Input::Start | Input::LockQueued { .. } | Input::Withdraw { .. } => {}
+        }
+        if self.step.as_ref().is_some_and(|s| s.outstanding.is_empty()) {
+            self.finish_withdraw(now, fx);
+        }
+    }
+
+    fn finish_withdraw(&mut self, _now: u64, fx: &mut Vec<Effect>) {
+        let why = self.withdrawing.clone().unwrap_or_default();
+        self.release_all(fx);
+        self.status = Status::Withdrawn;
+        self.step = None;
+        fx.push(Effect::Report(report(
+            Phase::Complete,
+            CompletionState::Failed,
+            format!(
+                "intent {} withdrawn: {why}; its running command(s) ended, seed lock(s) released",
+                self.id()
+            ),
+            None,
+        )));
+        fx.push(Effect::Finished(Status::Withdrawn));
+    }
+
     /// After a restart: ask for the locks again and re-send what was never answered.
     pub fn resume(&mut self, now: u64, fleet: &FleetView) -> Vec<Effect> {
         let mut fx = Vec::new();
         if self.status.is_terminal() {
             return fx;
+        }
+        for g in self.catch_up.keys() {
+            fx.push(Effect::Watch { ghost: g.clone() });
+        }
+        if self.step.is_none() && self.status == Status::Satisfied {
+            self.next_catch_up(now, fleet, &mut fx);
         }
         let Some(s) = &self.step else {
             if self.status == Status::Active {
@@ -433,6 +924,16 @@ impl Plan {
 
     fn place(&self, idx: usize, fleet: &FleetView) -> Result<Vec<String>, String> {
         let s = &self.intent.steps[idx];
+        if let Some(g) = &self.catching {
+            return match fleet.hosts(g, &s.seed, &s.operation) {
+                Ok(true) if fleet.ghosts.get(g).is_some_and(|v| v.connected) => Ok(vec![g.clone()]),
+                Ok(_) => Err(format!(
+                    "{g} (catching up) is not connected or does not host {}",
+                    s.seed
+                )),
+                Err(e) => Err(e),
+            };
+        }
         let in_scope = |g: &str| self.intent.in_scope(g);
         let mut candidates = Vec::new();
         let mut refusal = None;
@@ -502,8 +1003,15 @@ impl Plan {
         while self.round > 0 && idx < self.total() && self.intent.steps[idx].check.is_none() {
             idx += 1;
         }
+        // In a catch-up pass only the steps that Ghost missed run.
+        if let Some(g) = &self.catching {
+            let missed = self.catch_up.get(g).cloned().unwrap_or_default();
+            while idx < self.total() && !missed.contains(&idx) {
+                idx += 1;
+            }
+        }
         if idx >= self.total() {
-            self.complete_round(now, fx);
+            self.complete_round(now, fleet, fx);
             return;
         }
         let started = match &self.step {
@@ -526,6 +1034,7 @@ impl Plan {
                     outstanding: BTreeMap::new(),
                     dispatched: false,
                     corrected: false,
+                    offline: vec![],
                 });
                 if first {
                     fx.push(Effect::Report(report(
@@ -565,6 +1074,7 @@ impl Plan {
             outstanding: BTreeMap::new(),
             dispatched: false,
             corrected: false,
+            offline: self.offline_hosts(idx, fleet),
         });
         if locks.is_empty() {
             self.dispatch_step(now, fx);
@@ -880,7 +1390,7 @@ impl Plan {
             return;
         }
         let idx = s.index;
-        let failed: Vec<(String, String)> = s
+        let mut failed: Vec<(String, String)> = s
             .ghosts
             .iter()
             .filter_map(|(g, p)| match p {
@@ -888,7 +1398,80 @@ impl Plan {
                 _ => None,
             })
             .collect();
+        let progress: Vec<(String, Option<String>)> = s
+            .ghosts
+            .iter()
+            .map(|(g, p)| match p {
+                GhostProgress::Failed(why) => (g.clone(), Some(why.clone())),
+                _ => (g.clone(), None),
+            })
+            .collect();
+        let offline = s.offline.clone();
+        let policy = self.intent.steps[idx].offline;
+        let catching = self.catching.clone();
+        // Re-check rounds of a standing intent are not results of their own.
+        let progress = if self.round == 0 || catching.is_some() {
+            progress
+        } else {
+            vec![]
+        };
+        for (g, why) in progress {
+            let r = match (&catching, &why) {
+                (Some(_), None) => GhostOutcome::CaughtUp,
+                (Some(_), Some(_)) => GhostOutcome::CatchUpFailed,
+                (None, None) => GhostOutcome::Done,
+                (None, Some(_)) => GhostOutcome::Failed,
+            };
+            self.record(idx, &g, r, why.unwrap_or_default());
+        }
+        for g in &offline {
+            match policy {
+                Offline::Skip => {
+                    self.record(idx, g, GhostOutcome::OfflineSkipped, String::new());
+                }
+                Offline::Fail => {
+                    let why = "offline when the step was placed (offline = \"fail\")".to_owned();
+                    self.record(idx, g, GhostOutcome::OfflineFailed, why.clone());
+                    failed.push((g.clone(), why));
+                }
+                Offline::CatchUp => {
+                    self.record(idx, g, GhostOutcome::CatchUpPending, String::new());
+                    let missed = self.catch_up.entry(g.clone()).or_default();
+                    if !missed.contains(&idx) {
+                        missed.push(idx);
+                        fx.push(Effect::Watch { ghost: g.clone() });
+                    }
+                }
+            }
+        }
         self.release_all(fx);
+        if let Some(g) = catching {
+            if let Some((_, why)) = failed
+                .first()
+                .filter(|_| !self.intent.steps[idx].continue_on_error)
+            {
+                // The intent was satisfied for the others; this Ghost's catch-up stops here.
+                let summary = format!(
+                    "intent {}: catch-up of {g} failed at step {}/{}: {why}",
+                    self.id(),
+                    idx + 1,
+                    self.total()
+                );
+                fx.push(Effect::Report(report(
+                    Phase::InProgress,
+                    CompletionState::Failed,
+                    summary,
+                    Some(idx),
+                )));
+                self.step = None;
+                self.catch_up.remove(&g);
+                self.catching = None;
+                self.after_pass(now, fleet, fx);
+                return;
+            }
+            self.begin_step(idx + 1, now, fleet, fx);
+            return;
+        }
         let step = &self.intent.steps[idx];
         let r = |phase, state, summary| {
             let mut r = report(phase, state, summary, Some(idx));
@@ -942,8 +1525,19 @@ impl Plan {
         self.begin_step(idx + 1, now, fleet, fx);
     }
 
-    fn complete_round(&mut self, now: u64, fx: &mut Vec<Effect>) {
+    fn complete_round(&mut self, now: u64, fleet: &FleetView, fx: &mut Vec<Effect>) {
         self.step = None;
+        if let Some(g) = self.catching.take() {
+            self.catch_up.remove(&g);
+            fx.push(Effect::Report(report(
+                Phase::InProgress,
+                CompletionState::InProgress,
+                format!("intent {}: {g} caught up", self.id()),
+                None,
+            )));
+            self.after_pass(now, fleet, fx);
+            return;
+        }
         let first = self.round == 0;
         if first || self.round_corrected {
             let summary = if first {
@@ -955,6 +1549,7 @@ impl Plan {
             } else {
                 format!("intent {} corrected and satisfied again", self.id())
             };
+            let summary = format!("{summary}{}", self.offline_note());
             fx.push(Effect::Report(report(
                 Phase::Complete,
                 CompletionState::Satisfied,
@@ -964,9 +1559,64 @@ impl Plan {
         }
         self.status = Status::Satisfied;
         self.round_corrected = false;
-        match self.intent.keep_ms {
-            Some(k) => self.next_keep_ms = Some(now.saturating_add(k)),
-            None => fx.push(Effect::Finished(Status::Satisfied)),
+        if let Some(k) = self.intent.keep_ms {
+            self.next_keep_ms = Some(now.saturating_add(k));
+        }
+        self.after_pass(now, fleet, fx);
+    }
+
+    /// After a pass (first, re-check or catch-up): the next catch-up, or done when nothing
+    /// is owed and nothing is kept.
+    fn after_pass(&mut self, now: u64, fleet: &FleetView, fx: &mut Vec<Effect>) {
+        if self.step.is_some() {
+            return;
+        }
+        if !self.catch_up.is_empty() {
+            self.next_catch_up(now, fleet, fx);
+            return;
+        }
+        if self.intent.keep_ms.is_none() {
+            fx.push(Effect::Finished(Status::Satisfied));
+        }
+    }
+
+    /// "; offline: b skipped; c to catch up" from the recorded results (empty when none).
+    fn offline_note(&self) -> String {
+        let names = |want: GhostOutcome| {
+            let mut v: Vec<&str> = self
+                .results
+                .iter()
+                .filter(|r| r.result == want)
+                .map(|r| r.ghost.as_str())
+                .collect();
+            v.sort_unstable();
+            v.dedup();
+            v
+        };
+        let mut parts = Vec::new();
+        for (want, what) in [
+            (GhostOutcome::OfflineSkipped, "skipped"),
+            (GhostOutcome::CatchUpPending, "to catch up when back"),
+        ] {
+            let n = names(want);
+            if !n.is_empty() {
+                let shown: Vec<&str> = n.iter().take(10).copied().collect();
+                let more = if n.len() > 10 {
+                    format!(" and {} more", n.len() - 10)
+                } else {
+                    String::new()
+                };
+                parts.push(format!(
+                    "{} offline Ghost(s) {what}: {}{more}",
+                    n.len(),
+                    shown.join(", ")
+                ));
+            }
+        }
+        if parts.is_empty() {
+            String::new()
+        } else {
+            format!("; {}", parts.join("; "))
         }
     }
 
@@ -1021,6 +1671,19 @@ impl Plan {
         let idx = s.index;
         let timeout = self.intent.steps[idx].timeout_ms;
         if s.waiting_placement.is_some() {
+            if now.saturating_sub(s.started_ms) >= timeout && self.catching.is_some() {
+                // Gone again before its catch-up could run: it stays owed, tried when back.
+                let why = s.waiting_placement.clone().unwrap_or_default();
+                let g = self.catching.take().unwrap_or_default();
+                self.step = None;
+                fx.push(Effect::Report(report(
+                    Phase::InProgress,
+                    CompletionState::InProgress,
+                    format!("intent {}: catch-up of {g} paused: {why}", self.id()),
+                    Some(idx),
+                )));
+                return;
+            }
             if now.saturating_sub(s.started_ms) >= timeout {
                 let why = s.waiting_placement.clone().unwrap_or_default();
                 self.fail(idx, format!("no placement within {timeout}ms: {why}"), fx);
@@ -1125,10 +1788,221 @@ mod tests {
             event_id: format!("evt.{cid}"),
             outcome: if ok { Outcome::Success } else { Outcome::Error },
             reason: (!ok).then(|| "boom".into()),
+            output: None,
         }
     }
 
     const TWO: &str = "[[step]]\nseed=\"seed.kv\"\noperation=\"put\"\n[[step]]\nseed=\"seed.flow\"\noperation=\"status\"\non=\"one\"\n";
+
+    #[test]
+    fn submit_refuses_what_no_known_ghost_in_scope_declares() {
+        let mut f = fleet(&["a", "b"]);
+        if let Some(v) = f.ghosts.get_mut("b") {
+            v.connected = false;
+            v.seeds
+                .insert("seed.fs".into(), Some(vec!["read".into(), "write".into()]));
+        }
+        let ok = |steps: &str, f: &FleetView| submit_check(&plan(steps).intent, f);
+        assert_eq!(ok(TWO, &f), Ok(()));
+        let (idx, why) = ok(
+            "[[step]]\nseed=\"seed.kv\"\noperation=\"put\"\n[[step]]\nseed=\"seed.nope\"\noperation=\"x\"\n",
+            &f,
+        )
+        .unwrap_err();
+        assert_eq!(idx, 1);
+        assert!(
+            why.starts_with("step 2/2: no known Ghost in ghost:* declares seed \"seed.nope\""),
+            "{why}"
+        );
+        assert!(
+            why.contains("a (connected;") && why.contains("b (offline;"),
+            "{why}"
+        );
+        // Declared by an offline Ghost only: accepted (it may come back).
+        assert_eq!(
+            ok("[[step]]\nseed=\"seed.fs\"\noperation=\"read\"\n", &f),
+            Ok(())
+        );
+        let (_, why) = ok("[[step]]\nseed=\"seed.fs\"\noperation=\"delete\"\n", &f).unwrap_err();
+        assert!(
+            why.contains("operation \"delete\" of seed \"seed.fs\""),
+            "{why}"
+        );
+        assert!(why.contains("seed.fs declares read, write"), "{why}");
+        // A check's operation counts too.
+        let (_, why) = ok(
+            "[[step]]\nseed=\"seed.fs\"\noperation=\"read\"\ncheck={operation=\"stat\"}\n",
+            &f,
+        )
+        .unwrap_err();
+        assert!(why.contains("\"stat\""), "{why}");
+        // on = a Ghost: only that one is considered.
+        assert!(ok(
+            "[[step]]\nseed=\"seed.fs\"\noperation=\"read\"\non=\"a\"\n",
+            &f
+        )
+        .is_err());
+        // No Ghost known in scope, or one that has not said what it hosts: accepted.
+        assert_eq!(
+            ok(
+                "[[step]]\nseed=\"seed.nope\"\noperation=\"x\"\n",
+                &fleet(&[])
+            ),
+            Ok(())
+        );
+        f.ghosts.insert("c".into(), GhostView::default());
+        assert_eq!(
+            ok("[[step]]\nseed=\"seed.nope\"\noperation=\"x\"\n", &f),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn output_is_kept_bounded_and_only_for_awaited_commands() {
+        let f = fleet(&["a"]);
+        let mut p = plan("[[step]]\nseed=\"seed.flow\"\noperation=\"status\"\n");
+        p.handle(Input::Start, 0, &f);
+        let big = vec![b'x'; OUTPUT_MAX_BYTES + 10];
+        let out = Output::from_bytes(Some(b"hello\n"), Some(&big), Some(0)).unwrap();
+        assert_eq!(out.stderr.len(), OUTPUT_MAX_BYTES);
+        assert_eq!(out.stderr_bytes, OUTPUT_MAX_BYTES + 10);
+        let with = |cid: &str, out: Output, ok: bool| Input::Event {
+            ghost: "a".into(),
+            command_id: cid.into(),
+            event_id: format!("evt.{cid}"),
+            outcome: if ok { Outcome::Success } else { Outcome::Error },
+            reason: (!ok).then(|| "boom".into()),
+            output: Some(Box::new(out)),
+        };
+        p.handle(with("cmd.other", out.clone(), true), 1, &f);
+        assert!(p.outputs.is_empty(), "not a command of this plan");
+        p.handle(with("cmd.i1.1.a.1", out, true), 2, &f);
+        assert_eq!(p.status, Status::Satisfied);
+        assert_eq!(p.outputs.len(), 1);
+        assert_eq!(p.outputs[0].output.stdout, "hello\n");
+        assert_eq!(p.outputs[0].operation, "status");
+        assert_eq!(Output::from_bytes(Some(b""), None, Some(0)), None);
+        // Cut on a character boundary: no half character.
+        let s = "é".repeat(OUTPUT_MAX_BYTES);
+        assert_eq!(bounded_text(s.as_bytes(), 5), "éé");
+        // At most OUTPUTS_PER_INTENT per intent, the latest kept.
+        let mut p = plan("[[step]]\nseed=\"seed.kv\"\noperation=\"put\"\nretries=100\n");
+        p.handle(Input::Start, 0, &f);
+        let o = Output::from_bytes(Some(b"o"), None, None).unwrap();
+        for n in 1..=(OUTPUTS_PER_INTENT as u32 + 5) {
+            p.handle(
+                with(&format!("cmd.i1.1.a.{n}"), o.clone(), false),
+                n as u64,
+                &f,
+            );
+        }
+        assert_eq!(p.outputs.len(), OUTPUTS_PER_INTENT);
+        assert_eq!(p.outputs_dropped, 5);
+        assert_eq!(p.outputs[0].command_id, "cmd.i1.1.a.6");
+    }
+
+    #[test]
+    fn fan_out_reports_offline_ghosts_and_follows_the_offline_key() {
+        let mut f = fleet(&["a", "b"]);
+        if let Some(v) = f.ghosts.get_mut("b") {
+            v.connected = false;
+        }
+        let results = |p: &Plan| -> Vec<(String, GhostOutcome)> {
+            p.results
+                .iter()
+                .map(|r| (r.ghost.clone(), r.result))
+                .collect()
+        };
+        // skip (default): satisfied, and says so.
+        let mut p = plan("[[step]]\nseed=\"seed.kv\"\noperation=\"put\"\n");
+        p.handle(Input::Start, 0, &f);
+        let fx = p.handle(ev("a", "cmd.i1.1.a.1", true), 1, &f);
+        assert_eq!(p.status, Status::Satisfied);
+        assert!(fx.contains(&Effect::Finished(Status::Satisfied)));
+        assert_eq!(
+            results(&p),
+            [
+                ("a".into(), GhostOutcome::Done),
+                ("b".into(), GhostOutcome::OfflineSkipped)
+            ]
+        );
+        let said = fx.iter().any(|e| matches!(e, Effect::Report(r) if r.summary.contains("1 offline Ghost(s) skipped: b")));
+        assert!(said, "{fx:?}");
+        // fail: the step fails on b.
+        let mut p = plan("[[step]]\nseed=\"seed.kv\"\noperation=\"put\"\noffline=\"fail\"\n");
+        p.handle(Input::Start, 0, &f);
+        p.handle(ev("a", "cmd.i1.1.a.1", true), 1, &f);
+        assert_eq!(p.status, Status::Failed);
+        assert!(
+            p.failure
+                .as_deref()
+                .unwrap_or_default()
+                .contains("on b: offline"),
+            "{:?}",
+            p.failure
+        );
+        // catch_up: satisfied for a, stays alive, runs both steps on b when it is back.
+        let mut p = plan("offline=\"catch_up\"\n[[step]]\nseed=\"seed.kv\"\noperation=\"put\"\n[[step]]\nseed=\"seed.kv\"\noperation=\"get\"\n");
+        p.handle(Input::Start, 0, &f);
+        let fx = p.handle(ev("a", "cmd.i1.1.a.1", true), 1, &f);
+        assert!(fx.contains(&Effect::Watch { ghost: "b".into() }));
+        let fx = p.handle(ev("a", "cmd.i1.2.a.1", true), 2, &f);
+        assert_eq!(p.status, Status::Satisfied);
+        assert!(!fx.contains(&Effect::Finished(Status::Satisfied)), "owes b");
+        assert_eq!(p.catch_up.get("b"), Some(&vec![0, 1]));
+        if let Some(v) = f.ghosts.get_mut("b") {
+            v.connected = true;
+        }
+        let fx = p.handle(Input::GhostUp("b".into()), 3, &f);
+        assert_eq!(
+            dispatched(&fx),
+            [("b".to_string(), "cmd.i1.1.b.1".to_string())]
+        );
+        let fx = p.handle(ev("b", "cmd.i1.1.b.1", true), 4, &f);
+        assert_eq!(
+            dispatched(&fx),
+            [("b".to_string(), "cmd.i1.2.b.1".to_string())]
+        );
+        let fx = p.handle(ev("b", "cmd.i1.2.b.1", true), 5, &f);
+        assert!(fx.contains(&Effect::Finished(Status::Satisfied)), "{fx:?}");
+        assert!(p.catch_up.is_empty());
+        assert_eq!(
+            results(&p)
+                .iter()
+                .filter(|(g, r)| g == "b" && *r == GhostOutcome::CaughtUp)
+                .count(),
+            2
+        );
+    }
+
+    #[test]
+    fn a_check_with_expect_compares_content() {
+        let f = fleet(&["a"]);
+        let mut p = plan("[[step]]\nseed=\"seed.kv\"\noperation=\"put\"\nargs={key=\"k\",value=\"on\"}\ncheck={operation=\"get\",args={key=\"k\"},expect=\"on\"}\n");
+        let check = |cid: &str, stdout: &str| Input::Event {
+            ghost: "a".into(),
+            command_id: cid.into(),
+            event_id: format!("evt.{cid}"),
+            outcome: Outcome::Success,
+            reason: None,
+            output: Output::from_bytes(Some(stdout.as_bytes()), None, Some(0)).map(Box::new),
+        };
+        p.handle(Input::Start, 0, &f);
+        // The key exists with another value: the check succeeded, but the content differs.
+        let fx = p.handle(check("chk.i1.1.a.1", "off\n"), 1, &f);
+        assert_eq!(
+            dispatched(&fx),
+            [("a".to_string(), "cmd.i1.1.a.1".to_string())]
+        );
+        p.handle(ev("a", "cmd.i1.1.a.1", true), 2, &f);
+        assert_eq!(p.status, Status::Satisfied);
+        // The right content: satisfied without running the operation.
+        let mut p = plan("[[step]]\nseed=\"seed.kv\"\noperation=\"put\"\nargs={key=\"k\",value=\"on\"}\ncheck={operation=\"get\",args={key=\"k\"},expect=\"on\"}\n");
+        p.handle(Input::Start, 0, &f);
+        let fx = p.handle(check("chk.i1.1.a.1", "on\n"), 1, &f);
+        assert!(dispatched(&fx).is_empty());
+        assert_eq!(p.status, Status::Satisfied);
+    }
 
     #[test]
     fn wakeups_follow_deadlines_and_keep() {
@@ -1252,6 +2126,7 @@ mod tests {
                 event_id: "evt.cmd.i1.1.a.1".into(),
                 outcome: Outcome::Error,
                 reason: Some("ghost restarted while command cmd.i1.1.a.1 was executing (seed.kv put); the operation is not idempotent, so it was not run again and its effect is unknown".into()),
+                output: None,
             },
             1,
             &f,
@@ -1392,17 +2267,10 @@ mod tests {
 
     #[test]
     fn withdraw_releases_locks_and_stops() {
+        // Waiting for its lock (nothing dispatched): it leaves at once.
         let f = fleet(&["a"]);
         let mut p = plan("[[step]]\nseed=\"seed.kv\"\noperation=\"put\"\nblocking=true\n");
         p.handle(Input::Start, 0, &f);
-        p.handle(
-            Input::LockGranted {
-                key: "a::seed.kv".into(),
-                token: 1,
-            },
-            1,
-            &f,
-        );
         let fx = p.handle(
             Input::Withdraw {
                 why: "operator".into(),
@@ -1415,6 +2283,67 @@ mod tests {
             .any(|e| matches!(e, Effect::Release { key, .. } if key == "a::seed.kv")));
         assert!(fx.contains(&Effect::Finished(Status::Withdrawn)));
         assert!(p.handle(ev("a", "cmd.i1.1.a.1", true), 3, &f).is_empty());
+    }
+
+    #[test]
+    fn withdraw_keeps_the_lock_until_the_running_command_ends() {
+        let f = fleet(&["a"]);
+        let mut p = plan("[[step]]\nseed=\"seed.flow\"\noperation=\"sleep\"\nblocking=true\ntimeout=\"10s\"\nretries=2\n");
+        p.handle(Input::Start, 0, &f);
+        p.handle(
+            Input::LockGranted {
+                key: "a::seed.flow".into(),
+                token: 1,
+            },
+            1,
+            &f,
+        );
+        let released = |fx: &[Effect]| fx.iter().any(|e| matches!(e, Effect::Release { .. }));
+        let fx = p.handle(
+            Input::Withdraw {
+                why: "operator".into(),
+            },
+            2,
+            &f,
+        );
+        assert!(!released(&fx), "kept while cmd runs: {fx:?}");
+        assert!(!fx.contains(&Effect::Finished(Status::Withdrawn)));
+        assert_eq!(
+            p.status,
+            Status::Active,
+            "resumed as active after a restart"
+        );
+        assert!(p.needs_lock(&p.owner(0), "a::seed.flow"));
+        // A failure is not retried while withdrawing; its end releases the lock.
+        let fx = p.handle(ev("a", "cmd.i1.1.a.1", false), 3, &f);
+        assert!(dispatched(&fx).is_empty(), "{fx:?}");
+        assert!(released(&fx));
+        assert!(fx.contains(&Effect::Finished(Status::Withdrawn)));
+        assert_eq!(p.status, Status::Withdrawn);
+        // No event: the attempt deadline ends the wait.
+        let mut p = plan(
+            "[[step]]\nseed=\"seed.flow\"\noperation=\"sleep\"\nblocking=true\ntimeout=\"10s\"\n",
+        );
+        p.handle(Input::Start, 0, &f);
+        p.handle(
+            Input::LockGranted {
+                key: "a::seed.flow".into(),
+                token: 1,
+            },
+            1,
+            &f,
+        );
+        p.handle(
+            Input::Withdraw {
+                why: "operator".into(),
+            },
+            2,
+            &f,
+        );
+        assert_eq!(p.next_wakeup(2, 250), Some(10_001));
+        assert!(!released(&p.handle(Input::Tick, 5_000, &f)));
+        let fx = p.handle(Input::Tick, 10_001, &f);
+        assert!(released(&fx) && fx.contains(&Effect::Finished(Status::Withdrawn)));
     }
 
     #[test]

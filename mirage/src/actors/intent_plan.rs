@@ -6,7 +6,7 @@ use actix::prelude::*;
 use shared::metrics::MeteredAddr;
 use tokio::sync::oneshot;
 
-use super::supervisor::{Dispatch, LockOp, PlanFinished, PlanReport, Supervisor};
+use super::supervisor::{Dispatch, LockOp, PlanFinished, PlanReport, Supervisor, Watch};
 use super::FleetHandle;
 use crate::plan::{Effect, Input, Plan, Status};
 use crate::store::{Put, Store, Write};
@@ -115,7 +115,10 @@ impl IntentPlan {
 
     pub fn status_word(plan: &Plan) -> &'static str {
         match plan.status {
-            Status::Satisfied if plan.intent.keep_ms.is_some() => "standing",
+            // Kept, or owing offline Ghosts a catch-up: still active (restored at a restart).
+            Status::Satisfied if plan.intent.keep_ms.is_some() || !plan.catch_up.is_empty() => {
+                "standing"
+            }
             s => s.as_str(),
         }
     }
@@ -249,6 +252,10 @@ impl IntentPlan {
                     intent_id: id.clone(),
                     ghost,
                     command,
+                }),
+                Effect::Watch { ghost } => self.supervisor.do_send(Watch {
+                    intent_id: id.clone(),
+                    ghost,
                 }),
                 Effect::Report(draft) => self.supervisor.do_send(PlanReport {
                     intent_id: id.clone(),

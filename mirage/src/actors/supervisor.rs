@@ -151,7 +151,13 @@ impl IntentSummary {
             actor: plan.intent.actor.clone(),
             objective: plan.intent.objective.clone(),
             target_scope: plan.intent.target_scope.clone(),
-            status: IntentPlan::status_word(plan).to_owned(),
+            status: if plan.withdrawing.is_some() && plan.status == Status::Active {
+                "withdrawing".to_owned()
+            } else if plan.intent.keep_ms.is_none() && !plan.catch_up.is_empty() {
+                "satisfied".to_owned()
+            } else {
+                IntentPlan::status_word(plan).to_owned()
+            },
             steps_total: plan.intent.steps.len(),
             steps_done: plan.steps_done,
             last_summary: plan.failure.clone().unwrap_or_default(),
@@ -1113,6 +1119,12 @@ async fn to_plan(
         event_id: e.event_id.clone(),
         outcome: e.outcome,
         reason: failure_reason(e),
+        output: crate::plan::Output::from_bytes(
+            e.stdout.as_deref(),
+            e.stderr.as_deref(),
+            e.exit_code,
+        )
+        .map(Box::new),
     };
     match plan.send(PlanMsg(input)).await {
         Ok(r) => r,
@@ -1310,6 +1322,33 @@ impl Handler<LockOp> for Supervisor {
     }
 }
 
+/// A plan wants to hear when `ghost` comes back (it owes that Ghost a catch-up).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Watch {
+    pub intent_id: String,
+    pub ghost: String,
+}
+
+impl Handler<Watch> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, m: Watch, _: &mut Context<Self>) {
+        if !self.active.contains_key(&m.intent_id) {
+            return;
+        }
+        let connected = self.ghosts.get(&m.ghost).is_some_and(|g| g.connected());
+        self.interest
+            .entry(m.ghost.clone())
+            .or_default()
+            .insert(m.intent_id.clone());
+        // Came back before the plan asked: tell it now.
+        if let Some(a) = self.active.get(&m.intent_id).filter(|_| connected) {
+            a.addr.do_send(PlanMsg(Input::GhostUp(m.ghost)));
+        }
+    }
+}
+
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct PlanReport {
@@ -1440,6 +1479,12 @@ impl Handler<Submit> for Supervisor {
             ))));
         }
         self.flush_fleet();
+        if let Err((idx, why)) = crate::plan::submit_check(&m.0, &self.fleet.borrow()) {
+            tracing::info!(component = "mirage.supervisor", intent_id = %id, step = idx + 1, reason = %why, "intent refused at submit");
+            let mut e = ApiError::new(400, format!("intent {id} refused: {why}"));
+            e.field = Some(format!("step[{idx}]"));
+            return Box::pin(fut::ready(Err(e)));
+        }
         self.intent_seq += 1;
         m::INTENTS_SUBMITTED.inc();
         let mut plan = Plan::new(m.0, self.next_generation());
@@ -1501,6 +1546,11 @@ impl Handler<WaitFinished> for Supervisor {
     fn handle(&mut self, m: WaitFinished, _: &mut Context<Self>) -> Self::Result {
         let a = self.active.get(&m.intent_id);
         // A standing intent stays active while it is kept; it has no finish to wait for.
+        // Satisfied but still active (catching up offline Ghosts): answered with that now.
+        if let Some(a) = a.filter(|a| a.summary.status == "satisfied") {
+            let _ = m.tx.send(a.summary.clone());
+            return Ok(());
+        }
         if a.is_none() || a.is_some_and(|a| a.summary.status == "standing") {
             return match self.finished.get(&m.intent_id) {
                 Some((s, _)) => {
@@ -1539,12 +1589,13 @@ impl Handler<WaitFinished> for Supervisor {
     }
 }
 
+/// Answers "withdrawn", or "withdrawing" while a running blocking command keeps its lock.
 #[derive(Message)]
-#[rtype(result = "Result<(), ApiError>")]
+#[rtype(result = "Result<String, ApiError>")]
 pub struct Withdraw(pub String);
 
 impl Handler<Withdraw> for Supervisor {
-    type Result = ResponseActFuture<Self, Result<(), ApiError>>;
+    type Result = ResponseActFuture<Self, Result<String, ApiError>>;
 
     fn handle(&mut self, m: Withdraw, _: &mut Context<Self>) -> Self::Result {
         let Some(a) = self.active.get(&m.0) else {
@@ -1556,6 +1607,7 @@ impl Handler<Withdraw> for Supervisor {
             return Box::pin(fut::ready(Err(e)));
         };
         let addr = a.addr.clone();
+        let id = m.0.clone();
         Box::pin(
             async move {
                 addr.send(PlanMsg(Input::Withdraw {
@@ -1563,9 +1615,26 @@ impl Handler<Withdraw> for Supervisor {
                 }))
                 .await
                 .map_err(|e| ApiError::new(500, e.to_string()))?
-                .map_err(|e| ApiError::new(503, e))
+                .map_err(|e| ApiError::new(503, e))?;
+                // A stopped plan has finished: withdrawn.
+                let draining = addr
+                    .addr()
+                    .send(Snapshot)
+                    .await
+                    .is_ok_and(|p| p.withdrawing.is_some() && p.status == Status::Active);
+                Ok(draining)
             }
-            .into_actor(self),
+            .into_actor(self)
+            .map(move |res: Result<bool, ApiError>, act, _| {
+                let draining = res?;
+                if draining {
+                    if let Some(a) = act.active.get_mut(&id) {
+                        a.summary.status = "withdrawing".into();
+                    }
+                    return Ok("withdrawing".into());
+                }
+                Ok("withdrawn".into())
+            }),
         )
     }
 }
