@@ -49,7 +49,7 @@ enum Scenario {
         #[arg(long)]
         rate: Option<f64>,
         /// Real `ghost serve` processes (durable outbox, default logging) instead of the
-        /// swarm, one per --ghosts.
+        /// swarm, one per --ghosts; `swarm_cpu_us_per_intent` is then their CPU.
         #[arg(long)]
         real: bool,
     },
