@@ -52,6 +52,9 @@ pub struct AdminConfig {
     pub listen: String,
     /// Required as `"token"` in every request when set.
     pub token: String,
+    /// `execute` and `execute_envelope` run seeds, so without `token` they are refused
+    /// unless this is true (for an edgectl Mirage, which cannot send a token). Loopback only.
+    pub execute_without_token: bool,
     /// A connection has this long to complete each request line (from connecting, or from
     /// its previous answer); then it is closed. Bounds how long an idle, half-open or
     /// byte-dribbling connection holds one of the 64 connection slots.
@@ -63,6 +66,7 @@ impl Default for AdminConfig {
         AdminConfig {
             listen: String::new(),
             token: String::new(),
+            execute_without_token: false,
             idle_timeout_ms: 10_000,
         }
     }

@@ -13,6 +13,7 @@ pub mod lock;
 pub mod metrics;
 pub mod plan;
 pub mod server;
+pub mod skew;
 pub mod store;
 pub mod tls;
 pub mod wire_tool;

@@ -15,7 +15,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use bytes::Bytes;
@@ -28,12 +28,12 @@ use shared::wire::tlv;
 use crate::actors::outbox::{Enqueue, EnqueueVolatile, Health, Outbox};
 use crate::actors::seed::{Execute, SeedActor};
 use crate::logic::{
-    after_interruption, check_command, needs_start_marker, Catalog, DedupeWindow, Fences, Phase,
-    Rejection, Seen,
+    after_interruption, check_command, keep_until, needs_start_marker, remaining_ms, Catalog,
+    DedupeWindow, Fences, Marker, Phase, Rejection, Seen,
 };
 use crate::reserve::Reserve;
 use crate::seeds::SeedOutput;
-use crate::store::{Store, Update};
+use crate::store::{GhostClock, Store, Update};
 
 /// Most recent executions kept for the admin boundary.
 const RECENT: usize = 1000;
@@ -65,6 +65,8 @@ pub struct Dispatcher {
     catalog: Catalog,
     fences: Fences,
     dedupe: DedupeWindow,
+    /// Ages the dedupe window and start markers (never the wall clock).
+    clock: GhostClock,
     seeds: HashMap<String, SeedSlot>,
     seed_mailbox: usize,
     max_output: usize,
@@ -87,6 +89,7 @@ pub struct DispatcherParts {
     pub catalog: Catalog,
     pub fences: Fences,
     pub dedupe: DedupeWindow,
+    pub clock: GhostClock,
     pub seeds: HashMap<String, MeteredAddr<SeedActor>>,
     pub seed_mailbox: usize,
     pub max_output: usize,
@@ -106,6 +109,7 @@ impl Dispatcher {
             catalog: p.catalog,
             fences: p.fences,
             dedupe: p.dedupe,
+            clock: p.clock,
             seeds: p
                 .seeds
                 .into_iter()
@@ -215,8 +219,8 @@ impl Dispatcher {
             .into_actor(self)
             .map(move |res, act, _| match res {
                 Ok(()) => {
-                    act.dedupe
-                        .complete(&cmd.command_id, payload, shared::now_ms());
+                    let now = act.clock.now();
+                    act.dedupe.complete(&cmd.command_id, payload, now);
                     act.seq += 1;
                     if act.recent.len() == RECENT {
                         act.recent.pop_front();
@@ -268,8 +272,8 @@ impl Actor for Dispatcher {
     fn started(&mut self, ctx: &mut Context<Self>) {
         shared::metrics::actor("ghost.dispatcher").instance_started();
         ctx.run_interval(Duration::from_secs(30), |act, _| {
-            let cutoff = act.dedupe.expire(shared::now_ms());
-            act.store.do_send(Update::Prune { before_ms: cutoff });
+            let now = act.dedupe.expire(act.clock.now());
+            act.store.do_send(Update::Prune { now });
         });
     }
 
@@ -413,21 +417,34 @@ impl Handler<Run> for Dispatcher {
         }
         slot.queued += 1;
         let addr = slot.addr.clone();
+        // The budget is measured from here on this Ghost's monotonic clock, so neither its
+        // wall clock nor Mirage's can shorten it.
+        let remaining = remaining_ms(&cmd, now);
         let exec = Execute {
             operation: cmd.operation.clone(),
             args: cmd.args.clone(),
-            deadline_ms: cmd.deadline_ms,
+            deadline: remaining
+                .and_then(|r| Instant::now().checked_add(Duration::from_millis(r.max(0) as u64))),
         };
         let source = m.source;
-        // Not idempotent: the start is on disk before the seed can have any effect.
+        // Not idempotent: the start is on disk before the seed can have any effect. It is
+        // kept while Mirage may re-send the command (its budget) plus the window.
+        let tick = self.clock.now();
+        let mark = Marker {
+            started_ms: now,
+            keep_until: keep_until(tick, self.dedupe.window_ms(), remaining),
+        };
         let marker = needs_start_marker(&cmd, &self.catalog).then(|| Update::Started {
             command_id: cmd.command_id.clone(),
             now_ms: now,
+            tick,
+            keep_until: mark.keep_until,
         });
         let marked = marker.is_some();
         let store = self.store.clone();
         let reserve = self.reserve.clone();
         let mark_cid = cmd.command_id.clone();
+        let mark_keep = mark.keep_until;
         Box::pin(
             async move {
                 if let Some(mark) = marker {
@@ -439,6 +456,8 @@ impl Handler<Run> for Dispatcher {
                             .send(Update::Started {
                                 command_id: mark_cid,
                                 now_ms: now,
+                                tick,
+                                keep_until: mark_keep,
                             })
                             .await;
                     }
@@ -458,7 +477,7 @@ impl Handler<Run> for Dispatcher {
                 let ev = match res {
                     Ok(res) => {
                         if marked {
-                            act.dedupe.started(&cmd.command_id, now);
+                            act.dedupe.started(&cmd.command_id, mark);
                         }
                         act.executed += 1;
                         let out = res.unwrap_or_else(|e| {

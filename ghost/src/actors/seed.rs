@@ -27,22 +27,22 @@ impl Actor for SeedActor {
 pub struct Execute {
     pub operation: String,
     pub args: Args,
-    /// Absolute ms; a command still queued past it is not started.
-    pub deadline_ms: Option<u64>,
+    /// On this Ghost's monotonic clock; a command still queued past it is not started.
+    pub deadline: Option<std::time::Instant>,
 }
 
 impl Handler<Execute> for SeedActor {
     type Result = MessageResult<Execute>;
 
     fn handle(&mut self, m: Execute, _: &mut SyncContext<Self>) -> Self::Result {
-        if let Some(d) = m.deadline_ms {
-            let now = shared::now_ms();
+        if let Some(d) = m.deadline {
+            let now = std::time::Instant::now();
             if now > d {
                 return MessageResult(SeedOutput::error(
                     1,
                     format!(
                         "deadline passed {} ms before the seed was free; not started\n",
-                        now - d
+                        (now - d).as_millis()
                     ),
                 ));
             }
