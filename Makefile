@@ -50,6 +50,9 @@ benchmarks:
 	$(BENCH) loop --intents 5000 --concurrency 1 --ghosts 4
 	$(BENCH) events --sessions 1 --events 500000
 	$(BENCH) events --sessions 16 --events 50000
+	$(BENCH) events --sessions 1 --events 20000 --window 1
+	$(BENCH) loop --intents 5000 --concurrency 1 --ghosts 1 --real
+	$(BENCH) loop --intents 20000 --concurrency 16 --ghosts 1 --real
 	$(BENCH) fanout --ghosts 2000
 	$(BENCH) sessions --count 1000 --seconds 30
 	$(BENCH) sessions --count 10000 --seconds 60

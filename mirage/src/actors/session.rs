@@ -52,6 +52,8 @@ pub struct GhostSession {
     /// Heartbeats acked since the Supervisor was last told, and when the last one came.
     heartbeats: u64,
     last_heartbeat_ms: u64,
+    /// A flush is scheduled; the batch's length when it last looked (see `flush_soon`).
+    batch_seen: Option<usize>,
     /// The Ghost's clock against ours, from its heartbeats' timestamps.
     skew: crate::skew::SkewEstimator,
 }
@@ -85,6 +87,7 @@ impl GhostSession {
             ext_frames: false,
             heartbeats: 0,
             last_heartbeat_ms: 0,
+            batch_seen: None,
             skew: Default::default(),
         }
     }
@@ -566,10 +569,35 @@ fn is_heartbeat(e: &shared::envelope::Event) -> bool {
 }
 
 impl GhostSession {
+    /// Flushes the batch once the frames already read are handled, without a timer: a
+    /// zero-delay `run_later` waits for the next tick of tokio's millisecond timer wheel,
+    /// which held one event in flight ~1 ms before its ack. A spawned ready future runs in the
+    /// same poll of this actor, after the frame stream; the stream yields every 16 frames, so
+    /// the flush waits for a poll in which no frame arrived (the end of the read burst).
+    fn flush_soon(&mut self, ctx: &mut Context<Self>) {
+        ctx.spawn(actix::fut::ready(()).map(|(), act: &mut Self, ctx| {
+            let n = act.batch.len();
+            match act.batch_seen {
+                Some(seen) if n > seen => {
+                    act.batch_seen = Some(n);
+                    act.flush_soon(ctx);
+                }
+                _ => {
+                    act.batch_seen = None;
+                    act.flush_events(ctx);
+                }
+            }
+        }));
+    }
+
     /// Hands the buffered events to the Supervisor; acks go out as it answers.
     fn flush_events(&mut self, ctx: &mut Context<Self>) {
         if self.batch.is_empty() {
             return;
+        }
+        if let Some(seen) = &mut self.batch_seen {
+            // A full batch went early; the scheduled flush measures growth from empty.
+            *seen = 0;
         }
         let events = std::mem::take(&mut self.batch);
         let n = events.len();
@@ -662,9 +690,9 @@ impl StreamHandler<Result<Frame, WireError>> for GhostSession {
                 self.batch.push((frame.message_id, e));
                 if self.batch.len() >= MAX_BATCH {
                     self.flush_events(ctx);
-                } else if self.batch.len() == 1 {
-                    // Runs after the frames already read have been handled.
-                    ctx.run_later(Duration::ZERO, |act, ctx| act.flush_events(ctx));
+                } else if self.batch_seen.is_none() {
+                    self.batch_seen = Some(0);
+                    self.flush_soon(ctx);
                 }
             }
             Ok(Envelope::Error(e)) => {

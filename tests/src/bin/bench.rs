@@ -48,6 +48,10 @@ enum Scenario {
         /// Offered load in intents/s (open loop, latency counted from the scheduled time).
         #[arg(long)]
         rate: Option<f64>,
+        /// Real `ghost serve` processes (durable outbox, default logging) instead of the
+        /// swarm, one per --ghosts; `swarm_cpu_us_per_intent` is then their CPU.
+        #[arg(long)]
+        real: bool,
     },
     /// event → event.ack throughput: sessions send events pipelined, acks are counted.
     Events {
@@ -56,7 +60,8 @@ enum Scenario {
         /// Events per session.
         #[arg(long, default_value_t = 200_000)]
         events: u64,
-        /// Events in flight per session.
+        /// Events in flight per session (1: each event waits for its ack, which measures
+        /// one event's round trip: `ack_p50_us`).
         #[arg(long, default_value_t = 512)]
         window: usize,
     },
@@ -142,13 +147,19 @@ fn main() {
             concurrency,
             ghosts,
             rate,
+            real,
         } => {
-            let bed = Bed::start(ghosts);
+            let bed = if real {
+                Bed::start_real(ghosts)
+            } else {
+                Bed::start(ghosts)
+            };
             let (m0, s0) = bed.cpu();
             let r = drive(&bed, intents, concurrency, rate, None);
             let (m1, s1) = bed.cpu();
             let mut v = r.json();
             v["ghosts"] = json!(ghosts);
+            v["real_ghosts"] = json!(real);
             v["mirage_rss_kib"] = json!(bed.mirage.proc.rss_kib());
             // CPU per intent shows where a 2-core machine's time goes (clients take the rest).
             v["mirage_cpu_us_per_intent"] = json!(round((m1 - m0) * 1e6 / intents as f64, 1));
@@ -213,6 +224,8 @@ struct Bed {
     _dir: TempDir,
     mirage: Mirage,
     swarm: Option<std::process::Child>,
+    /// `ghost serve` processes (`loop --real`), named like the swarm's Ghosts.
+    real: Vec<Ghost>,
     prefix: String,
 }
 
@@ -224,11 +237,23 @@ impl Bed {
             _dir: dir,
             mirage,
             swarm: None,
+            real: Vec::new(),
             prefix: "g-".into(),
         };
         if ghosts > 0 {
             bed.swarm = Some(start_swarm(&bed.mirage, ghosts, "g-", 5000));
         }
+        bed
+    }
+
+    /// Mirage and `ghosts` real `ghost serve` processes (the harness's Ghost config).
+    fn start_real(ghosts: usize) -> Bed {
+        let mut bed = Bed::start(0);
+        for i in 0..ghosts {
+            let g = Ghost::start(&bed._dir.0, &format!("g-{i}"), &bed.mirage.session, "");
+            bed.real.push(g);
+        }
+        wait_connected(&bed.mirage, ghosts, Duration::from_secs(60));
         bed
     }
 }
@@ -442,7 +467,12 @@ impl Bed {
     fn cpu(&self) -> (f64, f64) {
         (
             cpu_secs(self.mirage.proc.child.id()),
-            self.swarm.as_ref().map(|c| cpu_secs(c.id())).unwrap_or(0.0),
+            self.swarm.as_ref().map(|c| cpu_secs(c.id())).unwrap_or(0.0)
+                + self
+                    .real
+                    .iter()
+                    .map(|g| cpu_secs(g.proc.child.id()))
+                    .sum::<f64>(),
         )
     }
 
@@ -462,23 +492,31 @@ fn events_scenario(sessions: usize, events: u64, window: usize) -> Value {
         .build()
         .unwrap();
     let addr = bed.mirage.session.clone();
-    let (acked, secs) = rt.block_on(async move {
+    let mirage_pid = bed.mirage.proc.child.id();
+    let (acked, secs, mut lat_ns, cpu) = rt.block_on(async move {
         let mut conns = Vec::new();
         for s in 0..sessions {
             conns.push(e2e::blaster::Blaster::connect(&addr, &format!("ev-{s}")).await);
         }
+        // Mirage's CPU during the blast only, not its start-up and the registrations.
+        let cpu0 = cpu_secs(mirage_pid);
         let t0 = Instant::now();
         let mut tasks = Vec::new();
         for c in conns {
-            tasks.push(tokio::spawn(c.blast(events, window)));
+            tasks.push(tokio::spawn(c.blast_timed(events, window)));
         }
-        let mut acked = 0;
+        let (mut acked, mut lat) = (0, Vec::new());
         for t in tasks {
-            acked += t.await.unwrap();
+            let b = t.await.unwrap();
+            acked += b.acked;
+            lat.extend(b.lat_ns);
         }
-        (acked, t0.elapsed().as_secs_f64())
+        let secs = t0.elapsed().as_secs_f64();
+        (acked, secs, lat, cpu_secs(mirage_pid) - cpu0)
     });
-    let cpu = cpu_secs(bed.mirage.proc.child.id());
+    lat_ns.sort_unstable();
+    // Write → ack per event; with a window of 1 this is the round trip of one event.
+    let pct_us = |q: f64| round(pct_ms(&lat_ns, q), 1);
     json!({
         "sessions": sessions,
         "events": events * sessions as u64,
@@ -486,7 +524,10 @@ fn events_scenario(sessions: usize, events: u64, window: usize) -> Value {
         "window": window,
         "seconds": round(secs, 2),
         "acks_per_s": round(acked as f64 / secs, 0),
-        "mirage_cpu_s": round(cpu, 2),
+        "ack_p50_us": pct_us(0.50),
+        "ack_p99_us": pct_us(0.99),
+        "mirage_cpu_pct_of_one_core": round(cpu * 100.0 / secs, 1),
+        "mirage_cpu_s": round(cpu_secs(mirage_pid), 2),
         "mirage_rss_kib": bed.mirage.proc.rss_kib(),
     })
 }
