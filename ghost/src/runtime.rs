@@ -17,7 +17,6 @@ use crate::admin::{self, AdminCtx};
 use crate::children::Children;
 use crate::config::{GhostConfig, Policy};
 use crate::logic::{Catalog, DedupeWindow, Fences, OutboxState, Phase};
-use crate::reserve::Reserve;
 use crate::seeds::{builtin, Registry, SeedSettings};
 use crate::store::{Db, GhostClock, Store};
 
@@ -71,7 +70,7 @@ pub fn serve(cfg: GhostConfig) -> Result<i32, String> {
     let phase = phase.radiate()?;
     // Room on the data dir's disk that only the outbox can take back (a full disk).
     let reserve = (cfg.outbox.reserve_bytes > 0).then(|| {
-        let r = Arc::new(Reserve::new(&cfg.data_dir, cfg.outbox.reserve_bytes));
+        let r = Arc::new(crate::reserve::outbox(&cfg.data_dir, cfg.outbox.reserve_bytes));
         match r.ensure() {
             Ok(true) => {}
             Ok(false) => tracing::warn!(component = "ghost", bytes = cfg.outbox.reserve_bytes, data_dir = %cfg.data_dir.display(), "not enough free space for the outbox disk reserve; made later when there is"),

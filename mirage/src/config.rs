@@ -85,6 +85,23 @@ impl Default for ApiConfig {
     }
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `data_dir/mirage.reserve`, preallocated and given back when a write fails on a full
+    /// disk, so the WAL can still be checkpointed (folded into mirage.db) and shrunk; made
+    /// again once the disk has twice this free. 0 = off.
+    pub reserve_bytes: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            reserve_bytes: 8 * 1024 * 1024,
+        }
+    }
+}
+
 /// The optional HMAC-SHA256 frame auth block (PROTOCOL.md §6), keys per Ghost.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
@@ -120,6 +137,7 @@ pub struct MirageConfig {
     pub api: ApiConfig,
     pub timeouts: Timeouts,
     pub limits: Limits,
+    pub store: StoreConfig,
     /// Session arbiters (threads); 0 = one per core.
     pub session_threads: usize,
     /// Reconcile tick.
@@ -139,6 +157,7 @@ impl Default for MirageConfig {
             api: ApiConfig::default(),
             timeouts: Timeouts::default(),
             limits: Limits::default(),
+            store: StoreConfig::default(),
             session_threads: 0,
             tick_ms: 250,
             ghost_admin: Vec::new(),

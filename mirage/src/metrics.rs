@@ -99,6 +99,19 @@ pub static STORE_CHECKPOINT_US: Latency = Latency::new(
     "WAL checkpoint latency (off the commit path)",
 );
 
+pub static STORE_DISK_FULL: Counter = Counter::new(
+    "mirage_store_disk_full_total",
+    "Store commits that failed on a full disk",
+);
+pub static STORE_RESERVE_RELEASED: Counter = Counter::new(
+    "mirage_store_reserve_released_total",
+    "Times the store's disk reserve (store.reserve_bytes) was given back on a full disk",
+);
+pub static STORE_CHECKPOINT_FAILED: Counter = Counter::new(
+    "mirage_store_checkpoint_failed_total",
+    "WAL checkpoints that failed (a full disk: mirage.db cannot grow)",
+);
+
 pub fn render(out: &mut String, gauges: &[(&str, &str, u64)]) {
     for c in [
         &SESSIONS_OPENED,
@@ -113,6 +126,9 @@ pub fn render(out: &mut String, gauges: &[(&str, &str, u64)]) {
         &GHOST_ID_CONFLICTS,
         &GHOSTS_EVICTED,
         &REGISTRATIONS_OVERSIZE,
+        &STORE_DISK_FULL,
+        &STORE_RESERVE_RELEASED,
+        &STORE_CHECKPOINT_FAILED,
     ] {
         let _ = writeln!(
             out,
@@ -135,7 +151,22 @@ pub fn render(out: &mut String, gauges: &[(&str, &str, u64)]) {
         h = l.help
     );
     }
-    for (name, help, v) in gauges {
+    let disk = &crate::store::DISK;
+    for (name, help, v) in [
+        (
+            "mirage_store_disk_full",
+            "1 while store writes fail on a full disk (until 10 s after the last failure)",
+            disk.full() as u64,
+        ),
+        (
+            "mirage_store_reserve_released",
+            "1 while the store's disk reserve is given back (not made again yet)",
+            disk.reserve_released() as u64,
+        ),
+    ]
+    .iter()
+    .chain(gauges)
+    {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
     }
     shared::metrics::render_prometheus(out);

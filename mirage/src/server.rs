@@ -45,7 +45,8 @@ pub fn serve_with(cfg: MirageConfig, local: Option<LocalGhost>) -> Result<i32, S
         ));
     }
     let mut db = Db::open(&cfg.data_dir)
-        .map_err(|e| format!("cannot open data_dir {}: {e}", cfg.data_dir.display()))?;
+        .map_err(|e| format!("cannot open data_dir {}: {e}", cfg.data_dir.display()))?
+        .with_reserve(cfg.store.reserve_bytes);
     let rec = db.recover(cfg.limits.reports).map_err(|e| e.to_string())?;
     let reports: Vec<ReportRecord> = rec
         .reports

@@ -3,13 +3,78 @@
 //! that arrive while a transaction commits go together in the next one.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use rusqlite::{params, Connection};
 use tokio::sync::oneshot;
 
 use crate::plan::Plan;
+use shared::reserve::Reserve;
+
+/// The disk under `data_dir`, as the store last found it (for `/v1/overview` and
+/// `/metrics`). One store per process.
+pub struct DiskState {
+    /// When a write last failed on a full disk (ms of process time + 1; 0 = never). Kept as
+    /// a time, not a flag: on a nearly full disk small writes succeed between big ones that
+    /// fail, and the state must not flicker with them.
+    last_full_ms: AtomicU64,
+    /// The disk reserve was given back (or could not be made) and is not made yet.
+    reserve_released: AtomicBool,
+}
+
+pub static DISK: DiskState = DiskState {
+    last_full_ms: AtomicU64::new(0),
+    reserve_released: AtomicBool::new(false),
+};
+
+/// "disk full" lasts this long after the last write that failed on a full disk.
+const FULL_HOLD: Duration = Duration::from_secs(10);
+
+fn now_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+}
+
+impl DiskState {
+    fn mark_full(&self) {
+        self.last_full_ms.store(now_ms(), Relaxed);
+    }
+    /// A write failed on a full disk within the last 10 s.
+    pub fn full(&self) -> bool {
+        let at = self.last_full_ms.load(Relaxed);
+        at != 0 && now_ms().saturating_sub(at) < FULL_HOLD.as_millis() as u64
+    }
+    pub fn reserve_released(&self) -> bool {
+        self.reserve_released.load(Relaxed)
+    }
+    /// "ok", "disk full" or "disk low: no reserve" (given back, or no room to make it).
+    pub fn status(&self) -> &'static str {
+        if self.full() {
+            "disk full"
+        } else if self.reserve_released() {
+            "disk low: no reserve"
+        } else {
+            "ok"
+        }
+    }
+}
+
+/// The reserve file in `data_dir`.
+pub const RESERVE_FILE: &str = "mirage.reserve";
+
+/// A write failed because the disk (or the file system's quota) is full.
+fn disk_full(e: &StoreError) -> bool {
+    match e {
+        StoreError::Sql(rusqlite::Error::SqliteFailure(f, _)) => {
+            f.code == rusqlite::ErrorCode::DiskFull
+        }
+        StoreError::Io(e) => e.kind() == std::io::ErrorKind::StorageFull,
+        _ => false,
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -70,6 +135,15 @@ pub enum Write {
 pub struct Db {
     conn: Connection,
     path: std::path::PathBuf,
+    reserve: Option<Arc<Reserve>>,
+    /// The last checkpoint tried after a failed write (at most one a second).
+    last_rescue: Option<Instant>,
+    /// A write failed on a full disk and none has committed since.
+    in_full: bool,
+    /// The last "disk full" / "writes commit again" lines (at most one each in `FULL_HOLD`:
+    /// on a nearly full disk they would alternate with every commit).
+    full_logged: Option<Instant>,
+    ok_logged: Option<Instant>,
 }
 
 /// What a restart recovers.
@@ -140,10 +214,140 @@ impl Db {
         if checked.fresh {
             tracing::info!(component = "mirage.store", file = %path.display(), "new database");
         }
-        Ok(Db { conn, path })
+        Ok(Db {
+            conn,
+            path,
+            reserve: None,
+            last_rescue: None,
+            in_full: false,
+            full_logged: None,
+            ok_logged: None,
+        })
     }
 
+    /// Keeps `bytes` of the disk in `data_dir/mirage.reserve` (0 = off), made now if the disk
+    /// has twice that free, else later (by the checkpoint thread).
+    pub fn with_reserve(mut self, bytes: u64) -> Db {
+        if bytes == 0 {
+            return self;
+        }
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let r = Arc::new(Reserve::new(dir.join(RESERVE_FILE), bytes, "mirage.store"));
+        match r.ensure() {
+            Ok(true) => {}
+            Ok(false) => {
+                DISK.reserve_released.store(true, Relaxed);
+                tracing::warn!(component = "mirage.store", bytes, data_dir = %dir.display(), "not enough free space for the store's disk reserve; made later when there is");
+            }
+            Err(e) => {
+                DISK.reserve_released.store(true, Relaxed);
+                tracing::warn!(component = "mirage.store", error = %e, "cannot make the store's disk reserve");
+            }
+        }
+        self.reserve = Some(r);
+        self
+    }
+
+    /// Commits `batch` in one transaction. On a full disk: gives the reserve back (once),
+    /// folds the WAL into mirage.db and truncates it (a WAL that cannot be checkpointed only
+    /// grows), and tries once more. The first commit after a full disk truncates the WAL
+    /// again, so the file shrinks back from what it grew to while checkpoints failed.
     pub fn apply(&mut self, batch: &[Write]) -> Result<(), StoreError> {
+        let res = match self.apply_once(batch) {
+            Err(e) if disk_full(&e) => {
+                DISK.mark_full();
+                self.in_full = true;
+                crate::metrics::STORE_DISK_FULL.inc();
+                let released = self.reserve.as_ref().is_some_and(|r| r.release());
+                let log = self.full_logged.is_none_or(|t| t.elapsed() >= FULL_HOLD);
+                if released {
+                    DISK.reserve_released.store(true, Relaxed);
+                    crate::metrics::STORE_RESERVE_RELEASED.inc();
+                    self.full_logged = Some(Instant::now());
+                    tracing::error!(component = "mirage.store", error = %e, writes = batch.len(), reserve_bytes = self.reserve.as_ref().map_or(0, |r| r.bytes()), "store: disk full; released the disk reserve, checkpointing the WAL and trying again; free space in data_dir");
+                } else if log {
+                    self.full_logged = Some(Instant::now());
+                    tracing::error!(component = "mirage.store", error = %e, writes = batch.len(), "store: disk full and no disk reserve left to give back; writes fail until there is room in data_dir");
+                }
+                if released || self.rescue_due() {
+                    match self.truncate_wal() {
+                        Ok((before, after)) => {
+                            tracing::info!(
+                                component = "mirage.store",
+                                wal_bytes_before = before,
+                                wal_bytes_after = after,
+                                "WAL checkpointed into mirage.db and truncated on a full disk"
+                            )
+                        }
+                        // Expected while nothing was given back; tried again once a second.
+                        Err(ck) if released || log => {
+                            tracing::warn!(component = "mirage.store", error = %ck, "WAL not truncated on the full disk (mirage.db cannot grow)")
+                        }
+                        Err(_) => {}
+                    }
+                }
+                if released {
+                    self.apply_once(batch)
+                } else {
+                    Err(e)
+                }
+            }
+            r => r,
+        };
+        if res.is_ok() && self.in_full {
+            self.in_full = false;
+            // The WAL grew while checkpoints failed; give that space back too.
+            let truncated = if self.rescue_due() {
+                self.truncate_wal()
+            } else {
+                Err("tried less than 1 s ago".into())
+            };
+            if self.ok_logged.is_none_or(|t| t.elapsed() >= FULL_HOLD) {
+                self.ok_logged = Some(Instant::now());
+                match truncated {
+                    Ok((before, after)) => {
+                        tracing::info!(component = "mirage.store", wal_bytes_before = before, wal_bytes_after = after, "store: writes commit again after a full disk; WAL checkpointed and truncated")
+                    }
+                    Err(e) => {
+                        tracing::info!(component = "mirage.store", wal_truncate = %e, "store: writes commit again after a full disk")
+                    }
+                }
+            }
+        }
+        res
+    }
+
+    /// A TRUNCATE checkpoint after a full disk, at most one a second (it costs a full copy of
+    /// the WAL when it works, and fails at once when it cannot).
+    fn rescue_due(&mut self) -> bool {
+        let due = self
+            .last_rescue
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
+        if due {
+            self.last_rescue = Some(Instant::now());
+        }
+        due
+    }
+
+    /// `PRAGMA wal_checkpoint(TRUNCATE)`: the WAL's bytes before and after, or why it
+    /// did not complete. The callers log (a failing one only at the start of a full disk).
+    fn truncate_wal(&mut self) -> Result<(u64, u64), String> {
+        let wal = self.path.with_extension("db-wal");
+        let len = || std::fs::metadata(&wal).map_or(0, |m| m.len());
+        let before = len();
+        let busy = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map_err(|e| e.to_string())?;
+        if busy != 0 {
+            return Err("a reader was busy".into());
+        }
+        Ok((before, len()))
+    }
+
+    fn apply_once(&mut self, batch: &[Write]) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
         for w in batch {
             match w {
@@ -312,7 +516,14 @@ pub struct Store {
     pub writes: u64,
     /// Batches of at most this many writes (bounds one transaction's size).
     pub max_batch: usize,
+    /// Commits failed in a row, and when the last one was logged (at most one line in
+    /// `FAIL_LOG_EVERY`: plans retry their writes, so a full disk fails many commits).
+    failed: u64,
+    failed_logged: Option<Instant>,
+    ok_logged: bool,
 }
+
+const FAIL_LOG_EVERY: Duration = Duration::from_secs(10);
 
 impl Store {
     pub fn new(db: Db) -> Store {
@@ -325,6 +536,9 @@ impl Store {
             commits: 0,
             writes: 0,
             max_batch: 10_000,
+            failed: 0,
+            failed_logged: None,
+            ok_logged: false,
         }
     }
 
@@ -380,8 +594,24 @@ impl Store {
             act.commits += 1;
             act.writes += n as u64;
             crate::metrics::STORE_COMMIT_US.observe(started.elapsed());
-            if let Err(e) = &res {
-                tracing::error!(component = "mirage.store", error = %e, writes = n, "commit failed");
+            match &res {
+                Err(e) => {
+                    act.failed += 1;
+                    if act.failed_logged.is_none_or(|t| t.elapsed() >= FAIL_LOG_EVERY) {
+                        act.failed_logged = Some(Instant::now());
+                        act.ok_logged = false;
+                        tracing::error!(component = "mirage.store", error = %e, writes = n, failed_in_a_row = act.failed, "commit failed");
+                    }
+                }
+                Ok(()) if act.failed > 0 => {
+                    // Once per logged failure, not per flip of a nearly full disk.
+                    if !act.ok_logged {
+                        tracing::info!(component = "mirage.store", failed = act.failed, "commits succeed again");
+                        act.ok_logged = true;
+                    }
+                    act.failed = 0;
+                }
+                Ok(()) => {}
             }
             for w in waiters {
                 let _ = w.send(res.clone());
@@ -396,17 +626,27 @@ impl Actor for Store {
 
     fn started(&mut self, _: &mut Context<Self>) {
         shared::metrics::actor("mirage.store").instance_started();
-        let path = self.db.lock().map(|d| d.path.clone());
-        if let Ok(path) = path {
-            spawn_checkpointer(path, Arc::downgrade(&self.db));
+        let found = self.db.lock().map(|d| (d.path.clone(), d.reserve.clone()));
+        if let Ok((path, reserve)) = found {
+            spawn_checkpointer(path, reserve, Arc::downgrade(&self.db));
         }
     }
 }
 
 /// Copies the WAL back into the database every 200 ms from a second connection. PASSIVE
 /// checkpoints never block the writer, and they leave the writer's own checkpoint only the
-/// last few pages. Ends when the store is gone.
-fn spawn_checkpointer(path: std::path::PathBuf, alive: std::sync::Weak<Mutex<Db>>) {
+/// last few pages. A failing checkpoint (a full disk: mirage.db cannot grow) backs off to
+/// 5 s and logs once a minute. It also makes the disk reserve again once it is given back
+/// and the disk has room. Ends when the store is gone.
+fn spawn_checkpointer(
+    path: std::path::PathBuf,
+    reserve: Option<Arc<Reserve>>,
+    alive: std::sync::Weak<Mutex<Db>>,
+) {
+    const EVERY: Duration = Duration::from_millis(200);
+    const MAX_BACKOFF: Duration = Duration::from_secs(5);
+    const LOG_EVERY: Duration = Duration::from_secs(60);
+    const RESERVE_EVERY: Duration = Duration::from_secs(5);
     let spawned = std::thread::Builder::new()
         .name("mirage-checkpoint".into())
         .spawn(move || {
@@ -417,10 +657,14 @@ fn spawn_checkpointer(path: std::path::PathBuf, alive: std::sync::Weak<Mutex<Db>
                     return;
                 }
             };
-            let _ = conn.busy_timeout(std::time::Duration::from_millis(100));
+            let _ = conn.busy_timeout(Duration::from_millis(100));
+            let mut pause = EVERY;
+            let mut failed = 0u64;
+            let mut logged: Option<Instant> = None;
+            let mut reserve_checked = Instant::now();
             while alive.strong_count() > 0 {
-                std::thread::sleep(std::time::Duration::from_millis(200));
-                let started = std::time::Instant::now();
+                std::thread::sleep(pause);
+                let started = Instant::now();
                 let res = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
                     Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
                 });
@@ -428,9 +672,36 @@ fn spawn_checkpointer(path: std::path::PathBuf, alive: std::sync::Weak<Mutex<Db>
                     Ok((log, done)) => {
                         crate::metrics::STORE_CHECKPOINT_US.observe(started.elapsed());
                         tracing::trace!(component = "mirage.store", wal_frames = log, checkpointed = done, "checkpoint");
+                        if failed > 0 {
+                            tracing::info!(component = "mirage.store", failed, "checkpoints succeed again");
+                        }
+                        failed = 0;
+                        logged = None;
+                        pause = EVERY;
                     }
                     Err(e) => {
-                        tracing::warn!(component = "mirage.store", error = %e, "checkpoint failed")
+                        failed += 1;
+                        crate::metrics::STORE_CHECKPOINT_FAILED.inc();
+                        if logged.is_none_or(|t| t.elapsed() >= LOG_EVERY) {
+                            logged = Some(Instant::now());
+                            tracing::warn!(component = "mirage.store", error = %e, failed_in_a_row = failed, "checkpoint failed; the WAL grows until it works again");
+                        }
+                        pause = (pause * 2).min(MAX_BACKOFF);
+                    }
+                }
+                if let Some(r) = &reserve {
+                    if !r.held() && !DISK.full() && reserve_checked.elapsed() >= RESERVE_EVERY {
+                        reserve_checked = Instant::now();
+                        match r.ensure() {
+                            Ok(true) => {
+                                DISK.reserve_released.store(false, Relaxed);
+                                tracing::info!(component = "mirage.store", bytes = r.bytes(), file = %r.path().display(), "store disk reserve in place");
+                            }
+                            Ok(false) => {}
+                            Err(e) => {
+                                tracing::warn!(component = "mirage.store", error = %e, "cannot make the store's disk reserve")
+                            }
+                        }
                     }
                 }
             }
@@ -441,7 +712,7 @@ fn spawn_checkpointer(path: std::path::PathBuf, alive: std::sync::Weak<Mutex<Db>
 }
 
 /// How long a write nobody waits for may wait for company.
-const LINGER: std::time::Duration = std::time::Duration::from_millis(5);
+const LINGER: Duration = Duration::from_millis(5);
 
 /// Queue writes; the reply resolves when they are committed.
 #[derive(Message)]

@@ -6,12 +6,14 @@
 //! - [`session`]: timeouts, heartbeat policy and reconnect backoff with jitter.
 //! - [`error`]: one error type mapping to wire codes and decode stages.
 //! - [`dbguard`]: checks a database's files before SQLite opens them (wiped db, bad WAL).
+//! - [`reserve`]: a preallocated file given back to the disk when a store write fails.
 
 pub mod dbguard;
 pub mod envelope;
 pub mod error;
 pub mod handshake;
 pub mod metrics;
+pub mod reserve;
 pub mod session;
 pub mod wire;
 

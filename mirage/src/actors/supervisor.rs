@@ -1890,6 +1890,8 @@ pub struct Overview {
     pub event_window: usize,
     pub routes: usize,
     pub locks: usize,
+    /// The store's disk: "ok", "disk full" (writes fail) or "disk low: no reserve".
+    pub store: &'static str,
 }
 
 #[derive(Message)]
@@ -1911,6 +1913,7 @@ impl Handler<GetOverview> for Supervisor {
             event_window: self.events.len(),
             routes: self.routes.len(),
             locks: self.locks.len(),
+            store: crate::store::DISK.status(),
         })
     }
 }
