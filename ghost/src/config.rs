@@ -98,6 +98,8 @@ pub struct SeedConfig {
     pub mailbox: usize,
     /// stdout/stderr kept per event (longer output is truncated, marked).
     pub max_output_bytes: usize,
+    /// How long each seed may take to stop on shutdown (its children, its state).
+    pub stop_grace_ms: u64,
 }
 
 impl Default for SeedConfig {
@@ -110,6 +112,7 @@ impl Default for SeedConfig {
             flow_max_sleep_ms: 60_000,
             mailbox: 1024,
             max_output_bytes: 64 * 1024,
+            stop_grace_ms: 5_000,
         }
     }
 }
@@ -245,6 +248,12 @@ impl GhostConfig {
                     "admin.listen {addr} is not loopback; set admin.token to expose the admin boundary"
                 ));
             }
+        }
+        if self.seed.stop_grace_ms == 0 || self.seed.stop_grace_ms > 600_000 {
+            return Err(format!(
+                "seed.stop_grace_ms is {}; it must be between 1 and 600000",
+                self.seed.stop_grace_ms
+            ));
         }
         if self.auth.required && self.auth.key.is_empty() {
             return Err("auth.required needs auth.key (the secret shared with Mirage)".into());

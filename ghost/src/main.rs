@@ -207,10 +207,7 @@ fn main() -> ExitCode {
         }
         Cmd::Seeds { json } => {
             let settings = ghost::runtime::seed_settings(&GhostConfig::default());
-            let ids: Vec<String> = ghost::seeds::BUILTIN
-                .iter()
-                .map(|s| s.to_string())
-                .collect();
+            let ids: Vec<String> = ghost::seeds::KNOWN.iter().map(|s| s.to_string()).collect();
             let reg = match Registry::from_ids(&ids, &settings) {
                 Ok(r) => r,
                 Err(e) => {

@@ -12,12 +12,12 @@ use shared::metrics::MeteredAddr;
 use crate::actors::dispatcher::{Dispatcher, DispatcherParts};
 use crate::actors::link::{LinkConfig, MirageLink};
 use crate::actors::outbox::Outbox;
-use crate::actors::seed::SeedActor;
+use crate::actors::seed::{Factory, SeedActor, Shutdown};
 use crate::admin::{self, AdminCtx};
 use crate::children::Children;
 use crate::config::{GhostConfig, Policy};
 use crate::logic::{Catalog, DedupeWindow, Fences, OutboxState, Phase};
-use crate::seeds::{builtin, Registry, SeedSettings};
+use crate::seeds::{builtin, Registry, SeedCtx, SeedSettings};
 use crate::store::{Db, Store};
 
 pub fn seed_settings(cfg: &GhostConfig) -> SeedSettings {
@@ -93,22 +93,29 @@ pub fn serve(cfg: GhostConfig) -> Result<i32, String> {
         });
         let store = MeteredAddr::new(store_addr, "ghost.store");
 
+        // Each seed: its own arbiter thread, under a Supervisor that rebuilds it after a panic.
         let mut seed_addrs = HashMap::new();
+        let mut seed_arbiters = Vec::new();
         for (id, seed) in registry.into_seeds() {
             let slot = Arc::new(Mutex::new(Some(seed)));
             let settings = settings.clone();
             let sid = id.clone();
-            let addr = SyncArbiter::start(1, move || {
+            let factory: Factory = Arc::new(move || {
                 let s = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
-                let s = s.map(Ok).unwrap_or_else(|| builtin(&sid, &settings));
-                match s {
-                    Ok(s) => SeedActor::new(s),
-                    #[allow(clippy::panic)]
-                    Err(e) => panic!("seed {sid} cannot be rebuilt: {e}"),
-                }
+                s.map(Ok).unwrap_or_else(|| builtin(&sid, &settings))
             });
+            let sctx = SeedCtx::new(&id, cfg.data_dir.join("seeds").join(&id), None);
+            let arbiter = Arbiter::new();
+            let aid = id.clone();
+            let addr = Supervisor::start_in_arbiter(&arbiter.handle(), move |_| {
+                SeedActor::new(&aid, factory, sctx)
+            });
+            seed_arbiters.push(arbiter);
             seed_addrs.insert(id, MeteredAddr::new(addr, "ghost.seed"));
         }
+        let seeds_for_stop: Vec<Addr<SeedActor>> =
+            seed_addrs.values().map(|a| a.addr().clone()).collect();
+        let stop_grace = std::time::Duration::from_millis(cfg.seed.stop_grace_ms);
 
         let outbox = MeteredAddr::new(
             Outbox::new(outbox_state, store.clone(), cfg.timeouts.ack_timeout_ms).start(),
@@ -195,9 +202,13 @@ pub fn serve(cfg: GhostConfig) -> Result<i32, String> {
                 .join(","),
             cfg.mirage.policy
         );
-        actix_rt::spawn(async {
+        actix_rt::spawn(async move {
             shared::session::shutdown_signal().await;
             tracing::info!(component = "ghost", "signal received; stopping");
+            stop_seeds(&seeds_for_stop, stop_grace).await;
+            for a in &seed_arbiters {
+                a.stop();
+            }
             System::current().stop();
         });
         Ok(())
@@ -213,6 +224,19 @@ pub fn serve(cfg: GhostConfig) -> Result<i32, String> {
     let code = sys.run_with_code().map_err(|e| e.to_string())?;
     children_for_stop.borrow_mut().shutdown();
     Ok(code)
+}
+
+/// Stops every seed at once, each bounded by `grace` (plus a margin for a stuck mailbox).
+async fn stop_seeds(seeds: &[Addr<SeedActor>], grace: std::time::Duration) {
+    let all = futures::future::join_all(seeds.iter().map(|a| a.send(Shutdown { grace })));
+    let bound = grace + std::time::Duration::from_millis(500);
+    if tokio::time::timeout(bound, all).await.is_err() {
+        tracing::warn!(
+            component = "ghost",
+            grace_ms = grace.as_millis() as u64,
+            "seeds did not all stop in time"
+        );
+    }
 }
 
 fn registry_ops(

@@ -1,0 +1,167 @@
+//! Issue 11 item 1: seeds are supervised actors. A seed that panics (in a plain operation or
+//! inside an awaited one) fails that command, is rebuilt after a backoff, and the Ghost keeps
+//! serving the other seeds meanwhile; async operations of one seed run concurrently; SIGTERM
+//! stops the Ghost promptly even with an operation pending. Real `ghost serve` process.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::{Duration, Instant};
+
+use e2e::*;
+use serde_json::{json, Value};
+
+fn headless(dir: &TempDir, id: &str, extra: &str) -> Ghost {
+    let cfg = dir.path(&format!("{id}.toml"));
+    std::fs::write(
+        &cfg,
+        format!(
+            "ghost_id = \"{id}\"\ndata_dir = \"{}\"\n{extra}\n[mirage]\npolicy = \"headless\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+            dir.path(id).display()
+        ),
+    )
+    .unwrap();
+    let proc = Proc::spawn(
+        &bin("ghost"),
+        &["serve", "--config", cfg.to_str().unwrap()],
+        dir.path(&format!("{id}.log")),
+    );
+    let admin = proc.field("admin");
+    Ghost { proc, admin }
+}
+
+/// One admin request on its own connection (so threads can run several at once).
+fn admin_at(addr: &str, req: Value) -> Value {
+    use std::io::{BufRead, BufReader, Write};
+    let s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(40))).unwrap();
+    (&s).write_all(format!("{req}\n").as_bytes()).unwrap();
+    let mut line = String::new();
+    let _ = BufReader::new(&s).read_line(&mut line);
+    serde_json::from_str(&line).unwrap_or(Value::Null)
+}
+
+fn exec_at(addr: &str, seed: &str, op: &str, args: Value) -> Value {
+    admin_at(
+        addr,
+        json!({"action": "execute", "command": {
+        "seed_selector": seed, "operation": op, "args": args}}),
+    )
+}
+
+fn exec(g: &Ghost, seed: &str, op: &str, args: Value) -> Value {
+    exec_at(&g.admin, seed, op, args)
+}
+
+fn outcome(r: &Value) -> &str {
+    r["data"]["event"]["Outcome"].as_str().unwrap_or("?")
+}
+
+fn out_text(r: &Value, which: &str) -> String {
+    let b64 = r["data"]["execution"]["SeedResult"][which]
+        .as_str()
+        .unwrap_or("");
+    let mut out = Vec::new();
+    let (mut buf, mut bits) = (0u32, 0u32);
+    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    for c in b64.bytes().filter(|c| *c != b'=') {
+        let Some(v) = A.iter().position(|a| *a == c) else {
+            continue;
+        };
+        buf = buf << 6 | v as u32;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((buf >> bits) as u8);
+        }
+    }
+    String::from_utf8_lossy(&out).trim_end().to_owned()
+}
+
+#[test]
+fn a_panicking_seed_is_restarted_and_the_other_seeds_keep_serving() {
+    let dir = TempDir::new("seed-panic");
+    let mut g = headless(&dir, "g1", "seeds = [\"seed.kv\", \"seed.chaos\"]");
+    let put = exec(&g, "seed.kv", "put", json!({"key": "a", "value": "1"}));
+    assert_eq!(outcome(&put), "success", "{put}");
+    for _ in 0..3 {
+        assert_eq!(
+            outcome(&exec(&g, "seed.chaos", "count", json!({}))),
+            "success"
+        );
+    }
+    assert_eq!(
+        out_text(&exec(&g, "seed.chaos", "count", json!({})), "Stdout"),
+        "3"
+    );
+
+    for op in ["panic", "panic_async"] {
+        let t0 = Instant::now();
+        let r = exec(&g, "seed.chaos", op, json!({}));
+        assert_eq!(outcome(&r), "error", "{r}");
+        assert!(
+            out_text(&r, "Stderr").contains("panicked"),
+            "{op}: {}",
+            out_text(&r, "Stderr")
+        );
+        // The Ghost is alive and the other seed serves at once, its state intact.
+        assert!(g.proc.child.try_wait().unwrap().is_none(), "ghost exited");
+        assert_eq!(g.kv_get("a").as_deref(), Some("1"));
+        // The panicking seed comes back as a fresh instance (its counter starts again).
+        let c = exec(&g, "seed.chaos", "count", json!({}));
+        assert_eq!(outcome(&c), "success", "{c}");
+        assert_eq!(out_text(&c, "Stdout"), "0", "{op}: not a fresh instance");
+        eprintln!(
+            "{op}: error event, kv served, fresh seed.chaos after {} ms",
+            t0.elapsed().as_millis()
+        );
+    }
+    let log = g.proc.log_text();
+    assert!(log.contains("seed failed; restarting it"), "{log}");
+    assert!(log.contains("seed restarts after a backoff"), "{log}");
+    assert_eq!(g.proc.sigterm(), Some(0));
+}
+
+#[test]
+fn async_operations_of_one_seed_run_concurrently_and_sigterm_is_bounded() {
+    let dir = TempDir::new("seed-async");
+    let mut g = headless(&dir, "g1", "seeds = [\"seed.flow\", \"seed.chaos\"]");
+    let admin = g.admin.clone();
+    let t0 = Instant::now();
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let admin = admin.clone();
+            std::thread::spawn(move || {
+                let r = exec_at(&admin, "seed.chaos", "sleep", json!({"ms": "1500"}));
+                outcome(&r).to_owned()
+            })
+        })
+        .collect();
+    for w in workers {
+        assert_eq!(w.join().unwrap(), "success");
+    }
+    let took = t0.elapsed();
+    // One after another would be 6 s.
+    assert!(
+        took < Duration::from_millis(4500),
+        "4 x 1500 ms sleeps took {took:?}"
+    );
+    eprintln!("4 concurrent 1500 ms awaits took {} ms", took.as_millis());
+    // A blocking seed (seed.flow) still runs in order on its own thread.
+    assert_eq!(
+        outcome(&exec(&g, "seed.flow", "sleep", json!({"ms": "10"}))),
+        "success"
+    );
+
+    // An operation is pending for 30 s when SIGTERM comes: the Ghost still stops promptly.
+    let pending =
+        std::thread::spawn(move || exec_at(&admin, "seed.chaos", "sleep", json!({"ms": "30000"})));
+    std::thread::sleep(Duration::from_millis(300));
+    let t1 = Instant::now();
+    assert_eq!(g.proc.sigterm(), Some(0));
+    let stop = t1.elapsed();
+    assert!(stop < Duration::from_secs(7), "stop took {stop:?}");
+    eprintln!(
+        "SIGTERM with a pending 30 s operation: exited in {} ms",
+        stop.as_millis()
+    );
+    let _ = pending.join();
+}
