@@ -166,6 +166,8 @@ pub struct GhostConfig {
     pub auth: AuthConfig,
     /// Children started through `spawn_ghost` at most.
     pub max_children: usize,
+    /// `[services.NAME]`: the allowlist of processes seed.service may run.
+    pub services: std::collections::BTreeMap<String, crate::seeds::service::ServiceSpec>,
 }
 
 impl Default for GhostConfig {
@@ -184,6 +186,7 @@ impl Default for GhostConfig {
             tls: TlsConfig::default(),
             auth: AuthConfig::default(),
             max_children: 16,
+            services: Default::default(),
         }
     }
 }
@@ -249,6 +252,7 @@ impl GhostConfig {
                 ));
             }
         }
+        crate::seeds::service::validate(&self.services)?;
         if self.seed.stop_grace_ms == 0 || self.seed.stop_grace_ms > 600_000 {
             return Err(format!(
                 "seed.stop_grace_ms is {}; it must be between 1 and 600000",

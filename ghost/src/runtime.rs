@@ -27,6 +27,8 @@ pub fn seed_settings(cfg: &GhostConfig) -> SeedSettings {
         kv_max_keys: cfg.seed.kv_max_keys,
         kv_max_value_bytes: cfg.seed.kv_max_value_bytes,
         flow_max_sleep_ms: cfg.seed.flow_max_sleep_ms,
+        services: cfg.services.clone(),
+        services_dir: cfg.data_dir.join("services"),
     }
 }
 
@@ -96,6 +98,7 @@ pub fn serve(cfg: GhostConfig) -> Result<i32, String> {
         // Each seed: its own arbiter thread, under a Supervisor that rebuilds it after a panic.
         let mut seed_addrs = HashMap::new();
         let mut seed_arbiters = Vec::new();
+        let (obs_tx, obs_rx) = tokio::sync::mpsc::channel(crate::seeds::OBSERVATION_QUEUE);
         for (id, seed) in registry.into_seeds() {
             let slot = Arc::new(Mutex::new(Some(seed)));
             let settings = settings.clone();
@@ -104,7 +107,11 @@ pub fn serve(cfg: GhostConfig) -> Result<i32, String> {
                 let s = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
                 s.map(Ok).unwrap_or_else(|| builtin(&sid, &settings))
             });
-            let sctx = SeedCtx::new(&id, cfg.data_dir.join("seeds").join(&id), None);
+            let sctx = SeedCtx::new(
+                &id,
+                cfg.data_dir.join("seeds").join(&id),
+                Some(obs_tx.clone()),
+            );
             let arbiter = Arbiter::new();
             let aid = id.clone();
             let addr = Supervisor::start_in_arbiter(&arbiter.handle(), move |_| {
@@ -121,6 +128,17 @@ pub fn serve(cfg: GhostConfig) -> Result<i32, String> {
             Outbox::new(outbox_state, store.clone(), cfg.timeouts.ack_timeout_ms).start(),
             "ghost.outbox",
         );
+        drop(obs_tx);
+        if cfg.mirage.policy == Policy::Headless {
+            // No Mirage will ever ack them: keep them out of the durable outbox.
+            actix_rt::spawn(drain_observations(obs_rx, cfg.ghost_id.clone()));
+        } else {
+            actix_rt::spawn(forward_observations(
+                obs_rx,
+                cfg.ghost_id.clone(),
+                outbox.clone(),
+            ));
+        }
         let dispatcher = MeteredAddr::new(
             Dispatcher::new(DispatcherParts {
                 ghost_id: cfg.ghost_id.clone(),
@@ -224,6 +242,51 @@ pub fn serve(cfg: GhostConfig) -> Result<i32, String> {
     let code = sys.run_with_code().map_err(|e| e.to_string())?;
     children_for_stop.borrow_mut().shutdown();
     Ok(code)
+}
+
+/// Seeds' observations become `event` frames through the durable outbox (shared::observe).
+async fn forward_observations(
+    mut rx: tokio::sync::mpsc::Receiver<crate::seeds::Observation>,
+    ghost_id: String,
+    outbox: MeteredAddr<Outbox>,
+) {
+    let mut n: u64 = 0;
+    while let Some(o) = rx.recv().await {
+        n += 1;
+        let ev = shared::observe::event(&ghost_id, &o.seed, &o.state, o.at_ms, n);
+        let payload = match shared::Envelope::Event(ev.clone()).to_fields().to_bytes() {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(component = "ghost.observe", seed = %o.seed, error = %e, "observation not encoded");
+                continue;
+            }
+        };
+        let enqueue = crate::actors::outbox::Enqueue {
+            event_id: ev.event_id.clone(),
+            command_id: None,
+            payload,
+        };
+        match outbox.send(enqueue).await {
+            Ok(Ok(())) => {
+                tracing::info!(component = "ghost.observe", seed = %o.seed, event_id = %ev.event_id, state = ?o.state, "observation queued")
+            }
+            Ok(Err(e)) => {
+                tracing::error!(component = "ghost.observe", seed = %o.seed, event_id = %ev.event_id, error = %e, "observation not persisted")
+            }
+            Err(e) => {
+                tracing::error!(component = "ghost.observe", seed = %o.seed, error = %e, "outbox unavailable; observation dropped")
+            }
+        }
+    }
+}
+
+async fn drain_observations(
+    mut rx: tokio::sync::mpsc::Receiver<crate::seeds::Observation>,
+    ghost_id: String,
+) {
+    while let Some(o) = rx.recv().await {
+        tracing::info!(component = "ghost.observe", ghost_id = %ghost_id, seed = %o.seed, state = ?o.state, "observation (headless: not sent)");
+    }
 }
 
 /// Stops every seed at once, each bounded by `grace` (plus a margin for a stuck mailbox).

@@ -10,6 +10,7 @@ pub mod envelope;
 pub mod error;
 pub mod handshake;
 pub mod metrics;
+pub mod observe;
 pub mod session;
 pub mod wire;
 

@@ -165,3 +165,88 @@ fn async_operations_of_one_seed_run_concurrently_and_sigterm_is_bounded() {
     );
     let _ = pending.join();
 }
+
+const T: Duration = Duration::from_secs(40);
+
+fn wait_for(what: &str, within: Duration, mut f: impl FnMut() -> bool) -> Duration {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(t0.elapsed() < within, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    t0.elapsed()
+}
+
+/// Issue 11 item 2: a seed's observation travels as an event through the Ghost's durable
+/// outbox; Mirage keeps the latest per ghost/seed, shows it in /v1/ghosts/{id} and
+/// /v1/services, and never takes it for a step's event.
+#[test]
+fn observations_reach_mirage_and_are_not_taken_for_step_events() {
+    let dir = TempDir::new("seed-observe");
+    let m = Mirage::start(&dir, 0, "");
+    let g = Ghost::start(
+        &dir,
+        "g1",
+        &m.session,
+        "seeds = [\"seed.flow\", \"seed.chaos\"]",
+    );
+    m.wait_ghosts(1, T);
+    let id = m.submit(
+        r#"
+intent_id = "obs"
+actor = "test"
+target_scope = "ghost:g1"
+objective = "observe"
+[[step]]
+seed = "seed.chaos"
+operation = "observe"
+args = { state = "running", uri = "redis://127.0.0.1:6390/0" }
+[[step]]
+seed = "seed.flow"
+operation = "sleep"
+args = { ms = "300" }
+"#,
+    );
+    let detail = m.wait_status(&id, "satisfied", T);
+    assert_eq!(detail["summary"]["steps_done"], 2, "{detail}");
+    let took = wait_for("the observation in /v1/ghosts/g1", T, || {
+        m.get("/v1/ghosts/g1").1["observed"]["seed.chaos"]["state"]["state"] == "running"
+    });
+    let (_, services) = m.get("/v1/services");
+    let chaos = &services["seed.chaos"][0];
+    assert_eq!(
+        chaos["uris"],
+        json!(["redis://127.0.0.1:6390/0"]),
+        "{services}"
+    );
+    assert_eq!(chaos["observed"]["state"]["state"], "running");
+    // Each step reported once; the observation added no report of its own.
+    let reports = m.reports(&id);
+    assert!(
+        reports.iter().all(|r| !r.to_string().contains("observe.")),
+        "{reports:?}"
+    );
+
+    // A newer observation replaces the older one.
+    let t0 = Instant::now();
+    let r = exec(
+        &g,
+        "seed.chaos",
+        "observe",
+        json!({"state": "exited", "pid": "42"}),
+    );
+    assert_eq!(outcome(&r), "success", "{r}");
+    wait_for("the newer observation", T, || {
+        m.get("/v1/ghosts/g1").1["observed"]["seed.chaos"]["state"]["state"] == "exited"
+    });
+    let latency = t0.elapsed();
+    // Bad input is refused at the Ghost, naming the key.
+    let bad = exec(&g, "seed.chaos", "observe", json!({"bad key": "x"}));
+    assert_eq!(outcome(&bad), "error", "{bad}");
+    assert!(out_text(&bad, "Stderr").contains("bad key"), "{bad}");
+    eprintln!(
+        "observation visible {} ms after the intent was satisfied; a new one {} ms after it was made",
+        took.as_millis(),
+        latency.as_millis()
+    );
+}

@@ -95,13 +95,10 @@ impl Seed for Chaos {
                     "chaos sleep: argument ms must be a whole number\n",
                 )),
             },
-            "observe" => {
-                if ctx.observe(args.clone()) {
-                    Call::Done(SeedOutput::ok("chaos observe: published\n"))
-                } else {
-                    Call::Done(SeedOutput::error(1, "chaos observe: not published\n"))
-                }
-            }
+            "observe" => match ctx.observe(args.clone()) {
+                Ok(()) => Call::Done(SeedOutput::ok("chaos observe: published\n")),
+                Err(e) => Call::Done(SeedOutput::error(2, format!("chaos observe: {e}\n"))),
+            },
             other => Call::Done(SeedOutput::error(
                 64,
                 format!("chaos: unknown operation {other}\n"),

@@ -9,6 +9,7 @@ pub mod chaos;
 pub mod flow;
 pub mod fs;
 pub mod kv;
+pub mod service;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -167,24 +168,23 @@ impl SeedCtx {
         SeedCtx::new(seed_id, PathBuf::from("."), None)
     }
 
-    /// Publishes observed state; never blocks. Returns false if it was dropped.
-    pub fn observe(&self, state: Args) -> bool {
+    /// Publishes observed state; never blocks. Errors name a bound it breaks, or say that it
+    /// was dropped (no Ghost around, or the queue to the outbox is full).
+    pub fn observe(&self, state: Args) -> Result<(), String> {
+        shared::observe::validate(&state)?;
         let Some(tx) = &self.observe else {
-            return false;
+            return Err("observations go nowhere here (no Ghost session)".into());
         };
         let o = Observation {
             seed: self.seed_id.clone(),
             state,
             at_ms: shared::now_ms(),
         };
-        match tx.try_send(o) {
-            Ok(()) => true,
-            Err(e) => {
-                let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-                tracing::warn!(component = "ghost.seed", seed = %self.seed_id, dropped = n, error = %e, "observation dropped");
-                false
-            }
-        }
+        tx.try_send(o).map_err(|e| {
+            let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            tracing::warn!(component = "ghost.seed", seed = %self.seed_id, dropped = n, error = %e, "observation dropped");
+            format!("observation dropped: {e}")
+        })
     }
 
     pub fn observations_dropped(&self) -> u64 {
@@ -265,6 +265,10 @@ pub struct SeedSettings {
     pub kv_max_keys: usize,
     pub kv_max_value_bytes: usize,
     pub flow_max_sleep_ms: u64,
+    /// `[services.NAME]` of ghost.toml: the only processes seed.service may run.
+    pub services: BTreeMap<String, service::ServiceSpec>,
+    /// Where services keep their cwd and logs by default (`<data_dir>/services`).
+    pub services_dir: PathBuf,
 }
 
 impl Default for SeedSettings {
@@ -275,6 +279,8 @@ impl Default for SeedSettings {
             kv_max_keys: 100_000,
             kv_max_value_bytes: 64 * 1024,
             flow_max_sleep_ms: 60_000,
+            services: BTreeMap::new(),
+            services_dir: PathBuf::from("data/services"),
         }
     }
 }
@@ -283,7 +289,13 @@ impl Default for SeedSettings {
 pub const BUILTIN: &[&str] = &["seed.flow", "seed.kv", "seed.fs"];
 
 /// Every seed this Ghost can host (`ghost seeds` lists them); the rest are opt-in by config.
-pub const KNOWN: &[&str] = &["seed.flow", "seed.kv", "seed.fs", "seed.chaos"];
+pub const KNOWN: &[&str] = &[
+    "seed.flow",
+    "seed.kv",
+    "seed.fs",
+    "seed.service",
+    "seed.chaos",
+];
 
 /// Builds one built-in seed by id (`flow` is accepted for `seed.flow`, as edgectl does).
 pub fn builtin(id: &str, settings: &SeedSettings) -> Result<Box<dyn Seed>, String> {
@@ -298,6 +310,10 @@ pub fn builtin(id: &str, settings: &SeedSettings) -> Result<Box<dyn Seed>, Strin
                 .with_max_hold_ms(settings.flow_max_sleep_ms),
         ),
         "seed.chaos" => Box::new(chaos::Chaos::new(settings.flow_max_sleep_ms)),
+        "seed.service" => Box::new(service::Service::new(
+            settings.services.clone(),
+            settings.services_dir.clone(),
+        )),
         other => {
             return Err(format!(
                 "unknown built-in seed {other:?} (built-ins: {})",
