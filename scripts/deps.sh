@@ -10,6 +10,8 @@ if [ "${1:-}" = "--test" ]; then
   # The dashboard's browser test drives Debian's Chromium through chromedriver.
   command -v chromium >/dev/null 2>&1 || need+=(chromium)
   command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+  # seed.redis runs a real redis-server (tests/tests/seed_service.rs).
+  command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 fi
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ]; then

@@ -42,7 +42,8 @@ impl Observations {
             received_ms: now_ms,
             event_id: e.event_id.clone(),
         };
-        let seed = e.seed_id.trim();
+        let key = instance_key(e.seed_id.trim(), &o.state);
+        let seed = key.as_str();
         if let Some(held) = self
             .by_ghost
             .get_mut(ghost_id)
@@ -111,6 +112,25 @@ impl Observations {
     }
 }
 
+/// Observations are kept per seed instance: `seed.service/web` when the state names its
+/// `service` (or `instance`), else the seed id.
+pub fn instance_key(seed: &str, state: &BTreeMap<String, String>) -> String {
+    match state.get("service").or_else(|| state.get("instance")) {
+        Some(i) if !i.is_empty() => format!("{seed}/{i}"),
+        _ => seed.to_owned(),
+    }
+}
+
+/// Observations of one seed (its instances too) among a Ghost's.
+pub fn of_seed<'a>(
+    all: &'a BTreeMap<String, Observed>,
+    seed: &'a str,
+) -> impl Iterator<Item = (&'a String, &'a Observed)> + 'a {
+    all.iter().filter(move |(k, _)| {
+        k.as_str() == seed || k.strip_prefix(seed).is_some_and(|r| r.starts_with('/'))
+    })
+}
+
 /// The URIs an observation advertises: its `uri` value, comma-separated.
 pub fn uris(o: &Observed) -> Vec<String> {
     o.state
@@ -164,6 +184,20 @@ mod tests {
         let mut bad = obs("seed.a", 1, "k", "v");
         bad.stdout = Some(bytes::Bytes::from_static(b"not json"));
         assert!(o.record("g1", &bad, 1).is_err());
+    }
+
+    #[test]
+    fn instances_of_one_seed_are_kept_apart() {
+        let mut o = Observations::default();
+        o.record("g1", &obs("seed.service", 1, "service", "web"), 1)
+            .unwrap();
+        o.record("g1", &obs("seed.service", 1, "service", "db"), 1)
+            .unwrap();
+        o.record("g1", &obs("seed.services2", 1, "k", "v"), 1)
+            .unwrap();
+        let all = o.of("g1");
+        let keys: Vec<&String> = of_seed(&all, "seed.service").map(|(k, _)| k).collect();
+        assert_eq!(keys, ["seed.service/db", "seed.service/web"]);
     }
 
     #[test]

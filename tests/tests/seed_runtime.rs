@@ -219,7 +219,7 @@ args = { ms = "300" }
         json!(["redis://127.0.0.1:6390/0"]),
         "{services}"
     );
-    assert_eq!(chaos["observed"]["state"]["state"], "running");
+    assert_eq!(chaos["observed"]["seed.chaos"]["state"]["state"], "running");
     // Each step reported once; the observation added no report of its own.
     let reports = m.reports(&id);
     assert!(
