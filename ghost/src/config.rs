@@ -168,6 +168,8 @@ pub struct GhostConfig {
     pub max_children: usize,
     /// `[services.NAME]`: the allowlist of processes seed.service may run.
     pub services: std::collections::BTreeMap<String, crate::seeds::service::ServiceSpec>,
+    /// `[redis.NAME]`: seed.redis instances declared ahead (port, restart, autostart).
+    pub redis: std::collections::BTreeMap<String, crate::seeds::redis::RedisSpec>,
 }
 
 impl Default for GhostConfig {
@@ -187,6 +189,7 @@ impl Default for GhostConfig {
             auth: AuthConfig::default(),
             max_children: 16,
             services: Default::default(),
+            redis: Default::default(),
         }
     }
 }
@@ -253,6 +256,7 @@ impl GhostConfig {
             }
         }
         crate::seeds::service::validate(&self.services)?;
+        crate::seeds::redis::validate(&self.redis)?;
         if self.seed.stop_grace_ms == 0 || self.seed.stop_grace_ms > 600_000 {
             return Err(format!(
                 "seed.stop_grace_ms is {}; it must be between 1 and 600000",

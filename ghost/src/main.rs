@@ -223,7 +223,7 @@ fn main() -> ExitCode {
                 );
             } else {
                 println!(
-                    "{:<10} {:<9} {:<13} DESCRIPTION",
+                    "{:<12} {:<11} {:<13} DESCRIPTION",
                     "SEED", "OPERATION", "ARGS"
                 );
                 for s in &infos {
@@ -233,7 +233,7 @@ fn main() -> ExitCode {
                         } else {
                             o.args.join(",")
                         };
-                        println!("{:<10} {:<9} {:<13} {}", s.id, o.name, args, o.description);
+                        println!("{:<12} {:<11} {:<13} {}", s.id, o.name, args, o.description);
                     }
                 }
             }

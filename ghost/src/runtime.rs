@@ -29,6 +29,8 @@ pub fn seed_settings(cfg: &GhostConfig) -> SeedSettings {
         flow_max_sleep_ms: cfg.seed.flow_max_sleep_ms,
         services: cfg.services.clone(),
         services_dir: cfg.data_dir.join("services"),
+        redis: cfg.redis.clone(),
+        redis_dir: cfg.data_dir.join("redis"),
     }
 }
 

@@ -685,7 +685,15 @@ fn main() -> ExitCode {
             let local = mirage::server::LocalGhost {
                 bin,
                 admin: a.ghost_admin.clone(),
-                seeds: vec!["seed.flow".into(), "seed.kv".into(), "seed.fs".into()],
+                seeds: [
+                    "seed.flow",
+                    "seed.kv",
+                    "seed.fs",
+                    "seed.service",
+                    "seed.redis",
+                ]
+                .map(String::from)
+                .to_vec(),
             };
             exit(config(&a.serve, true).and_then(|c| mirage::server::serve_with(c, Some(local))))
         }

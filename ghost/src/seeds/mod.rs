@@ -9,6 +9,7 @@ pub mod chaos;
 pub mod flow;
 pub mod fs;
 pub mod kv;
+pub mod redis;
 pub mod service;
 
 use std::collections::BTreeMap;
@@ -269,6 +270,9 @@ pub struct SeedSettings {
     pub services: BTreeMap<String, service::ServiceSpec>,
     /// Where services keep their cwd and logs by default (`<data_dir>/services`).
     pub services_dir: PathBuf,
+    /// `[redis.NAME]` of ghost.toml, and where instances keep their data.
+    pub redis: BTreeMap<String, redis::RedisSpec>,
+    pub redis_dir: PathBuf,
 }
 
 impl Default for SeedSettings {
@@ -281,6 +285,8 @@ impl Default for SeedSettings {
             flow_max_sleep_ms: 60_000,
             services: BTreeMap::new(),
             services_dir: PathBuf::from("data/services"),
+            redis: BTreeMap::new(),
+            redis_dir: PathBuf::from("data/redis"),
         }
     }
 }
@@ -294,6 +300,7 @@ pub const KNOWN: &[&str] = &[
     "seed.kv",
     "seed.fs",
     "seed.service",
+    "seed.redis",
     "seed.chaos",
 ];
 
@@ -313,6 +320,10 @@ pub fn builtin(id: &str, settings: &SeedSettings) -> Result<Box<dyn Seed>, Strin
         "seed.service" => Box::new(service::Service::new(
             settings.services.clone(),
             settings.services_dir.clone(),
+        )),
+        "seed.redis" => Box::new(redis::Redis::new(
+            &settings.redis,
+            settings.redis_dir.clone(),
         )),
         other => {
             return Err(format!(

@@ -231,7 +231,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 #[derive(Clone)]
 pub struct ServiceSet {
     pub seed_id: &'static str,
-    specs: Arc<BTreeMap<String, ServiceSpec>>,
+    specs: Shared<BTreeMap<String, ServiceSpec>>,
     dir: PathBuf,
     status: Shared<BTreeMap<String, Status>>,
     running: Shared<BTreeMap<String, Running>>,
@@ -241,7 +241,7 @@ impl ServiceSet {
     pub fn new(seed_id: &'static str, specs: BTreeMap<String, ServiceSpec>, dir: PathBuf) -> Self {
         ServiceSet {
             seed_id,
-            specs: Arc::new(specs),
+            specs: Arc::new(Mutex::new(specs)),
             dir,
             status: Shared::default(),
             running: Shared::default(),
@@ -256,19 +256,46 @@ impl ServiceSet {
         }
     }
 
-    pub fn names(&self) -> Vec<&str> {
-        self.specs.keys().map(String::as_str).collect()
+    pub fn names(&self) -> Vec<String> {
+        lock(&self.specs).keys().cloned().collect()
     }
 
-    pub fn spec(&self, name: &str) -> Result<&ServiceSpec, String> {
-        self.specs.get(name).ok_or_else(|| {
+    /// Adds (or replaces, while it is not running) a service the seed itself builds
+    /// (`seed.redis`); at most MAX_SERVICES.
+    pub fn declare(&self, name: &str, spec: ServiceSpec) -> Result<(), String> {
+        let mut specs = lock(&self.specs);
+        if !specs.contains_key(name) && specs.len() >= MAX_SERVICES {
+            return Err(format!(
+                "{}: {MAX_SERVICES} instances already",
+                self.seed_id
+            ));
+        }
+        let running = lock(&self.running)
+            .get(name)
+            .is_some_and(|r| !*r.done.borrow());
+        if running {
+            if specs.get(name).is_some_and(|s| s.argv != spec.argv) {
+                return Err(format!(
+                    "{}: instance {name} runs with other settings; stop it first",
+                    self.seed_id
+                ));
+            }
+            return Ok(());
+        }
+        specs.insert(name.to_owned(), spec);
+        Ok(())
+    }
+
+    pub fn spec(&self, name: &str) -> Result<ServiceSpec, String> {
+        let specs = lock(&self.specs);
+        specs.get(name).cloned().ok_or_else(|| {
             format!(
                 "{}: service {name:?} is not allowlisted in ghost.toml (allowlisted: {})",
                 self.seed_id,
-                if self.specs.is_empty() {
+                if specs.is_empty() {
                     "none".to_owned()
                 } else {
-                    self.names().join(", ")
+                    specs.keys().cloned().collect::<Vec<_>>().join(", ")
                 }
             )
         })
@@ -298,7 +325,7 @@ impl ServiceSet {
     /// Starts the service's monitor unless it runs; resolves once it is ready (or failed).
     pub fn start(&self, name: &str, ctx: &SeedCtx) -> LocalBoxFuture<'static, SeedOutput> {
         let spec = match self.spec(name) {
-            Ok(s) => s.clone(),
+            Ok(s) => s,
             Err(e) => return ready(SeedOutput::error(2, format!("{e}\n"))),
         };
         let name = name.to_owned();
@@ -402,7 +429,7 @@ impl ServiceSet {
                 Ok(_) => vec![n.to_owned()],
                 Err(e) => return SeedOutput::error(2, format!("{e}\n")),
             },
-            None => self.specs.keys().cloned().collect(),
+            None => self.names(),
         };
         let mut out = String::new();
         for n in names {
@@ -427,7 +454,7 @@ impl ServiceSet {
                 )
             }
         };
-        match tail(&self.log_path(name, spec), n) {
+        match tail(&self.log_path(name, &spec), n) {
             Ok(t) => SeedOutput::ok(t),
             Err(e) => SeedOutput::error(1, format!("service {name}: {e}\n")),
         }
@@ -773,7 +800,7 @@ impl Seed for Service {
     fn description(&self) -> String {
         format!(
             "Supervised processes from the ghost.toml allowlist ({})",
-            if self.set.specs.is_empty() {
+            if self.set.names().is_empty() {
                 "none".to_owned()
             } else {
                 self.set.names().join(", ")
@@ -787,9 +814,7 @@ impl Seed for Service {
         MAX_SERVICES
     }
     fn start(&mut self, ctx: &SeedCtx) -> Result<(), String> {
-        let auto: Vec<String> = self
-            .set
-            .specs
+        let auto: Vec<String> = lock(&self.set.specs)
             .iter()
             .filter(|(_, s)| s.autostart)
             .map(|(n, _)| n.clone())
