@@ -176,6 +176,9 @@ struct UpArgs {
     /// Admin address of the local Ghost.
     #[arg(long, default_value = "127.0.0.1:7010")]
     ghost_admin: String,
+    /// Ghost processes to run on this machine: the local one plus ghost.2, ghost.3, …
+    #[arg(long, default_value_t = 1)]
+    ghosts: usize,
 }
 
 fn config(a: &ServeArgs, up: bool) -> Result<mirage::config::MirageConfig, String> {
@@ -694,6 +697,7 @@ fn main() -> ExitCode {
                 ]
                 .map(String::from)
                 .to_vec(),
+                ghosts: a.ghosts,
             };
             exit(config(&a.serve, true).and_then(|c| mirage::server::serve_with(c, Some(local))))
         }

@@ -159,3 +159,71 @@ fn redis_started_by_an_intent_is_listed_observed_restarted_and_stopped() {
         restarted.as_millis()
     );
 }
+
+/// Issue 11 items 4–5: `mirage up --ghosts 3` runs ghost.local, ghost.2 and ghost.3 (own data
+/// dirs and admin ports); config/plans/redis.toml runs to satisfied on the local Ghost; Ctrl-C
+/// (SIGTERM) stops Mirage, its Ghosts and their redis-server.
+#[test]
+fn mirage_up_with_three_ghosts_runs_the_redis_plan_to_satisfied() {
+    let dir = TempDir::new("up-redis");
+    let (session, http, admin) = (free_port(), free_port(), free_port());
+    let mut up = Proc::spawn(
+        &bin("mirage"),
+        &[
+            "up",
+            "--ghosts",
+            "3",
+            "--data-dir",
+            dir.path("data").to_str().unwrap(),
+            "--listen",
+            &format!("127.0.0.1:{session}"),
+            "--http",
+            &format!("127.0.0.1:{http}"),
+            "--ghost-admin",
+            &format!("127.0.0.1:{admin}"),
+        ],
+        dir.path("up.log"),
+    );
+    let api = format!("127.0.0.1:{http}");
+    for id in ["ghost.local", "ghost.2", "ghost.3"] {
+        wait_for(&format!("{id} to connect"), T, || {
+            e2e::http(&api, "GET", &format!("/v1/ghosts/{id}"), None).1["connected"] == true
+        });
+    }
+    assert!(dir.path("data/ghost.2").is_dir() && dir.path("data/ghost.3").is_dir());
+    let port = free_port();
+    let plan = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../config/plans/redis.toml"
+    ))
+    .unwrap()
+    .replace("6390", &port.to_string());
+    let (st, v) = e2e::http(&api, "POST", "/v1/intents", Some(&plan));
+    assert_eq!(st, 201, "{v}");
+    let id = v["intent_id"].as_str().unwrap().to_owned();
+    let mut detail = Value::Null;
+    wait_for("the redis plan to be satisfied", T, || {
+        detail = e2e::http(&api, "GET", &format!("/v1/intents/{id}"), None).1;
+        assert_ne!(detail["summary"]["status"], "failed", "{detail}");
+        detail["summary"]["status"] == "satisfied"
+    });
+    let mut pid = 0;
+    wait_for("redis observed on ghost.local", T, || {
+        let g = e2e::http(&api, "GET", "/v1/ghosts/ghost.local", None).1;
+        let o = &g["observed"]["seed.redis/cache"]["state"];
+        pid = o["pid"].as_str().and_then(|p| p.parse().ok()).unwrap_or(0);
+        o["state"] == "running" && pid > 0
+    });
+    assert!(alive(pid));
+    assert_eq!(up.sigterm(), Some(0));
+    wait_for(
+        "redis-server gone after mirage up stopped",
+        Duration::from_secs(10),
+        || !alive(pid),
+    );
+    assert!(
+        std::net::TcpStream::connect(format!("127.0.0.1:{admin}")).is_err(),
+        "local ghost still running"
+    );
+    eprintln!("mirage up --ghosts 3: 3 Ghosts connected, redis plan satisfied, no process left after SIGTERM");
+}
