@@ -63,6 +63,11 @@ enum Cmd {
     },
     /// Connected and known Ghosts.
     Ghosts,
+    /// One Ghost: `mirage ghost show ID` (its seeds and latest observations).
+    Ghost {
+        #[command(subcommand)]
+        cmd: GhostCmd,
+    },
     /// Seeds and the Ghosts that host them.
     Services,
     /// Seed locks; `mirage locks break KEY` breaks one.
@@ -566,6 +571,38 @@ fn client(cli: &Cli) -> Result<i32, String> {
                 ]
             },
         ),
+        Cmd::Ghost {
+            cmd: GhostCmd::Show { id },
+        } => {
+            let v = ok(api.call("GET", &format!("/v1/ghosts/{}", query_escape(id)), None))?;
+            if json {
+                print_json(&v);
+                return Ok(0);
+            }
+            println!(
+                "{} {} seeds={}",
+                s(&v["ghost_id"]),
+                if v["connected"] == true {
+                    "connected"
+                } else {
+                    "offline"
+                },
+                v["seeds"]
+                    .as_array()
+                    .map(|a| a.iter().map(|x| s(&x["id"])).collect::<Vec<_>>().join(","))
+                    .unwrap_or_default()
+            );
+            let mut rows = Vec::new();
+            for (k, o) in v["observed"].as_object().cloned().unwrap_or_default() {
+                let state: Vec<String> = o["state"]
+                    .as_object()
+                    .map(|m| m.iter().map(|(a, b)| format!("{a}={}", s(b))).collect())
+                    .unwrap_or_default();
+                rows.push(vec![k, s(&o["at_ms"]), state.join(" ")]);
+            }
+            print!("{}", table(&["OBSERVED", "AT_MS", "STATE"], &rows));
+            Ok(0)
+        }
         Cmd::Services => {
             let v = ok(api.call("GET", "/v1/services", None))?;
             if json {
@@ -578,7 +615,11 @@ fn client(cli: &Cli) -> Result<i32, String> {
                     rows.push(vec![
                         seed.clone(),
                         s(&g["ghost_id"]),
-                        s(&g["uri"]),
+                        // Observed entrypoints (redis://…) when the seed advertises any.
+                        match g["uris"].as_array().filter(|u| !u.is_empty()) {
+                            Some(u) => u.iter().map(s).collect::<Vec<_>>().join(","),
+                            None => s(&g["uri"]),
+                        },
                         if g["connected"] == true {
                             "yes".into()
                         } else {
@@ -664,6 +705,12 @@ fn client(cli: &Cli) -> Result<i32, String> {
         ),
         Cmd::Up(_) | Cmd::Serve(_) | Cmd::Wire { .. } | Cmd::Certs { .. } => Ok(0),
     }
+}
+
+#[derive(Subcommand)]
+enum GhostCmd {
+    /// Registration, seeds and the latest observation per seed instance.
+    Show { id: String },
 }
 
 fn main() -> ExitCode {

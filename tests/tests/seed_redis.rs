@@ -108,6 +108,21 @@ fn redis_started_by_an_intent_is_listed_observed_restarted_and_stopped() {
             })
         },
     );
+    // The CLI shows the same: `mirage services` lists the URI, `mirage ghost show` the state.
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(bin("mirage"))
+            .args(args)
+            .env("MIRAGE_API", format!("http://{}", m.api))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(cli(&["services"]).contains(&uri), "{}", cli(&["services"]));
+    let show = cli(&["ghost", "show", "g1"]);
+    assert!(
+        show.contains("seed.redis/cache") && show.contains("state=running"),
+        "{show}"
+    );
     let info = exec(&g, "info", json!({"name": "cache", "section": "server"}));
     assert!(
         text(&info, "Stdout").contains(&format!("tcp_port:{port}")),
