@@ -266,11 +266,15 @@ impl Seed for Redis {
     fn description(&self) -> String {
         // Registration advertises each declared instance's URI (as edgectl's
         // `endpoint_uri=` enrichment does).
-        let mut d = "Real redis-server instances, supervised".to_owned();
-        for (n, p) in &self.ports {
-            d.push_str(&format!("; {n}={}", uri(*p)));
+        let items: Vec<String> = self
+            .ports
+            .iter()
+            .map(|(n, p)| format!("{n}={}", uri(*p)))
+            .collect();
+        if items.is_empty() {
+            return "Real redis-server instances, supervised".into();
         }
-        d
+        service::bounded_description("Real redis-server instances, supervised; ", &items, "; ")
     }
     fn operations(&self) -> &'static [OperationSpec] {
         OPS

@@ -187,6 +187,27 @@ pub fn validate(services: &BTreeMap<String, ServiceSpec>) -> Result<(), String> 
     Ok(())
 }
 
+/// Registration descriptions stay under Mirage's default limit (1024 bytes).
+pub const MAX_DESCRIPTION: usize = 900;
+
+/// `head` then `items` joined by `sep`, cut (with `…`) before MAX_DESCRIPTION.
+pub fn bounded_description(head: &str, items: &[String], sep: &str) -> String {
+    let mut d = head.to_owned();
+    for (i, it) in items.iter().enumerate() {
+        let add = if i == 0 {
+            it.clone()
+        } else {
+            format!("{sep}{it}")
+        };
+        if d.len() + add.len() + 4 > MAX_DESCRIPTION {
+            d.push_str(" …");
+            break;
+        }
+        d.push_str(&add);
+    }
+    d
+}
+
 /// Delay before restart number `n` (1 = first).
 pub fn backoff_ms(spec: &ServiceSpec, n: u32) -> u64 {
     let shift = n.saturating_sub(1).min(20);
@@ -798,13 +819,14 @@ impl Seed for Service {
         "Service"
     }
     fn description(&self) -> String {
-        format!(
-            "Supervised processes from the ghost.toml allowlist ({})",
-            if self.set.names().is_empty() {
-                "none".to_owned()
-            } else {
-                self.set.names().join(", ")
-            }
+        let names = self.set.names();
+        if names.is_empty() {
+            return "Supervised processes from the ghost.toml allowlist (none)".into();
+        }
+        bounded_description(
+            "Supervised processes from the ghost.toml allowlist: ",
+            &names,
+            ", ",
         )
     }
     fn operations(&self) -> &'static [OperationSpec] {
@@ -885,6 +907,21 @@ mod tests {
         assert_eq!(backoff_ms(&s, 1), 200);
         assert_eq!(backoff_ms(&s, 2), 400);
         assert_eq!(backoff_ms(&s, 30), 10_000);
+    }
+
+    #[test]
+    fn descriptions_are_bounded() {
+        let many: Vec<String> = (0..MAX_SERVICES).map(|i| format!("{i:0>60}")).collect();
+        let d = bounded_description("head: ", &many, ", ");
+        assert!(
+            d.len() <= MAX_DESCRIPTION && d.ends_with('…'),
+            "{}",
+            d.len()
+        );
+        assert_eq!(
+            bounded_description("h: ", &["a".into(), "b".into()], ", "),
+            "h: a, b"
+        );
     }
 
     #[test]
