@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the build (and, with --test, the browser test) needs, only when
+# Installs the Debian packages the build (and, with --test, the browser and clock tests) need, only when
 # they are missing. Used by `make run`, `make test` and .ci/run.
 set -euo pipefail
 need=()
@@ -10,8 +10,10 @@ if [ "${1:-}" = "--test" ]; then
   # The dashboard's browser test drives Debian's Chromium through chromedriver.
   command -v chromium >/dev/null 2>&1 || need+=(chromium)
   command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
-  # seed.redis runs a real redis-server (tests/tests/seed_service.rs).
+  # seed.redis runs a real redis-server (tests/tests/seed_redis.rs).
   command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+  # tests/tests/clock.rs preloads libfaketime into a Ghost to shift its wall clock.
+  command -v faketime >/dev/null 2>&1 || need+=(faketime)
 fi
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ]; then

@@ -4,6 +4,13 @@
 //!
 //! Unlike edgectl: lines are bounded, connections are limited and time out when idle, a token
 //! is required off loopback, and `execute_envelope` honours the frame's ghost_id.
+//!
+//! Commands from here never share Mirage's id space or fence state (issue 19 item 9): their
+//! command_ids are namespaced (`admin:` inside the Ghost, shown without it), so one sent
+//! early cannot make Mirage's real command a "duplicate"; their lock tokens are checked
+//! against fences of their own (`admin-fences.json`), so 2^63 sent here cannot make Mirage's
+//! tokens stale. `execute`/`execute_envelope` need `admin.token` unless
+//! `admin.execute_without_token` says otherwise.
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
@@ -42,6 +49,8 @@ pub struct AdminCtx {
     pub children: Rc<RefCell<crate::children::Children>>,
     seq: RefCell<u64>,
     bound_mirage: RefCell<Option<String>>,
+    /// Lock fences of admin-path commands, loaded on first use.
+    fences: RefCell<Option<crate::logic::Fences>>,
 }
 
 impl AdminCtx {
@@ -62,6 +71,7 @@ impl AdminCtx {
             children,
             seq: RefCell::new(0),
             bound_mirage: RefCell::new(None),
+            fences: RefCell::new(None),
         }
     }
 }
@@ -87,6 +97,9 @@ pub async fn listen(ctx: Rc<AdminCtx>) -> Result<SocketAddr, String> {
         socket.listen(4096)
     };
     let listener = bind().map_err(|e| format!("admin listen {addr}: {e}"))?;
+    if ctx.cfg.admin.token.is_empty() && !ctx.cfg.admin.execute_without_token {
+        tracing::warn!(component = "ghost.admin", %addr, "admin boundary has no admin.token: execute and execute_envelope are refused (set admin.token, or admin.execute_without_token = true for an edgectl Mirage)");
+    }
     let local = listener.local_addr().map_err(|e| e.to_string())?;
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     actix_rt::spawn(async move {
@@ -296,6 +309,12 @@ pub async fn handle_line(ctx: &AdminCtx, line: &str) -> Value {
         return err("unauthorized: missing or wrong token");
     }
     let action = s(&m, "action").to_owned();
+    if matches!(action.as_str(), "execute" | "execute_envelope")
+        && ctx.cfg.admin.token.is_empty()
+        && !ctx.cfg.admin.execute_without_token
+    {
+        return err(EXECUTE_NEEDS_TOKEN);
+    }
     match action.as_str() {
         "status" => status(ctx).await,
         "list_seeds" => ok(Value::Array(ctx.seeds.iter().map(seed_json).collect())),
@@ -303,12 +322,19 @@ pub async fn handle_line(ctx: &AdminCtx, line: &str) -> Value {
         "execute_envelope" => execute_envelope(ctx, &m).await,
         "execution_by_command_id" => {
             let id = s(&m, "command_id").to_owned();
-            let rec = ctx
-                .dispatcher
-                .send(crate::actors::dispatcher::Lookup { command_id: id })
-                .await
-                .ok()
-                .flatten();
+            // The admin namespace first (what `execute` was given), then Mirage's.
+            let mut rec = None;
+            for command_id in [admin_ns(&id), id] {
+                rec = ctx
+                    .dispatcher
+                    .send(crate::actors::dispatcher::Lookup { command_id })
+                    .await
+                    .ok()
+                    .flatten();
+                if rec.is_some() {
+                    break;
+                }
+            }
             ok(json!({"found": rec.is_some(), "execution": execution_json(rec.as_ref())}))
         }
         "recent_events" => match ctx
@@ -369,12 +395,87 @@ pub async fn handle_line(ctx: &AdminCtx, line: &str) -> Value {
     }
 }
 
-fn constant_eq(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
+pub const EXECUTE_NEEDS_TOKEN: &str = "execute refused: the admin boundary has no admin.token; set admin.token and send it as \"token\" (or admin.execute_without_token = true on a loopback boundary for an edgectl Mirage, which cannot send one)";
+
+/// Prefix of admin-path command ids inside the Ghost (dedupe window, outbox, records).
+/// Mirage's ids start with `cmd.`, so the two spaces cannot meet.
+pub const ADMIN_NS: &str = "admin:";
+
+pub fn admin_ns(id: &str) -> String {
+    format!("{ADMIN_NS}{id}")
+}
+
+/// An id as the admin client gave it: `admin:x` → `x`, `evt.admin:x` → `evt.x`,
+/// `exec.admin:x` → `exec.x`; any other id unchanged.
+pub fn shown(id: &str) -> String {
+    for p in ["", "evt.", "exec."] {
+        if let Some(rest) = id.strip_prefix(p).and_then(|r| r.strip_prefix(ADMIN_NS)) {
+            return format!("{p}{rest}");
+        }
+    }
+    id.to_owned()
+}
+
+/// The event an admin client gets back: its own ids, not the namespaced ones.
+fn shown_event(mut e: Event) -> Event {
+    e.event_id = shown(&e.event_id);
+    e.command_id = shown(&e.command_id);
+    e.execution_id = e.execution_id.as_deref().map(shown);
+    e
+}
+
+fn fences_path(cfg: &GhostConfig) -> std::path::PathBuf {
+    cfg.data_dir.join("admin-fences.json")
+}
+
+/// Checks an admin-path lock token against the admin fences and records it (persisted before
+/// the command runs, so a restart does not forget it). Mirage's fences are not involved.
+fn admin_fence(ctx: &AdminCtx, seed: &str, token: u64) -> Result<(), String> {
+    let path = fences_path(&ctx.cfg);
+    let mut slot = ctx.fences.borrow_mut();
+    if slot.is_none() {
+        let f = match std::fs::read(&path) {
+            Ok(b) => serde_json::from_slice::<std::collections::HashMap<String, u64>>(&b)
+                .map_err(|e| format!("ghost.admin: {} is unreadable ({e}); lock tokens on the admin boundary are refused until it is fixed or removed", path.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Default::default(),
+            Err(e) => return Err(format!("ghost.admin: {}: {e}", path.display())),
+        };
+        *slot = Some(crate::logic::Fences(f));
+    }
+    let Some(fences) = slot.as_mut() else {
+        return Err("ghost.admin: fences unavailable".into());
+    };
+    if let Err(max) = fences.check(seed, token) {
+        return Err(format!(
+            "stale lock_token {token} for {seed}: an admin-path holder with token {max} has acted"
+        ));
+    }
+    // Raised in memory only once it is on disk.
+    let mut raised = crate::logic::Fences(fences.0.clone());
+    if raised.observe(seed, token) {
+        let text = serde_json::to_vec(&raised.0).map_err(|e| e.to_string())?;
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, text)
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .map_err(|e| {
+                format!(
+                    "ghost.admin: cannot persist the admin fence in {}: {e}; not run",
+                    path.display()
+                )
+            })?;
+        *fences = raised;
+    }
+    Ok(())
+}
+
+/// Compares SHA-256 digests in constant time: neither the content nor the length of the
+/// configured token shows in how long a wrong guess takes.
+pub fn constant_eq(a: &str, b: &str) -> bool {
+    let (x, y) = (
+        openssl::sha::sha256(a.as_bytes()),
+        openssl::sha::sha256(b.as_bytes()),
+    );
+    openssl::memcmp::eq(&x, &y)
 }
 
 async fn status(ctx: &AdminCtx) -> Value {
@@ -414,8 +515,8 @@ fn seed_json(s: &SeedInfo) -> Value {
 
 fn event_json(e: &Event) -> Value {
     json!({
-        "EventID": e.event_id,
-        "CommandID": e.command_id,
+        "EventID": shown(&e.event_id),
+        "CommandID": shown(&e.command_id),
         "IntentID": e.intent_id,
         "GhostID": e.ghost_id,
         "SeedID": e.seed_id,
@@ -434,10 +535,11 @@ fn execution_json(r: Option<&Record>) -> Value {
         });
     };
     let e = &r.event;
-    let exec_id = e.execution_id.clone().unwrap_or_default();
+    let exec_id = shown(e.execution_id.as_deref().unwrap_or_default());
+    let command_id = shown(&r.command.command_id);
     json!({
         "MessageID": r.seq,
-        "CommandID": r.command.command_id,
+        "CommandID": command_id,
         "ExecutionID": exec_id,
         "IntentID": r.command.intent_id,
         "GhostID": e.ghost_id,
@@ -445,7 +547,7 @@ fn execution_json(r: Option<&Record>) -> Value {
         "Operation": r.command.operation,
         "Args": r.command.args,
         "SeedExecute": {
-            "ExecutionID": exec_id, "CommandID": r.command.command_id, "SeedID": r.command.seed_selector,
+            "ExecutionID": exec_id, "CommandID": command_id, "SeedID": r.command.seed_selector,
             "Operation": r.command.operation, "Args": r.command.args,
         },
         "SeedResult": {
@@ -471,9 +573,9 @@ fn verification_json(ghost: &str, r: &Record) -> Value {
         "command_message_id": r.seq,
         "command_message_type": 2,
         "event_message_type": 5,
-        "command_id": r.command.command_id,
-        "execution_id": e.execution_id,
-        "event_id": e.event_id,
+        "command_id": shown(&r.command.command_id),
+        "execution_id": e.execution_id.as_deref().map(shown),
+        "event_id": shown(&e.event_id),
         "ghost_id": e.ghost_id,
         "seed_id": e.seed_id,
         "operation": r.command.operation,
@@ -482,6 +584,8 @@ fn verification_json(ghost: &str, r: &Record) -> Value {
         "exit_code": e.exit_code.unwrap_or(0),
         "timestamp_ms": e.timestamp_ms.unwrap_or(0),
         "status": e.outcome.as_str(),
+        // ext: who sent it ("session" = Mirage, "admin" = this boundary).
+        "source": r.source,
     })
 }
 
@@ -526,10 +630,10 @@ async fn execute(ctx: &AdminCtx, m: &Map<String, Value>) -> Value {
     let g = &ctx.cfg.ghost_id;
     let or = |v: &str, d: String| if v.is_empty() { d } else { v.to_owned() };
     let cmd = Command {
-        command_id: or(
+        command_id: admin_ns(&or(
             s(c, "command_id"),
             format!("cmd.{g}.{}.{n}", shared::now_ms()),
-        ),
+        )),
         intent_id: or(s(c, "intent_id"), format!("intent.{g}.{n}")),
         ghost_id: g.clone(),
         seed_selector: seed.to_owned(),
@@ -586,7 +690,7 @@ async fn execute_envelope(ctx: &AdminCtx, m: &Map<String, Value>) -> Value {
             frame.message_type
         ));
     }
-    let cmd = match Envelope::from_frame(&frame) {
+    let mut cmd = match Envelope::from_frame(&frame) {
         Ok(Envelope::Command(c)) => c,
         Ok(_) => return err("ghost.admin: command_frame is not a command"),
         Err(e) => {
@@ -596,8 +700,15 @@ async fn execute_envelope(ctx: &AdminCtx, m: &Map<String, Value>) -> Value {
             ))
         }
     };
+    if let Some(token) = cmd.lock_token.take() {
+        if let Err(e) = admin_fence(ctx, cmd.seed_selector.trim(), token) {
+            tracing::warn!(component = "ghost.admin", command_id = %cmd.command_id, seed = %cmd.seed_selector, error = %e, "execute_envelope refused");
+            return err(e);
+        }
+    }
+    cmd.command_id = admin_ns(&cmd.command_id);
     match run(ctx, cmd).await {
-        Ok(ev) => match Envelope::Event(ev)
+        Ok(ev) => match Envelope::Event(shown_event(ev))
             .to_frame(frame.message_id)
             .and_then(|f| f.to_bytes())
         {
@@ -624,6 +735,27 @@ pub fn admin_addr_allowed(addr: &str, token: &str) -> Result<SocketAddr, String>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn token_compare_is_exact() {
+        assert!(constant_eq("s3cret", "s3cret"));
+        assert!(!constant_eq("s3cret", "s3cre"));
+        assert!(!constant_eq("", "s3cret"));
+        assert!(!constant_eq("s3cret", "s3creT"));
+        assert!(constant_eq("", ""));
+    }
+
+    #[test]
+    fn admin_ids_are_shown_without_their_namespace() {
+        let id = admin_ns("cmd.i.1");
+        assert_eq!(id, "admin:cmd.i.1");
+        assert_eq!(shown(&id), "cmd.i.1");
+        assert_eq!(shown(&format!("evt.{id}")), "evt.cmd.i.1");
+        assert_eq!(shown(&format!("exec.{id}")), "exec.cmd.i.1");
+        // Mirage's ids are never touched, even one that mentions the prefix later.
+        assert_eq!(shown("cmd.admin:x.1"), "cmd.admin:x.1");
+        assert_eq!(shown("evt.cmd.i.1"), "evt.cmd.i.1");
+    }
 
     #[test]
     fn bounded_lines_discard_oversize_and_continue() {

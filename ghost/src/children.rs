@@ -3,7 +3,7 @@
 //! Bounded in number; killed when the parent stops.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use serde_json::{json, Value};
@@ -26,6 +26,31 @@ pub fn derive_suffix(target: &str) -> String {
         s = s.replace("..", ".");
     }
     s
+}
+
+/// The child's config holds the admin token and the HMAC key: the file is 0600 in a 0700
+/// directory, tightened if they already existed.
+fn write_private(dir: &Path, file: &Path, text: &str) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+    let ctx = |p: &Path, e: std::io::Error| format!("ghost: child config {}: {e}", p.display());
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| ctx(dir, e))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| ctx(dir, e))?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(file)
+        .map_err(|e| ctx(file, e))?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| ctx(file, e))?;
+    f.write_all(text.as_bytes()).map_err(|e| ctx(file, e))
 }
 
 struct ChildInfo {
@@ -72,11 +97,9 @@ impl Children {
         cfg.seed.fs_root = String::new();
         cfg.max_children = 0;
         cfg.validate()?;
-        std::fs::create_dir_all(&cfg.data_dir)
-            .map_err(|e| format!("ghost: child data dir {}: {e}", cfg.data_dir.display()))?;
         let cfg_path = cfg.data_dir.join("ghost.toml");
         let text = toml::to_string(&cfg).map_err(|e| format!("ghost: child config: {e}"))?;
-        std::fs::write(&cfg_path, text).map_err(|e| format!("ghost: child config: {e}"))?;
+        write_private(&cfg.data_dir, &cfg_path, &text)?;
         let log = std::fs::File::create(cfg.data_dir.join("ghost.log"))
             .map_err(|e| format!("ghost: child log: {e}"))?;
         let exe = std::env::current_exe().map_err(|e| format!("ghost: own executable: {e}"))?;
@@ -135,6 +158,24 @@ impl Drop for Children {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn child_config_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("ghost-child-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let sub = dir.join("children").join("c");
+        std::fs::create_dir_all(&sub).unwrap();
+        std::fs::set_permissions(&sub, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let f = sub.join("ghost.toml");
+        std::fs::write(&f, "old").unwrap();
+        write_private(&sub, &f, "token = \"x\"").unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&sub), 0o700);
+        assert_eq!(mode(&f), 0o600);
+        assert_eq!(std::fs::read_to_string(&f).unwrap(), "token = \"x\"");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn suffix_rules() {

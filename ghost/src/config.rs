@@ -52,6 +52,9 @@ pub struct AdminConfig {
     pub listen: String,
     /// Required as `"token"` in every request when set.
     pub token: String,
+    /// `execute` and `execute_envelope` run seeds, so without `token` they are refused
+    /// unless this is true (for an edgectl Mirage, which cannot send a token). Loopback only.
+    pub execute_without_token: bool,
     /// A connection has this long to complete each request line (from connecting, or from
     /// its previous answer); then it is closed. Bounds how long an idle, half-open or
     /// byte-dribbling connection holds one of the 64 connection slots.
@@ -63,6 +66,7 @@ impl Default for AdminConfig {
         AdminConfig {
             listen: String::new(),
             token: String::new(),
+            execute_without_token: false,
             idle_timeout_ms: 10_000,
         }
     }
@@ -91,6 +95,9 @@ pub struct SeedConfig {
     /// seed.fs root; empty = `<data_dir>/fs`.
     pub fs_root: String,
     pub fs_max_file_bytes: u64,
+    /// Quota: total bytes of files under the seed.fs root; a write past it is refused.
+    /// 0 = no quota.
+    pub fs_max_total_bytes: u64,
     pub kv_max_keys: usize,
     pub kv_max_value_bytes: usize,
     pub flow_max_sleep_ms: u64,
@@ -107,12 +114,29 @@ impl Default for SeedConfig {
         SeedConfig {
             fs_root: String::new(),
             fs_max_file_bytes: 1024 * 1024,
+            fs_max_total_bytes: 1024 * 1024 * 1024,
             kv_max_keys: 100_000,
             kv_max_value_bytes: 64 * 1024,
             flow_max_sleep_ms: 60_000,
             mailbox: 1024,
             max_output_bytes: 64 * 1024,
             stop_grace_ms: 5_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OutboxConfig {
+    /// Bytes preallocated in `data_dir/outbox.reserve` and given back to the disk when the
+    /// store cannot write (a full disk), so terminal events are still persisted. 0 = off.
+    pub reserve_bytes: u64,
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        OutboxConfig {
+            reserve_bytes: 8 * 1024 * 1024,
         }
     }
 }
@@ -162,6 +186,7 @@ pub struct GhostConfig {
     pub backoff: Backoff,
     pub dedupe: DedupeConfig,
     pub seed: SeedConfig,
+    pub outbox: OutboxConfig,
     pub tls: TlsConfig,
     pub auth: AuthConfig,
     /// Children started through `spawn_ghost` at most.
@@ -185,6 +210,7 @@ impl Default for GhostConfig {
             backoff: Backoff::default(),
             dedupe: DedupeConfig::default(),
             seed: SeedConfig::default(),
+            outbox: OutboxConfig::default(),
             tls: TlsConfig::default(),
             auth: AuthConfig::default(),
             max_children: 16,

@@ -7,6 +7,7 @@ pub mod children;
 pub mod config;
 pub mod instance;
 pub mod logic;
+pub mod reserve;
 pub mod runtime;
 pub mod seeds;
 pub mod store;

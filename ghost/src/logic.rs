@@ -1,7 +1,7 @@
 //! Pure state machines of the Ghost: lifecycle, command boundary checks, the command_id
 //! dedupe window, lock fences and the outbox. No I/O and no clocks: callers pass `now_ms`.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use bytes::Bytes;
 use shared::envelope::Command;
@@ -95,6 +95,19 @@ impl Fences {
     }
 }
 
+/// How long the command has left, as this Ghost sees it at `now_ms` (its wall clock);
+/// negative once passed. The relative budget Mirage attaches (ext 207) is preferred: it does
+/// not depend on the two clocks agreeing. Without one (an edgectl Mirage, the admin
+/// boundary), the absolute `deadline_ms` is compared with this Ghost's clock, edgectl's
+/// meaning, which is off by the clock skew.
+pub fn remaining_ms(cmd: &Command, now_ms: u64) -> Option<i64> {
+    if let Some(b) = cmd.budget_ms() {
+        return Some(b.min(i64::MAX as u64) as i64);
+    }
+    cmd.deadline_ms
+        .map(|d| (d as i128 - now_ms as i128).clamp(i64::MIN as i128, i64::MAX as i128) as i64)
+}
+
 /// The command boundary, in the documented order:
 /// 1. the Ghost is radiating;
 /// 2. the command is addressed to this Ghost;
@@ -126,11 +139,19 @@ pub fn check_command(
             ),
         );
     }
-    if let Some(deadline) = cmd.deadline_ms {
-        if now_ms > deadline {
+    if let Some(left) = remaining_ms(cmd, now_ms) {
+        if left < 0 {
             return reject(
                 code::RUNTIME,
-                format!("deadline passed {} ms ago; not started", now_ms - deadline),
+                format!(
+                    "deadline passed {} ms ago; not started{}",
+                    left.unsigned_abs(),
+                    if cmd.budget_ms().is_none() {
+                        " (absolute deadline against this Ghost's clock: check its clock if Mirage's differs)"
+                    } else {
+                        ""
+                    }
+                ),
             );
         }
     }
@@ -170,6 +191,31 @@ pub fn check_command(
 
 // ---------------------------------------------------------------- dedupe window
 
+// Every age below is measured on the Ghost clock (`store::GhostClock`): milliseconds of Ghost
+// run time, carried across restarts from the highest value persisted. A wall-clock jump
+// cannot move it, and time the Ghost was down does not count: records can only be kept
+// longer than their window, never shorter, and a command that is kept too long costs memory
+// (bounded by `max_entries`), one that is forgotten too soon may run twice.
+
+/// Until when (Ghost clock) a record of a command received at `now` must be kept: the window,
+/// plus the time Mirage may still re-send the same command_id (`remaining_ms`, the command's
+/// budget at receipt). Without a deadline nobody can say when re-sending stops: `u64::MAX`
+/// (kept until the command ends, or evicted by `max_entries`).
+pub fn keep_until(now: u64, window_ms: u64, remaining_ms: Option<i64>) -> u64 {
+    match remaining_ms {
+        Some(r) => now
+            .saturating_add(window_ms)
+            .saturating_add(r.max(0) as u64),
+        None => u64::MAX,
+    }
+}
+
+/// Where the Ghost clock resumes after a restart: past every value it has persisted (the
+/// clock itself is saved every prune tick; stamps written since then are newer).
+pub fn resume_clock(persisted: impl IntoIterator<Item = u64>) -> u64 {
+    persisted.into_iter().max().unwrap_or(0)
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Seen {
     /// First time: claimed, now in flight.
@@ -178,29 +224,39 @@ pub enum Seen {
     InFlight,
     /// Done inside the window: send this stored event (TLV payload) again.
     Done(Bytes),
-    /// Claimed again, but a start was recorded at `started_ms` and no end: the Ghost stopped
-    /// while the seed had it, so its effect is unknown ([`after_interruption`] decides).
+    /// Claimed again, but a start was recorded at `started_ms` (wall clock, for the message)
+    /// and no end: the Ghost stopped while the seed had it, so its effect is unknown
+    /// ([`after_interruption`] decides).
     Interrupted { started_ms: u64 },
 }
 
 #[derive(Debug, Clone)]
 enum Entry {
     InFlight,
-    Done { event: Bytes },
+    Done { event: Bytes, keep_until: u64 },
 }
 
-/// command_id → terminal event, kept at least `window_ms`, at most `max_entries`.
+/// A persisted start marker: wall time of the start (shown to people) and until when it is
+/// kept on the Ghost clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Marker {
+    pub started_ms: u64,
+    pub keep_until: u64,
+}
+
+/// command_id → terminal event, kept at least `window_ms` of Ghost clock (longer when Mirage
+/// may re-send the command later), at most `max_entries`.
 #[derive(Debug)]
 pub struct DedupeWindow {
     window_ms: u64,
     max_entries: usize,
     entries: HashMap<String, Entry>,
-    /// Completion order for expiry.
-    order: VecDeque<(u64, String)>,
-    /// Entries dropped before their window ended because of `max_entries` (should stay 0).
+    /// (keep_until, command_id) of done entries, for expiry and early eviction.
+    expiry: BTreeSet<(u64, String)>,
+    /// Entries dropped before their time because of `max_entries` (should stay 0).
     pub evicted_early: u64,
-    /// command_id → start time of executions recorded as started and not (yet) finished.
-    started: HashMap<String, u64>,
+    /// command_id → marker of executions recorded as started and not (yet) finished.
+    started: HashMap<String, Marker>,
 }
 
 impl DedupeWindow {
@@ -209,20 +265,26 @@ impl DedupeWindow {
             window_ms,
             max_entries: max_entries.max(1),
             entries: HashMap::new(),
-            order: VecDeque::new(),
+            expiry: BTreeSet::new(),
             evicted_early: 0,
             started: HashMap::new(),
         }
     }
 
+    pub fn window_ms(&self) -> u64 {
+        self.window_ms
+    }
+
     pub fn check_and_claim(&mut self, command_id: &str) -> Seen {
         match self.entries.get(command_id) {
             Some(Entry::InFlight) => Seen::InFlight,
-            Some(Entry::Done { event }) => Seen::Done(event.clone()),
+            Some(Entry::Done { event, .. }) => Seen::Done(event.clone()),
             None => {
                 self.entries.insert(command_id.to_owned(), Entry::InFlight);
                 match self.started.get(command_id) {
-                    Some(&started_ms) => Seen::Interrupted { started_ms },
+                    Some(m) => Seen::Interrupted {
+                        started_ms: m.started_ms,
+                    },
                     None => Seen::New,
                 }
             }
@@ -231,14 +293,26 @@ impl DedupeWindow {
 
     /// The start of a claimed command's execution was recorded (persisted). Until the
     /// command completes, claiming it again after a release or a restart says `Interrupted`.
-    pub fn started(&mut self, command_id: &str, started_ms: u64) {
-        self.started.insert(command_id.to_owned(), started_ms);
+    pub fn started(&mut self, command_id: &str, marker: Marker) {
+        self.restore_started(command_id.to_owned(), marker);
     }
 
     /// Restores a persisted start marker that has no execution record (the Ghost stopped
     /// while the command ran).
-    pub fn restore_started(&mut self, command_id: String, started_ms: u64) {
-        self.started.insert(command_id, started_ms);
+    pub fn restore_started(&mut self, command_id: String, marker: Marker) {
+        self.started.insert(command_id, marker);
+        if self.started.len() > self.max_entries {
+            // Markers are only left by crashes, so this is rare: a scan is fine.
+            let first = self
+                .started
+                .iter()
+                .min_by_key(|(_, m)| m.keep_until)
+                .map(|(id, _)| id.clone());
+            if let Some(id) = first {
+                self.started.remove(&id);
+                self.evicted_early += 1;
+            }
+        }
     }
 
     /// Start markers held (recorded, not finished).
@@ -246,21 +320,15 @@ impl DedupeWindow {
         self.started.len()
     }
 
-    /// Stores the terminal event; returns ids evicted early to stay within `max_entries`.
-    pub fn complete(&mut self, command_id: &str, event: Bytes, now_ms: u64) -> Vec<String> {
-        self.started.remove(command_id);
-        self.entries
-            .insert(command_id.to_owned(), Entry::Done { event });
-        self.order.push_back((now_ms, command_id.to_owned()));
-        let mut evicted = Vec::new();
-        while self.order.len() > self.max_entries {
-            if let Some((_, id)) = self.order.pop_front() {
-                self.entries.remove(&id);
-                self.evicted_early += 1;
-                evicted.push(id);
-            }
+    /// Stores the terminal event at `now` (Ghost clock); returns ids evicted early to stay
+    /// within `max_entries`. The record is kept at least as long as the command's start
+    /// marker would have been (Mirage may still re-send it).
+    pub fn complete(&mut self, command_id: &str, event: Bytes, now: u64) -> Vec<String> {
+        let mut keep = now.saturating_add(self.window_ms);
+        if let Some(m) = self.started.remove(command_id) {
+            keep = keep.max(m.keep_until);
         }
-        evicted
+        self.restore(command_id.to_owned(), event, keep)
     }
 
     /// Drops a claim whose execution could not be recorded (so a retry may run it).
@@ -270,28 +338,39 @@ impl DedupeWindow {
         }
     }
 
-    /// Restores a persisted entry (oldest first).
-    pub fn restore(&mut self, command_id: String, event: Bytes, done_ms: u64) {
+    /// Restores a persisted entry kept until `keep_until` (Ghost clock); returns ids evicted
+    /// early to stay within `max_entries`.
+    pub fn restore(&mut self, command_id: String, event: Bytes, keep_until: u64) -> Vec<String> {
+        if let Some(Entry::Done { keep_until: k, .. }) = self.entries.get(&command_id) {
+            self.expiry.remove(&(*k, command_id.clone()));
+        }
+        self.expiry.insert((keep_until, command_id.clone()));
         self.entries
-            .insert(command_id.clone(), Entry::Done { event });
-        self.order.push_back((done_ms, command_id));
+            .insert(command_id, Entry::Done { event, keep_until });
+        let mut evicted = Vec::new();
+        while self.expiry.len() > self.max_entries {
+            if let Some((_, id)) = self.expiry.pop_first() {
+                self.entries.remove(&id);
+                self.evicted_early += 1;
+                evicted.push(id);
+            }
+        }
+        evicted
     }
 
-    /// Removes entries older than the window; returns the cutoff to prune storage with.
-    pub fn expire(&mut self, now_ms: u64) -> u64 {
-        let cutoff = now_ms.saturating_sub(self.window_ms);
-        // Mirage stops re-sending long before the window ends (step timeouts ≤ 24 h are
-        // attempts, and a retry has a new command_id), so old markers only cost memory.
-        self.started.retain(|_, at| *at >= cutoff);
-        while let Some((at, _)) = self.order.front() {
-            if *at >= cutoff {
+    /// Removes what is kept until before `now` (Ghost clock); returns `now`, the cutoff to
+    /// prune storage with.
+    pub fn expire(&mut self, now: u64) -> u64 {
+        self.started.retain(|_, m| m.keep_until >= now);
+        while let Some((at, _)) = self.expiry.first() {
+            if *at >= now {
                 break;
             }
-            if let Some((_, id)) = self.order.pop_front() {
+            if let Some((_, id)) = self.expiry.pop_first() {
                 self.entries.remove(&id);
             }
         }
-        cutoff
+        now
     }
 
     pub fn len(&self) -> usize {
@@ -577,11 +656,18 @@ mod tests {
         assert_eq!(d.check_and_claim("c1"), Seen::New);
     }
 
+    fn mk(started_ms: u64, keep_until: u64) -> Marker {
+        Marker {
+            started_ms,
+            keep_until,
+        }
+    }
+
     #[test]
     fn a_started_command_claimed_again_is_interrupted_until_it_completes() {
         let mut d = DedupeWindow::new(1000, 10);
         assert_eq!(d.check_and_claim("c1"), Seen::New);
-        d.started("c1", 50);
+        d.started("c1", mk(50, 5000));
         assert_eq!(
             d.check_and_claim("c1"),
             Seen::InFlight,
@@ -599,20 +685,91 @@ mod tests {
             d.check_and_claim("c1"),
             Seen::Done(Bytes::from_static(b"ev"))
         );
-        // After a restart: restored markers, expired with the window.
+        // Completed, the record is kept as long as its marker would have been (5000), not
+        // only one window from completion (1060): Mirage may still re-send it.
+        d.expire(4000);
+        assert!(matches!(d.check_and_claim("c1"), Seen::Done(_)));
+        d.expire(5001);
+        assert_eq!(d.check_and_claim("c1"), Seen::New);
+        // After a restart: restored markers, expired on their own keep_until.
         let mut d = DedupeWindow::new(1000, 10);
-        d.restore_started("c2".into(), 100);
-        d.restore_started("c3".into(), 2000);
+        d.restore_started("c2".into(), mk(100, 1100));
+        d.restore_started("c3".into(), mk(100, 3000));
+        d.restore_started("c4".into(), mk(100, u64::MAX));
         d.expire(1500);
         assert_eq!(
             d.check_and_claim("c2"),
             Seen::New,
-            "outside the window: forgotten"
+            "past its keep_until: forgotten"
         );
         assert_eq!(
             d.check_and_claim("c3"),
-            Seen::Interrupted { started_ms: 2000 }
+            Seen::Interrupted { started_ms: 100 }
         );
+        d.expire(u64::MAX - 1);
+        assert_eq!(
+            d.check_and_claim("c4"),
+            Seen::Interrupted { started_ms: 100 },
+            "no deadline: kept until the command ends"
+        );
+    }
+
+    #[test]
+    fn markers_are_kept_while_mirage_can_re_send_and_age_only_on_the_ghost_clock() {
+        // Budget 2 h at receipt, window 15 min: the marker outlives both.
+        let w = 15 * 60_000;
+        assert_eq!(keep_until(10, w, Some(7_200_000)), 10 + w + 7_200_000);
+        assert_eq!(
+            keep_until(10, w, Some(-5)),
+            10 + w,
+            "a passed budget adds nothing"
+        );
+        assert_eq!(keep_until(10, w, None), u64::MAX);
+        assert_eq!(keep_until(u64::MAX - 1, w, Some(i64::MAX)), u64::MAX);
+        // The clock resumes past everything persisted; the wall clock plays no part, so a
+        // Ghost restarted with its wall clock an hour ahead ages nothing by that hour.
+        assert_eq!(resume_clock([5, 90, 40]), 90);
+        assert_eq!(resume_clock([]), 0);
+        let mut d = DedupeWindow::new(w, 10);
+        d.check_and_claim("c1");
+        d.started(
+            "c1",
+            mk(1_700_000_000_000, keep_until(90, w, Some(7_200_000))),
+        );
+        d.release("c1");
+        // One second of Ghost clock after the restart: still interrupted.
+        d.expire(resume_clock([90]) + 1000);
+        assert_eq!(
+            d.check_and_claim("c1"),
+            Seen::Interrupted {
+                started_ms: 1_700_000_000_000
+            }
+        );
+    }
+
+    #[test]
+    fn the_relative_budget_wins_over_the_absolute_deadline() {
+        let mut m = cmd("seed.flow", "status");
+        assert_eq!(remaining_ms(&m, 1000), None);
+        m.deadline_ms = Some(1500);
+        assert_eq!(remaining_ms(&m, 1000), Some(500));
+        assert_eq!(remaining_ms(&m, 2000), Some(-500));
+        // The Ghost's clock is an hour ahead of Mirage's: the absolute deadline looks long
+        // gone, the budget Mirage attached says 30 s are left.
+        m.deadline_ms = Some(1_000_030_000);
+        m.attach_budget(1_000_000_000);
+        assert_eq!(m.budget_ms(), Some(30_000));
+        assert_eq!(remaining_ms(&m, 1_000_000_000 + 3_600_000), Some(30_000));
+        let (c, f) = (catalog(), Fences::default());
+        assert!(check_command(&m, Phase::Radiating, "g1", &c, &f, 1_003_600_000).is_ok());
+        m.extra.clear();
+        let e = check_command(&m, Phase::Radiating, "g1", &c, &f, 1_003_600_000).unwrap_err();
+        assert!(
+            e.reason.contains("deadline passed 3570000 ms ago"),
+            "{}",
+            e.reason
+        );
+        assert!(e.reason.contains("check its clock"), "{}", e.reason);
     }
 
     #[test]
@@ -650,8 +807,14 @@ mod tests {
             d.check_and_claim(&id);
             d.complete(&id, Bytes::new(), i);
         }
-        assert_eq!(d.len(), 3);
-        assert_eq!(d.evicted_early, 2);
+        d.check_and_claim("m1");
+        for i in 0..5 {
+            d.restore_started(format!("m{i}"), mk(i, i));
+        }
+        assert_eq!(d.started_len(), 3, "markers are bounded too");
+        assert_eq!(d.len(), 4, "3 done and the claim of m1");
+        d.release("m1");
+        assert_eq!(d.evicted_early, 4);
         assert_eq!(d.check_and_claim("c0"), Seen::New);
     }
 

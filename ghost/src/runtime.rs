@@ -17,13 +17,15 @@ use crate::admin::{self, AdminCtx};
 use crate::children::Children;
 use crate::config::{GhostConfig, Policy};
 use crate::logic::{Catalog, DedupeWindow, Fences, OutboxState, Phase};
+use crate::reserve::Reserve;
 use crate::seeds::{builtin, Registry, SeedCtx, SeedSettings};
-use crate::store::{Db, Store};
+use crate::store::{Db, GhostClock, Store};
 
 pub fn seed_settings(cfg: &GhostConfig) -> SeedSettings {
     SeedSettings {
         fs_root: cfg.fs_root(),
         fs_max_file_bytes: cfg.seed.fs_max_file_bytes,
+        fs_max_total_bytes: cfg.seed.fs_max_total_bytes,
         kv_max_keys: cfg.seed.kv_max_keys,
         kv_max_value_bytes: cfg.seed.kv_max_value_bytes,
         flow_max_sleep_ms: cfg.seed.flow_max_sleep_ms,
@@ -50,21 +52,20 @@ pub fn serve(cfg: GhostConfig) -> Result<i32, String> {
         catalog.insert(id, seed);
     }
 
-    let mut db = Db::open(&cfg.data_dir)
+    let window_ms = cfg.dedupe.window_ms;
+    let mut db = Db::open(&cfg.data_dir, window_ms)
         .map_err(|e| format!("{e} (data_dir {})", cfg.data_dir.display()))?;
     let instance_id = crate::instance::load_or_create(&cfg.data_dir)?;
-    let now = shared::now_ms();
-    let rec = db
-        .recover(now.saturating_sub(cfg.dedupe.window_ms))
-        .map_err(|e| e.to_string())?;
-    tracing::info!(component = "ghost", ghost_id = %cfg.ghost_id, instance_id = %instance_id, outbox = rec.outbox.len(), executions = rec.executions.len(), interrupted = rec.started.len(), failed_events = rec.failed_events, "recovered state");
-    let mut dedupe = DedupeWindow::new(cfg.dedupe.window_ms, cfg.dedupe.max_entries);
-    for (cid, ev, at) in rec.executions {
-        dedupe.restore(cid, ev, at);
+    let rec = db.recover().map_err(|e| e.to_string())?;
+    let clock = GhostClock::resume(rec.clock_ms);
+    tracing::info!(component = "ghost", ghost_id = %cfg.ghost_id, instance_id = %instance_id, outbox = rec.outbox.len(), executions = rec.executions.len(), interrupted = rec.started.len(), failed_events = rec.failed_events, ghost_clock_ms = rec.clock_ms, "recovered state");
+    let mut dedupe = DedupeWindow::new(window_ms, cfg.dedupe.max_entries);
+    for (cid, ev, keep) in rec.executions {
+        dedupe.restore(cid, ev, keep);
     }
-    for (cid, at) in rec.started {
-        tracing::warn!(component = "ghost", command_id = %cid, started_ms = at, "command was executing when the Ghost stopped; its effect is unknown");
-        dedupe.restore_started(cid, at);
+    for (cid, marker) in rec.started {
+        tracing::warn!(component = "ghost", command_id = %cid, started_ms = marker.started_ms, "command was executing when the Ghost stopped; its effect is unknown");
+        dedupe.restore_started(cid, marker);
     }
     let mut outbox_state = OutboxState::new(cfg.mirage.max_in_flight);
     for (seq, id, payload) in rec.outbox {
@@ -72,6 +73,16 @@ pub fn serve(cfg: GhostConfig) -> Result<i32, String> {
     }
     let fences = Fences(rec.fences.into_iter().collect());
     let phase = phase.radiate()?;
+    // Room on the data dir's disk that only the outbox can take back (a full disk).
+    let reserve = (cfg.outbox.reserve_bytes > 0).then(|| {
+        let r = Arc::new(Reserve::new(&cfg.data_dir, cfg.outbox.reserve_bytes));
+        match r.ensure() {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(component = "ghost", bytes = cfg.outbox.reserve_bytes, data_dir = %cfg.data_dir.display(), "not enough free space for the outbox disk reserve; made later when there is"),
+            Err(e) => tracing::warn!(component = "ghost", error = %e, "cannot make the outbox disk reserve"),
+        }
+        r
+    });
 
     let sys = actix_rt::System::new();
     let children = Rc::new(RefCell::new(Children::default()));
@@ -82,9 +93,9 @@ pub fn serve(cfg: GhostConfig) -> Result<i32, String> {
         let store_addr = SyncArbiter::start(1, move || {
             let db = db_slot.lock().unwrap_or_else(|p| p.into_inner()).take();
             // Only the first start has the opened handle; a restart reopens the file.
-            let db = db.map(Ok).unwrap_or_else(|| Db::open(&data_dir));
+            let db = db.map(Ok).unwrap_or_else(|| Db::open(&data_dir, window_ms));
             match db {
-                Ok(db) => Store::new(db),
+                Ok(db) => Store::new(db, clock, window_ms),
                 Err(e) => {
                     tracing::error!(component = "ghost.store", error = %e, "cannot reopen store");
                     System::current().stop_with_code(4);
@@ -126,10 +137,10 @@ pub fn serve(cfg: GhostConfig) -> Result<i32, String> {
             seed_addrs.values().map(|a| a.addr().clone()).collect();
         let stop_grace = std::time::Duration::from_millis(cfg.seed.stop_grace_ms);
 
-        let outbox = MeteredAddr::new(
-            Outbox::new(outbox_state, store.clone(), cfg.timeouts.ack_timeout_ms).start(),
-            "ghost.outbox",
-        );
+        let outbox = Outbox::new(outbox_state, store.clone(), cfg.timeouts.ack_timeout_ms)
+            .with_reserve(reserve.clone());
+        let outbox_health = outbox.health();
+        let outbox = MeteredAddr::new(outbox.start(), "ghost.outbox");
         drop(obs_tx);
         if cfg.mirage.policy == Policy::Headless {
             // No Mirage will ever ack them: keep them out of the durable outbox.
@@ -148,10 +159,13 @@ pub fn serve(cfg: GhostConfig) -> Result<i32, String> {
                 catalog,
                 fences,
                 dedupe,
+                clock,
                 seeds: seed_addrs,
                 seed_mailbox: cfg.seed.mailbox,
                 max_output: cfg.seed.max_output_bytes,
                 outbox: outbox.clone(),
+                outbox_health,
+                reserve,
                 store: store.clone(),
             })
             .start(),

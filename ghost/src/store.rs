@@ -5,8 +5,12 @@
 //!
 //! `synchronous=NORMAL` in WAL mode: a committed write survives a process crash (SIGKILL),
 //! which is the failure this store exists for; only an OS crash can lose the last commits.
+//!
+//! Records age on the [`GhostClock`], never on the wall clock: a clock set forward while the
+//! Ghost was down must not make the window forget a command Mirage is about to re-send.
 
 use std::path::Path;
+use std::time::Instant;
 
 use actix::prelude::*;
 use bytes::Bytes;
@@ -18,30 +22,94 @@ pub enum StoreError {
     Sql(#[from] rusqlite::Error),
     #[error("store: {0}")]
     Io(#[from] std::io::Error),
+    /// The files are not what they should be (wiped, corrupt); the message names them.
+    #[error("store: {0}")]
+    Refused(String),
+}
+
+/// What ghost.db keeps, for the messages that refuse to start without it.
+const HOLDS: &str = "the outbox, the dedupe window, start markers and lock fences";
+
+/// The Ghost's aging clock: milliseconds of Ghost run time, monotonic within a run
+/// (`Instant`) and resumed after a restart from the highest value the store holds. Neither a
+/// wall-clock jump nor the time the Ghost was down moves it, so a record is only ever kept
+/// longer than its window (see `logic::keep_until`).
+#[derive(Debug, Clone, Copy)]
+pub struct GhostClock {
+    base: u64,
+    origin: Instant,
+}
+
+impl GhostClock {
+    pub fn resume(base: u64) -> GhostClock {
+        GhostClock {
+            base,
+            origin: Instant::now(),
+        }
+    }
+
+    pub fn now(&self) -> u64 {
+        self.base
+            .saturating_add(self.origin.elapsed().as_millis().min(u64::MAX as u128) as u64)
+    }
+}
+
+/// SQLite stores i64; "kept until the command ends" (`u64::MAX`) is stored as `i64::MAX`.
+fn tick_sql(t: u64) -> i64 {
+    t.min(i64::MAX as u64) as i64
+}
+
+fn tick_from_sql(t: i64) -> u64 {
+    if t == i64::MAX {
+        u64::MAX
+    } else {
+        t.max(0) as u64
+    }
 }
 
 /// What a restart recovers.
 #[derive(Debug, Default)]
 pub struct Recovered {
+    /// Where the Ghost clock resumes (see [`GhostClock`]).
+    pub clock_ms: u64,
     /// (seq, event_id, payload) of events not yet acknowledged, oldest first.
     pub outbox: Vec<(u64, String, Bytes)>,
-    /// (command_id, event payload, done_ms) inside the dedupe window, oldest first.
+    /// (command_id, event payload, keep_until) still kept at `clock_ms`, oldest first.
     pub executions: Vec<(String, Bytes, u64)>,
-    /// (command_id, started_ms) of commands whose start was recorded and whose end was not
-    /// (the process stopped while the seed had them), inside the window, oldest first.
-    pub started: Vec<(String, u64)>,
+    /// (command_id, marker) of commands whose start was recorded and whose end was not (the
+    /// process stopped while the seed had them), still kept at `clock_ms`, oldest first.
+    pub started: Vec<(String, crate::logic::Marker)>,
     pub fences: Vec<(String, u64)>,
     pub failed_events: u64,
 }
 
 pub struct Db {
     conn: Connection,
+    path: std::path::PathBuf,
 }
 
+/// Columns added when aging moved to the Ghost clock; a database from before gets them, its
+/// old records keep one window of run time from now, its markers until their commands end.
+const AGING_COLUMNS: [(&str, &str); 4] = [
+    ("executions", "tick"),
+    ("executions", "keep_until"),
+    ("started", "tick"),
+    ("started", "keep_until"),
+];
+
 impl Db {
-    pub fn open(dir: &Path) -> Result<Db, StoreError> {
+    /// Opens (creating) `dir/ghost.db`. `window_ms` only matters for a database written
+    /// before aging moved to the Ghost clock (its records get one window from now).
+    pub fn open(dir: &Path, window_ms: u64) -> Result<Db, StoreError> {
         std::fs::create_dir_all(dir)?;
-        let conn = Connection::open(dir.join("ghost.db"))?;
+        let path = dir.join("ghost.db");
+        // Before SQLite touches the files: it would start empty on a wiped database and drop
+        // a damaged WAL without a word.
+        let checked = shared::dbguard::check(&path, HOLDS).map_err(StoreError::Refused)?;
+        for w in &checked.warnings {
+            tracing::error!(component = "ghost.store", file = %path.display(), warning = %w, "database files");
+        }
+        let conn = Connection::open(&path)?;
         conn.execute_batch(
             "PRAGMA journal_mode=WAL;
              PRAGMA synchronous=NORMAL;
@@ -59,7 +127,6 @@ impl Db {
                  event BLOB NOT NULL,
                  done_ms INTEGER NOT NULL
              );
-             CREATE INDEX IF NOT EXISTS executions_done ON executions(done_ms);
              CREATE TABLE IF NOT EXISTS started (
                  command_id TEXT PRIMARY KEY,
                  started_ms INTEGER NOT NULL
@@ -67,19 +134,83 @@ impl Db {
              CREATE TABLE IF NOT EXISTS fences (
                  seed_id TEXT PRIMARY KEY,
                  token INTEGER NOT NULL
+             );
+             CREATE TABLE IF NOT EXISTS meta (
+                 key TEXT PRIMARY KEY,
+                 value INTEGER NOT NULL
              );",
         )?;
-        Ok(Db { conn })
+        let mut db = Db {
+            conn,
+            path: path.clone(),
+        };
+        db.migrate_aging(window_ms)?;
+        shared::dbguard::mark(&path).map_err(|e| {
+            StoreError::Refused(format!(
+                "cannot write {}: {e}",
+                shared::dbguard::marker_path(&path).display()
+            ))
+        })?;
+        if checked.fresh {
+            tracing::info!(component = "ghost.store", file = %path.display(), "new database");
+        }
+        Ok(db)
+    }
+
+    /// Adds the Ghost-clock columns to a database that has only wall-clock ones.
+    fn migrate_aging(&mut self, window_ms: u64) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        let mut added = false;
+        for (table, col) in AGING_COLUMNS {
+            let has: bool = tx.query_row(
+                &format!("SELECT count(*) FROM pragma_table_info('{table}') WHERE name=?1"),
+                params![col],
+                |r| r.get::<_, i64>(0).map(|n| n > 0),
+            )?;
+            if !has {
+                tx.execute_batch(&format!(
+                    "ALTER TABLE {table} ADD COLUMN {col} INTEGER NOT NULL DEFAULT 0"
+                ))?;
+                added = true;
+            }
+        }
+        if added {
+            let clock: i64 = tx
+                .query_row("SELECT value FROM meta WHERE key='clock_ms'", [], |r| {
+                    r.get(0)
+                })
+                .optional()?
+                .unwrap_or(0);
+            let keep = tick_sql((clock as u64).saturating_add(window_ms));
+            tx.execute(
+                "UPDATE executions SET tick=?1, keep_until=?2",
+                params![clock, keep],
+            )?;
+            tx.execute(
+                "UPDATE started SET tick=?1, keep_until=?2",
+                params![clock, i64::MAX],
+            )?;
+        }
+        tx.execute_batch(
+            "CREATE INDEX IF NOT EXISTS executions_keep ON executions(keep_until);
+             CREATE INDEX IF NOT EXISTS started_keep ON started(keep_until);",
+        )?;
+        tx.commit()?;
+        Ok(())
     }
 
     /// Persists a terminal event (and, for a command, its execution record) in one
     /// transaction. Returns the outbox sequence; an event already waiting keeps its seq.
+    /// The execution is kept until `keep_until` (Ghost clock) or as long as its start marker
+    /// was, whichever is later.
     pub fn persist(
         &mut self,
         event_id: &str,
         command_id: Option<&str>,
         payload: &[u8],
         now_ms: u64,
+        tick: u64,
+        keep_until: u64,
     ) -> Result<u64, StoreError> {
         let tx = self.conn.transaction()?;
         tx.execute(
@@ -94,9 +225,17 @@ impl Db {
         )?;
         if let Some(cid) = command_id {
             tx.execute(
-                "INSERT INTO executions(command_id, event, done_ms) VALUES (?1, ?2, ?3)
+                "INSERT INTO executions(command_id, event, done_ms, tick, keep_until)
+                 VALUES (?1, ?2, ?3, ?4,
+                   max(?5, coalesce((SELECT keep_until FROM started WHERE command_id=?1), 0)))
                  ON CONFLICT(command_id) DO NOTHING",
-                params![cid, payload, now_ms as i64],
+                params![
+                    cid,
+                    payload,
+                    now_ms as i64,
+                    tick_sql(tick),
+                    tick_sql(keep_until)
+                ],
             )?;
             // Finished: no longer interrupted, whatever happens next.
             tx.execute("DELETE FROM started WHERE command_id=?1", params![cid])?;
@@ -106,11 +245,22 @@ impl Db {
     }
 
     /// Records that a command is being handed to its seed (before any effect can happen).
-    pub fn mark_started(&mut self, command_id: &str, now_ms: u64) -> Result<(), StoreError> {
+    pub fn mark_started(
+        &mut self,
+        command_id: &str,
+        now_ms: u64,
+        tick: u64,
+        keep_until: u64,
+    ) -> Result<(), StoreError> {
         self.conn.execute(
-            "INSERT INTO started(command_id, started_ms) VALUES (?1, ?2)
+            "INSERT INTO started(command_id, started_ms, tick, keep_until) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT(command_id) DO NOTHING",
-            params![command_id, now_ms as i64],
+            params![
+                command_id,
+                now_ms as i64,
+                tick_sql(tick),
+                tick_sql(keep_until)
+            ],
         )?;
         Ok(())
     }
@@ -138,15 +288,25 @@ impl Db {
         Ok(())
     }
 
-    pub fn prune_executions(&mut self, before_ms: u64) -> Result<usize, StoreError> {
-        self.conn.execute(
-            "DELETE FROM started WHERE started_ms < ?1",
-            params![before_ms as i64],
+    /// Drops what is kept until before `now` (Ghost clock) and saves the clock, so a restart
+    /// resumes it from here.
+    pub fn prune_executions(&mut self, now: u64) -> Result<usize, StoreError> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "DELETE FROM started WHERE keep_until < ?1",
+            params![tick_sql(now)],
         )?;
-        Ok(self.conn.execute(
-            "DELETE FROM executions WHERE done_ms < ?1",
-            params![before_ms as i64],
-        )?)
+        let n = tx.execute(
+            "DELETE FROM executions WHERE keep_until < ?1",
+            params![tick_sql(now)],
+        )?;
+        tx.execute(
+            "INSERT INTO meta(key, value) VALUES ('clock_ms', ?1)
+             ON CONFLICT(key) DO UPDATE SET value=max(value, excluded.value)",
+            params![tick_sql(now)],
+        )?;
+        tx.commit()?;
+        Ok(n)
     }
 
     pub fn execution(&self, command_id: &str) -> Result<Option<(Bytes, u64)>, StoreError> {
@@ -165,8 +325,50 @@ impl Db {
             .optional()?)
     }
 
-    pub fn recover(&mut self, window_start_ms: u64) -> Result<Recovered, StoreError> {
-        let mut rec = Recovered::default();
+    /// Where the Ghost clock resumes: the saved clock or the newest stamp, whichever is later.
+    pub fn clock(&self) -> Result<u64, StoreError> {
+        let saved: Option<i64> = self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key='clock_ms'", [], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        let newest = |table: &str| -> Result<i64, StoreError> {
+            Ok(self.conn.query_row(
+                &format!("SELECT coalesce(max(tick), 0) FROM {table}"),
+                [],
+                |r| r.get(0),
+            )?)
+        };
+        Ok(crate::logic::resume_clock(
+            [
+                saved.unwrap_or(0),
+                newest("executions")?,
+                newest("started")?,
+            ]
+            .map(|t| t.max(0) as u64),
+        ))
+    }
+
+    /// Everything a restart needs, aged on the resumed Ghost clock. A row that cannot be
+    /// read is corruption: the error names the file and says what to do.
+    pub fn recover(&mut self) -> Result<Recovered, StoreError> {
+        self.recover_rows().map_err(|e| {
+            StoreError::Refused(format!(
+                "{}: the stored state cannot be read ({e}): the database is corrupt. Restore it \
+                 from a backup; or, to start with an empty database on purpose, move it and {} aside",
+                self.path.display(),
+                shared::dbguard::marker_path(&self.path).display()
+            ))
+        })
+    }
+
+    fn recover_rows(&mut self) -> Result<Recovered, StoreError> {
+        let mut rec = Recovered {
+            clock_ms: self.clock()?,
+            ..Default::default()
+        };
+        let now = tick_sql(rec.clock_ms);
         let mut st = self.conn.prepare(
             "SELECT seq, event_id, payload FROM outbox WHERE state='pending' ORDER BY seq",
         )?;
@@ -180,25 +382,32 @@ impl Db {
             })?
             .collect::<Result<_, _>>()?;
         let mut st = self.conn.prepare(
-            "SELECT command_id, event, done_ms FROM executions WHERE done_ms >= ?1 ORDER BY done_ms",
+            "SELECT command_id, event, keep_until FROM executions WHERE keep_until >= ?1
+             ORDER BY tick",
         )?;
         rec.executions = st
-            .query_map(params![window_start_ms as i64], |r| {
+            .query_map(params![now], |r| {
                 Ok((
                     r.get::<_, String>(0)?,
                     Bytes::from(r.get::<_, Vec<u8>>(1)?),
-                    r.get::<_, i64>(2)? as u64,
+                    tick_from_sql(r.get::<_, i64>(2)?),
                 ))
             })?
             .collect::<Result<_, _>>()?;
         let mut st = self.conn.prepare(
-            "SELECT s.command_id, s.started_ms FROM started s
+            "SELECT s.command_id, s.started_ms, s.keep_until FROM started s
              LEFT JOIN executions e ON e.command_id = s.command_id
-             WHERE e.command_id IS NULL AND s.started_ms >= ?1 ORDER BY s.started_ms",
+             WHERE e.command_id IS NULL AND s.keep_until >= ?1 ORDER BY s.tick",
         )?;
         rec.started = st
-            .query_map(params![window_start_ms as i64], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+            .query_map(params![now], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    crate::logic::Marker {
+                        started_ms: r.get::<_, i64>(1)?.max(0) as u64,
+                        keep_until: tick_from_sql(r.get::<_, i64>(2)?),
+                    },
+                ))
             })?
             .collect::<Result<_, _>>()?;
         let mut st = self.conn.prepare("SELECT seed_id, token FROM fences")?;
@@ -216,14 +425,20 @@ impl Db {
     }
 }
 
-/// The single writer.
+/// The single writer. It stamps records with the Ghost clock it shares with the dispatcher.
 pub struct Store {
     db: Db,
+    clock: GhostClock,
+    window_ms: u64,
 }
 
 impl Store {
-    pub fn new(db: Db) -> Store {
-        Store { db }
+    pub fn new(db: Db, clock: GhostClock, window_ms: u64) -> Store {
+        Store {
+            db,
+            clock,
+            window_ms,
+        }
     }
 }
 
@@ -237,14 +452,23 @@ pub struct Persist {
     pub event_id: String,
     pub command_id: Option<String>,
     pub payload: Bytes,
+    /// Wall clock, for people reading the outbox; aging uses the Ghost clock.
     pub now_ms: u64,
 }
 
 impl Handler<Persist> for Store {
     type Result = Result<u64, String>;
     fn handle(&mut self, m: Persist, _: &mut SyncContext<Self>) -> Self::Result {
+        let tick = self.clock.now();
         self.db
-            .persist(&m.event_id, m.command_id.as_deref(), &m.payload, m.now_ms)
+            .persist(
+                &m.event_id,
+                m.command_id.as_deref(),
+                &m.payload,
+                m.now_ms,
+                tick,
+                tick.saturating_add(self.window_ms),
+            )
             .map_err(|e| e.to_string())
     }
 }
@@ -263,13 +487,18 @@ pub enum Update {
         seed: String,
         token: u64,
     },
+    /// Drop what is kept until before `now` (Ghost clock) and save the clock.
     Prune {
-        before_ms: u64,
+        now: u64,
     },
     /// A command is about to reach its seed; answered once the marker is committed.
     Started {
         command_id: String,
+        /// Wall clock, shown in the "effect unknown" reason.
         now_ms: u64,
+        /// Ghost clock: when, and until when the marker is kept.
+        tick: u64,
+        keep_until: u64,
     },
 }
 
@@ -280,8 +509,13 @@ impl Handler<Update> for Store {
             Update::Acked { event_id } => self.db.acked(&event_id),
             Update::Failed { event_id, reason } => self.db.failed(&event_id, &reason),
             Update::Fence { seed, token } => self.db.save_fence(&seed, token),
-            Update::Prune { before_ms } => self.db.prune_executions(before_ms).map(|_| ()),
-            Update::Started { command_id, now_ms } => self.db.mark_started(&command_id, now_ms),
+            Update::Prune { now } => self.db.prune_executions(now).map(|_| ()),
+            Update::Started {
+                command_id,
+                now_ms,
+                tick,
+                keep_until,
+            } => self.db.mark_started(&command_id, now_ms, tick, keep_until),
         };
         r.map_err(|e| e.to_string())
     }
@@ -294,55 +528,128 @@ shared::metered!(Store, Update);
 mod tests {
     use super::*;
 
+    const W: u64 = 1000;
+
+    fn tmp(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("ghost-store-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
     #[test]
     fn survives_reopen_and_prunes() {
-        let dir = std::env::temp_dir().join(format!("ghost-store-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = tmp("reopen");
         {
-            let mut db = Db::open(&dir).unwrap();
-            let s1 = db.persist("evt.a", Some("a"), b"A", 10).unwrap();
-            let s2 = db.persist("evt.b", Some("b"), b"B", 20).unwrap();
+            let mut db = Db::open(&dir, W).unwrap();
+            let s1 = db
+                .persist("evt.a", Some("a"), b"A", 10, 10, 10 + W)
+                .unwrap();
+            let s2 = db
+                .persist("evt.b", Some("b"), b"B", 20, 20, 20 + W)
+                .unwrap();
             assert!(s2 > s1);
-            assert_eq!(db.persist("evt.a", Some("a"), b"A", 30).unwrap(), s1);
-            db.persist("evt.session.x", None, b"H", 30).unwrap();
+            assert_eq!(
+                db.persist("evt.a", Some("a"), b"A", 30, 30, 30 + W)
+                    .unwrap(),
+                s1
+            );
+            db.persist("evt.session.x", None, b"H", 30, 30, 30 + W)
+                .unwrap();
             db.acked("evt.session.x").unwrap();
             db.failed("evt.b", "rejected").unwrap();
             db.save_fence("seed.kv", 7).unwrap();
             db.save_fence("seed.kv", 3).unwrap();
         }
-        let mut db = Db::open(&dir).unwrap();
-        let rec = db.recover(0).unwrap();
+        let mut db = Db::open(&dir, W).unwrap();
+        let rec = db.recover().unwrap();
+        assert_eq!(rec.clock_ms, 20, "resumes past the newest stamp");
         assert_eq!(rec.outbox.len(), 1);
         assert_eq!(rec.outbox[0].1, "evt.a");
         assert_eq!(rec.failed_events, 1);
         assert_eq!(rec.executions.len(), 2);
         assert_eq!(rec.fences, vec![("seed.kv".to_string(), 7)]);
-        assert_eq!(db.prune_executions(15).unwrap(), 1);
-        assert_eq!(db.recover(0).unwrap().executions.len(), 1);
+        assert_eq!(db.prune_executions(15 + W).unwrap(), 1);
+        assert_eq!(
+            db.recover().unwrap().clock_ms,
+            15 + W,
+            "the prune saved the clock"
+        );
+        assert_eq!(db.recover().unwrap().executions.len(), 1);
         assert!(db.execution("b").unwrap().is_some());
         let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn start_markers_survive_a_crash_until_the_command_finishes() {
-        let dir = std::env::temp_dir().join(format!("ghost-store-started-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = tmp("started");
         {
-            let mut db = Db::open(&dir).unwrap();
-            db.mark_started("done", 10).unwrap();
-            db.persist("evt.done", Some("done"), b"D", 11).unwrap();
-            db.mark_started("cut", 20).unwrap();
-            db.mark_started("cut", 25).unwrap(); // the first start is kept
-            db.mark_started("old", 1).unwrap();
+            let mut db = Db::open(&dir, W).unwrap();
+            db.mark_started("done", 10, 10, 5000).unwrap();
+            db.persist("evt.done", Some("done"), b"D", 11, 11, 11 + W)
+                .unwrap();
+            db.mark_started("cut", 20, 20, 9000).unwrap();
+            db.mark_started("cut", 25, 25, 9999).unwrap(); // the first start is kept
+            db.mark_started("old", 1, 1, 3).unwrap();
+            db.mark_started("forever", 2, 2, u64::MAX).unwrap();
         } // dropped without finishing "cut": as after SIGKILL
-        let mut db = Db::open(&dir).unwrap();
-        let rec = db.recover(5).unwrap();
-        assert_eq!(rec.started, vec![("cut".to_string(), 20)]);
-        db.prune_executions(21).unwrap();
-        assert!(
-            db.recover(0).unwrap().started.is_empty(),
-            "pruned with the window"
+        let mut db = Db::open(&dir, W).unwrap();
+        db.prune_executions(4).unwrap();
+        let rec = db.recover().unwrap();
+        let cut = crate::logic::Marker {
+            started_ms: 20,
+            keep_until: 9000,
+        };
+        let forever = crate::logic::Marker {
+            started_ms: 2,
+            keep_until: u64::MAX,
+        };
+        assert_eq!(
+            rec.started,
+            vec![("forever".to_string(), forever), ("cut".to_string(), cut)]
         );
+        // The finished command's record is kept as long as its marker was (5000).
+        assert_eq!(rec.executions.len(), 1);
+        assert_eq!(rec.executions[0].2, 5000);
+        db.prune_executions(9001).unwrap();
+        let rec = db.recover().unwrap();
+        assert_eq!(rec.started, vec![("forever".to_string(), forever)]);
+        assert!(rec.executions.is_empty());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_database_from_before_the_ghost_clock_is_migrated() {
+        let dir = tmp("migrate");
+        std::fs::create_dir_all(&dir).unwrap();
+        {
+            let c = Connection::open(dir.join("ghost.db")).unwrap();
+            c.execute_batch(
+                "CREATE TABLE executions (command_id TEXT PRIMARY KEY, event BLOB NOT NULL, done_ms INTEGER NOT NULL);
+                 CREATE TABLE started (command_id TEXT PRIMARY KEY, started_ms INTEGER NOT NULL);
+                 INSERT INTO executions VALUES ('a', x'41', 1700000000000);
+                 INSERT INTO started VALUES ('b', 1700000000000);",
+            )
+            .unwrap();
+        }
+        let mut db = Db::open(&dir, W).unwrap();
+        let rec = db.recover().unwrap();
+        assert_eq!(rec.clock_ms, 0);
+        assert_eq!(rec.executions[0].2, W, "one window from the upgrade");
+        assert_eq!(rec.started[0].1.keep_until, u64::MAX);
+        assert_eq!(rec.started[0].1.started_ms, 1_700_000_000_000);
+        drop(db);
+        // Opening again changes nothing.
+        let mut db = Db::open(&dir, W).unwrap();
+        assert_eq!(db.recover().unwrap().executions[0].2, W);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_ghost_clock_only_moves_forward_from_where_it_resumed() {
+        let c = GhostClock::resume(500);
+        let a = c.now();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let b = c.now();
+        assert!(a >= 500 && b >= a + 5, "{a} {b}");
     }
 }

@@ -2,6 +2,10 @@
 //! (TCP or TLS, registration, heartbeats, commands executed by in-memory seeds, events kept
 //! in an in-memory outbox until acked and re-sent after a reconnect, jittered backoff), run
 //! as a lightweight task instead of the full actor stack with its SQLite outbox.
+//!
+//! As in the real Ghost, seeds run off the event loop: one worker task per seed of each
+//! Ghost takes its commands in order and runs each on the blocking pool, so a
+//! `seed.flow sleep` holds only its own seed, never the runtime the sessions share.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -11,15 +15,73 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use futures::{SinkExt, StreamExt};
-use shared::envelope::{AckStatus, Envelope, Event, Outcome};
+use shared::envelope::{AckStatus, Command, Envelope, Event, Outcome};
 use shared::handshake::{self, Registration, CAP_SESSION_COMMAND};
 use shared::session::{Backoff, Jitter};
 use shared::wire::{Frame, FrameCodec};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::mpsc;
 use tokio_util::codec::Framed;
 
-use crate::seeds::{builtin, run_checked, SeedSettings};
+use crate::seeds::{builtin, run_checked, Seed, SeedOutput, SeedSettings};
+
+/// Commands queued per seed of one swarm Ghost before new ones are refused.
+const SEED_QUEUE: usize = 1024;
+
+/// Runs one seed's commands in order, each on the blocking pool; results go to `done`.
+async fn seed_worker(
+    mut seed: Box<dyn Seed>,
+    id: String,
+    mut rx: mpsc::Receiver<Command>,
+    done: mpsc::UnboundedSender<(Command, SeedOutput)>,
+) {
+    while let Some(c) = rx.recv().await {
+        let (op, args) = (c.operation.clone(), c.args.clone());
+        let res = tokio::task::spawn_blocking(move || {
+            let out = run_checked(seed.as_mut(), &op, &args);
+            (seed, out)
+        })
+        .await;
+        let out = match res {
+            Ok((s, out)) => {
+                seed = s;
+                out
+            }
+            Err(_) => {
+                // The seed panicked: a fresh one takes its place, the command fails.
+                match builtin(&id, &SeedSettings::default()) {
+                    Ok(s) => seed = s,
+                    Err(_) => return,
+                }
+                SeedOutput::error(70, "seed panicked\n")
+            }
+        };
+        if done.send((c, out)).is_err() {
+            return;
+        }
+    }
+}
+
+fn event_for(ghost: &str, c: &Command, out: SeedOutput) -> Event {
+    let mut e = Event::new(
+        format!("evt.{}", c.command_id),
+        c.command_id.clone(),
+        c.intent_id.clone(),
+        ghost.to_owned(),
+        c.seed_selector.clone(),
+        if out.succeeded() {
+            Outcome::Success
+        } else {
+            Outcome::Error
+        },
+    );
+    e.timestamp_ms = Some(shared::now_ms());
+    e.status = Some(out.status);
+    e.exit_code = Some(out.exit_code);
+    e.stderr = Some(out.stderr.into());
+    e
+}
 
 #[derive(Debug, Clone)]
 pub struct SwarmConfig {
@@ -119,15 +181,27 @@ async fn ghost(
     n: u64,
 ) {
     let settings = SeedSettings::default();
-    let mut seeds: BTreeMap<String, Box<dyn crate::seeds::Seed>> = cfg
+    let seeds: BTreeMap<String, Box<dyn Seed>> = cfg
         .seeds
         .iter()
         .filter_map(|s| builtin(s, &settings).ok().map(|b| (s.clone(), b)))
         .collect();
+    let infos = seeds.values().map(|s| s.info()).collect();
+    // Results of every seed of this Ghost; each seed's queue is bounded by SEED_QUEUE.
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(Command, SeedOutput)>();
+    let queues: BTreeMap<String, mpsc::Sender<Command>> = seeds
+        .into_iter()
+        .map(|(sid, seed)| {
+            let (tx, rx) = mpsc::channel(SEED_QUEUE);
+            tokio::spawn(seed_worker(seed, sid.clone(), rx, done_tx.clone()));
+            (sid, tx)
+        })
+        .collect();
+    drop(done_tx);
     let reg = Registration {
         ghost_id: id.clone(),
         peer_identity: id.clone(),
-        seed_list: Some(seeds.values().map(|s| s.info()).collect()),
+        seed_list: Some(infos),
         capabilities: vec![CAP_SESSION_COMMAND.into()],
         ..Default::default()
     };
@@ -227,20 +301,35 @@ async fn ghost(
                         }
                         Ok(Envelope::Command(c)) => {
                             stats.commands.fetch_add(1, Relaxed);
-                            let out = match seeds.get_mut(&c.seed_selector) {
-                                Some(s) => run_checked(s.as_mut(), &c.operation, &c.args),
-                                None => crate::seeds::SeedOutput::error(127, format!("unknown seed {}\n", c.seed_selector)),
+                            // Queued for its seed's worker; only a refusal is answered here.
+                            let refused = match queues.get(&c.seed_selector) {
+                                None => {
+                                    let why = format!("unknown seed {}\n", c.seed_selector);
+                                    Some((c, SeedOutput::error(127, why)))
+                                }
+                                Some(q) => match q.try_send(c) {
+                                    Ok(()) => None,
+                                    Err(mpsc::error::TrySendError::Full(c)) => {
+                                        Some((c, SeedOutput::error(1, format!("seed busy: {SEED_QUEUE} commands queued\n"))))
+                                    }
+                                    Err(mpsc::error::TrySendError::Closed(c)) => {
+                                        Some((c, SeedOutput::error(70, "seed unavailable\n")))
+                                    }
+                                },
                             };
-                            let mut e = Event::new(format!("evt.{}", c.command_id), c.command_id.clone(), c.intent_id.clone(),
-                                id.clone(), c.seed_selector.clone(), if out.succeeded() { Outcome::Success } else { Outcome::Error });
-                            e.timestamp_ms = Some(shared::now_ms());
-                            e.status = Some(out.status);
-                            e.exit_code = Some(out.exit_code);
-                            outbox.insert(e.event_id.clone(), e.clone());
-                            ok = match send(Envelope::Event(e)) { Ok(f) => framed.send(f).await.is_ok(), Err(_) => false };
+                            if let Some((c, out)) = refused {
+                                let e = event_for(&id, &c, out);
+                                outbox.insert(e.event_id.clone(), e.clone());
+                                ok = match send(Envelope::Event(e)) { Ok(f) => framed.send(f).await.is_ok(), Err(_) => false };
+                            }
                         }
                         _ => {}
                     }
+                }
+                Some((c, out)) = done_rx.recv() => {
+                    let e = event_for(&id, &c, out);
+                    outbox.insert(e.event_id.clone(), e.clone());
+                    ok = match send(Envelope::Event(e)) { Ok(f) => framed.send(f).await.is_ok(), Err(_) => false };
                 }
             }
         }

@@ -15,6 +15,16 @@ use tokio::net::TcpStream;
 
 const MAX_REPLY: usize = 16 * 1024 * 1024;
 
+/// `req` with the Ghost's admin token added, when there is one.
+fn with_token(mut req: Value, token: &str) -> Value {
+    if !token.is_empty() {
+        if let Some(m) = req.as_object_mut() {
+            m.insert("token".into(), Value::String(token.to_owned()));
+        }
+    }
+    req
+}
+
 /// One request, one response line, bounded in time and size.
 pub async fn call(addr: &str, req: &Value, timeout: Duration) -> Result<Value, String> {
     let fut = async {
@@ -43,8 +53,17 @@ fn get<'a>(v: &'a Value, keys: &[&str]) -> Option<&'a Value> {
 }
 
 /// `status` then `list_seeds`: the Ghost's id and seeds.
-pub async fn probe(addr: &str, timeout: Duration) -> Result<(String, Vec<SeedInfo>), String> {
-    let st = call(addr, &json!({"action": "status"}), timeout).await?;
+pub async fn probe(
+    addr: &str,
+    token: &str,
+    timeout: Duration,
+) -> Result<(String, Vec<SeedInfo>), String> {
+    let st = call(
+        addr,
+        &with_token(json!({"action": "status"}), token),
+        timeout,
+    )
+    .await?;
     if st["ok"] != true {
         return Err(format!("status: {}", st["error"]));
     }
@@ -52,7 +71,12 @@ pub async fn probe(addr: &str, timeout: Duration) -> Result<(String, Vec<SeedInf
         .and_then(Value::as_str)
         .unwrap_or("")
         .to_owned();
-    let seeds = call(addr, &json!({"action": "list_seeds"}), timeout).await?;
+    let seeds = call(
+        addr,
+        &with_token(json!({"action": "list_seeds"}), token),
+        timeout,
+    )
+    .await?;
     let list = seeds["data"].as_array().cloned().unwrap_or_default();
     let seeds = list
         .iter()
@@ -65,6 +89,10 @@ pub async fn probe(addr: &str, timeout: Duration) -> Result<(String, Vec<SeedInf
                         .filter_map(|o| {
                             Some(OperationInfo {
                                 name: get(o, &["Name", "name"])?.as_str()?.to_owned(),
+                                // Mirage retries a timed-out attempt only where this is true.
+                                idempotent: get(o, &["Idempotent", "idempotent"])
+                                    .and_then(Value::as_bool)
+                                    .unwrap_or(false),
                                 ..Default::default()
                             })
                         })
@@ -91,18 +119,24 @@ pub async fn probe(addr: &str, timeout: Duration) -> Result<(String, Vec<SeedInf
 /// Runs a command through `execute_envelope`; the Ghost answers with the event frame.
 pub async fn execute(
     addr: &str,
+    token: &str,
     message_id: u64,
-    cmd: Command,
+    mut cmd: Command,
     timeout: Duration,
 ) -> Result<Event, String> {
     let cmd_id = cmd.command_id.clone();
+    // As on the session: the time left, on our clock (ext 207), for a Ghost whose clock differs.
+    cmd.attach_budget(shared::now_ms());
     let frame = Envelope::Command(cmd)
         .to_frame(message_id)
         .and_then(|f| f.to_bytes())
         .map_err(|e| format!("encode command: {e}"))?;
     let r = call(
         addr,
-        &json!({"action": "execute_envelope", "command_frame": B64.encode(&frame)}),
+        &with_token(
+            json!({"action": "execute_envelope", "command_frame": B64.encode(&frame)}),
+            token,
+        ),
         timeout,
     )
     .await?;

@@ -59,16 +59,11 @@ async fn auth(
             .headers()
             .get("authorization")
             .and_then(|h| h.to_str().ok())
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .map(|t| t.trim().to_owned());
+            .and_then(bearer)
+            .map(str::to_owned);
         // EventSource cannot send headers: `?token=` is accepted for the report stream only.
         let query = (req.path() == "/v1/reports/stream")
-            .then(|| {
-                req.query_string()
-                    .split('&')
-                    .find_map(|kv| kv.strip_prefix("token="))
-                    .map(str::to_owned)
-            })
+            .then(|| query_token(req.query_string()))
             .flatten();
         let ok = header.or(query).is_some_and(|t| constant_eq(&t, &token));
         if !ok {
@@ -82,12 +77,31 @@ async fn auth(
     Ok(next.call(req).await?.map_into_boxed_body())
 }
 
-fn constant_eq(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
+/// The credentials of an `Authorization: Bearer …` header; the scheme is case-insensitive
+/// (RFC 7235 §2.1).
+pub fn bearer(header: &str) -> Option<&str> {
+    let (scheme, rest) = header.trim().split_once([' ', '\t'])?;
+    let t = rest.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !t.is_empty()).then_some(t)
+}
+
+/// `token` from a query string, percent-decoded (the dashboard sends it through
+/// `encodeURIComponent`).
+pub fn query_token(qs: &str) -> Option<String> {
+    web::Query::<std::collections::HashMap<String, String>>::from_query(qs)
+        .ok()?
+        .into_inner()
+        .remove("token")
+}
+
+/// Compares SHA-256 digests in constant time: a wrong guess takes as long whatever its
+/// length or content.
+pub fn constant_eq(a: &str, b: &str) -> bool {
+    let (x, y) = (
+        openssl::sha::sha256(a.as_bytes()),
+        openssl::sha::sha256(b.as_bytes()),
+    );
+    openssl::memcmp::eq(&x, &y)
 }
 
 const DASHBOARD: &str = include_str!("../assets/dashboard.html");
@@ -96,6 +110,8 @@ async fn dashboard() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/html; charset=utf-8")
         .insert_header(("cache-control", "no-cache"))
+        // The page may be opened with `?token=`: no Referer carries it anywhere.
+        .insert_header(("referrer-policy", "no-referrer"))
         .body(DASHBOARD)
 }
 
@@ -534,4 +550,35 @@ pub fn start(
         .copied()
         .ok_or_else(|| format!("api listen {listen}: no address"))?;
     Ok((addr, server.run()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        assert_eq!(bearer("Bearer abc"), Some("abc"));
+        assert_eq!(bearer("bearer abc"), Some("abc"));
+        assert_eq!(bearer("BEARER   abc "), Some("abc"));
+        assert_eq!(bearer("Basic abc"), None);
+        assert_eq!(bearer("Bearer "), None);
+        assert_eq!(bearer("Bearerabc"), None);
+    }
+
+    #[test]
+    fn query_token_is_percent_decoded() {
+        assert_eq!(
+            query_token("after=3&token=a%2Bb%20c%26d%3D%25").as_deref(),
+            Some("a+b c&d=%")
+        );
+        assert_eq!(query_token("after=3"), None);
+    }
+
+    #[test]
+    fn token_compare_is_exact() {
+        assert!(constant_eq("t0k", "t0k"));
+        assert!(!constant_eq("t0k", "t0"));
+        assert!(!constant_eq("", "t0k"));
+    }
 }

@@ -102,6 +102,10 @@ pub struct AuthConfig {
 pub struct GhostAdmin {
     pub id: String,
     pub addr: String,
+    /// The Ghost's `admin.token`, sent with every request (our Ghost refuses `execute*`
+    /// without one unless it sets `admin.execute_without_token`). Empty = none (edgectl).
+    #[serde(default)]
+    pub token: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

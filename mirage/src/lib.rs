@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod observe;
 pub mod plan;
 pub mod server;
+pub mod skew;
 pub mod store;
 pub mod tls;
 pub mod wire_tool;

@@ -140,8 +140,48 @@ impl LockQueue {
         Some((lost, self.next(now)))
     }
 
+    /// After a restart: drop the holder and the waiters that no live plan step stands
+    /// behind any more (`live`: the step is its intent's current one and needs this key).
+    /// The lock table is written after the plan state, so a crash between the two leaves
+    /// locks held by steps that had already finished; left alone, their own intent's next
+    /// step would wait for the lease to run out. A freed lock goes to the first live waiter.
+    pub fn reconcile(&mut self, live: impl Fn(&Owner) -> bool, now: u64) -> Reconciled {
+        let mut out = Reconciled::default();
+        let mut dropped = Vec::new();
+        self.waiters.retain(|(w, _)| {
+            let keep = live(w);
+            if !keep {
+                dropped.push(w.clone());
+            }
+            keep
+        });
+        out.dropped_waiters = dropped;
+        if let Some(h) = &self.holder {
+            if !live(&h.owner) {
+                out.released = Some(h.owner.clone());
+                self.holder = None;
+                out.grant = self.next(now);
+            }
+        }
+        out
+    }
+
     pub fn is_idle(&self) -> bool {
         self.holder.is_none() && self.waiters.is_empty()
+    }
+}
+
+/// What `reconcile` changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reconciled {
+    pub released: Option<Owner>,
+    pub dropped_waiters: Vec<Owner>,
+    pub grant: Option<Grant>,
+}
+
+impl Reconciled {
+    pub fn changed(&self) -> bool {
+        self.released.is_some() || !self.dropped_waiters.is_empty()
     }
 }
 
@@ -218,6 +258,46 @@ mod tests {
         assert_eq!(q.release(&o("x"), 1), None, "not holder, not waiter");
         assert_eq!(q.holder.as_ref().unwrap().owner, o("a"));
         assert_eq!(q.release(&o("a"), 2), None);
+    }
+
+    #[test]
+    fn reconcile_frees_locks_of_finished_steps() {
+        let step = |i: &str, n: usize| Owner {
+            intent_id: i.into(),
+            step: n,
+        };
+        // Held by step 1 of "a", which has moved on to step 2 (queued behind itself), and a
+        // waiter whose intent is gone.
+        let mut q = LockQueue::new("k", 0);
+        q.acquire(step("a", 1), 0, 45_000);
+        q.acquire(step("gone", 0), 0, 45_000);
+        q.acquire(step("a", 2), 0, 45_000);
+        let live = |o: &Owner| *o == step("a", 2);
+        let r = q.reconcile(live, 10);
+        assert_eq!(r.released, Some(step("a", 1)));
+        assert_eq!(r.dropped_waiters, [step("gone", 0)]);
+        assert_eq!(
+            r.grant,
+            Some(Grant {
+                owner: step("a", 2),
+                token: 2
+            }),
+            "the live waiter gets it at once, with a new token"
+        );
+        assert!(r.changed());
+        assert_eq!(q.acquire(step("a", 2), 11, 45_000), Acquired::Held(2));
+        // Nothing stale: nothing changes.
+        let before = q.clone();
+        let r = q.reconcile(live, 12);
+        assert!(!r.changed());
+        assert_eq!(q, before);
+        // A stale holder and no waiter: the lock is free, tokens keep rising.
+        let mut q = LockQueue::new("k", 7);
+        q.acquire(step("a", 0), 0, 45_000);
+        let r = q.reconcile(|_| false, 1);
+        assert_eq!((r.released, r.grant), (Some(step("a", 0)), None));
+        assert!(q.is_idle());
+        assert_eq!(q.acquire(step("a", 1), 2, 1), Acquired::Granted(9));
     }
 
     #[test]

@@ -107,6 +107,30 @@ enum CertsCmd {
         #[arg(long, default_value_t = 365)]
         days: i64,
     },
+    /// Issue a client certificate for one more Ghost under the fleet CA kept by `init`
+    /// (needs DIR/ca.key).
+    AddGhost {
+        /// The directory `init` wrote.
+        #[arg(long, alias = "out")]
+        dir: PathBuf,
+        /// The new Ghost's ghost_id.
+        ghost_id: String,
+        /// Validity in days.
+        #[arg(long, default_value_t = 365)]
+        days: i64,
+    },
+    /// Revoke a Ghost's certificate: its serial goes into DIR/revoked.txt, which Mirage
+    /// (tls.revoked_file) checks at every handshake.
+    Revoke {
+        /// The directory `init` wrote.
+        #[arg(long, alias = "out")]
+        dir: PathBuf,
+        /// The Ghost whose certificate (DIR/<ghost_id>.pem) is revoked.
+        ghost_id: String,
+        /// Revoke this serial (hex) instead of DIR/<ghost_id>.pem's.
+        #[arg(long)]
+        serial: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -786,6 +810,39 @@ fn main() -> ExitCode {
                 for f in files {
                     println!("wrote {}", f.display());
                 }
+                println!("keep ca.key secret (or move it offline): it issues Ghost identities");
+                0
+            }),
+        ),
+        Cmd::Certs {
+            cmd:
+                CertsCmd::AddGhost {
+                    dir,
+                    ghost_id,
+                    days,
+                },
+        } => exit(
+            mirage::certs::add_ghost(dir, ghost_id, *days).map(|(files, snippet)| {
+                for f in files {
+                    println!("wrote {}", f.display());
+                }
+                println!("{snippet}");
+                0
+            }),
+        ),
+        Cmd::Certs {
+            cmd:
+                CertsCmd::Revoke {
+                    dir,
+                    ghost_id,
+                    serial,
+                },
+        } => exit(
+            mirage::certs::revoke(dir, ghost_id, serial.as_deref()).map(|s| {
+                println!(
+                    "revoked {ghost_id}: serial {s} listed in {}",
+                    dir.join(mirage::certs::REVOKED).display()
+                );
                 0
             }),
         ),

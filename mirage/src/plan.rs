@@ -60,9 +60,19 @@ pub struct FleetView {
 pub struct GhostView {
     pub connected: bool,
     pub seeds: BTreeMap<String, Option<Vec<String>>>,
+    /// (seed, operation) pairs the Ghost declared idempotent at registration. Anything else
+    /// may have had its effect when an attempt ends without a terminal event.
+    pub idempotent: std::collections::BTreeSet<(String, String)>,
 }
 
 impl FleetView {
+    /// Declared idempotent by this Ghost (unknown Ghost or undeclared: no).
+    pub fn idempotent(&self, ghost: &str, seed: &str, op: &str) -> bool {
+        self.ghosts
+            .get(ghost)
+            .is_some_and(|g| g.idempotent.contains(&(seed.to_owned(), op.to_owned())))
+    }
+
     fn hosts(&self, ghost: &str, seed: &str, op: &str) -> Result<bool, String> {
         let Some(g) = self.ghosts.get(ghost) else {
             return Ok(false);
@@ -198,6 +208,16 @@ pub struct Plan {
     pub next_keep_ms: Option<u64>,
     pub round_corrected: bool,
     pub failure: Option<String>,
+    /// Unique per submission and persisted with the plan: part of every command id, so a
+    /// reused intent_id never meets the old submission's commands in a Ghost's dedupe window,
+    /// while a re-send of this submission's command (after a restart) keeps its id.
+    /// 0: a plan persisted before generations existed (its ids keep the old form).
+    #[serde(default)]
+    pub generation: u64,
+    /// The first report seq of this submission: an earlier submission of the same intent_id
+    /// left reports in the history that are not this one's.
+    #[serde(default)]
+    pub first_report_seq: u64,
 }
 
 fn report(
@@ -218,8 +238,33 @@ fn report(
     }
 }
 
+/// A Ghost that restarted while a non-idempotent command ran refuses to run it again and
+/// says its effect is unknown (ghost/src/logic.rs `after_interruption`). The wire has no
+/// code for this (1400 covers every runtime failure), so the reason text carries it.
+pub fn ghost_says_effect_unknown(reason: &str) -> bool {
+    let r = reason.to_ascii_lowercase();
+    r.contains("effect is unknown") || r.contains("effect unknown")
+}
+
+/// Lower-case base 36: short command ids.
+fn base36(mut n: u64) -> String {
+    const D: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut out = Vec::new();
+    loop {
+        out.push(D[(n % 36) as usize]);
+        n /= 36;
+        if n == 0 {
+            break;
+        }
+    }
+    out.reverse();
+    String::from_utf8(out).unwrap_or_default()
+}
+
 impl Plan {
-    pub fn new(intent: Intent) -> Plan {
+    /// `generation` must differ from every earlier submission's of the same intent_id (the
+    /// supervisor hands out rising values; see `Supervisor::next_generation`).
+    pub fn new(intent: Intent, generation: u64) -> Plan {
         Plan {
             intent,
             status: Status::Active,
@@ -229,6 +274,8 @@ impl Plan {
             next_keep_ms: None,
             round_corrected: false,
             failure: None,
+            generation,
+            first_report_seq: 0,
         }
     }
 
@@ -267,6 +314,17 @@ impl Plan {
             return Some(now.saturating_add(retry_ms));
         }
         s.outstanding.values().map(|o| o.deadline_ms).min()
+    }
+
+    /// Whether this plan's current step holds or waits for `key` as `owner` (recovery drops
+    /// lock holders and waiters for which this is false).
+    pub fn needs_lock(&self, owner: &Owner, key: &str) -> bool {
+        !self.status.is_terminal()
+            && owner.intent_id == self.intent.intent_id
+            && self
+                .step
+                .as_ref()
+                .is_some_and(|s| s.index == owner.step && s.locks.contains_key(key))
     }
 
     /// Commands this plan is waiting on (for routing after a restart).
@@ -316,7 +374,7 @@ impl Plan {
                 outcome,
                 reason,
             } => self.on_event(
-                ghost, command_id, event_id, outcome, reason, now, fleet, &mut fx,
+                ghost, command_id, event_id, outcome, reason, false, now, fleet, &mut fx,
             ),
             Input::GhostUp(g) => {
                 // Commands sent while it was away may never have arrived: send them again,
@@ -578,8 +636,13 @@ impl Plan {
         } else {
             format!("r{}.", self.round)
         };
+        let generation = if self.generation == 0 {
+            String::new()
+        } else {
+            format!("s{}.", base36(self.generation))
+        };
         format!(
-            "{prefix}.{}.{round}{}.{ghost}.{attempt}",
+            "{prefix}.{}.{generation}{round}{}.{ghost}.{attempt}",
             self.intent.intent_id,
             idx + 1
         )
@@ -678,6 +741,7 @@ impl Plan {
         event_id: String,
         outcome: Outcome,
         reason: Option<String>,
+        timed_out: bool,
         now: u64,
         fleet: &FleetView,
         fx: &mut Vec<Effect>,
@@ -733,7 +797,47 @@ impl Plan {
             }
             (Kind::Main, Outcome::Error) => {
                 let why = reason.unwrap_or_else(|| "seed reported an error".into());
-                if o.attempt <= step.retries {
+                // The effect may have happened: running it again could do it twice, so
+                // neither `retries` nor anything else repeats it; a person has to look.
+                let unknown = if timed_out {
+                    !fleet.idempotent(&ghost, &step.seed, &o.command.operation)
+                } else {
+                    ghost_says_effect_unknown(&why)
+                };
+                if unknown {
+                    let why = format!(
+                        "effect unknown: {why}{}; not retried (retries = {}): an operator must \
+                         check {ghost} before running it again",
+                        if timed_out {
+                            format!(
+                                ", and {} {} is not declared idempotent",
+                                step.seed, o.command.operation
+                            )
+                        } else {
+                            String::new()
+                        },
+                        step.retries
+                    );
+                    if step.continue_on_error {
+                        // The intent goes on; the report history must still say it.
+                        let mut r = report(
+                            Phase::InProgress,
+                            CompletionState::InProgress,
+                            format!(
+                                "intent {} step {}/{} on {ghost}: {why}",
+                                self.intent.intent_id,
+                                idx + 1,
+                                self.intent.steps.len()
+                            ),
+                            Some(idx),
+                        );
+                        r.command_id = Some(command_id.clone());
+                        r.ghost_id = Some(ghost.clone());
+                        r.outcome = Some(Outcome::Error);
+                        fx.push(Effect::Report(r));
+                    }
+                    s.ghosts.insert(ghost.clone(), GhostProgress::Failed(why));
+                } else if o.attempt <= step.retries {
                     let mut r = report(
                         Phase::InProgress,
                         CompletionState::InProgress,
@@ -753,8 +857,9 @@ impl Plan {
                     fx.push(Effect::Report(r));
                     self.send(&ghost, Kind::Main, o.attempt + 1, now, fx);
                     return;
+                } else {
+                    s.ghosts.insert(ghost.clone(), GhostProgress::Failed(why));
                 }
-                s.ghosts.insert(ghost.clone(), GhostProgress::Failed(why));
             }
         }
         self.maybe_finish_step(Some((command_id, event_id, ghost, outcome)), now, fleet, fx);
@@ -948,6 +1053,7 @@ impl Plan {
                 String::new(),
                 Outcome::Error,
                 Some(why),
+                true,
                 now,
                 fleet,
                 fx,
@@ -974,6 +1080,13 @@ mod tests {
             for s in ["seed.kv", "seed.flow"] {
                 v.seeds.insert(s.into(), None);
             }
+            for (s, o) in [
+                ("seed.kv", "put"),
+                ("seed.kv", "get"),
+                ("seed.flow", "status"),
+            ] {
+                v.idempotent.insert((s.into(), o.into()));
+            }
             f.ghosts.insert(g.to_string(), v);
         }
         f
@@ -983,7 +1096,7 @@ mod tests {
         let text = format!(
             "intent_id=\"i1\"\nactor=\"t\"\ntarget_scope=\"ghost:*\"\nobjective=\"o\"\n{steps}"
         );
-        Plan::new(parse(&text, || "x".into()).unwrap())
+        Plan::new(parse(&text, || "x".into()).unwrap(), 0)
     }
 
     fn dispatched(fx: &[Effect]) -> Vec<(String, String)> {
@@ -1128,6 +1241,66 @@ mod tests {
     }
 
     #[test]
+    fn an_unknown_effect_is_never_retried() {
+        // The Ghost restarted mid-command and says the effect is unknown: no retry.
+        let f = fleet(&["a"]);
+        let mut p = plan("[[step]]\nseed=\"seed.kv\"\noperation=\"put\"\nretries=3\n");
+        p.handle(Input::Start, 0, &f);
+        let fx = p.handle(
+            Input::Event {
+                ghost: "a".into(),
+                command_id: "cmd.i1.1.a.1".into(),
+                event_id: "evt.cmd.i1.1.a.1".into(),
+                outcome: Outcome::Error,
+                reason: Some("ghost restarted while command cmd.i1.1.a.1 was executing (seed.kv put); the operation is not idempotent, so it was not run again and its effect is unknown".into()),
+            },
+            1,
+            &f,
+        );
+        assert!(dispatched(&fx).is_empty(), "not retried: {fx:?}");
+        assert_eq!(p.status, Status::Failed);
+        let failure = p.failure.clone().unwrap();
+        assert!(
+            failure.contains("effect unknown") && failure.contains("an operator must check a"),
+            "{failure}"
+        );
+
+        // An attempt of an operation not declared idempotent times out: effect unknown too.
+        let mut p =
+            plan("[[step]]\nseed=\"seed.kv\"\noperation=\"append\"\ntimeout=\"1s\"\nretries=2\n");
+        p.handle(Input::Start, 0, &f);
+        let fx = p.handle(Input::Tick, 1000, &f);
+        assert!(dispatched(&fx).is_empty(), "not retried: {fx:?}");
+        assert_eq!(p.status, Status::Failed);
+        let failure = p.failure.clone().unwrap();
+        assert!(
+            failure.contains("effect unknown: no event for cmd.i1.1.a.1")
+                && failure.contains("seed.kv append is not declared idempotent"),
+            "{failure}"
+        );
+
+        // With continue_on_error the intent goes on, and a report still says it.
+        let mut p = plan(
+            "[[step]]\nseed=\"seed.kv\"\noperation=\"append\"\ntimeout=\"1s\"\ncontinue_on_error=true\n[[step]]\nseed=\"seed.kv\"\noperation=\"get\"\n",
+        );
+        p.handle(Input::Start, 0, &f);
+        let fx = p.handle(Input::Tick, 1000, &f);
+        assert!(
+            fx.iter().any(|e| matches!(e, Effect::Report(r)
+                if r.summary.contains("step 1/2 on a: effect unknown")
+                    && r.ghost_id.as_deref() == Some("a"))),
+            "{fx:?}"
+        );
+        assert_eq!(dispatched(&fx)[0].1, "cmd.i1.2.a.1", "step 2 runs");
+
+        // A plain error of a non-idempotent operation (it did not run) is still retried.
+        let mut p = plan("[[step]]\nseed=\"seed.kv\"\noperation=\"append\"\nretries=1\n");
+        p.handle(Input::Start, 0, &f);
+        let fx = p.handle(ev("a", "cmd.i1.1.a.1", false), 1, &f);
+        assert_eq!(dispatched(&fx)[0].1, "cmd.i1.1.a.2");
+    }
+
+    #[test]
     fn blocking_steps_wait_for_every_lock_and_carry_tokens() {
         let f = fleet(&["a", "b"]);
         let mut p = plan("[[step]]\nseed=\"seed.kv\"\noperation=\"put\"\nblocking=true\n");
@@ -1187,6 +1360,35 @@ mod tests {
             .filter(|e| matches!(e, Effect::Release { .. }))
             .collect();
         assert_eq!(released.len(), 2, "locks released when the step ends");
+    }
+
+    #[test]
+    fn only_the_current_step_needs_its_locks() {
+        let f = fleet(&["a"]);
+        let mut p = plan("[[step]]\nseed=\"seed.kv\"\noperation=\"put\"\nblocking=true\n[[step]]\nseed=\"seed.kv\"\noperation=\"put\"\nblocking=true\n");
+        p.handle(Input::Start, 0, &f);
+        let o = |step| Owner {
+            intent_id: "i1".into(),
+            step,
+        };
+        assert!(p.needs_lock(&o(0), "a::seed.kv"));
+        assert!(!p.needs_lock(&o(0), "b::seed.kv"), "not its key");
+        p.handle(
+            Input::LockGranted {
+                key: "a::seed.kv".into(),
+                token: 1,
+            },
+            1,
+            &f,
+        );
+        p.handle(ev("a", "cmd.i1.1.a.1", true), 2, &f);
+        assert!(!p.needs_lock(&o(0), "a::seed.kv"), "step 1 has finished");
+        assert!(p.needs_lock(&o(1), "a::seed.kv"), "step 2 waits for it");
+        let other = Owner {
+            intent_id: "i2".into(),
+            step: 1,
+        };
+        assert!(!p.needs_lock(&other, "a::seed.kv"));
     }
 
     #[test]
@@ -1255,6 +1457,35 @@ mod tests {
             r.summary
         );
         assert!(dispatched(&fx).is_empty());
+    }
+
+    #[test]
+    fn each_submission_has_its_own_command_ids_and_keeps_them_across_a_restart() {
+        let f = fleet(&["a"]);
+        let text = "intent_id=\"deploy-42\"\nactor=\"t\"\ntarget_scope=\"ghost:*\"\nobjective=\"o\"\n[[step]]\nseed=\"seed.kv\"\noperation=\"put\"\n";
+        let intent = parse(text, || "x".into()).unwrap();
+        let mut first = Plan::new(intent.clone(), 1_700_000_000_000);
+        let mut again = Plan::new(intent, 1_700_000_000_001);
+        let a = dispatched(&first.handle(Input::Start, 0, &f));
+        let b = dispatched(&again.handle(Input::Start, 0, &f));
+        assert_eq!(
+            a[0].1,
+            format!("cmd.deploy-42.s{}.1.a.1", base36(1_700_000_000_000))
+        );
+        assert_ne!(a, b, "a reused intent_id gets new command ids");
+        // The same submission after a restart re-sends the same id (the Ghost dedupes it).
+        let json = serde_json::to_string(&again).unwrap();
+        let mut restored: Plan = serde_json::from_str(&json).unwrap();
+        assert_eq!(dispatched(&restored.resume(5, &f)), b);
+        // A plan persisted before generations existed keeps its old ids.
+        let mut v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        v.as_object_mut().unwrap().remove("generation");
+        let old: Plan = serde_json::from_value(v).unwrap();
+        assert_eq!(old.generation, 0);
+        assert_eq!(old.command_id(0, "a", Kind::Main, 1), "cmd.deploy-42.1.a.1");
+        assert_eq!(base36(0), "0");
+        assert_eq!(base36(35), "z");
+        assert_eq!(base36(36), "10");
     }
 
     #[test]

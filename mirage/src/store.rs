@@ -19,7 +19,13 @@ pub enum StoreError {
     Io(#[from] std::io::Error),
     #[error("store: {0}")]
     Json(#[from] serde_json::Error),
+    /// The files are not what they should be (wiped, corrupt); the message names them.
+    #[error("store: {0}")]
+    Refused(String),
 }
+
+/// What mirage.db keeps, for the messages that refuse to start without it.
+const HOLDS: &str = "intents, their plans, seed locks and reports";
 
 #[derive(Debug, Clone)]
 pub enum Write {
@@ -48,6 +54,12 @@ pub enum Write {
         outcome: String,
         at_ms: u64,
     },
+    /// A refused submission: its row, if a write of it landed after all (only that
+    /// submission's: an older one of the same intent_id has another seq).
+    Forget {
+        intent_id: String,
+        seq: u64,
+    },
     /// Retention: drop finished intents beyond the newest `keep`, reports beyond `keep`.
     Prune {
         keep_finished: u64,
@@ -75,6 +87,12 @@ impl Db {
     pub fn open(dir: &Path) -> Result<Db, StoreError> {
         std::fs::create_dir_all(dir)?;
         let path = dir.join("mirage.db");
+        // Before SQLite touches the files: it would start empty on a wiped database and drop
+        // a damaged WAL without a word (intents lost, satisfied ones active again).
+        let checked = shared::dbguard::check(&path, HOLDS).map_err(StoreError::Refused)?;
+        for w in &checked.warnings {
+            tracing::error!(component = "mirage.store", file = %path.display(), warning = %w, "database files");
+        }
         let conn = Connection::open(&path)?;
         // A second connection (`spawn_checkpointer`) copies the WAL back all the time, so the
         // writer's own automatic checkpoint (every 1,000 pages) finds little left to copy and
@@ -113,6 +131,15 @@ impl Db {
                  at_ms INTEGER NOT NULL
              );",
         )?;
+        shared::dbguard::mark(&path).map_err(|e| {
+            StoreError::Refused(format!(
+                "cannot write {}: {e}",
+                shared::dbguard::marker_path(&path).display()
+            ))
+        })?;
+        if checked.fresh {
+            tracing::info!(component = "mirage.store", file = %path.display(), "new database");
+        }
         Ok(Db { conn, path })
     }
 
@@ -129,8 +156,8 @@ impl Db {
                 } => {
                     tx.prepare_cached(
                         "INSERT INTO intents(intent_id, seq, status, plan, updated_ms) VALUES (?1,?2,?3,?4,?5)
-                         ON CONFLICT(intent_id) DO UPDATE SET status=excluded.status, plan=excluded.plan,
-                         updated_ms=excluded.updated_ms",
+                         ON CONFLICT(intent_id) DO UPDATE SET seq=excluded.seq, status=excluded.status,
+                         plan=excluded.plan, updated_ms=excluded.updated_ms",
                     )?
                     .execute(params![intent_id, *seq as i64, status, plan, *updated_ms as i64])?;
                 }
@@ -162,6 +189,10 @@ impl Db {
                     )?
                     .execute(params![event_id, ghost_id, command_id, intent_id, outcome, *at_ms as i64])?;
                 }
+                Write::Forget { intent_id, seq } => {
+                    tx.prepare_cached("DELETE FROM intents WHERE intent_id=?1 AND seq=?2")?
+                        .execute(params![intent_id, *seq as i64])?;
+                }
                 Write::Prune {
                     keep_finished,
                     keep_reports,
@@ -186,8 +217,34 @@ impl Db {
         Ok(())
     }
 
+    /// Everything a restart needs. A row that cannot be read is corruption: the error names
+    /// the file and the table and says what to do, rather than only the decoder's words.
     pub fn recover(&mut self, recent_reports: usize) -> Result<Recovered, StoreError> {
+        let path = self.path.clone();
+        self.recover_rows(recent_reports).map_err(|(table, e)| {
+            StoreError::Refused(format!(
+                "{}: table {table} cannot be read ({e}): the database is corrupt. Restore it from \
+                 a backup; or, to start with an empty database on purpose, move it and {} aside",
+                path.display(),
+                shared::dbguard::marker_path(&path).display()
+            ))
+        })
+    }
+
+    fn recover_rows(
+        &mut self,
+        recent_reports: usize,
+    ) -> Result<Recovered, (&'static str, StoreError)> {
         let mut r = Recovered::default();
+        let t = |table: &'static str| move |e: StoreError| (table, e);
+        self.read_intents(&mut r).map_err(t("intents"))?;
+        self.read_locks(&mut r).map_err(t("locks"))?;
+        self.read_reports(&mut r, recent_reports)
+            .map_err(t("reports"))?;
+        Ok(r)
+    }
+
+    fn read_intents(&mut self, r: &mut Recovered) -> Result<(), StoreError> {
         {
             let mut st = self
                 .conn
@@ -202,7 +259,8 @@ impl Db {
             for row in rows {
                 let (seq, status, plan) = row?;
                 r.max_intent_seq = r.max_intent_seq.max(seq);
-                let plan: Plan = serde_json::from_str(&plan)?;
+                let plan: Plan = serde_json::from_str(&plan)
+                    .map_err(|e| StoreError::Refused(format!("row seq {seq}: plan: {e}")))?;
                 // "standing": a satisfied intent that is kept and re-checked.
                 match status.as_str() {
                     "active" | "standing" => r.active.push((seq, plan)),
@@ -210,13 +268,19 @@ impl Db {
                 }
             }
         }
-        {
-            let mut st = self.conn.prepare("SELECT json FROM locks")?;
-            let rows = st.query_map([], |row| row.get::<_, String>(0))?;
-            for row in rows {
-                r.locks.push(serde_json::from_str(&row?)?);
-            }
+        Ok(())
+    }
+
+    fn read_locks(&mut self, r: &mut Recovered) -> Result<(), StoreError> {
+        let mut st = self.conn.prepare("SELECT json FROM locks")?;
+        let rows = st.query_map([], |row| row.get::<_, String>(0))?;
+        for row in rows {
+            r.locks.push(serde_json::from_str(&row?)?);
         }
+        Ok(())
+    }
+
+    fn read_reports(&mut self, r: &mut Recovered, recent_reports: usize) -> Result<(), StoreError> {
         {
             let mut st = self
                 .conn
@@ -231,7 +295,7 @@ impl Db {
             }
             r.reports.reverse();
         }
-        Ok(r)
+        Ok(())
     }
 }
 
@@ -417,6 +481,7 @@ mod tests {
                 || "x".into(),
             )
             .unwrap(),
+            1,
         );
         let plan = serde_json::to_string(&p).unwrap();
         let mut batch = vec![];
@@ -454,5 +519,206 @@ mod tests {
         assert!(r.finished.len() <= 2, "{}", r.finished.len());
         assert_eq!(r.reports.len(), 2);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn plan_json() -> String {
+        let p = Plan::new(
+            parse(
+                "intent_id=\"a\"\nactor=\"t\"\ntarget_scope=\"ghost:*\"\nobjective=\"o\"\n[[step]]\nseed=\"seed.kv\"\noperation=\"get\"\n",
+                || "x".into(),
+            )
+            .unwrap(),
+            1,
+        );
+        serde_json::to_string(&p).unwrap()
+    }
+
+    /// Copies the data dir's files as a SIGKILL leaves them (database, WAL, index, marker).
+    fn snapshot(from: &Path, to: &Path) {
+        let _ = std::fs::remove_dir_all(to);
+        std::fs::create_dir_all(to).unwrap();
+        for f in [
+            "mirage.db",
+            "mirage.db-wal",
+            "mirage.db-shm",
+            "mirage.db.created",
+        ] {
+            std::fs::copy(from.join(f), to.join(f)).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_damaged_wal_is_refused_a_healthy_one_is_not() {
+        let base = std::env::temp_dir().join(format!("mirage-store-wal-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let live = base.join("live");
+        let mut db = Db::open(&live).unwrap();
+        // Everything stays in the WAL, as between two checkpoints.
+        db.conn
+            .execute_batch("PRAGMA wal_autocheckpoint=0")
+            .unwrap();
+        let plan = plan_json();
+        for i in 1..=300u64 {
+            db.apply(&[Write::Intent {
+                intent_id: format!("i{i}"),
+                seq: i,
+                status: "satisfied".into(),
+                plan: plan.clone(),
+                updated_ms: i,
+            }])
+            .unwrap();
+        }
+        let wal_len = std::fs::metadata(live.join("mirage.db-wal")).unwrap().len();
+        assert!(wal_len > 64 * 1024, "{wal_len}");
+
+        // Healthy: no refusal, no warning, every intent back.
+        let copy = base.join("copy");
+        snapshot(&live, &copy);
+        let c = shared::dbguard::check(&copy.join("mirage.db"), HOLDS).unwrap();
+        assert!(c.warnings.is_empty() && !c.fresh, "{c:?}");
+        assert_eq!(
+            Db::open(&copy).unwrap().recover(10).unwrap().finished.len(),
+            300
+        );
+
+        let refused = |what: &str, damage: &dyn Fn(&Path)| {
+            snapshot(&live, &copy);
+            damage(&copy.join("mirage.db-wal"));
+            match Db::open(&copy) {
+                Err(StoreError::Refused(e)) => {
+                    assert!(e.contains("mirage.db-wal is corrupt"), "{what}: {e}");
+                    assert!(e.contains("Restore"), "{what}: {e}");
+                }
+                Err(e) => panic!("{what}: {e}"),
+                Ok(mut db) => panic!(
+                    "{what}: opened with {} intents",
+                    db.recover(10).unwrap().finished.len()
+                ),
+            }
+        };
+        let garbage_at = |off: u64| {
+            move |p: &Path| {
+                use std::io::{Seek, SeekFrom, Write as _};
+                let mut f = std::fs::OpenOptions::new().write(true).open(p).unwrap();
+                f.seek(SeekFrom::Start(off)).unwrap();
+                f.write_all(&[0xA5; 8192]).unwrap();
+            }
+        };
+        refused("8 KiB over the header", &garbage_at(0));
+        refused("8 KiB in the middle", &garbage_at(wal_len / 2));
+        refused("8 KiB over the end", &garbage_at(wal_len - 8192));
+        refused("truncated to half", &|p: &Path| {
+            let f = std::fs::OpenOptions::new().write(true).open(p).unwrap();
+            f.set_len(wal_len / 2).unwrap();
+        });
+        // Garbage after the last frame loses nothing: it starts.
+        snapshot(&live, &copy);
+        {
+            use std::io::Write as _;
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(copy.join("mirage.db-wal"))
+                .unwrap();
+            f.write_all(&[0xA5; 8192]).unwrap();
+        }
+        assert_eq!(
+            Db::open(&copy).unwrap().recover(10).unwrap().finished.len(),
+            300
+        );
+        // A missing WAL starts (the loss is logged) with what was checkpointed.
+        snapshot(&live, &copy);
+        std::fs::remove_file(copy.join("mirage.db-wal")).unwrap();
+        let c = shared::dbguard::check(&copy.join("mirage.db"), HOLDS).unwrap();
+        assert_eq!(c.warnings.len(), 1, "{c:?}");
+        assert!(c.warnings[0].contains("those commits are lost"), "{c:?}");
+        drop(db);
+        let _ = std::fs::remove_dir_all(&base);
+    }
+
+    #[test]
+    fn a_wiped_database_is_refused_and_a_new_one_starts() {
+        let dir = std::env::temp_dir().join(format!("mirage-store-wiped-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        drop(Db::open(&dir).unwrap());
+        assert!(dir.join("mirage.db.created").exists());
+        std::fs::write(dir.join("mirage.db"), b"").unwrap();
+        let _ = std::fs::remove_file(dir.join("mirage.db-wal"));
+        match Db::open(&dir) {
+            Err(StoreError::Refused(e)) => {
+                assert!(e.contains("mirage.db is empty (0 bytes)"), "{e}");
+                assert!(e.contains("remove"), "{e}");
+            }
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("a wiped database opened"),
+        }
+        std::fs::remove_file(dir.join("mirage.db.created")).unwrap();
+        assert!(
+            Db::open(&dir).is_ok(),
+            "without the marker: a deliberate fresh start"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_corrupted_row_names_the_file_and_says_it_is_corruption() {
+        let dir = std::env::temp_dir().join(format!("mirage-store-row-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut db = Db::open(&dir).unwrap();
+        db.conn
+            .execute(
+                "INSERT INTO intents VALUES ('bad', 1, 'active', CAST(x'7bff' AS TEXT), 1)",
+                [],
+            )
+            .unwrap();
+        let e = db.recover(10).unwrap_err().to_string();
+        assert!(
+            e.contains(&dir.join("mirage.db").display().to_string()),
+            "{e}"
+        );
+        assert!(e.contains("table intents"), "{e}");
+        assert!(e.contains("the database is corrupt"), "{e}");
+        assert!(e.contains("Restore it from a backup"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_rolled_back_spill_left_in_the_wal_is_not_corruption() {
+        let base = std::env::temp_dir().join(format!("mirage-store-spill-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let live = base.join("live");
+        let mut db = Db::open(&live).unwrap();
+        // A tiny page cache makes a big transaction spill frames into the WAL before it ends.
+        db.conn
+            .execute_batch("PRAGMA wal_autocheckpoint=0; PRAGMA cache_size=5;")
+            .unwrap();
+        let plan = plan_json();
+        let tx = db.conn.transaction().unwrap();
+        for i in 0..2000 {
+            tx.execute(
+                "INSERT INTO intents VALUES (?1, ?2, 'active', ?3, 0)",
+                params![format!("spill{i}"), i, plan],
+            )
+            .unwrap();
+        }
+        drop(tx); // rolled back
+        let spilled = std::fs::metadata(live.join("mirage.db-wal")).unwrap().len();
+        db.apply(&[Write::Intent {
+            intent_id: "kept".into(),
+            seq: 1,
+            status: "satisfied".into(),
+            plan: plan.clone(),
+            updated_ms: 1,
+        }])
+        .unwrap();
+        assert!(spilled > 100 * 1024, "the transaction spilled: {spilled}");
+        let copy = base.join("copy");
+        snapshot(&live, &copy);
+        let c = shared::dbguard::check(&copy.join("mirage.db"), HOLDS).unwrap();
+        assert!(c.warnings.is_empty(), "{c:?}");
+        let r = Db::open(&copy).unwrap().recover(10).unwrap();
+        assert_eq!(r.finished.len(), 1);
+        assert!(r.active.is_empty());
+        drop(db);
+        let _ = std::fs::remove_dir_all(&base);
     }
 }

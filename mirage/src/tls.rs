@@ -2,10 +2,20 @@
 //! cannot request or verify client certificates (rust-native-tls #161, #262). Production mode
 //! requires TLS and a verified client certificate whose identity — Subject CN, else first URI
 //! SAN, else first DNS SAN — must equal the registering ghost_id.
+//!
+//! A client certificate must also be a Ghost *leaf* signed directly by the fleet CA
+//! (issue 19 item 1): not a CA itself, clientAuth in its extendedKeyUsage when it has one,
+//! no intermediate between it and the fleet CA, and its serial not on the revocation list.
+//! Otherwise anyone holding a CA:TRUE certificate from the fleet CA could mint every Ghost
+//! identity. OpenSSL checks none of that for a client leaf, so a verify callback does.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use openssl::nid::Nid;
 use openssl::ssl::{SslAcceptor, SslMethod, SslVerifyMode, SslVersion};
-use openssl::x509::X509;
+use openssl::x509::{X509Ref, X509StoreContextRef, X509VerifyResult, X509};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -26,6 +36,9 @@ pub struct TlsConfig {
     pub key_file: String,
     /// The fleet CA that signs Ghost certificates; set = client certificates required.
     pub ca_file: String,
+    /// Revoked Ghost certificates (`mirage certs revoke` writes it): one serial number in hex
+    /// a line. Read at startup and again whenever the file changes; empty = none revoked.
+    pub revoked_file: String,
 }
 
 /// Rules in edgectl's order, checked once at startup.
@@ -43,6 +56,11 @@ pub fn validate(t: &TlsConfig) -> Result<(), String> {
     }
     if !t.enabled && !t.ca_file.is_empty() {
         return Err("tls.ca_file is set but tls.enabled = false".into());
+    }
+    if !t.revoked_file.is_empty() && t.ca_file.is_empty() {
+        return Err(
+            "tls.revoked_file needs tls.ca_file (revocation applies to client certificates)".into(),
+        );
     }
     Ok(())
 }
@@ -72,13 +90,210 @@ pub fn acceptor(t: &TlsConfig) -> Result<Option<SslAcceptor>, String> {
                 .map_err(|x| e("ca", x))?;
             b.add_client_ca(&ca).map_err(|x| e("ca", x))?;
         }
-        b.set_verify(SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT);
+        let revoked = if t.revoked_file.is_empty() {
+            None
+        } else {
+            let r = Revoked::new(PathBuf::from(&t.revoked_file));
+            // A list that cannot be read now is a startup error, not a silent "none revoked".
+            r.check("")?;
+            Some(r)
+        };
+        // Leaf at depth 0, the fleet CA at depth 1: no room for an intermediate. The callback
+        // enforces the same and says why.
+        b.set_verify_depth(1);
+        let revoked = Arc::new(revoked);
+        b.set_verify_callback(
+            SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT,
+            move |ok, ctx| verify_client(ok, ctx, revoked.as_ref().as_ref()),
+        );
     }
     Ok(Some(b.build()))
 }
 
+/// OpenSSL's verdict on each certificate of the chain (root first), plus ours. Every refusal
+/// is logged with the Ghost identity the leaf claims, so an operator sees which one and why.
+fn verify_client(
+    preverified: bool,
+    ctx: &mut X509StoreContextRef,
+    revoked: Option<&Revoked>,
+) -> bool {
+    let depth = ctx.error_depth();
+    let ghost = ctx
+        .chain()
+        .and_then(|c| c.get(0))
+        .map(subject)
+        .unwrap_or_else(|| "(none)".into());
+    let verdict = if !preverified {
+        Err(ctx.error().error_string().to_owned())
+    } else {
+        match (depth, ctx.current_cert()) {
+            (_, None) => Err("no certificate".into()),
+            (0, Some(cert)) => check_leaf(cert).and_then(|kind| {
+                if kind == LeafKind::NoEku {
+                    tracing::warn!(component = "mirage.tls", ghost = %ghost, "client certificate has no extendedKeyUsage; accepted as a leaf (CA:FALSE), see docs/DECISIONS.md");
+                }
+                match revoked {
+                    Some(r) => r.check(&serial_hex(cert)),
+                    None => Ok(()),
+                }
+            }),
+            // The trust anchor itself: only fleet CA certificates are in the store.
+            (1, Some(_)) => Ok(()),
+            (d, Some(_)) => Err(format!(
+                "certificate chain is {} deep: a Ghost certificate must be signed directly by the fleet CA, not through an intermediate",
+                d + 1
+            )),
+        }
+    };
+    match verdict {
+        Ok(()) => true,
+        Err(reason) => {
+            tracing::warn!(component = "mirage.tls", code = shared::error::code::TRANSPORT, depth, ghost = %ghost, reason = %reason, "client certificate refused");
+            if preverified {
+                ctx.set_error(X509VerifyResult::APPLICATION_VERIFICATION);
+            }
+            false
+        }
+    }
+}
+
+fn subject(cert: &X509Ref) -> String {
+    identity(cert).unwrap_or_else(|_| "(no identity)".into())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeafKind {
+    /// clientAuth in its extendedKeyUsage.
+    ClientAuth,
+    /// No extendedKeyUsage extension at all (RFC 5280: unrestricted).
+    NoEku,
+}
+
+/// A Ghost's certificate must be a leaf usable for client authentication.
+pub fn check_leaf(cert: &X509Ref) -> Result<LeafKind, String> {
+    let der = cert
+        .to_der()
+        .map_err(|e| format!("client certificate: {e}"))?;
+    let (_, c) = x509_parser::parse_x509_certificate(&der)
+        .map_err(|e| format!("client certificate does not parse: {e}"))?;
+    match c.basic_constraints() {
+        Ok(Some(bc)) if bc.value.ca => {
+            return Err("client certificate is a CA (basicConstraints CA:TRUE); a Ghost needs a leaf certificate (`mirage certs add-ghost`)".into())
+        }
+        Ok(_) => {}
+        Err(e) => return Err(format!("client certificate basicConstraints: {e}")),
+    }
+    match c.extended_key_usage() {
+        Ok(Some(eku)) if eku.value.client_auth => Ok(LeafKind::ClientAuth),
+        Ok(Some(_)) => Err("client certificate's extendedKeyUsage does not include clientAuth (a server certificate cannot identify a Ghost)".into()),
+        Ok(None) => Ok(LeafKind::NoEku),
+        Err(e) => Err(format!("client certificate extendedKeyUsage: {e}")),
+    }
+}
+
+/// A certificate serial number as `mirage certs revoke` writes it: upper-case hex, no
+/// leading zeros.
+pub fn serial_hex(cert: &X509Ref) -> String {
+    cert.serial_number()
+        .to_bn()
+        .and_then(|b| b.to_hex_str().map(|s| s.to_string()))
+        .map(|s| normalize_serial(&s))
+        .unwrap_or_default()
+}
+
+pub fn normalize_serial(s: &str) -> String {
+    let hex: String = s
+        .chars()
+        .filter(|c| *c != ':')
+        .map(|c| c.to_ascii_uppercase())
+        .collect();
+    let t = hex.trim_start_matches('0');
+    if t.is_empty() && !hex.is_empty() {
+        "0".into()
+    } else {
+        t.to_owned()
+    }
+}
+
+/// Parses a revocation file: the first word of each line is a serial number in hex; `#`
+/// starts a comment. Returns the serials, or the first line that is not one.
+pub fn parse_revoked(text: &str) -> Result<HashSet<String>, String> {
+    let mut out = HashSet::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        let Some(serial) = line.split_whitespace().next() else {
+            continue;
+        };
+        if !serial.chars().all(|c| c.is_ascii_hexdigit() || c == ':') {
+            return Err(format!(
+                "line {}: {serial:?} is not a hex serial number",
+                n + 1
+            ));
+        }
+        out.insert(normalize_serial(serial));
+    }
+    Ok(out)
+}
+
+/// The revocation list, re-read when the file changes (checked at every handshake: one
+/// stat). A file that cannot be read refuses every client: fail closed.
+pub struct Revoked {
+    path: PathBuf,
+    state: Mutex<RevokedState>,
+}
+
+#[derive(Default)]
+struct RevokedState {
+    stamp: Option<(std::time::SystemTime, u64, u64)>,
+    serials: HashSet<String>,
+}
+
+impl Revoked {
+    pub fn new(path: PathBuf) -> Revoked {
+        Revoked {
+            path,
+            state: Mutex::new(RevokedState::default()),
+        }
+    }
+
+    /// Ok unless `serial` is revoked or the list is unreadable.
+    pub fn check(&self, serial: &str) -> Result<(), String> {
+        use std::os::unix::fs::MetadataExt;
+        let file = self.path.display();
+        let meta = std::fs::metadata(&self.path).map_err(|e| {
+            format!(
+                "tls.revoked_file {file}: {e}; refusing client certificates until it can be read"
+            )
+        })?;
+        let stamp = (
+            meta.modified().unwrap_or(std::time::UNIX_EPOCH),
+            meta.len(),
+            meta.ino(),
+        );
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if st.stamp != Some(stamp) {
+            let text = std::fs::read_to_string(&self.path)
+                .map_err(|e| format!("tls.revoked_file {file}: {e}; refusing client certificates until it can be read"))?;
+            let serials = parse_revoked(&text).map_err(|e| {
+                format!(
+                    "tls.revoked_file {file}: {e}; refusing client certificates until it is fixed"
+                )
+            })?;
+            tracing::info!(component = "mirage.tls", file = %file, revoked = serials.len(), "revocation list loaded");
+            st.serials = serials;
+            st.stamp = Some(stamp);
+        }
+        if !serial.is_empty() && st.serials.contains(serial) {
+            return Err(format!(
+                "client certificate serial {serial} is revoked (listed in {file})"
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// The identity a verified client certificate carries, or why it carries none usable.
-pub fn identity(cert: &X509) -> Result<String, String> {
+pub fn identity(cert: &X509Ref) -> Result<String, String> {
     let clean = |s: String| -> Result<String, String> {
         if s.contains('\0') || s.contains('\u{FFFD}') {
             Err("certificate identity contains NUL or invalid characters".into())
@@ -131,5 +346,57 @@ mod tests {
         let leaf = crate::certs::client_cert(&ca, "ghost.z", -1, 1).unwrap();
         let cert = X509::from_pem(leaf.cert_pem.as_bytes()).unwrap();
         assert_eq!(identity(&cert).unwrap(), "ghost.z");
+    }
+
+    fn x509(pem: &str) -> X509 {
+        X509::from_pem(pem.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn only_client_leaves_pass_the_leaf_check() {
+        let ca = crate::certs::new_ca("t", 1).unwrap();
+        let good = crate::certs::client_cert(&ca, "ghost.a", -1, 1).unwrap();
+        assert_eq!(check_leaf(&x509(&good.cert_pem)), Ok(LeafKind::ClientAuth));
+        let no_eku = crate::certs::client_cert_without_eku(&ca, "ghost.a", 1).unwrap();
+        assert_eq!(check_leaf(&x509(&no_eku.cert_pem)), Ok(LeafKind::NoEku));
+        let sub = crate::certs::intermediate(&ca, "ghost.a", 1).unwrap();
+        assert!(check_leaf(&x509(&sub.cert_pem))
+            .unwrap_err()
+            .contains("CA:TRUE"));
+        assert!(check_leaf(&x509(&ca.cert_pem))
+            .unwrap_err()
+            .contains("CA:TRUE"));
+        let srv = crate::certs::server_cert(&ca, &["ghost.a".into()], 1).unwrap();
+        assert!(check_leaf(&x509(&srv.cert_pem))
+            .unwrap_err()
+            .contains("clientAuth"));
+    }
+
+    #[test]
+    fn revocation_list_parses_serials_and_refuses_junk() {
+        let s = parse_revoked("# c\n\n00ab:CD ghost.a 1\n  0f # x\n").unwrap();
+        assert!(s.contains("ABCD") && s.contains("F"), "{s:?}");
+        assert_eq!(normalize_serial("000"), "0");
+        assert!(parse_revoked("ab\nzz ghost\n")
+            .unwrap_err()
+            .contains("line 2"));
+    }
+
+    #[test]
+    fn revoked_file_is_reread_when_it_changes_and_fails_closed() {
+        let dir = std::env::temp_dir().join(format!("mirage-revoked-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let f = dir.join("r.txt");
+        std::fs::write(&f, "").unwrap();
+        let r = Revoked::new(f.clone());
+        assert!(r.check("AB").is_ok());
+        // A new file (as `certs revoke` renames one in) is seen at the next check.
+        std::fs::write(dir.join("n.txt"), "AB g 1\n").unwrap();
+        std::fs::rename(dir.join("n.txt"), &f).unwrap();
+        assert!(r.check("AB").unwrap_err().contains("revoked"));
+        assert!(r.check("CD").is_ok());
+        std::fs::remove_file(&f).unwrap();
+        assert!(r.check("CD").unwrap_err().contains("refusing"));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -5,7 +5,9 @@
 //! - [`handshake`]: the `seed.register` / `seed.register.ack` NDJSON lines.
 //! - [`session`]: timeouts, heartbeat policy and reconnect backoff with jitter.
 //! - [`error`]: one error type mapping to wire codes and decode stages.
+//! - [`dbguard`]: checks a database's files before SQLite opens them (wiped db, bad WAL).
 
+pub mod dbguard;
 pub mod envelope;
 pub mod error;
 pub mod handshake;

@@ -355,9 +355,22 @@ pub fn tail(s: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
+/// The admin token harness Ghosts get unless a test sets its own (`execute*` needs one).
+pub const ADMIN_TOKEN: &str = "e2e-admin-token";
+
 pub struct Ghost {
     pub proc: Proc,
     pub admin: String,
+    /// Sent with every `admin()` request that has no `token` of its own.
+    pub token: String,
+}
+
+/// The `token = "…"` a test's `[admin]` keys set, if any.
+fn admin_token_in(admin_toml: &str) -> Option<String> {
+    admin_toml.lines().find_map(|l| {
+        let (k, v) = l.split_once('=')?;
+        (k.trim() == "token").then(|| v.trim().trim_matches('"').to_owned())
+    })
 }
 
 impl Ghost {
@@ -374,9 +387,17 @@ impl Ghost {
         admin_toml: &str,
     ) -> Ghost {
         let data = dir.as_ref().join(id);
+        let (token, admin_toml) = match admin_token_in(admin_toml) {
+            Some(t) => (t, admin_toml.to_owned()),
+            None => (
+                ADMIN_TOKEN.to_owned(),
+                format!("{admin_toml}\ntoken = \"{ADMIN_TOKEN}\""),
+            ),
+        };
         Ghost::with_config(
             dir,
             id,
+            token,
             &format!(
                 "ghost_id = \"{id}\"\ndata_dir = \"{}\"\n{extra_toml}\n[mirage]\naddresses = [\"{mirage}\"]\n[admin]\nlisten = \"127.0.0.1:0\"\n{admin_toml}\n[timeouts]\nheartbeat_ms = 300\ndead_after_ms = 2000\nack_timeout_ms = 3000\n[backoff]\ninitial_ms = 50\nmax_ms = 500\n",
                 data.display()
@@ -390,15 +411,16 @@ impl Ghost {
         Ghost::with_config(
             dir,
             id,
+            ADMIN_TOKEN.to_owned(),
             &format!(
-                "ghost_id = \"{id}\"\ndata_dir = \"{}\"\n[mirage]\npolicy = \"headless\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+                "ghost_id = \"{id}\"\ndata_dir = \"{}\"\n[mirage]\npolicy = \"headless\"\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"{ADMIN_TOKEN}\"\n",
                 data.display()
             ),
         )
     }
 
     /// Writes `<id>.toml` into `dir`, runs `ghost serve` on it, waits for its ready line.
-    fn with_config(dir: impl AsRef<Path>, id: &str, toml: &str) -> Ghost {
+    fn with_config(dir: impl AsRef<Path>, id: &str, token: String, toml: &str) -> Ghost {
         let dir = dir.as_ref();
         let cfg = dir.join(format!("{id}.toml"));
         std::fs::write(&cfg, toml).unwrap();
@@ -408,10 +430,15 @@ impl Ghost {
             dir.join(format!("{id}.log")),
         );
         let admin = proc.field("admin");
-        Ghost { proc, admin }
+        Ghost { proc, admin, token }
     }
 
-    pub fn admin(&self, req: Value) -> Value {
+    pub fn admin(&self, mut req: Value) -> Value {
+        if let Some(m) = req.as_object_mut() {
+            if !self.token.is_empty() && !m.contains_key("token") {
+                m.insert("token".into(), Value::String(self.token.clone()));
+            }
+        }
         let s = TcpStream::connect(&self.admin).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
         let mut w = s.try_clone().unwrap();

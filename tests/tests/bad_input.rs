@@ -607,7 +607,8 @@ fn ghost_admin_refuses_bad_input_with_an_error_line_while_the_ghost_works() {
 
     // Each bad line gets an error line, and the connection carries on.
     let mut c = AdminConn::open(&admin);
-    let status = br#"{"action":"status"}"#;
+    let status = format!(r#"{{"action":"status","token":"{ADMIN_TOKEN}"}}"#);
+    let status = status.as_bytes();
     let mut random = rng.bytes_no_newline(4096);
     random[0] = b'{'; // valid UTF-8 garbage too, below
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![

@@ -21,8 +21,9 @@ fn ghost(dir: &Path, name: &str, id: &str, mirage: &str, backoff_max_ms: u64) ->
     std::fs::write(
         &cfg,
         format!(
-            "ghost_id = \"{id}\"\ndata_dir = \"{}\"\n[mirage]\naddresses = [\"{mirage}\"]\n[admin]\nlisten = \"127.0.0.1:0\"\n[timeouts]\nheartbeat_ms = 300\ndead_after_ms = 2000\nack_timeout_ms = 3000\n[backoff]\ninitial_ms = 50\nmax_ms = {backoff_max_ms}\n",
-            dir.join(name).display()
+            "ghost_id = \"{id}\"\ndata_dir = \"{}\"\n[mirage]\naddresses = [\"{mirage}\"]\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"{token}\"\n[timeouts]\nheartbeat_ms = 300\ndead_after_ms = 2000\nack_timeout_ms = 3000\n[backoff]\ninitial_ms = 50\nmax_ms = {backoff_max_ms}\n",
+            dir.join(name).display(),
+            token = e2e::ADMIN_TOKEN,
         ),
     )
     .unwrap();
@@ -32,7 +33,11 @@ fn ghost(dir: &Path, name: &str, id: &str, mirage: &str, backoff_max_ms: u64) ->
         dir.join(format!("{name}.log")),
     );
     let admin = proc.field("admin");
-    Ghost { proc, admin }
+    Ghost {
+        proc,
+        admin,
+        token: e2e::ADMIN_TOKEN.to_owned(),
+    }
 }
 
 fn instance_of(dir: &Path, name: &str) -> String {

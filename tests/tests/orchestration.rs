@@ -157,7 +157,14 @@ async fn a_duplicate_event_changes_nothing_and_gets_the_stored_ack() {
         .next_command(Duration::from_secs(10))
         .await
         .expect("command");
-    assert_eq!(c1.command_id, "cmd.d.1.fake.1");
+    // cmd.<intent>.s<submission>.<step>.<ghost>.<attempt>
+    let parts: Vec<&str> = c1.command_id.split('.').collect();
+    assert!(
+        parts.len() == 6 && parts[..2] == ["cmd", "d"] && parts[2].starts_with('s'),
+        "{}",
+        c1.command_id
+    );
+    assert_eq!(parts[3..], ["1", "fake", "1"], "{}", c1.command_id);
     let e = fake.event_for(&c1, true);
     let (_, a1) = fake.event(&e).await;
     // The same event again, twice: the stored ack, unchanged, and no second transition.
@@ -170,7 +177,11 @@ async fn a_duplicate_event_changes_nothing_and_gets_the_stored_ack() {
         .next_command(Duration::from_secs(10))
         .await
         .expect("step 2");
-    assert_eq!(c2.command_id, "cmd.d.2.fake.1");
+    assert_eq!(
+        c2.command_id,
+        format!("cmd.d.{}.2.fake.1", parts[2]),
+        "same submission, step 2"
+    );
     assert!(
         fake.next_command(Duration::from_millis(300))
             .await
@@ -334,8 +345,8 @@ fn a_ghost_without_session_commands_is_driven_through_its_admin_boundary() {
         &dir,
         0,
         &format!(
-            "[[ghost_admin]]\nid = \"edge\"\naddr = \"{}\"\n",
-            edge.admin
+            "[[ghost_admin]]\nid = \"edge\"\naddr = \"{}\"\ntoken = \"{}\"\n",
+            edge.admin, edge.token
         ),
     );
     m.wait_ghosts(1, T);

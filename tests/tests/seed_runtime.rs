@@ -14,7 +14,7 @@ fn headless(dir: &TempDir, id: &str, extra: &str) -> Ghost {
     std::fs::write(
         &cfg,
         format!(
-            "ghost_id = \"{id}\"\ndata_dir = \"{}\"\n{extra}\n[mirage]\npolicy = \"headless\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+            "ghost_id = \"{id}\"\ndata_dir = \"{}\"\n{extra}\n[mirage]\npolicy = \"headless\"\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"{ADMIN_TOKEN}\"\n",
             dir.path(id).display()
         ),
     )
@@ -25,12 +25,17 @@ fn headless(dir: &TempDir, id: &str, extra: &str) -> Ghost {
         dir.path(&format!("{id}.log")),
     );
     let admin = proc.field("admin");
-    Ghost { proc, admin }
+    Ghost {
+        proc,
+        admin,
+        token: ADMIN_TOKEN.into(),
+    }
 }
 
 /// One admin request on its own connection (so threads can run several at once).
-fn admin_at(addr: &str, req: Value) -> Value {
+fn admin_at(addr: &str, mut req: Value) -> Value {
     use std::io::{BufRead, BufReader, Write};
+    req["token"] = json!(ADMIN_TOKEN);
     let s = std::net::TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(40))).unwrap();
     (&s).write_all(format!("{req}\n").as_bytes()).unwrap();

@@ -7,9 +7,15 @@
 //! the Ghost stops before the command's event is persisted, the re-sent command finds the
 //! marker and is not run again: it ends with an `error` event saying its effect is unknown
 //! (see `logic::after_interruption`).
+//!
+//! When the outbox cannot persist events (a full disk), the command's event is sent anyway,
+//! as an `error` event that is not persisted and that says why, and new commands are
+//! refused without running (so no effect happens that cannot be reported, and Mirage's
+//! retries do not run a command again and again) until the outbox works again.
 
 use std::collections::{HashMap, VecDeque};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use bytes::Bytes;
@@ -19,14 +25,15 @@ use shared::error::code;
 use shared::metrics::MeteredAddr;
 use shared::wire::tlv;
 
-use crate::actors::outbox::{Enqueue, Outbox};
+use crate::actors::outbox::{Enqueue, EnqueueVolatile, Health, Outbox};
 use crate::actors::seed::{Execute, SeedActor};
 use crate::logic::{
-    after_interruption, check_command, needs_start_marker, Catalog, DedupeWindow, Fences, Phase,
-    Rejection, Seen,
+    after_interruption, check_command, keep_until, needs_start_marker, remaining_ms, Catalog,
+    DedupeWindow, Fences, Marker, Phase, Rejection, Seen,
 };
+use crate::reserve::Reserve;
 use crate::seeds::SeedOutput;
-use crate::store::{Store, Update};
+use crate::store::{GhostClock, Store, Update};
 
 /// Most recent executions kept for the admin boundary.
 const RECENT: usize = 1000;
@@ -58,10 +65,14 @@ pub struct Dispatcher {
     catalog: Catalog,
     fences: Fences,
     dedupe: DedupeWindow,
+    /// Ages the dedupe window and start markers (never the wall clock).
+    clock: GhostClock,
     seeds: HashMap<String, SeedSlot>,
     seed_mailbox: usize,
     max_output: usize,
     outbox: MeteredAddr<Outbox>,
+    outbox_health: Health,
+    reserve: Option<Arc<Reserve>>,
     store: MeteredAddr<Store>,
     recent: VecDeque<Record>,
     seq: u64,
@@ -78,10 +89,15 @@ pub struct DispatcherParts {
     pub catalog: Catalog,
     pub fences: Fences,
     pub dedupe: DedupeWindow,
+    pub clock: GhostClock,
     pub seeds: HashMap<String, MeteredAddr<SeedActor>>,
     pub seed_mailbox: usize,
     pub max_output: usize,
     pub outbox: MeteredAddr<Outbox>,
+    /// The outbox's failing/healthy state (`Outbox::health`).
+    pub outbox_health: Health,
+    /// Given back when a start marker cannot be written (a full disk).
+    pub reserve: Option<Arc<Reserve>>,
     pub store: MeteredAddr<Store>,
 }
 
@@ -93,6 +109,7 @@ impl Dispatcher {
             catalog: p.catalog,
             fences: p.fences,
             dedupe: p.dedupe,
+            clock: p.clock,
             seeds: p
                 .seeds
                 .into_iter()
@@ -101,6 +118,8 @@ impl Dispatcher {
             seed_mailbox: p.seed_mailbox.max(1),
             max_output: p.max_output,
             outbox: p.outbox,
+            outbox_health: p.outbox_health,
+            reserve: p.reserve,
             store: p.store,
             recent: VecDeque::with_capacity(RECENT),
             seq: 0,
@@ -148,6 +167,28 @@ impl Dispatcher {
         ev
     }
 
+    /// An `error` event for `cmd` that says `reason`, sent without being persisted.
+    fn send_volatile(&mut self, cmd: &Command, reason: String, stderr: &[u8]) -> (Event, Bytes) {
+        let mut err = format!("{reason}\n").into_bytes();
+        err.extend_from_slice(stderr);
+        let r = Rejection {
+            code: code::INTERNAL,
+            reason,
+        };
+        let ev = self.event_for(cmd, SeedOutput::error(1, err), Some(r));
+        let payload = Envelope::Event(ev.clone())
+            .to_fields()
+            .to_bytes()
+            .unwrap_or_default();
+        if !payload.is_empty() {
+            self.outbox.do_send(EnqueueVolatile {
+                event_id: ev.event_id.clone(),
+                payload: payload.clone(),
+            });
+        }
+        (ev, payload)
+    }
+
     /// Persist, remember in the dedupe window, keep for the admin view, answer.
     fn finish(
         &mut self,
@@ -178,8 +219,8 @@ impl Dispatcher {
             .into_actor(self)
             .map(move |res, act, _| match res {
                 Ok(()) => {
-                    act.dedupe
-                        .complete(&cmd.command_id, payload, shared::now_ms());
+                    let now = act.clock.now();
+                    act.dedupe.complete(&cmd.command_id, payload, now);
                     act.seq += 1;
                     if act.recent.len() == RECENT {
                         act.recent.pop_front();
@@ -193,10 +234,32 @@ impl Dispatcher {
                     Ok(ev)
                 }
                 Err(e) => {
-                    // Not recorded: a retry of the command may run it.
-                    act.dedupe.release(&cmd.command_id);
-                    tracing::error!(component = "ghost.dispatcher", command_id = %cmd.command_id, error = %e, "event not persisted");
-                    Err(e)
+                    // Mirage hears why now rather than at its step timeout. The event is
+                    // remembered in memory, so the same command re-sent is not run again.
+                    let what = match (&ev.outcome, &ev.error_reason) {
+                        (Outcome::Success, _) => "ran and succeeded".to_owned(),
+                        (_, Some(r)) => format!("was not run or failed: {r}"),
+                        (_, None) => "ran and failed".to_owned(),
+                    };
+                    let reason = format!(
+                        "the Ghost's outbox cannot persist events ({e}); the command {what}, but its event is not durable, so it is reported as failed"
+                    );
+                    tracing::error!(component = "ghost.dispatcher", command_id = %cmd.command_id, error = %e, "event not persisted; sending an error event that is not persisted");
+                    let stderr = ev.stderr.clone().unwrap_or_default();
+                    let (vev, vpayload) = act.send_volatile(&cmd, reason, &stderr);
+                    act.dedupe
+                        .complete(&cmd.command_id, vpayload, shared::now_ms());
+                    act.seq += 1;
+                    if act.recent.len() == RECENT {
+                        act.recent.pop_front();
+                    }
+                    act.recent.push_back(Record {
+                        seq: act.seq,
+                        source,
+                        command: cmd,
+                        event: vev.clone(),
+                    });
+                    Ok(vev)
                 }
             }),
         )
@@ -209,8 +272,8 @@ impl Actor for Dispatcher {
     fn started(&mut self, ctx: &mut Context<Self>) {
         shared::metrics::actor("ghost.dispatcher").instance_started();
         ctx.run_interval(Duration::from_secs(30), |act, _| {
-            let cutoff = act.dedupe.expire(shared::now_ms());
-            act.store.do_send(Update::Prune { before_ms: cutoff });
+            let now = act.dedupe.expire(act.clock.now());
+            act.store.do_send(Update::Prune { now });
         });
     }
 
@@ -251,15 +314,22 @@ impl Handler<Run> for Dispatcher {
                 let enqueue = Enqueue {
                     event_id: ev.event_id.clone(),
                     command_id: None,
-                    payload,
+                    payload: payload.clone(),
                 };
                 let outbox = self.outbox.clone();
                 return Box::pin(
                     async move {
-                        outbox
-                            .send(enqueue)
-                            .await
-                            .map_err(|e| format!("outbox mailbox: {e}"))??;
+                        match outbox.send(enqueue).await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(_)) => {
+                                // The store is failing: send the stored event anyway.
+                                outbox.do_send(EnqueueVolatile {
+                                    event_id: ev.event_id.clone(),
+                                    payload,
+                                });
+                            }
+                            Err(e) => return Err(format!("outbox mailbox: {e}")),
+                        }
                         Ok(ev)
                     }
                     .into_actor(self),
@@ -268,6 +338,17 @@ impl Handler<Run> for Dispatcher {
             Seen::New => None,
             Seen::Interrupted { started_ms } => Some(started_ms),
         };
+        if let Some(why) = self.outbox_health.failing() {
+            // Not run: its result could not be recorded. A re-send may run it later.
+            self.dedupe.release(&cmd.command_id);
+            self.rejected += 1;
+            let reason = format!(
+                "not run: the Ghost's outbox cannot persist events ({why}); free disk space in the Ghost's data_dir"
+            );
+            tracing::warn!(component = "ghost.dispatcher", command_id = %cmd.command_id, seed = %cmd.seed_selector, operation = %cmd.operation, reason = %reason, "command refused");
+            let (ev, _) = self.send_volatile(&cmd, reason, b"");
+            return Box::pin(fut::ready(Ok(ev)));
+        }
         if let Some(started_ms) = interrupted {
             self.interrupted += 1;
             match after_interruption(&cmd, started_ms, &self.catalog) {
@@ -336,23 +417,51 @@ impl Handler<Run> for Dispatcher {
         }
         slot.queued += 1;
         let addr = slot.addr.clone();
+        // The budget is measured from here on this Ghost's monotonic clock, so neither its
+        // wall clock nor Mirage's can shorten it.
+        let remaining = remaining_ms(&cmd, now);
         let exec = Execute {
             operation: cmd.operation.clone(),
             args: cmd.args.clone(),
-            deadline_ms: cmd.deadline_ms,
+            deadline: remaining
+                .and_then(|r| Instant::now().checked_add(Duration::from_millis(r.max(0) as u64))),
         };
         let source = m.source;
-        // Not idempotent: the start is on disk before the seed can have any effect.
+        // Not idempotent: the start is on disk before the seed can have any effect. It is
+        // kept while Mirage may re-send the command (its budget) plus the window.
+        let tick = self.clock.now();
+        let mark = Marker {
+            started_ms: now,
+            keep_until: keep_until(tick, self.dedupe.window_ms(), remaining),
+        };
         let marker = needs_start_marker(&cmd, &self.catalog).then(|| Update::Started {
             command_id: cmd.command_id.clone(),
             now_ms: now,
+            tick,
+            keep_until: mark.keep_until,
         });
         let marked = marker.is_some();
         let store = self.store.clone();
+        let reserve = self.reserve.clone();
+        let mark_cid = cmd.command_id.clone();
+        let mark_keep = mark.keep_until;
         Box::pin(
             async move {
                 if let Some(mark) = marker {
-                    match store.send(mark).await {
+                    let mut r = store.send(mark).await;
+                    if matches!(r, Ok(Err(_))) && reserve.as_ref().is_some_and(|r| r.release()) {
+                        // A full disk: the reserve makes room for this marker and its event.
+                        tracing::error!(component = "ghost.dispatcher", command_id = %mark_cid, "start marker not persisted; released the outbox disk reserve and trying again");
+                        r = store
+                            .send(Update::Started {
+                                command_id: mark_cid,
+                                now_ms: now,
+                                tick,
+                                keep_until: mark_keep,
+                            })
+                            .await;
+                    }
+                    match r {
                         Ok(Ok(())) => {}
                         Ok(Err(e)) => return Err(e),
                         Err(e) => return Err(format!("store mailbox: {e}")),
@@ -368,7 +477,7 @@ impl Handler<Run> for Dispatcher {
                 let ev = match res {
                     Ok(res) => {
                         if marked {
-                            act.dedupe.started(&cmd.command_id, now);
+                            act.dedupe.started(&cmd.command_id, mark);
                         }
                         act.executed += 1;
                         let out = res.unwrap_or_else(|e| {

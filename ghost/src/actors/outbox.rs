@@ -1,7 +1,15 @@
 //! The `Outbox`: every terminal event is persisted before it is sent, stays until Mirage
 //! accepts it, goes again after a reconnect, a restart or an overdue ack, and is marked failed
 //! on a rejected ack. Many events are in flight at once.
+//!
+//! When the store cannot persist an event (a full disk), the outbox first gives back its
+//! disk reserve and tries again; if that fails too it is *failing*: the dispatcher sends
+//! terminal events that are not persisted ([`EnqueueVolatile`], kept in memory until acked)
+//! and refuses new commands with the reason, so Mirage learns why at once. A probe write
+//! every second finds out when the store works again.
 
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -9,7 +17,45 @@ use bytes::Bytes;
 use shared::metrics::MeteredAddr;
 
 use crate::logic::{OutboxState, ToSend};
+use crate::reserve::Reserve;
 use crate::store::{Persist, Store, Update};
+
+/// Sequence numbers of events that are not persisted: above every store seq, so they are
+/// sent after the persisted ones, and never confused with them.
+const VOLATILE_SEQ: u64 = 1 << 62;
+/// Events not persisted kept at once (each one answers a command refused or run while the
+/// store failed; Mirage sends at most its in-flight window to a Ghost).
+const MAX_VOLATILE: usize = 4096;
+/// A probe write while failing, every this many 250 ms ticks.
+const PROBE_TICKS: u64 = 4;
+/// While the reserve is not held, whether it can be made again is checked this often.
+const RESERVE_TICKS: u64 = 20;
+
+/// Whether the outbox can persist events: `Some(reason)` while it cannot. Shared with the
+/// dispatcher, which refuses commands while it is set.
+#[derive(Debug, Clone, Default)]
+pub struct Health(Arc<Mutex<Option<String>>>);
+
+impl Health {
+    pub fn failing(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set(&self, reason: &str) -> bool {
+        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let first = g.is_none();
+        *g = Some(reason.to_owned());
+        first
+    }
+
+    fn clear(&self) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .is_some()
+    }
+}
 
 /// Sent to the link: put these events on the wire.
 #[derive(Message)]
@@ -26,6 +72,14 @@ pub struct Outbox {
     /// Acks and rejections handed to the store but not yet on disk: until then a crash sends
     /// those events again (allowed: delivery is at least once).
     unsynced: usize,
+    health: Health,
+    reserve: Option<Arc<Reserve>>,
+    /// event_ids of events sent without being persisted (no store update on their ack).
+    volatile: HashSet<String>,
+    volatile_seq: u64,
+    pub volatile_sent: u64,
+    probing: bool,
+    ticks: u64,
 }
 
 impl Outbox {
@@ -38,7 +92,93 @@ impl Outbox {
             acked: 0,
             failed: 0,
             unsynced: 0,
+            health: Health::default(),
+            reserve: None,
+            volatile: HashSet::new(),
+            volatile_seq: VOLATILE_SEQ,
+            volatile_sent: 0,
+            probing: false,
+            ticks: 0,
         }
+    }
+
+    /// The disk reserve given back when the store fails (see [`Reserve`]).
+    pub fn with_reserve(mut self, reserve: Option<Arc<Reserve>>) -> Outbox {
+        self.reserve = reserve;
+        self
+    }
+
+    /// Shared failing/healthy state, for the dispatcher.
+    pub fn health(&self) -> Health {
+        self.health.clone()
+    }
+
+    fn on_persist_error(&mut self, e: &str) {
+        if self.health.set(e) {
+            tracing::error!(component = "ghost.outbox", error = %e, "the outbox cannot persist events; commands are refused and their events sent unpersisted until it can");
+        }
+    }
+
+    fn on_persist_ok(&mut self) {
+        if self.health.clear() {
+            tracing::warn!(
+                component = "ghost.outbox",
+                "the outbox persists events again"
+            );
+        }
+    }
+
+    /// Once a second while failing: a small write (a fence no seed has) shows whether the
+    /// store can write again.
+    fn probe(&mut self, ctx: &mut Context<Self>) {
+        if self.probing || self.health.failing().is_none() {
+            return;
+        }
+        self.probing = true;
+        let store = self.store.clone();
+        ctx.spawn(
+            async move {
+                match store
+                    .send(Update::Fence {
+                        seed: "outbox.probe".into(),
+                        token: 0,
+                    })
+                    .await
+                {
+                    Ok(r) => r,
+                    Err(e) => Err(format!("store mailbox: {e}")),
+                }
+            }
+            .into_actor(self)
+            .map(|res, act, _| {
+                act.probing = false;
+                if res.is_ok() {
+                    act.on_persist_ok();
+                }
+            }),
+        );
+    }
+
+    /// Makes the reserve again (off the event loop) once the store is healthy.
+    fn refill_reserve(&mut self) {
+        let Some(r) = &self.reserve else { return };
+        if r.held() || self.health.failing().is_some() {
+            return;
+        }
+        let r = r.clone();
+        tokio::task::spawn_blocking(move || match r.ensure() {
+            Ok(true) => {
+                tracing::info!(
+                    component = "ghost.outbox",
+                    bytes = r.bytes(),
+                    "outbox disk reserve in place"
+                )
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(component = "ghost.outbox", error = %e, "cannot make the outbox disk reserve")
+            }
+        });
     }
 
     fn flush(&mut self) {
@@ -56,7 +196,16 @@ impl Actor for Outbox {
     fn started(&mut self, ctx: &mut Context<Self>) {
         shared::metrics::actor("ghost.outbox").instance_started();
         // Overdue acks are found by this tick.
-        ctx.run_interval(Duration::from_millis(250), |act, _| act.flush());
+        ctx.run_interval(Duration::from_millis(250), |act, ctx| {
+            act.flush();
+            act.ticks += 1;
+            if act.ticks.is_multiple_of(PROBE_TICKS) {
+                act.probe(ctx);
+            }
+            if act.ticks.is_multiple_of(RESERVE_TICKS) {
+                act.refill_reserve();
+            }
+        });
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
@@ -78,27 +227,77 @@ impl Handler<Enqueue> for Outbox {
 
     fn handle(&mut self, m: Enqueue, _: &mut Context<Self>) -> Self::Result {
         let store = self.store.clone();
-        let persist = Persist {
+        let persist = || Persist {
             event_id: m.event_id.clone(),
-            command_id: m.command_id,
+            command_id: m.command_id.clone(),
             payload: m.payload.clone(),
             now_ms: shared::now_ms(),
         };
+        let (first, again) = (persist(), persist());
+        let reserve = self.reserve.clone();
         Box::pin(
             async move {
-                store
-                    .send(persist)
-                    .await
-                    .map_err(|e| format!("store mailbox: {e}"))?
+                let send = |p| async {
+                    store
+                        .send(p)
+                        .await
+                        .map_err(|e| format!("store mailbox: {e}"))?
+                };
+                match send(first).await {
+                    Ok(seq) => Ok(seq),
+                    Err(e) => match reserve.filter(|r| r.release()) {
+                        // Space for this and the next events while the operator makes room.
+                        Some(r) => {
+                            tracing::error!(component = "ghost.outbox", event_id = %again.event_id, error = %e, reserve_bytes = r.bytes(), "event not persisted; released the outbox disk reserve and trying again");
+                            send(again).await
+                        }
+                        None => Err(e),
+                    },
+                }
             }
             .into_actor(self)
-            .map(move |res, act, _| {
-                let seq = res?;
-                act.state.push(seq, m.event_id, m.payload);
-                act.flush();
-                Ok(())
+            .map(move |res, act, _| match res {
+                Ok(seq) => {
+                    act.on_persist_ok();
+                    act.state.push(seq, m.event_id, m.payload);
+                    act.flush();
+                    Ok(())
+                }
+                Err(e) => {
+                    act.on_persist_error(&e);
+                    Err(e)
+                }
             }),
         )
+    }
+}
+
+/// Queue a terminal event that could not be persisted: sent like any other (again after a
+/// reconnect or an overdue ack) but kept only in memory, so a restart loses it.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct EnqueueVolatile {
+    pub event_id: String,
+    pub payload: Bytes,
+}
+
+impl Handler<EnqueueVolatile> for Outbox {
+    type Result = ();
+
+    fn handle(&mut self, m: EnqueueVolatile, _: &mut Context<Self>) {
+        if self.volatile.len() >= MAX_VOLATILE {
+            tracing::error!(component = "ghost.outbox", event_id = %m.event_id, held = self.volatile.len(), "too many unpersisted events waiting; this one is dropped");
+            return;
+        }
+        self.volatile_seq += 1;
+        if self
+            .state
+            .push(self.volatile_seq, m.event_id.clone(), m.payload)
+        {
+            self.volatile.insert(m.event_id);
+            self.volatile_sent += 1;
+        }
+        self.flush();
     }
 }
 
@@ -116,6 +315,16 @@ impl Handler<Acked> for Outbox {
     fn handle(&mut self, m: Acked, ctx: &mut Context<Self>) {
         if self.state.on_ack(&m.event_id).is_none() {
             tracing::debug!(component = "ghost.outbox", event_id = %m.event_id, "ack for an event not waiting (duplicate ack)");
+            return;
+        }
+        if self.volatile.remove(&m.event_id) {
+            // Nothing on disk to update.
+            if m.accepted {
+                self.acked += 1;
+            } else {
+                self.failed += 1;
+            }
+            self.flush();
             return;
         }
         let update = if m.accepted {
@@ -168,7 +377,7 @@ impl Handler<Link> for Outbox {
     }
 }
 
-#[derive(Debug, Clone, Copy, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct OutboxStats {
     pub pending: usize,
     pub in_flight: usize,
@@ -176,6 +385,12 @@ pub struct OutboxStats {
     pub failed: u64,
     /// Acknowledged events whose removal is not yet on disk.
     pub unsynced: usize,
+    /// Events sent without being persisted (the store failed), since start.
+    pub volatile_sent: u64,
+    /// Why the outbox cannot persist events now; empty when it can.
+    pub failing: String,
+    /// The disk reserve is in place.
+    pub reserve_held: bool,
 }
 
 #[derive(Message)]
@@ -192,12 +407,16 @@ impl Handler<Stats> for Outbox {
             acked: self.acked,
             failed: self.failed,
             unsynced: self.unsynced,
+            volatile_sent: self.volatile_sent,
+            failing: self.health.failing().unwrap_or_default(),
+            reserve_held: self.reserve.as_ref().is_some_and(|r| r.held()),
         })
     }
 }
 
 shared::metered!(Outbox, Enqueue);
 shared::metered!(Outbox, Acked);
+shared::metered!(Outbox, EnqueueVolatile);
 shared::metered!(Outbox, Link);
 
 impl Handler<shared::metrics::Metered<Stats>> for Outbox {

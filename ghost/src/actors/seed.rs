@@ -124,14 +124,14 @@ impl SeedActor {
             let Some(q) = self.queue.pop_front() else {
                 return;
             };
-            if let Some(d) = q.exec.deadline_ms {
-                let now = shared::now_ms();
+            if let Some(d) = q.exec.deadline {
+                let now = Instant::now();
                 if now > d {
                     let _ = q.tx.send(SeedOutput::error(
                         1,
                         format!(
                             "deadline passed {} ms before the seed was free; not started\n",
-                            now - d
+                            (now - d).as_millis()
                         ),
                     ));
                     continue;
@@ -223,8 +223,8 @@ impl Supervised for SeedActor {
 pub struct Execute {
     pub operation: String,
     pub args: Args,
-    /// Absolute ms; a command still queued past it is not started.
-    pub deadline_ms: Option<u64>,
+    /// On this Ghost's monotonic clock; a command still queued past it is not started.
+    pub deadline: Option<std::time::Instant>,
 }
 
 impl Handler<Execute> for SeedActor {

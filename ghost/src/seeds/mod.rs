@@ -263,6 +263,8 @@ pub trait Seed: Send + 'static {
 pub struct SeedSettings {
     pub fs_root: PathBuf,
     pub fs_max_file_bytes: u64,
+    /// Quota on the total bytes under the seed.fs root; 0 = off.
+    pub fs_max_total_bytes: u64,
     pub kv_max_keys: usize,
     pub kv_max_value_bytes: usize,
     pub flow_max_sleep_ms: u64,
@@ -280,6 +282,7 @@ impl Default for SeedSettings {
         SeedSettings {
             fs_root: PathBuf::from("data/fs"),
             fs_max_file_bytes: 1024 * 1024,
+            fs_max_total_bytes: 1024 * 1024 * 1024,
             kv_max_keys: 100_000,
             kv_max_value_bytes: 64 * 1024,
             flow_max_sleep_ms: 60_000,
@@ -314,7 +317,8 @@ pub fn builtin(id: &str, settings: &SeedSettings) -> Result<Box<dyn Seed>, Strin
         )),
         "seed.fs" | "fs" => Box::new(
             fs::Fs::new(settings.fs_root.clone(), settings.fs_max_file_bytes)
-                .with_max_hold_ms(settings.flow_max_sleep_ms),
+                .with_max_hold_ms(settings.flow_max_sleep_ms)
+                .with_max_total_bytes(settings.fs_max_total_bytes),
         ),
         "seed.chaos" => Box::new(chaos::Chaos::new(settings.flow_max_sleep_ms)),
         "seed.service" => Box::new(service::Service::new(

@@ -29,6 +29,11 @@ pub struct IntentPlan {
     /// one serialisation per commit, not one per event (which was quadratic).
     pending_fx: Vec<Effect>,
     pending_replies: Vec<oneshot::Sender<Result<(), String>>>,
+    /// Writes that failed in a row (a full disk, say): the state stays in memory, its
+    /// effects stay pending, and the write is tried again after a backoff, so the plan goes
+    /// on by itself once the store takes writes again.
+    write_failures: u32,
+    retry: Option<SpawnHandle>,
 }
 
 /// How often a plan waiting for a placement looks again.
@@ -55,7 +60,28 @@ impl IntentPlan {
             dirty: false,
             pending_fx: Vec::new(),
             pending_replies: Vec::new(),
+            write_failures: 0,
+            retry: None,
         }
+    }
+
+    /// 250 ms, doubling, at most 5 s.
+    fn retry_delay(failures: u32) -> std::time::Duration {
+        let ms = 250u64.saturating_mul(1 << failures.saturating_sub(1).min(5));
+        std::time::Duration::from_millis(ms.min(5_000))
+    }
+
+    fn schedule_retry(&mut self, ctx: &mut Context<Self>) {
+        if self.retry.is_some() {
+            return;
+        }
+        let delay = Self::retry_delay(self.write_failures);
+        self.retry = Some(ctx.run_later(delay, |act, ctx| {
+            act.retry = None;
+            if act.dirty && !act.persisting {
+                act.flush(ctx);
+            }
+        }));
     }
 
     fn stop_when_idle(&mut self, ctx: &mut Context<Self>) {
@@ -151,15 +177,34 @@ impl IntentPlan {
                 .map(move |res, act, ctx| {
                     act.persisting = false;
                     match &res {
-                        Ok(()) => act.execute(fx, ctx),
+                        Ok(()) => {
+                            if act.write_failures > 0 {
+                                tracing::info!(component = "mirage.plan", intent_id = %act.plan.intent.intent_id, failures = act.write_failures, "plan state persisted again; held-back effects go out");
+                            }
+                            act.write_failures = 0;
+                            act.execute(fx, ctx);
+                        }
                         Err(e) => {
-                            tracing::error!(component = "mirage.plan", intent_id = %act.plan.intent.intent_id, error = %e, "plan state not persisted; effects held back");
+                            // The state in memory is ahead of the disk: keep its effects
+                            // (before any that came later) and write it again, rather than
+                            // lose them (a step whose event was taken in would never move on).
+                            act.write_failures = act.write_failures.saturating_add(1);
+                            tracing::error!(component = "mirage.plan", intent_id = %act.plan.intent.intent_id, error = %e, failures = act.write_failures, retry_in_ms = Self::retry_delay(act.write_failures).as_millis() as u64, "plan state not persisted; effects held back until a write succeeds");
+                            let later = std::mem::replace(&mut act.pending_fx, fx);
+                            act.pending_fx.extend(later);
+                            act.dirty = true;
                         }
                     }
                     for r in replies {
                         let _ = r.send(res.clone());
                     }
-                    if act.dirty && !act.pending_replies.is_empty() {
+                    if res.is_err() {
+                        act.schedule_retry(ctx);
+                        // Deadlines still fall due while the disk is full.
+                        if !act.finished {
+                            act.schedule(ctx);
+                        }
+                    } else if act.dirty && !act.pending_replies.is_empty() {
                         act.flush(ctx);
                     } else if !act.finished {
                         act.schedule(ctx);
@@ -280,6 +325,29 @@ impl Handler<Resume> for IntentPlan {
         let fx = self.plan.resume(shared::now_ms(), &fleet);
         let rx = self.apply(fx, ctx);
         Box::pin(async move { rx.await.unwrap_or_else(|_| Err("plan stopped".to_string())) })
+    }
+}
+
+/// The submission was refused (its first write failed): stop without a trace, so the
+/// intent neither counts as active nor runs later when a retried write lands.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Discard;
+
+impl Handler<Discard> for IntentPlan {
+    type Result = ();
+
+    fn handle(&mut self, _: Discard, ctx: &mut Context<Self>) {
+        self.finished = true;
+        self.dirty = false;
+        self.pending_fx.clear();
+        for r in self.pending_replies.drain(..) {
+            let _ = r.send(Err("intent refused".into()));
+        }
+        for h in [self.timer.take(), self.retry.take()].into_iter().flatten() {
+            ctx.cancel_future(h);
+        }
+        ctx.stop();
     }
 }
 

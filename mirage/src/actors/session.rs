@@ -23,7 +23,9 @@ type Writer = Box<dyn AsyncWrite + Unpin>;
 use tokio::sync::mpsc;
 use tokio_util::codec::FramedRead;
 
-use super::supervisor::{IngestBatch, Register, SessionClosed, SessionVerified, Supervisor};
+use super::supervisor::{
+    ClockSkew, IngestBatch, Register, SessionClosed, SessionVerified, Supervisor,
+};
 use crate::config::{Limits as MirageLimits, MirageConfig};
 use crate::metrics as m;
 
@@ -43,6 +45,8 @@ pub struct GhostSession {
     /// Events read but not yet handed to the Supervisor: everything decoded from one read
     /// goes in one message (bounded by MAX_BATCH).
     batch: Vec<(u64, shared::envelope::Event)>,
+    /// The Ghost's clock against ours, from its heartbeats' timestamps.
+    skew: crate::skew::SkewEstimator,
 }
 
 /// Events per Supervisor message.
@@ -71,6 +75,7 @@ impl GhostSession {
             tls,
             verified: false,
             batch: Vec::new(),
+            skew: Default::default(),
         }
     }
 
@@ -536,6 +541,19 @@ impl StreamHandler<Result<Frame, WireError>> for GhostSession {
         match Envelope::from_frame(&frame) {
             Ok(Envelope::Event(e)) if is_heartbeat(&e) => {
                 m::HEARTBEATS.inc();
+                if let Some(skew_ms) = e
+                    .timestamp_ms
+                    .and_then(|t| self.skew.sample(t, shared::now_ms()))
+                {
+                    if let Some(w) = crate::skew::warning(skew_ms) {
+                        tracing::warn!(component = "mirage.session", ghost_id = %self.ghost, skew_ms, warning = %w, "ghost clock skew");
+                    }
+                    self.supervisor.do_send(ClockSkew {
+                        ghost_id: self.ghost.clone(),
+                        session_id: self.session_id.clone(),
+                        skew_ms,
+                    });
+                }
                 let a = EventAck {
                     event_id: e.event_id,
                     command_id: e.command_id,
@@ -597,7 +615,11 @@ impl Handler<SendCommand> for GhostSession {
     fn handle(&mut self, m: SendCommand, _: &mut Context<Self>) {
         let id = self.next_msg_id;
         self.next_msg_id += 1;
-        self.send_env(&Envelope::Command(m.0), id);
+        let mut cmd = m.0;
+        // The time left, measured now on our clock (ext 207): a Ghost whose clock differs
+        // from ours still gets the whole budget. deadline_ms stays for edgectl peers.
+        cmd.attach_budget(shared::now_ms());
+        self.send_env(&Envelope::Command(cmd), id);
     }
 }
 

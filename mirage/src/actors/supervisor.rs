@@ -15,7 +15,7 @@ use shared::handshake::{Registration, RegistrationAck, CAP_SESSION_COMMAND, REJE
 use shared::metrics::MeteredAddr;
 use tokio::sync::broadcast;
 
-use super::intent_plan::{IntentPlan, PlanMsg, Resume, Snapshot};
+use super::intent_plan::{Discard, IntentPlan, PlanMsg, Resume, Snapshot};
 use super::seed_lock::{LockMsg, LockState, SeedLock};
 use super::session::{Close, GhostSession, SendCommand};
 use super::FleetHandle;
@@ -114,6 +114,10 @@ pub struct GhostInfo {
     /// Latest observation per seed (shared::observe); omitted when there is none.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub observed: BTreeMap<String, crate::observe::Observed>,
+    /// The Ghost's clock minus Mirage's, in ms, from its heartbeats (null until measured).
+    pub clock_skew_ms: Option<i64>,
+    /// Set when the skew is large enough to matter (see `skew::warning`).
+    pub clock_warning: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -128,6 +132,8 @@ pub struct IntentSummary {
     pub last_summary: String,
     pub last_state: Option<shared::envelope::CompletionState>,
     pub submitted_seq: u64,
+    #[serde(skip)]
+    pub first_report_seq: u64,
 }
 
 impl IntentSummary {
@@ -143,6 +149,7 @@ impl IntentSummary {
             last_summary: plan.failure.clone().unwrap_or_default(),
             last_state: None,
             submitted_seq: seq,
+            first_report_seq: plan.first_report_seq,
         }
     }
 }
@@ -160,6 +167,8 @@ pub struct Supervisor {
     ghosts: BTreeMap<String, GhostEntry>,
     fleet: FleetHandle,
     fleet_dirty: bool,
+    /// ghost_id → measured clock skew (ms), for `/v1/ghosts`; only for known Ghosts.
+    clock_skew: BTreeMap<String, i64>,
     /// Ghosts whose view changed since the shared snapshot was last updated.
     fleet_changed: HashSet<String>,
     active: HashMap<String, Active>,
@@ -191,6 +200,8 @@ pub struct Supervisor {
     disconnected_n: usize,
     /// Latest observed state per ghost/seed (bounded; crate::observe).
     observed: crate::observe::Observations,
+    /// The newest submission generation handed out (see `next_generation`).
+    last_generation: u64,
 }
 
 /// Callers that may wait for intents at once (each costs a map entry and a channel).
@@ -210,9 +221,10 @@ impl Supervisor {
         cfg: Arc<MirageConfig>,
         store: MeteredAddr<Store>,
         fleet: FleetHandle,
-        restored: Restored,
+        mut restored: Restored,
         feed: broadcast::Sender<Arc<ReportRecord>>,
     ) -> Supervisor {
+        Self::reconcile_locks(&mut restored, &store);
         let mut reports = Reports::new(cfg.limits.reports, cfg.limits.reports_per_intent);
         // The newest report of each intent, so finished intents keep their last word.
         let mut last: HashMap<String, (String, shared::envelope::CompletionState)> = HashMap::new();
@@ -220,7 +232,15 @@ impl Supervisor {
             last.insert(r.intent_id.clone(), (r.summary.clone(), r.completion_state));
             reports.push(r);
         }
+        let last_generation = restored
+            .active
+            .iter()
+            .chain(restored.finished.iter())
+            .map(|(_, p)| p.generation)
+            .max()
+            .unwrap_or(0);
         let mut s = Supervisor {
+            last_generation,
             events: EventWindow::new(cfg.limits.event_window_ms, cfg.limits.event_window),
             reports,
             cfg,
@@ -229,6 +249,7 @@ impl Supervisor {
             ghosts: BTreeMap::new(),
             fleet,
             fleet_dirty: true,
+            clock_skew: BTreeMap::new(),
             fleet_changed: HashSet::new(),
             active: HashMap::new(),
             finished: HashMap::new(),
@@ -267,6 +288,56 @@ impl Supervisor {
         s
     }
 
+    /// Frees restored locks held or awaited by plan steps that are no longer current (the
+    /// lock table lags the plan state by one commit, so a crash can leave them behind) and
+    /// persists what changed. Before any plan resumes, so the resumed steps find them free.
+    fn reconcile_locks(restored: &mut Restored, store: &MeteredAddr<Store>) {
+        let plans: HashMap<&str, &Plan> = restored
+            .active
+            .iter()
+            .map(|(_, p)| (p.intent.intent_id.as_str(), p))
+            .collect();
+        let now = shared::now_ms();
+        let mut writes = Vec::new();
+        for q in &mut restored.locks {
+            let key = q.key.clone();
+            let r = q.reconcile(
+                |o| {
+                    plans
+                        .get(o.intent_id.as_str())
+                        .is_some_and(|p| p.needs_lock(o, &key))
+                },
+                now,
+            );
+            if !r.changed() {
+                continue;
+            }
+            let dropped: Vec<String> = r.dropped_waiters.iter().map(|o| o.to_string()).collect();
+            tracing::warn!(
+                component = "mirage.lock",
+                key = %key,
+                released = %r.released.as_ref().map(|o| o.to_string()).unwrap_or_default(),
+                dropped_waiters = ?dropped,
+                granted = %r.grant.as_ref().map(|g| g.owner.to_string()).unwrap_or_default(),
+                "recovery: seed lock held or awaited by a step that is no longer running; freed"
+            );
+            if let Ok(json) = serde_json::to_string(q) {
+                writes.push(Write::Lock { key, json });
+            }
+        }
+        if !writes.is_empty() {
+            store.do_send(Put { writes, done: None });
+        }
+    }
+
+    /// A generation no earlier submission had: the wall clock in ms, moved on past the last
+    /// one handed out (or restored), so it rises even if the clock steps back, and a fresh
+    /// data dir (no rows to restore) still does not repeat the ids of a former life.
+    fn next_generation(&mut self) -> u64 {
+        self.last_generation = shared::now_ms().max(self.last_generation.saturating_add(1));
+        self.last_generation
+    }
+
     fn remember_finished(&mut self, summary: IntentSummary, plan: Box<Plan>) {
         let id = summary.intent_id.clone();
         if self.finished.insert(id.clone(), (summary, plan)).is_none() {
@@ -290,6 +361,17 @@ impl Supervisor {
                     let ops = (!s.operations.is_empty())
                         .then(|| s.operations.iter().map(|o| o.name.clone()).collect());
                     (s.id.clone(), ops)
+                })
+                .collect(),
+            idempotent: g
+                .registration
+                .seeds()
+                .iter()
+                .flat_map(|s| {
+                    s.operations
+                        .iter()
+                        .filter(|o| o.idempotent)
+                        .map(|o| (s.id.clone(), o.name.clone()))
                 })
                 .collect(),
         }
@@ -398,7 +480,7 @@ impl Supervisor {
     fn poll_admin_ghosts(&mut self, ctx: &mut Context<Self>) {
         let timeout = Duration::from_millis(self.cfg.timeouts.connect_ms.min(2000));
         for ga in self.cfg.ghost_admin.clone() {
-            let fut = async move { crate::admin_client::probe(&ga.addr, timeout).await };
+            let fut = async move { crate::admin_client::probe(&ga.addr, &ga.token, timeout).await };
             let id = ga.id.clone();
             ctx.spawn(fut.into_actor(self).map(move |res, act, _| {
                 let Some(g) = act.ghosts.get_mut(&id) else { return };
@@ -467,9 +549,17 @@ impl Supervisor {
         );
         let me = ctx.address();
         m::COMMANDS_SENT.inc();
+        let token = self
+            .cfg
+            .ghost_admin
+            .iter()
+            .find(|g| g.id == ghost)
+            .map(|g| g.token.clone())
+            .unwrap_or_default();
         actix_rt::spawn(async move {
             let cmd = command.clone();
-            let ev = match crate::admin_client::execute(&addr, msg_id, command, timeout).await {
+            let res = crate::admin_client::execute(&addr, &token, msg_id, command, timeout).await;
+            let ev = match res {
                 Ok(e) => e,
                 Err(why) => {
                     // The Ghost refused or could not be reached: a terminal error, not silence.
@@ -749,6 +839,29 @@ impl Handler<SessionVerified> for Supervisor {
                 self.flush_fleet();
                 self.ghost_up(&m.ghost_id);
             }
+        }
+    }
+}
+
+/// A session measured its Ghost's clock skew anew.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ClockSkew {
+    pub ghost_id: String,
+    pub session_id: String,
+    pub skew_ms: i64,
+}
+
+impl Handler<ClockSkew> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, m: ClockSkew, _: &mut Context<Self>) {
+        if self
+            .ghosts
+            .get(&m.ghost_id)
+            .is_some_and(|g| g.session_id == m.session_id)
+        {
+            self.clock_skew.insert(m.ghost_id, m.skew_ms);
         }
     }
 }
@@ -1310,8 +1423,10 @@ impl Handler<Submit> for Supervisor {
         self.flush_fleet();
         self.intent_seq += 1;
         m::INTENTS_SUBMITTED.inc();
-        let plan = Plan::new(m.0);
-        let addr = self.start_plan(self.intent_seq, plan, ctx);
+        let mut plan = Plan::new(m.0, self.next_generation());
+        plan.first_report_seq = self.report_seq + 1;
+        let seq = self.intent_seq;
+        let addr = self.start_plan(seq, plan, ctx);
         let summary = self.active.get(&id).map(|a| a.summary.clone());
         Box::pin(
             async move {
@@ -1323,7 +1438,25 @@ impl Handler<Submit> for Supervisor {
             }
             .into_actor(self)
             .map(move |res, act, _| {
-                res?;
+                if let Err(e) = res {
+                    // Refused: nothing of it may stay behind (not active, not counted, its id
+                    // free), and a row a later write might still land is removed after it.
+                    if act.active.get(&id).is_some_and(|a| a.seq == seq) {
+                        if let Some(a) = act.active.remove(&id) {
+                            a.addr.addr().do_send(Discard);
+                        }
+                        act.forget_routes(&id);
+                        act.store.do_send(Put {
+                            writes: vec![Write::Forget {
+                                intent_id: id.clone(),
+                                seq,
+                            }],
+                            done: None,
+                        });
+                        tracing::warn!(component = "mirage.supervisor", intent_id = %id, error = %e.error, "intent refused: its state could not be written");
+                    }
+                    return Err(e);
+                }
                 act.active
                     .get(&id)
                     .map(|a| a.summary.clone())
@@ -1487,6 +1620,11 @@ impl Supervisor {
                 .clone()
                 .filter(|c| now.saturating_sub(c.last_ms) <= CONFLICT_STALE_MS),
             observed: self.observed.of(id),
+            clock_skew_ms: self.clock_skew.get(id).copied(),
+            clock_warning: self
+                .clock_skew
+                .get(id)
+                .and_then(|s| crate::skew::warning(*s)),
         }
     }
 }
@@ -1564,9 +1702,17 @@ impl Handler<GetIntent> for Supervisor {
     type Result = ResponseActFuture<Self, Result<IntentDetail, ApiError>>;
 
     fn handle(&mut self, m: GetIntent, _: &mut Context<Self>) -> Self::Result {
-        let reports = self
+        let mut reports = self
             .reports
             .query(Some(&m.0), 0, self.cfg.limits.reports_per_intent);
+        // Only this submission's: a reused intent_id's earlier run is history, not this one.
+        let since = self
+            .active
+            .get(&m.0)
+            .map(|a| a.summary.first_report_seq)
+            .or_else(|| self.finished.get(&m.0).map(|f| f.1.first_report_seq))
+            .unwrap_or(0);
+        reports.retain(|r| r.seq >= since);
         if let Some((summary, plan)) = self.finished.get(&m.0) {
             return Box::pin(fut::ready(Ok(IntentDetail {
                 summary: summary.clone(),
@@ -1688,6 +1834,7 @@ shared::metered!(Supervisor, Submit);
 shared::metered!(Supervisor, PlanReport);
 shared::metered!(Supervisor, LockOp);
 shared::metered!(Supervisor, SessionVerified);
+shared::metered!(Supervisor, ClockSkew);
 
 #[cfg(test)]
 mod tests {

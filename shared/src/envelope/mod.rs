@@ -162,6 +162,27 @@ pub struct Event {
     pub extra: Vec<Field>,
 }
 
+impl Command {
+    /// The relative budget (ext 207) if the sender attached one: ms left before the deadline
+    /// when the frame was written. A malformed one counts as absent.
+    pub fn budget_ms(&self) -> Option<u64> {
+        self.extra
+            .iter()
+            .find(|f| f.id == crate::wire::tlv::id::BUDGET_MS)
+            .and_then(|f| f.as_u64().ok())
+    }
+
+    /// Attaches (or replaces) the relative budget, from `deadline_ms` and the sender's clock
+    /// at the moment the frame is written. Without a deadline nothing is attached.
+    pub fn attach_budget(&mut self, now_ms: u64) {
+        let id = crate::wire::tlv::id::BUDGET_MS;
+        self.extra.retain(|f| f.id != id);
+        if let Some(d) = self.deadline_ms {
+            self.extra.push(Field::u64(id, d.saturating_sub(now_ms)));
+        }
+    }
+}
+
 impl Event {
     /// A minimal event; optional parts are filled in by the caller.
     pub fn new(

@@ -54,6 +54,10 @@ pub mod id {
     pub const DEADLINE_MS: u16 = 205;
     /// ext: dispatch attempt number.
     pub const ATTEMPT: u16 = 206;
+    /// ext: ms the command had left before its deadline when the frame was written
+    /// (relative, so a Ghost whose clock is off still measures it right). Carried as an
+    /// unknown field (`Command::budget_ms`), so the typed envelope and its peers are unchanged.
+    pub const BUDGET_MS: u16 = 207;
     pub const SEED_ID: u16 = 300;
     pub const EXEC_OPERATION: u16 = 301;
     pub const EXEC_ARGS: u16 = 302;
@@ -91,6 +95,7 @@ pub mod id {
             LOCK_TOKEN => ("lock_token", U64),
             DEADLINE_MS => ("deadline_ms", U64),
             ATTEMPT => ("attempt", U32),
+            BUDGET_MS => ("budget_ms", U64),
             SEED_ID => ("seed_id", STRING),
             EXEC_OPERATION => ("operation", STRING),
             EXEC_ARGS => ("args", BYTES),
