@@ -10,6 +10,8 @@ if [ "${1:-}" = "--test" ]; then
   # The dashboard's browser test drives Debian's Chromium through chromedriver.
   command -v chromium >/dev/null 2>&1 || need+=(chromium)
   command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+  # seed.redis runs a real redis-server (tests/tests/seed_redis.rs).
+  command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
   # tests/tests/clock.rs preloads libfaketime into a Ghost to shift its wall clock.
   command -v faketime >/dev/null 2>&1 || need+=(faketime)
 fi

@@ -105,6 +105,8 @@ pub struct SeedConfig {
     pub mailbox: usize,
     /// stdout/stderr kept per event (longer output is truncated, marked).
     pub max_output_bytes: usize,
+    /// How long each seed may take to stop on shutdown (its children, its state).
+    pub stop_grace_ms: u64,
 }
 
 impl Default for SeedConfig {
@@ -118,6 +120,7 @@ impl Default for SeedConfig {
             flow_max_sleep_ms: 60_000,
             mailbox: 1024,
             max_output_bytes: 64 * 1024,
+            stop_grace_ms: 5_000,
         }
     }
 }
@@ -188,6 +191,10 @@ pub struct GhostConfig {
     pub auth: AuthConfig,
     /// Children started through `spawn_ghost` at most.
     pub max_children: usize,
+    /// `[services.NAME]`: the allowlist of processes seed.service may run.
+    pub services: std::collections::BTreeMap<String, crate::seeds::service::ServiceSpec>,
+    /// `[redis.NAME]`: seed.redis instances declared ahead (port, restart, autostart).
+    pub redis: std::collections::BTreeMap<String, crate::seeds::redis::RedisSpec>,
 }
 
 impl Default for GhostConfig {
@@ -207,6 +214,8 @@ impl Default for GhostConfig {
             tls: TlsConfig::default(),
             auth: AuthConfig::default(),
             max_children: 16,
+            services: Default::default(),
+            redis: Default::default(),
         }
     }
 }
@@ -271,6 +280,14 @@ impl GhostConfig {
                     "admin.listen {addr} is not loopback; set admin.token to expose the admin boundary"
                 ));
             }
+        }
+        crate::seeds::service::validate(&self.services)?;
+        crate::seeds::redis::validate(&self.redis)?;
+        if self.seed.stop_grace_ms == 0 || self.seed.stop_grace_ms > 600_000 {
+            return Err(format!(
+                "seed.stop_grace_ms is {}; it must be between 1 and 600000",
+                self.seed.stop_grace_ms
+            ));
         }
         if self.auth.required && self.auth.key.is_empty() {
             return Err("auth.required needs auth.key (the secret shared with Mirage)".into());

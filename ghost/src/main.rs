@@ -207,10 +207,7 @@ fn main() -> ExitCode {
         }
         Cmd::Seeds { json } => {
             let settings = ghost::runtime::seed_settings(&GhostConfig::default());
-            let ids: Vec<String> = ghost::seeds::BUILTIN
-                .iter()
-                .map(|s| s.to_string())
-                .collect();
+            let ids: Vec<String> = ghost::seeds::KNOWN.iter().map(|s| s.to_string()).collect();
             let reg = match Registry::from_ids(&ids, &settings) {
                 Ok(r) => r,
                 Err(e) => {
@@ -226,7 +223,7 @@ fn main() -> ExitCode {
                 );
             } else {
                 println!(
-                    "{:<10} {:<9} {:<13} DESCRIPTION",
+                    "{:<12} {:<11} {:<13} DESCRIPTION",
                     "SEED", "OPERATION", "ARGS"
                 );
                 for s in &infos {
@@ -236,7 +233,7 @@ fn main() -> ExitCode {
                         } else {
                             o.args.join(",")
                         };
-                        println!("{:<10} {:<9} {:<13} {}", s.id, o.name, args, o.description);
+                        println!("{:<12} {:<11} {:<13} {}", s.id, o.name, args, o.description);
                     }
                 }
             }

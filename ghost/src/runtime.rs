@@ -12,12 +12,12 @@ use shared::metrics::MeteredAddr;
 use crate::actors::dispatcher::{Dispatcher, DispatcherParts};
 use crate::actors::link::{LinkConfig, MirageLink};
 use crate::actors::outbox::Outbox;
-use crate::actors::seed::SeedActor;
+use crate::actors::seed::{Factory, SeedActor, Shutdown};
 use crate::admin::{self, AdminCtx};
 use crate::children::Children;
 use crate::config::{GhostConfig, Policy};
 use crate::logic::{Catalog, DedupeWindow, Fences, OutboxState, Phase};
-use crate::seeds::{builtin, Registry, SeedSettings};
+use crate::seeds::{builtin, Registry, SeedCtx, SeedSettings};
 use crate::store::{Db, GhostClock, Store};
 
 pub fn seed_settings(cfg: &GhostConfig) -> SeedSettings {
@@ -28,6 +28,10 @@ pub fn seed_settings(cfg: &GhostConfig) -> SeedSettings {
         kv_max_keys: cfg.seed.kv_max_keys,
         kv_max_value_bytes: cfg.seed.kv_max_value_bytes,
         flow_max_sleep_ms: cfg.seed.flow_max_sleep_ms,
+        services: cfg.services.clone(),
+        services_dir: cfg.data_dir.join("services"),
+        redis: cfg.redis.clone(),
+        redis_dir: cfg.data_dir.join("redis"),
     }
 }
 
@@ -103,27 +107,50 @@ pub fn serve(cfg: GhostConfig) -> Result<i32, String> {
         });
         let store = MeteredAddr::new(store_addr, "ghost.store");
 
+        // Each seed: its own arbiter thread, under a Supervisor that rebuilds it after a panic.
         let mut seed_addrs = HashMap::new();
+        let mut seed_arbiters = Vec::new();
+        let (obs_tx, obs_rx) = tokio::sync::mpsc::channel(crate::seeds::OBSERVATION_QUEUE);
         for (id, seed) in registry.into_seeds() {
             let slot = Arc::new(Mutex::new(Some(seed)));
             let settings = settings.clone();
             let sid = id.clone();
-            let addr = SyncArbiter::start(1, move || {
+            let factory: Factory = Arc::new(move || {
                 let s = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
-                let s = s.map(Ok).unwrap_or_else(|| builtin(&sid, &settings));
-                match s {
-                    Ok(s) => SeedActor::new(s),
-                    #[allow(clippy::panic)]
-                    Err(e) => panic!("seed {sid} cannot be rebuilt: {e}"),
-                }
+                s.map(Ok).unwrap_or_else(|| builtin(&sid, &settings))
             });
+            let sctx = SeedCtx::new(
+                &id,
+                cfg.data_dir.join("seeds").join(&id),
+                Some(obs_tx.clone()),
+            );
+            let arbiter = Arbiter::new();
+            let aid = id.clone();
+            let addr = Supervisor::start_in_arbiter(&arbiter.handle(), move |_| {
+                SeedActor::new(&aid, factory, sctx)
+            });
+            seed_arbiters.push(arbiter);
             seed_addrs.insert(id, MeteredAddr::new(addr, "ghost.seed"));
         }
+        let seeds_for_stop: Vec<Addr<SeedActor>> =
+            seed_addrs.values().map(|a| a.addr().clone()).collect();
+        let stop_grace = std::time::Duration::from_millis(cfg.seed.stop_grace_ms);
 
         let outbox = Outbox::new(outbox_state, store.clone(), cfg.timeouts.ack_timeout_ms)
             .with_reserve(reserve.clone());
         let outbox_health = outbox.health();
         let outbox = MeteredAddr::new(outbox.start(), "ghost.outbox");
+        drop(obs_tx);
+        if cfg.mirage.policy == Policy::Headless {
+            // No Mirage will ever ack them: keep them out of the durable outbox.
+            actix_rt::spawn(drain_observations(obs_rx, cfg.ghost_id.clone()));
+        } else {
+            actix_rt::spawn(forward_observations(
+                obs_rx,
+                cfg.ghost_id.clone(),
+                outbox.clone(),
+            ));
+        }
         let dispatcher = MeteredAddr::new(
             Dispatcher::new(DispatcherParts {
                 ghost_id: cfg.ghost_id.clone(),
@@ -208,9 +235,13 @@ pub fn serve(cfg: GhostConfig) -> Result<i32, String> {
                 .join(","),
             cfg.mirage.policy
         );
-        actix_rt::spawn(async {
+        actix_rt::spawn(async move {
             shared::session::shutdown_signal().await;
             tracing::info!(component = "ghost", "signal received; stopping");
+            stop_seeds(&seeds_for_stop, stop_grace).await;
+            for a in &seed_arbiters {
+                a.stop();
+            }
             System::current().stop();
         });
         Ok(())
@@ -226,6 +257,65 @@ pub fn serve(cfg: GhostConfig) -> Result<i32, String> {
     let code = sys.run_with_code().map_err(|e| e.to_string())?;
     children_for_stop.borrow_mut().shutdown();
     Ok(code)
+}
+
+/// Seeds' observations become `event` frames through the durable outbox (shared::observe).
+async fn forward_observations(
+    mut rx: tokio::sync::mpsc::Receiver<crate::seeds::Observation>,
+    ghost_id: String,
+    outbox: MeteredAddr<Outbox>,
+) {
+    let mut n: u64 = 0;
+    while let Some(o) = rx.recv().await {
+        n += 1;
+        let ev = shared::observe::event(&ghost_id, &o.seed, &o.state, o.at_ms, n);
+        let payload = match shared::Envelope::Event(ev.clone()).to_fields().to_bytes() {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(component = "ghost.observe", seed = %o.seed, error = %e, "observation not encoded");
+                continue;
+            }
+        };
+        let enqueue = crate::actors::outbox::Enqueue {
+            event_id: ev.event_id.clone(),
+            command_id: None,
+            payload,
+            session: true,
+        };
+        match outbox.send(enqueue).await {
+            Ok(Ok(())) => {
+                tracing::info!(component = "ghost.observe", seed = %o.seed, event_id = %ev.event_id, state = ?o.state, "observation queued")
+            }
+            Ok(Err(e)) => {
+                tracing::error!(component = "ghost.observe", seed = %o.seed, event_id = %ev.event_id, error = %e, "observation not persisted")
+            }
+            Err(e) => {
+                tracing::error!(component = "ghost.observe", seed = %o.seed, error = %e, "outbox unavailable; observation dropped")
+            }
+        }
+    }
+}
+
+async fn drain_observations(
+    mut rx: tokio::sync::mpsc::Receiver<crate::seeds::Observation>,
+    ghost_id: String,
+) {
+    while let Some(o) = rx.recv().await {
+        tracing::info!(component = "ghost.observe", ghost_id = %ghost_id, seed = %o.seed, state = ?o.state, "observation (headless: not sent)");
+    }
+}
+
+/// Stops every seed at once, each bounded by `grace` (plus a margin for a stuck mailbox).
+async fn stop_seeds(seeds: &[Addr<SeedActor>], grace: std::time::Duration) {
+    let all = futures::future::join_all(seeds.iter().map(|a| a.send(Shutdown { grace })));
+    let bound = grace + std::time::Duration::from_millis(500);
+    if tokio::time::timeout(bound, all).await.is_err() {
+        tracing::warn!(
+            component = "ghost",
+            grace_ms = grace.as_millis() as u64,
+            "seeds did not all stop in time"
+        );
+    }
 }
 
 fn registry_ops(

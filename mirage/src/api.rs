@@ -253,9 +253,17 @@ async fn services(st: web::Data<AppState>) -> HttpResponse {
             let mut map: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
             for g in v {
                 for s in &g.seeds {
+                    let observed: BTreeMap<&String, &crate::observe::Observed> =
+                        crate::observe::of_seed(&g.observed, &s.id).collect();
+                    let uris: Vec<String> = observed
+                        .values()
+                        .flat_map(|o| crate::observe::uris(o))
+                        .collect();
                     map.entry(s.id.clone()).or_default().push(json!({
                         "ghost_id": g.ghost_id, "connected": g.connected, "local": g.local,
                         "uri": format!("{}://{}", s.id.trim_start_matches("seed."), g.ghost_id),
+                        "uris": uris,
+                        "observed": observed,
                         "operations": s.operations.iter().map(|o| o.name.clone()).collect::<Vec<_>>(),
                     }));
                 }

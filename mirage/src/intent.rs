@@ -19,6 +19,9 @@ pub enum On {
     All,
     /// One such Ghost, the co-located local Ghost first.
     One,
+    /// Locality (`on = "local"`): the co-located Ghost when it hosts the seed and is
+    /// connected, else any one Ghost hosting it (a preference, not a restriction).
+    Local,
     /// This Ghost.
     Ghost(String),
 }
@@ -292,6 +295,7 @@ fn validate(raw: RawIntent, new_id: impl FnOnce() -> String) -> Result<Intent, F
         let on = match s.on.as_deref().map(str::trim) {
             None | Some("all") | Some("") => On::All,
             Some("one") => On::One,
+            Some("local") => On::Local,
             Some(g) => {
                 shared::handshake::validate_ghost_id(g).map_err(|e| fe(f("on"), e.to_string()))?;
                 On::Ghost(g.to_owned())
@@ -430,6 +434,12 @@ mod tests {
         assert_eq!(a.steps[0].args["value"], "3");
         assert_eq!(a.steps[0].timeout_ms, 5000);
         assert_eq!(a.steps[1].on, On::One);
+        let l = parse(
+            "actor=\"a\"\ntarget_scope=\"ghost:*\"\nobjective=\"o\"\n[[step]]\nseed=\"seed.flow\"\noperation=\"status\"\non=\"local\"\n",
+            id,
+        )
+        .unwrap();
+        assert_eq!(l.steps[0].on, On::Local);
         let j = r#"{"actor":"ops","target_scope":"ghost:*","objective":"hello","intent_id":"i-1",
             "steps":[{"seed":"seed.kv","operation":"put","args":{"key":"k","value":"3"},
             "blocking":true,"timeout":5000,"retries":2},{"seed":"seed.flow","operation":"status","on":"one"}]}"#;

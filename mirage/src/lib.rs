@@ -11,6 +11,7 @@ pub mod history;
 pub mod intent;
 pub mod lock;
 pub mod metrics;
+pub mod observe;
 pub mod plan;
 pub mod server;
 pub mod skew;

@@ -63,6 +63,11 @@ enum Cmd {
     },
     /// Connected and known Ghosts.
     Ghosts,
+    /// One Ghost: `mirage ghost show ID` (its seeds and latest observations).
+    Ghost {
+        #[command(subcommand)]
+        cmd: GhostCmd,
+    },
     /// Seeds and the Ghosts that host them.
     Services,
     /// Seed locks; `mirage locks break KEY` breaks one.
@@ -200,6 +205,9 @@ struct UpArgs {
     /// Admin address of the local Ghost.
     #[arg(long, default_value = "127.0.0.1:7010")]
     ghost_admin: String,
+    /// Ghost processes to run on this machine: the local one plus ghost.2, ghost.3, …
+    #[arg(long, default_value_t = 1)]
+    ghosts: usize,
 }
 
 fn config(a: &ServeArgs, up: bool) -> Result<mirage::config::MirageConfig, String> {
@@ -606,6 +614,38 @@ fn client(cli: &Cli) -> Result<i32, String> {
                 ]
             },
         ),
+        Cmd::Ghost {
+            cmd: GhostCmd::Show { id },
+        } => {
+            let v = ok(api.call("GET", &format!("/v1/ghosts/{}", query_escape(id)), None))?;
+            if json {
+                print_json(&v);
+                return Ok(0);
+            }
+            println!(
+                "{} {} seeds={}",
+                s(&v["ghost_id"]),
+                if v["connected"] == true {
+                    "connected"
+                } else {
+                    "offline"
+                },
+                v["seeds"]
+                    .as_array()
+                    .map(|a| a.iter().map(|x| s(&x["id"])).collect::<Vec<_>>().join(","))
+                    .unwrap_or_default()
+            );
+            let mut rows = Vec::new();
+            for (k, o) in v["observed"].as_object().cloned().unwrap_or_default() {
+                let state: Vec<String> = o["state"]
+                    .as_object()
+                    .map(|m| m.iter().map(|(a, b)| format!("{a}={}", s(b))).collect())
+                    .unwrap_or_default();
+                rows.push(vec![k, s(&o["at_ms"]), state.join(" ")]);
+            }
+            print!("{}", table(&["OBSERVED", "AT_MS", "STATE"], &rows));
+            Ok(0)
+        }
         Cmd::Services => {
             let v = ok(api.call("GET", "/v1/services", None))?;
             if json {
@@ -618,7 +658,11 @@ fn client(cli: &Cli) -> Result<i32, String> {
                     rows.push(vec![
                         seed.clone(),
                         s(&g["ghost_id"]),
-                        s(&g["uri"]),
+                        // Observed entrypoints (redis://…) when the seed advertises any.
+                        match g["uris"].as_array().filter(|u| !u.is_empty()) {
+                            Some(u) => u.iter().map(s).collect::<Vec<_>>().join(","),
+                            None => s(&g["uri"]),
+                        },
                         if g["connected"] == true {
                             "yes".into()
                         } else {
@@ -706,6 +750,12 @@ fn client(cli: &Cli) -> Result<i32, String> {
     }
 }
 
+#[derive(Subcommand)]
+enum GhostCmd {
+    /// Registration, seeds and the latest observation per seed instance.
+    Show { id: String },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match &cli.cmd {
@@ -728,7 +778,16 @@ fn main() -> ExitCode {
             let local = mirage::server::LocalGhost {
                 bin,
                 admin: a.ghost_admin.clone(),
-                seeds: vec!["seed.flow".into(), "seed.kv".into(), "seed.fs".into()],
+                seeds: [
+                    "seed.flow",
+                    "seed.kv",
+                    "seed.fs",
+                    "seed.service",
+                    "seed.redis",
+                ]
+                .map(String::from)
+                .to_vec(),
+                ghosts: a.ghosts,
             };
             exit(config(&a.serve, true).and_then(|c| mirage::server::serve_with(c, Some(local))))
         }

@@ -963,7 +963,8 @@ impl Plan {
                 self.intent.target_scope, s.seed
             )),
             On::All => Ok(candidates),
-            On::One => {
+            // `local` and `one` choose alike: the co-located Ghost first (issue 11).
+            On::One | On::Local => {
                 if let Some(l) = &fleet.local {
                     if candidates.contains(l) {
                         return Ok(vec![l.clone()]);

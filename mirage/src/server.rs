@@ -27,7 +27,12 @@ pub struct LocalGhost {
     pub bin: std::path::PathBuf,
     pub admin: String,
     pub seeds: Vec<String>,
+    /// Ghost processes in all (`mirage up --ghosts N`): the local one plus `ghost.2`, ….
+    pub ghosts: usize,
 }
+
+/// `mirage up --ghosts` at most.
+pub const MAX_UP_GHOSTS: usize = 64;
 
 pub fn serve(cfg: MirageConfig) -> Result<i32, String> {
     serve_with(cfg, None)
@@ -73,7 +78,15 @@ pub fn serve_with(cfg: MirageConfig, local: Option<LocalGhost>) -> Result<i32, S
     let tls = crate::tls::acceptor(&cfg.tls)?.map(Arc::new);
     let cfg = Arc::new(cfg);
     let sys = actix_rt::System::new();
-    let child: Rc<RefCell<Option<std::process::Child>>> = Rc::new(RefCell::new(None));
+    if let Some(l) = &local {
+        if l.ghosts == 0 || l.ghosts > MAX_UP_GHOSTS {
+            return Err(format!(
+                "--ghosts {}: must be 1..={MAX_UP_GHOSTS}",
+                l.ghosts
+            ));
+        }
+    }
+    let child: Rc<RefCell<Vec<std::process::Child>>> = Rc::new(RefCell::new(Vec::new()));
     let child_for_stop = child.clone();
     let started: Result<(), String> = sys.block_on(async move {
         // The listener first: a port in use fails before any actor starts.
@@ -139,9 +152,21 @@ pub fn serve_with(cfg: MirageConfig, local: Option<LocalGhost>) -> Result<i32, S
 
         let mut local_admin = String::new();
         if let Some(l) = &local {
-            let c = spawn_local_ghost(&cfg, l, &session_addr)?;
+            let c = spawn_local_ghost(l, &cfg.local_ghost, &cfg.data_dir.join("local-ghost"), &l.admin, &session_addr)?;
             local_admin = l.admin.clone();
-            *child.borrow_mut() = Some(c);
+            child.borrow_mut().push(c);
+            // More Ghosts on this machine, each its own id, data dir and (ephemeral) admin port.
+            for i in 2..=l.ghosts {
+                let id = format!("ghost.{i}");
+                let dir = cfg.data_dir.join(&id);
+                match spawn_local_ghost(l, &id, &dir, "127.0.0.1:0", &session_addr) {
+                    Ok(c) => child.borrow_mut().push(c),
+                    Err(e) => {
+                        stop_child(&child);
+                        return Err(e);
+                    }
+                }
+            }
         }
 
         let mut api_addr = String::from("off");
@@ -166,6 +191,10 @@ pub fn serve_with(cfg: MirageConfig, local: Option<LocalGhost>) -> Result<i32, S
                 cfg.local_ghost,
                 cfg.data_dir.display()
             );
+            let n = local.as_ref().map_or(1, |l| l.ghosts);
+            if n > 1 {
+                println!("  and {} more: ghost.2 … ghost.{n}", n - 1);
+            }
             if api_addr != "off" {
                 println!("  dashboard  http://{api_addr}/");
                 println!("  try        mirage issue submit config/plans/hello.toml --wait --api http://{api_addr}");
@@ -193,18 +222,23 @@ pub fn serve_with(cfg: MirageConfig, local: Option<LocalGhost>) -> Result<i32, S
     code
 }
 
-fn stop_child(child: &Rc<RefCell<Option<std::process::Child>>>) {
-    if let Some(mut c) = child.borrow_mut().take() {
-        // SIGTERM first so the Ghost flushes; then make sure.
+fn stop_child(child: &Rc<RefCell<Vec<std::process::Child>>>) {
+    let mut all = std::mem::take(&mut *child.borrow_mut());
+    // SIGTERM to all first so each Ghost flushes and stops its seeds' processes; then make
+    // sure, after more than a Ghost's default seed stop grace (5 s).
+    for c in &all {
         let _ = std::process::Command::new("kill")
             .args(["-TERM", &c.id().to_string()])
             .status();
-        for _ in 0..100 {
-            if matches!(c.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    for _ in 0..400 {
+        all.retain_mut(|c| !matches!(c.try_wait(), Ok(Some(_))));
+        if all.is_empty() {
+            return;
         }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    for c in &mut all {
         let _ = c.kill();
         let _ = c.wait();
     }
@@ -212,8 +246,10 @@ fn stop_child(child: &Rc<RefCell<Option<std::process::Child>>>) {
 
 /// Starts `ghost serve` for the local Ghost, pointed at our session listener.
 fn spawn_local_ghost(
-    cfg: &MirageConfig,
     l: &LocalGhost,
+    id: &str,
+    dir: &std::path::Path,
+    admin: &str,
     session: &SocketAddr,
 ) -> Result<std::process::Child, String> {
     if !l.bin.exists() {
@@ -222,17 +258,16 @@ fn spawn_local_ghost(
             l.bin.display()
         ));
     }
-    let dir = cfg.data_dir.join("local-ghost");
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let log =
         std::fs::File::create(dir.join("ghost.log")).map_err(|e| format!("ghost log: {e}"))?;
     let mut cmd = std::process::Command::new(&l.bin);
     cmd.arg("serve")
-        .args(["--id", &cfg.local_ghost])
+        .args(["--id", id])
         .args(["--mirage", &session.to_string()])
         .arg("--data-dir")
-        .arg(&dir)
-        .args(["--admin", &l.admin])
+        .arg(dir)
+        .args(["--admin", admin])
         .args(["--seeds", &l.seeds.join(",")])
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
@@ -240,6 +275,6 @@ fn spawn_local_ghost(
     let c = cmd
         .spawn()
         .map_err(|e| format!("cannot start the local ghost {}: {e}", l.bin.display()))?;
-    tracing::info!(component = "mirage", ghost_id = %cfg.local_ghost, pid = c.id(), admin = %l.admin, "local ghost started");
+    tracing::info!(component = "mirage", ghost_id = %id, pid = c.id(), admin = %admin, data_dir = %dir.display(), "local ghost started");
     Ok(c)
 }

@@ -13,6 +13,7 @@ pub mod envelope;
 pub mod error;
 pub mod handshake;
 pub mod metrics;
+pub mod observe;
 pub mod reserve;
 pub mod session;
 pub mod wire;

@@ -1,12 +1,23 @@
 //! Seeds: service handlers with named operations. A new seed implements [`Seed`] and is added
-//! to the registry; nothing else in the Ghost changes.
+//! to [`builtin`]; nothing else in the Ghost changes (docs/SEEDS.md).
+//!
+//! Each seed runs in its own supervised actor (`actors::seed`): `start` when the Ghost starts,
+//! `call` per operation (synchronously, or as a future when the seed awaits I/O), `stop` on
+//! shutdown, and a fresh instance after a panic.
 
+pub mod chaos;
 pub mod flow;
 pub mod fs;
 pub mod kv;
+pub mod redis;
+pub mod service;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use futures::future::LocalBoxFuture;
 
 use shared::envelope::Args;
 use shared::handshake::{validate_seed_id, OperationInfo, SeedInfo};
@@ -110,14 +121,118 @@ impl OperationSpec {
     }
 }
 
-/// A service handler. `execute` runs on the seed's own actor thread, one call at a time, so
-/// it may block; it must not panic on any input.
+/// What [`Seed::call`] gives back: a result now, or a future the seed's actor awaits on the
+/// seed's own thread (so a seed can await network I/O without blocking anyone).
+pub enum Call {
+    Done(SeedOutput),
+    Pending(LocalBoxFuture<'static, SeedOutput>),
+}
+
+/// Most observations queued between the seeds and the outbox; past it new ones are dropped
+/// (counted, logged): an observation is the latest state, a later one supersedes it.
+pub const OBSERVATION_QUEUE: usize = 1024;
+
+/// Observed state a seed publishes at any time (`{state: running, pid, uri}`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observation {
+    pub seed: String,
+    pub state: Args,
+    pub at_ms: u64,
+}
+
+/// What a seed gets from the Ghost: its id, where it may keep data, a way to publish
+/// observations. Cheap to clone; futures may keep a copy.
+#[derive(Clone)]
+pub struct SeedCtx {
+    pub seed_id: String,
+    pub data_dir: PathBuf,
+    observe: Option<tokio::sync::mpsc::Sender<Observation>>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl SeedCtx {
+    pub fn new(
+        seed_id: &str,
+        data_dir: PathBuf,
+        observe: Option<tokio::sync::mpsc::Sender<Observation>>,
+    ) -> SeedCtx {
+        SeedCtx {
+            seed_id: seed_id.to_owned(),
+            data_dir,
+            observe,
+            dropped: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// No Ghost around it (`ghost exec`, unit tests): observations go nowhere.
+    pub fn detached(seed_id: &str) -> SeedCtx {
+        SeedCtx::new(seed_id, PathBuf::from("."), None)
+    }
+
+    /// Publishes observed state; never blocks. Errors name a bound it breaks, or say that it
+    /// was dropped (no Ghost around, or the queue to the outbox is full).
+    pub fn observe(&self, state: Args) -> Result<(), String> {
+        shared::observe::validate(&state)?;
+        let Some(tx) = &self.observe else {
+            return Err("observations go nowhere here (no Ghost session)".into());
+        };
+        let o = Observation {
+            seed: self.seed_id.clone(),
+            state,
+            at_ms: shared::now_ms(),
+        };
+        tx.try_send(o).map_err(|e| {
+            let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            tracing::warn!(component = "ghost.seed", seed = %self.seed_id, dropped = n, error = %e, "observation dropped");
+            format!("observation dropped: {e}")
+        })
+    }
+
+    pub fn observations_dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+/// A service handler. It runs on its own actor thread: a blocking `execute` blocks only this
+/// seed. It must not panic on any input; if it does, the command fails and the seed is
+/// rebuilt (after a backoff) while the Ghost and the other seeds carry on.
 pub trait Seed: Send + 'static {
     fn id(&self) -> &'static str;
     fn name(&self) -> &'static str;
     fn description(&self) -> String;
     fn operations(&self) -> &'static [OperationSpec];
-    fn execute(&mut self, operation: &str, args: &Args) -> SeedOutput;
+
+    /// A synchronous operation. Seeds that override [`Seed::call`] need not implement it.
+    fn execute(&mut self, operation: &str, _args: &Args) -> SeedOutput {
+        SeedOutput::error(
+            70,
+            format!(
+                "{}: operation {operation} is asynchronous and runs only inside a Ghost\n",
+                self.id()
+            ),
+        )
+    }
+
+    /// Runs one operation; the default calls `execute`. Return [`Call::Pending`] to await I/O.
+    fn call(&mut self, operation: &str, args: &Args, _ctx: &SeedCtx) -> Call {
+        Call::Done(self.execute(operation, args))
+    }
+
+    /// Operations of this seed that may run at the same time (pending futures); 1 = in order.
+    fn concurrency(&self) -> usize {
+        1
+    }
+
+    /// Called when the seed's actor starts (Ghost start, or a restart after a failure). An
+    /// error is a failure: the seed is restarted with backoff.
+    fn start(&mut self, _ctx: &SeedCtx) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// Called once on Ghost shutdown; the Ghost waits for it at most `seed.stop_grace_ms`.
+    fn stop(&mut self) -> LocalBoxFuture<'static, ()> {
+        Box::pin(async {})
+    }
 
     fn operation(&self, name: &str) -> Option<&'static OperationSpec> {
         self.operations().iter().find(|o| o.name == name)
@@ -153,6 +268,13 @@ pub struct SeedSettings {
     pub kv_max_keys: usize,
     pub kv_max_value_bytes: usize,
     pub flow_max_sleep_ms: u64,
+    /// `[services.NAME]` of ghost.toml: the only processes seed.service may run.
+    pub services: BTreeMap<String, service::ServiceSpec>,
+    /// Where services keep their cwd and logs by default (`<data_dir>/services`).
+    pub services_dir: PathBuf,
+    /// `[redis.NAME]` of ghost.toml, and where instances keep their data.
+    pub redis: BTreeMap<String, redis::RedisSpec>,
+    pub redis_dir: PathBuf,
 }
 
 impl Default for SeedSettings {
@@ -164,11 +286,26 @@ impl Default for SeedSettings {
             kv_max_keys: 100_000,
             kv_max_value_bytes: 64 * 1024,
             flow_max_sleep_ms: 60_000,
+            services: BTreeMap::new(),
+            services_dir: PathBuf::from("data/services"),
+            redis: BTreeMap::new(),
+            redis_dir: PathBuf::from("data/redis"),
         }
     }
 }
 
+/// The seeds a Ghost hosts by default.
 pub const BUILTIN: &[&str] = &["seed.flow", "seed.kv", "seed.fs"];
+
+/// Every seed this Ghost can host (`ghost seeds` lists them); the rest are opt-in by config.
+pub const KNOWN: &[&str] = &[
+    "seed.flow",
+    "seed.kv",
+    "seed.fs",
+    "seed.service",
+    "seed.redis",
+    "seed.chaos",
+];
 
 /// Builds one built-in seed by id (`flow` is accepted for `seed.flow`, as edgectl does).
 pub fn builtin(id: &str, settings: &SeedSettings) -> Result<Box<dyn Seed>, String> {
@@ -183,10 +320,19 @@ pub fn builtin(id: &str, settings: &SeedSettings) -> Result<Box<dyn Seed>, Strin
                 .with_max_hold_ms(settings.flow_max_sleep_ms)
                 .with_max_total_bytes(settings.fs_max_total_bytes),
         ),
+        "seed.chaos" => Box::new(chaos::Chaos::new(settings.flow_max_sleep_ms)),
+        "seed.service" => Box::new(service::Service::new(
+            settings.services.clone(),
+            settings.services_dir.clone(),
+        )),
+        "seed.redis" => Box::new(redis::Redis::new(
+            &settings.redis,
+            settings.redis_dir.clone(),
+        )),
         other => {
             return Err(format!(
                 "unknown built-in seed {other:?} (built-ins: {})",
-                BUILTIN.join(", ")
+                KNOWN.join(", ")
             ))
         }
     })
@@ -263,7 +409,24 @@ pub fn run_checked(seed: &mut dyn Seed, operation: &str, args: &Args) -> SeedOut
         ),
         Some(spec) => match spec.check_args(args) {
             Err(e) => SeedOutput::error(64, format!("{e}\n")),
-            Ok(()) => seed.execute(operation, args),
+            Ok(()) => match seed.call(operation, args, &SeedCtx::detached(seed.id())) {
+                Call::Done(out) => out,
+                Call::Pending(f) => block_local(f),
+            },
         },
+    }
+}
+
+/// Awaits an operation's future outside a Ghost (`ghost exec`) on a one-off local runtime.
+fn block_local(f: LocalBoxFuture<'static, SeedOutput>) -> SeedOutput {
+    if tokio::runtime::Handle::try_current().is_ok() {
+        return SeedOutput::error(70, "asynchronous operation cannot run here\n");
+    }
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => tokio::task::LocalSet::new().block_on(&rt, f),
+        Err(e) => SeedOutput::error(70, format!("cannot start a runtime: {e}\n")),
     }
 }

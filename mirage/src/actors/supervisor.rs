@@ -122,6 +122,9 @@ pub struct GhostInfo {
     pub instance_id: Option<String>,
     /// A second Ghost process claiming this ghost_id, refused while the holder is alive.
     pub conflict: Option<Conflict>,
+    /// Latest observation per seed (shared::observe); omitted when there is none.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub observed: BTreeMap<String, crate::observe::Observed>,
     /// The Ghost's clock minus Mirage's, in ms, from its heartbeats (null until measured).
     pub clock_skew_ms: Option<i64>,
     /// Set when the skew is large enough to matter (see `skew::warning`).
@@ -212,6 +215,8 @@ pub struct Supervisor {
     /// that reconnected since are skipped (and compacted away) when met.
     disconnected: VecDeque<(u64, String)>,
     disconnected_n: usize,
+    /// Latest observed state per ghost/seed (bounded; crate::observe).
+    observed: crate::observe::Observations,
     /// The newest submission generation handed out (see `next_generation`).
     last_generation: u64,
 }
@@ -287,6 +292,7 @@ impl Supervisor {
             connected_sessions: 0,
             disconnected: VecDeque::new(),
             disconnected_n: 0,
+            observed: crate::observe::Observations::default(),
         };
         for (seq, plan) in restored.finished {
             let mut summary = IntentSummary::of(&plan, seq);
@@ -957,6 +963,7 @@ impl Supervisor {
             };
             if live {
                 self.ghosts.remove(&id);
+                self.observed.forget(&id);
                 self.disconnected_n = self.disconnected_n.saturating_sub(1);
                 self.fleet_changed.insert(id.clone());
                 m::GHOSTS_EVICTED.inc();
@@ -1023,6 +1030,15 @@ impl Supervisor {
         if event.ghost_id != ghost_id {
             tracing::warn!(component = "mirage.supervisor", ghost_id = %ghost_id, event_ghost = %event.ghost_id, event_id = %event.event_id, "event for another ghost on this session; rejected");
             let a = ack(&event, &ghost_id, AckStatus::Rejected, code::TRANSPORT);
+            self.events.insert(a.clone(), now);
+            return Step::Now(Some(a));
+        }
+        if shared::observe::is_observation(&event) {
+            // State, not a command's answer: kept, acked, never routed to a plan.
+            if let Err(e) = self.observed.record(&ghost_id, &event, now) {
+                tracing::warn!(component = "mirage.supervisor", ghost_id = %ghost_id, event_id = %event.event_id, seed = %event.seed_id, error = %e, "observation not kept");
+            }
+            let a = ack(&event, &ghost_id, AckStatus::Accepted, 0);
             self.events.insert(a.clone(), now);
             return Step::Now(Some(a));
         }
@@ -1710,6 +1726,7 @@ impl Supervisor {
                 .conflict
                 .clone()
                 .filter(|c| now.saturating_sub(c.last_ms) <= CONFLICT_STALE_MS),
+            observed: self.observed.of(id),
             clock_skew_ms: self.clock_skew.get(id).copied(),
             clock_warning: self
                 .clock_skew
