@@ -450,7 +450,7 @@ pub fn ghost_says_effect_unknown(reason: &str) -> bool {
 }
 
 /// Lower-case base 36: short command ids.
-fn base36(mut n: u64) -> String {
+pub fn base36(mut n: u64) -> String {
     const D: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
     let mut out = Vec::new();
     loop {

@@ -725,3 +725,67 @@ impl KeepAlive {
         (status, String::from_utf8_lossy(&buf).into_owned())
     }
 }
+
+/// Polls `f` every 20 ms until it holds; panics naming `what` after `within`.
+pub fn wait_until(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A tmpfs of `size` mounted at `at`, unmounted (lazily) on drop: declare it before the
+/// processes that use it, so they are gone first. `None` (with a printed SKIPPED line) where
+/// mounting is not permitted (the full-disk tests need root or CAP_SYS_ADMIN).
+pub struct Tmpfs(pub PathBuf);
+
+impl Tmpfs {
+    pub fn mount(at: &Path, size: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(at).ok()?;
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .output();
+        match out {
+            Ok(o) if o.status.success() => Some(Tmpfs(at.to_owned())),
+            Ok(o) => {
+                eprintln!(
+                    "SKIPPED: cannot mount a tmpfs at {} ({}); this test needs root or CAP_SYS_ADMIN",
+                    at.display(),
+                    String::from_utf8_lossy(&o.stderr).trim()
+                );
+                None
+            }
+            Err(e) => {
+                eprintln!("SKIPPED: cannot run mount ({e}); this test needs root");
+                None
+            }
+        }
+    }
+
+    /// Fills what is left of the file system with one file (`filler`); its path and size.
+    pub fn fill(&self) -> (PathBuf, u64) {
+        use std::io::Write as _;
+        let p = self.0.join("filler");
+        let Ok(mut f) = std::fs::File::create(&p) else {
+            return (p, 0);
+        };
+        let chunk = vec![0u8; 16 * 1024];
+        while f.write_all(&chunk).is_ok() {}
+        // Whatever is left in smaller pieces too.
+        while f.write_all(&chunk[..512]).is_ok() {}
+        let _ = f.flush();
+        let n = std::fs::metadata(&p).map_or(0, |m| m.len());
+        (p, n)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}

@@ -16,20 +16,6 @@ fn kv_plan(intent: &str, ghost: &str, value: &str) -> String {
     format!("intent_id=\"{intent}\"\nactor=\"t\"\ntarget_scope=\"ghost:{ghost}\"\nobjective=\"o\"\n[[step]]\nseed=\"seed.kv\"\noperation=\"put\"\nargs={{key=\"k\",value=\"{value}\"}}\nblocking=true\n")
 }
 
-fn base36(mut n: u64) -> String {
-    const D: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
-    let mut out = Vec::new();
-    loop {
-        out.push(D[(n % 36) as usize]);
-        n /= 36;
-        if n == 0 {
-            break;
-        }
-    }
-    out.reverse();
-    String::from_utf8(out).unwrap()
-}
-
 fn frame(cmd: Command) -> String {
     let b = Envelope::Command(cmd)
         .to_frame(1)
@@ -82,7 +68,7 @@ fn admin_commands_cannot_make_mirage_commands_duplicates_or_stale() {
     );
     let (_, d) = m.get(&format!("/v1/intents/{id}"));
     let generation = d["plan"]["generation"].as_u64().expect("plan.generation");
-    let mirage_id = format!("cmd.poison.s{}.2.g1.1", base36(generation));
+    let mirage_id = format!("cmd.poison.s{}.2.g1.1", mirage::plan::base36(generation));
     let mirage_id = mirage_id.as_str();
     // 1. That id sent first through the admin boundary (`execute`).
     let r = g.admin(json!({"action": "execute", "command": {

@@ -10,21 +10,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use e2e::*;
 use serde_json::{json, Value};
 
 const T: Duration = Duration::from_secs(120);
 const HOUR_MS: i64 = 3_600_000;
-
-fn wait_until(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(25));
-    }
-}
 
 /// libfaketime, which CI installs (scripts/deps.sh --test). Missing is a failure, not a skip:
 /// without it these tests would prove nothing.

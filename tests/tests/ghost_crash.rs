@@ -11,14 +11,6 @@ use serde_json::json;
 
 const T: Duration = Duration::from_secs(40);
 
-fn wait_until(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Waits for `satisfied` or `failed` and returns the intent's detail.
 fn wait_terminal(m: &Mirage, id: &str) -> serde_json::Value {
     let mut detail = serde_json::Value::Null;

@@ -4,64 +4,11 @@
 //! it goes on once space is back, without a restart. Mirage's data dir is a small tmpfs.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use e2e::*;
 
 const T: Duration = Duration::from_secs(60);
-
-/// A tmpfs of `size` mounted at `at`, unmounted on drop (after Mirage, declared later, is
-/// gone). `None`: mounting is not permitted here.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(at: &Path, size: &str) -> Option<Tmpfs> {
-        std::fs::create_dir_all(at).unwrap();
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(at)
-            .output()
-            .ok()?;
-        if !out.status.success() {
-            eprintln!(
-                "SKIPPED: cannot mount a tmpfs at {} ({}); this test needs root or CAP_SYS_ADMIN",
-                at.display(),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-            return None;
-        }
-        Some(Tmpfs(at.to_owned()))
-    }
-
-    /// Fills the file system with one file; returns its path.
-    fn fill(&self) -> PathBuf {
-        let p = self.0.join("filler");
-        let mut f = std::fs::File::create(&p).unwrap();
-        let chunk = vec![0u8; 16 * 1024];
-        while f.write_all(&chunk).is_ok() {}
-        // Whatever is left in smaller pieces too.
-        while f.write_all(&chunk[..512]).is_ok() {}
-        let _ = f.flush();
-        p
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
-fn wait_until(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 /// An objective this long makes every write of the plan large, so a full disk bites.
 fn big_objective() -> String {
@@ -82,7 +29,7 @@ fn a_refused_submission_leaves_nothing_behind() {
     );
     m.wait_status(&ok, "satisfied", T);
 
-    let filler = fs.fill();
+    let (filler, _) = fs.fill();
     let plan = |id: &str| {
         format!(
             "intent_id=\"{id}\"\nactor=\"t\"\ntarget_scope=\"ghost:g1\"\nobjective=\"{}\"\n\
@@ -152,7 +99,7 @@ fn a_plan_whose_write_failed_goes_on_when_space_is_back() {
                 .contains("step 1/2 dispatched")
         })
     });
-    let filler = fs.fill();
+    let (filler, _) = fs.fill();
     let filled = Instant::now();
     wait_until("a plan write to fail on the full disk", T, || {
         m.proc.log_text().contains("plan state not persisted")

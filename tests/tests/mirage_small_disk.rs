@@ -6,65 +6,13 @@
 //! shrinks back and the reserve is made again. Mirage's data dir is a small tmpfs.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use e2e::*;
 
 const T: Duration = Duration::from_secs(60);
 const RESERVE: u64 = 512 * 1024;
-
-/// A tmpfs of `size` mounted at `at`, unmounted on drop (after Mirage, declared later, is
-/// gone). `None`: mounting is not permitted here.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(at: &Path, size: &str) -> Option<Tmpfs> {
-        std::fs::create_dir_all(at).unwrap();
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(at)
-            .output()
-            .ok()?;
-        if !out.status.success() {
-            eprintln!(
-                "SKIPPED: cannot mount a tmpfs at {} ({}); this test needs root or CAP_SYS_ADMIN",
-                at.display(),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-            return None;
-        }
-        Some(Tmpfs(at.to_owned()))
-    }
-
-    /// Fills what is left of the file system with one file; returns its path and size.
-    fn fill(&self) -> (PathBuf, u64) {
-        let p = self.0.join("filler");
-        let mut f = std::fs::File::create(&p).unwrap();
-        let chunk = vec![0u8; 16 * 1024];
-        while f.write_all(&chunk).is_ok() {}
-        while f.write_all(&chunk[..512]).is_ok() {}
-        let _ = f.flush();
-        let n = std::fs::metadata(&p).map_or(0, |m| m.len());
-        (p, n)
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
-fn wait_until(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 /// The data dir's files and sizes, for failure messages.
 fn files(dir: &Path) -> String {

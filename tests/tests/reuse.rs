@@ -14,14 +14,6 @@ const T: Duration = Duration::from_secs(60);
 /// Small enough that Mirage forgets a finished intent (and its event ids) after a few more.
 const SMALL: &str = "[limits]\nfinished_intents = 5\nevent_window = 5\n";
 
-fn wait_until(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 fn write_version(id: &str, v: u32) -> String {
     format!(
         "intent_id=\"{id}\"\nactor=\"t\"\ntarget_scope=\"ghost:g1\"\nobjective=\"deploy\"\n\
