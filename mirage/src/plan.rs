@@ -1012,7 +1012,12 @@ impl Plan {
             if !in_scope(g) || !v.connected {
                 continue;
             }
-            let op = s.check.as_ref().map(|c| c.operation.as_str());
+            // An observed check sends no command: only the step's operation must be hosted.
+            let op = s
+                .check
+                .as_ref()
+                .filter(|c| c.observed.is_empty())
+                .map(|c| c.operation.as_str());
             match fleet
                 .hosts(g, &s.seed, &s.operation)
                 .and_then(|ok| match (ok, op) {
@@ -2547,6 +2552,12 @@ mod tests {
             );
         };
         let mut f = fleet(&["a"]);
+        // Declared operations: placement must not look for the (empty) check operation.
+        f.ghosts
+            .get_mut("a")
+            .unwrap()
+            .seeds
+            .insert("seed.kv".into(), Some(vec!["put".into()]));
         let mut p = plan("keep=\"10s\"\n[[step]]\nseed=\"seed.kv\"\noperation=\"put\"\nargs={name=\"web\"}\ncheck={observed={state=\"running\"}}\n");
         // Nothing observed yet: not satisfied, so the operation is sent and no check command.
         let fx = p.handle(Input::Start, 0, &f);
