@@ -51,6 +51,11 @@ pub struct Check {
     /// aside) equals this. Without it a check passes when its operation succeeds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expect: Option<String>,
+    /// An observed check (`check = { observed = { state = "running" } }`): no command is
+    /// sent; it passes where the Ghost's latest observation of the step's seed instance has
+    /// every one of these values. `operation` is empty then.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub observed: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -138,6 +143,8 @@ struct RawCheck {
     args: BTreeMap<String, ArgValue>,
     #[serde(default)]
     expect: Option<ArgValue>,
+    #[serde(default)]
+    observed: BTreeMap<String, ArgValue>,
 }
 
 /// Args are strings on the wire; numbers and booleans are accepted and written as text.
@@ -312,11 +319,31 @@ fn validate(raw: RawIntent, new_id: impl FnOnce() -> String) -> Result<Intent, F
                 if expect.as_ref().is_some_and(|e| e.len() > 4096) {
                     return Err(fe(f("check.expect"), "at most 4096 bytes"));
                 }
-                Some(Check {
-                    operation: required(&f("check.operation"), &c.operation)?,
-                    args: args(&f("check.args"), &c.args)?,
-                    expect,
-                })
+                if c.observed.is_empty() {
+                    Some(Check {
+                        operation: required(&f("check.operation"), &c.operation)?,
+                        args: args(&f("check.args"), &c.args)?,
+                        expect,
+                        observed: BTreeMap::new(),
+                    })
+                } else {
+                    if c.operation.is_some() || !c.args.is_empty() || expect.is_some() {
+                        return Err(fe(
+                            f("check.observed"),
+                            "an observed check sends no command: give observed, or operation/args/expect, not both",
+                        ));
+                    }
+                    if c.observed.len() > 32 {
+                        return Err(fe(f("check.observed"), "at most 32 keys"));
+                    }
+                    let observed = args(&f("check.observed"), &c.observed)?;
+                    Some(Check {
+                        operation: String::new(),
+                        args: Args::new(),
+                        expect: None,
+                        observed,
+                    })
+                }
             }
         };
         steps.push(Step {

@@ -585,7 +585,7 @@ fn client(cli: &Cli) -> Result<i32, String> {
         Cmd::Ghosts => print_list(
             all_ghosts(&api)?,
             json,
-            &["GHOST", "STATE", "KIND", "EVENTS", "SEEDS"],
+            &["GHOST", "STATE", "KIND", "EVENTS", "SEEDS", "OBSERVED"],
             |g| {
                 let seeds: Vec<String> = g["seeds"]
                     .as_array()
@@ -611,6 +611,7 @@ fn client(cli: &Cli) -> Result<i32, String> {
                     kind.into(),
                     s(&g["events"]),
                     seeds.join(","),
+                    observed_summary(&g["observed"]),
                 ]
             },
         ),
@@ -867,4 +868,24 @@ fn main() -> ExitCode {
         ),
         _ => exit(client(&cli)),
     }
+}
+
+/// The `mirage ghosts` OBSERVED cell: the newest `state` per seed instance
+/// (`seed.service/web=running`), at most three, then how many more; `-` when none.
+fn observed_summary(observed: &serde_json::Value) -> String {
+    let Some(m) = observed.as_object().filter(|m| !m.is_empty()) else {
+        return "-".into();
+    };
+    let mut cells: Vec<String> = m
+        .iter()
+        .take(3)
+        .map(|(k, o)| match o["state"]["state"].as_str() {
+            Some(st) => format!("{k}={st}"),
+            None => k.clone(),
+        })
+        .collect();
+    if m.len() > 3 {
+        cells.push(format!("+{}", m.len() - 3));
+    }
+    cells.join(",")
 }

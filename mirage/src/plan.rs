@@ -63,6 +63,8 @@ pub struct GhostView {
     /// (seed, operation) pairs the Ghost declared idempotent at registration. Anything else
     /// may have had its effect when an attempt ends without a terminal event.
     pub idempotent: std::collections::BTreeSet<(String, String)>,
+    /// Latest observed state per seed instance (`seed.service/web`), read by observed checks.
+    pub observed: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 impl FleetView {
@@ -111,7 +113,7 @@ pub fn submit_check(intent: &Intent, fleet: &FleetView) -> Result<(), (usize, St
             continue;
         }
         let mut ops = vec![s.operation.as_str()];
-        if let Some(c) = &s.check {
+        if let Some(c) = s.check.as_ref().filter(|c| c.observed.is_empty()) {
             ops.push(c.operation.as_str());
         }
         let hosts_seed = considered
@@ -421,6 +423,46 @@ pub struct Plan {
     /// The Ghost whose catch-up pass runs now.
     #[serde(default)]
     pub catching: Option<String>,
+    /// Observed checks "sent" while handling this input: (ghost, command_id), answered from
+    /// the fleet's observations before `handle` returns, so none outlives one input.
+    #[serde(skip)]
+    pub local_checks: Vec<(String, String)>,
+}
+
+/// The observation an observed check reads: the step's seed, or its instance named by the
+/// step's `name` argument (seed.service, seed.redis) — `seed.service/web`.
+pub fn observed_key(step: &Step) -> String {
+    match step.args.get("name").map(|n| n.trim()) {
+        Some(n) if !n.is_empty() => format!("{}/{n}", step.seed),
+        _ => step.seed.clone(),
+    }
+}
+
+/// An observed check against a Ghost's observations: Ok where every wanted value is
+/// observed, else why not (the drift, as it will read in the report).
+pub fn observed_check(
+    want: &BTreeMap<String, String>,
+    key: &str,
+    ghost: Option<&GhostView>,
+) -> Result<(), String> {
+    let Some(got) = ghost.and_then(|g| g.observed.get(key)) else {
+        return Err(format!("no observation of {key}"));
+    };
+    let differ: Vec<String> = want
+        .iter()
+        .filter(|(k, v)| got.get(*k) != Some(*v))
+        .map(|(k, v)| {
+            format!(
+                "{k} is {:?}, want {v:?}",
+                got.get(k).map(String::as_str).unwrap_or("unset")
+            )
+        })
+        .collect();
+    if differ.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("observed {key}: {}", differ.join(", ")))
+    }
 }
 
 fn report(
@@ -482,6 +524,7 @@ impl Plan {
             withdrawing: None,
             outputs: Default::default(),
             outputs_dropped: 0,
+            local_checks: Vec::new(),
             results: Vec::new(),
             results_dropped: 0,
             catch_up: BTreeMap::new(),
@@ -543,6 +586,34 @@ impl Plan {
     }
 
     pub fn handle(&mut self, input: Input, now: u64, fleet: &FleetView) -> Vec<Effect> {
+        let mut fx = self.handle_input(input, now, fleet);
+        // Observed checks sent meanwhile are answered here, from the fleet's observations;
+        // answering one may start the next step and so send more.
+        while !self.local_checks.is_empty() {
+            let (ghost, command_id) = self.local_checks.remove(0);
+            let Some(s) = &self.step else {
+                self.local_checks.clear();
+                break;
+            };
+            let step = &self.intent.steps[s.index];
+            let Some(c) = step.check.as_ref() else {
+                continue;
+            };
+            let key = observed_key(step);
+            let (outcome, reason) =
+                match observed_check(&c.observed, &key, fleet.ghosts.get(&ghost)) {
+                    Ok(()) => (Outcome::Success, None),
+                    Err(why) => (Outcome::Error, Some(why)),
+                };
+            let event_id = format!("{command_id}.observed");
+            self.on_event(
+                ghost, command_id, event_id, outcome, reason, false, now, fleet, &mut fx,
+            );
+        }
+        fx
+    }
+
+    fn handle_input(&mut self, input: Input, now: u64, fleet: &FleetView) -> Vec<Effect> {
         let mut fx = Vec::new();
         if self.status.is_terminal() {
             return fx;
@@ -941,7 +1012,12 @@ impl Plan {
             if !in_scope(g) || !v.connected {
                 continue;
             }
-            let op = s.check.as_ref().map(|c| c.operation.as_str());
+            // An observed check sends no command: only the step's operation must be hosted.
+            let op = s
+                .check
+                .as_ref()
+                .filter(|c| c.observed.is_empty())
+                .map(|c| c.operation.as_str());
             match fleet
                 .hosts(g, &s.seed, &s.operation)
                 .and_then(|ok| match (ok, op) {
@@ -1204,7 +1280,14 @@ impl Plan {
                 lock_token,
             },
         };
-        fx.push(self.dispatch_effect(idx, &o));
+        let observed =
+            kind == Kind::Check && step.check.as_ref().is_some_and(|c| !c.observed.is_empty());
+        if observed {
+            self.local_checks
+                .push((ghost.to_owned(), o.command.command_id.clone()));
+        } else {
+            fx.push(self.dispatch_effect(idx, &o));
+        }
         if let Some(s) = &mut self.step {
             s.ghosts.insert(
                 ghost.to_owned(),
@@ -2458,5 +2541,65 @@ mod tests {
         assert_eq!(dispatched(&fx)[0].1, "cmd.i1.r2.1.a.1");
         let fx = p.handle(ev("a", "cmd.i1.r2.1.a.1", true), 20_005, &f);
         assert_eq!(states(&fx), [CompletionState::Satisfied]);
+    }
+
+    #[test]
+    fn an_observed_check_reads_the_observation_and_corrects_drift() {
+        let observe = |f: &mut FleetView, state: &str| {
+            f.ghosts.get_mut("a").unwrap().observed.insert(
+                "seed.kv/web".into(),
+                [("state".into(), state.into()), ("pid".into(), "7".into())].into(),
+            );
+        };
+        let mut f = fleet(&["a"]);
+        // Declared operations: placement must not look for the (empty) check operation.
+        f.ghosts
+            .get_mut("a")
+            .unwrap()
+            .seeds
+            .insert("seed.kv".into(), Some(vec!["put".into()]));
+        let mut p = plan("keep=\"10s\"\n[[step]]\nseed=\"seed.kv\"\noperation=\"put\"\nargs={name=\"web\"}\ncheck={observed={state=\"running\"}}\n");
+        // Nothing observed yet: not satisfied, so the operation is sent and no check command.
+        let fx = p.handle(Input::Start, 0, &f);
+        assert_eq!(dispatched(&fx), [("a".into(), "cmd.i1.1.a.1".into())]);
+        let fx = p.handle(ev("a", "cmd.i1.1.a.1", true), 1, &f);
+        assert_eq!(states(&fx), [CompletionState::Satisfied]);
+        // Observed running: the re-check passes without sending anything, and says nothing.
+        observe(&mut f, "running");
+        let fx = p.handle(Input::Tick, 10_002, &f);
+        assert!(
+            dispatched(&fx).is_empty() && states(&fx).is_empty(),
+            "{fx:?}"
+        );
+        assert_eq!(p.status, Status::Satisfied);
+        // Observed exited: drift, corrected by the operation.
+        observe(&mut f, "exited");
+        let fx = p.handle(Input::Tick, 20_003, &f);
+        assert_eq!(states(&fx), [CompletionState::Corrective]);
+        assert_eq!(dispatched(&fx), [("a".into(), "cmd.i1.r2.1.a.1".into())]);
+        let fx = p.handle(ev("a", "cmd.i1.r2.1.a.1", true), 20_004, &f);
+        assert_eq!(states(&fx), [CompletionState::Satisfied]);
+        assert_eq!(
+            observed_check(
+                &[("state".into(), "running".into())].into(),
+                "seed.kv/web",
+                f.ghosts.get("a")
+            ),
+            Err("observed seed.kv/web: state is \"exited\", want \"running\"".into())
+        );
+        assert!(observed_check(&Default::default(), "seed.kv/db", f.ghosts.get("a")).is_err());
+    }
+
+    #[test]
+    fn an_observed_check_is_validated() {
+        let bad = |c: &str| {
+            crate::intent::parse(&format!("intent_id=\"i\"\nactor=\"t\"\ntarget_scope=\"ghost:*\"\nobjective=\"o\"\n[[step]]\nseed=\"seed.kv\"\noperation=\"put\"\ncheck={c}\n"), || "x".into())
+                .unwrap_err()
+                .to_string()
+        };
+        let e = bad("{observed={state=\"running\"},operation=\"get\"}");
+        assert!(e.contains("check.observed"), "{e}");
+        let e = bad("{observed={\" \"=\"x\"}}");
+        assert!(e.contains("check.observed"), "{e}");
     }
 }

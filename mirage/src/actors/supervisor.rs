@@ -367,8 +367,13 @@ impl Supervisor {
         }
     }
 
-    fn ghost_view(g: &GhostEntry) -> GhostView {
+    fn ghost_view(g: &GhostEntry, observed: &crate::observe::Observations, id: &str) -> GhostView {
         GhostView {
+            observed: observed
+                .of(id)
+                .into_iter()
+                .map(|(k, o)| (k, o.state))
+                .collect(),
             connected: g.connected(),
             seeds: g
                 .registration
@@ -412,7 +417,8 @@ impl Supervisor {
         for id in changed {
             match self.ghosts.get(&id) {
                 Some(g) => {
-                    f.ghosts.insert(id, Self::ghost_view(g));
+                    f.ghosts
+                        .insert(id.clone(), Self::ghost_view(g, &self.observed, &id));
                 }
                 None => {
                     f.ghosts.remove(&id);
@@ -430,7 +436,8 @@ impl Supervisor {
             local: (!self.cfg.local_ghost.is_empty()).then(|| self.cfg.local_ghost.clone()),
         };
         for (id, g) in &self.ghosts {
-            f.ghosts.insert(id.clone(), Self::ghost_view(g));
+            f.ghosts
+                .insert(id.clone(), Self::ghost_view(g, &self.observed, id));
         }
         *self.fleet.borrow_mut() = Arc::new(f);
         self.fleet_dirty = false;
@@ -1035,8 +1042,14 @@ impl Supervisor {
         }
         if shared::observe::is_observation(&event) {
             // State, not a command's answer: kept, acked, never routed to a plan.
-            if let Err(e) = self.observed.record(&ghost_id, &event, now) {
-                tracing::warn!(component = "mirage.supervisor", ghost_id = %ghost_id, event_id = %event.event_id, seed = %event.seed_id, error = %e, "observation not kept");
+            match self.observed.record(&ghost_id, &event, now) {
+                // Observed checks of standing intents read it from the fleet snapshot.
+                Ok(()) => {
+                    self.fleet_changed.insert(ghost_id.clone());
+                }
+                Err(e) => {
+                    tracing::warn!(component = "mirage.supervisor", ghost_id = %ghost_id, event_id = %event.event_id, seed = %event.seed_id, error = %e, "observation not kept");
+                }
             }
             let a = ack(&event, &ghost_id, AckStatus::Accepted, 0);
             self.events.insert(a.clone(), now);
