@@ -71,6 +71,10 @@ pub struct Step {
     pub check: Option<Check>,
     #[serde(default)]
     pub offline: Offline,
+    /// Place the step only on a Ghost whose seed instance advertises this entrypoint URI in
+    /// its latest observation (`redis://127.0.0.1:6390/0`, issue 11 item 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uri: Option<String>,
 }
 
 /// A validated intent.
@@ -123,6 +127,29 @@ struct RawStep {
     check: Option<RawCheck>,
     #[serde(default)]
     offline: Option<String>,
+    #[serde(default)]
+    uri: Option<String>,
+}
+
+/// A seed URI a step may target: `scheme://rest`, printable, bounded.
+fn seed_uri(field: &str, v: Option<&str>) -> Result<Option<String>, FieldError> {
+    let Some(u) = v.map(str::trim) else {
+        return Ok(None);
+    };
+    let ok_scheme = u.split_once("://").is_some_and(|(scheme, rest)| {
+        !scheme.is_empty()
+            && scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+            && !rest.is_empty()
+    });
+    if !ok_scheme || u.len() > 512 || u.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(fe(
+            field,
+            "must be a seed URI such as redis://127.0.0.1:6390/0 (scheme://…, at most 512 bytes, no spaces)",
+        ));
+    }
+    Ok(Some(u.to_owned()))
 }
 
 fn offline(field: &str, v: Option<&str>, default: Offline) -> Result<Offline, FieldError> {
@@ -357,6 +384,7 @@ fn validate(raw: RawIntent, new_id: impl FnOnce() -> String) -> Result<Intent, F
             continue_on_error: s.continue_on_error,
             check,
             offline: offline(&f("offline"), s.offline.as_deref(), default_offline)?,
+            uri: seed_uri(&f("uri"), s.uri.as_deref())?,
         });
     }
     if keep_ms.is_some() && steps.iter().all(|s| s.check.is_none()) {
@@ -510,6 +538,28 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.field, "keep");
+    }
+
+    #[test]
+    fn a_step_uri_is_checked() {
+        let step = |u: &str| {
+            parse(
+                &format!("actor=\"t\"\ntarget_scope=\"ghost:*\"\nobjective=\"o\"\n[[step]]\nseed=\"seed.redis\"\noperation=\"health\"\nuri=\"{u}\"\n"),
+                || "x".into(),
+            )
+        };
+        let i = step("redis://127.0.0.1:6390/0").unwrap();
+        assert_eq!(i.steps[0].uri.as_deref(), Some("redis://127.0.0.1:6390/0"));
+        for bad in [
+            "127.0.0.1:6390",
+            "://x",
+            "redis://",
+            "re dis://x",
+            "redis://a b",
+        ] {
+            let e = step(bad).unwrap_err();
+            assert_eq!(e.field, "step[0].uri", "{bad}");
+        }
     }
 
     #[test]

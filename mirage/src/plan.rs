@@ -67,6 +67,21 @@ pub struct GhostView {
     pub observed: BTreeMap<String, BTreeMap<String, String>>,
 }
 
+/// The Ghost's latest observation of `seed` (or of one of its instances, `seed/name`)
+/// lists `uri` among its comma-separated `uri` values.
+fn advertises(v: &GhostView, seed: &str, uri: &str) -> bool {
+    v.observed.iter().any(|(key, state)| {
+        let of_seed = key == seed
+            || key
+                .strip_prefix(seed)
+                .is_some_and(|rest| rest.starts_with('/'));
+        of_seed
+            && state
+                .get("uri")
+                .is_some_and(|us| us.split(',').any(|x| x.trim() == uri))
+    })
+}
+
 impl FleetView {
     /// Declared idempotent by this Ghost (unknown Ghost or undeclared: no).
     pub fn idempotent(&self, ghost: &str, seed: &str, op: &str) -> bool {
@@ -1012,6 +1027,11 @@ impl Plan {
             if !in_scope(g) || !v.connected {
                 continue;
             }
+            if let Some(u) = &s.uri {
+                if !advertises(v, &s.seed, u) {
+                    continue;
+                }
+            }
             // An observed check sends no command: only the step's operation must be hosted.
             let op = s
                 .check
@@ -1029,9 +1049,13 @@ impl Plan {
                 Err(e) => refusal = Some(e),
             }
         }
-        let none = |what: String| match &refusal {
-            Some(r) => Err(r.clone()),
-            None => Err(what),
+        let none = |what: String| match (&refusal, &s.uri) {
+            (Some(r), _) => Err(r.clone()),
+            (None, Some(u)) => Err(format!(
+                "no connected ghost in {} advertises {u} for {}",
+                self.intent.target_scope, s.seed
+            )),
+            (None, None) => Err(what),
         };
         match &s.on {
             On::All if candidates.is_empty() => none(format!(
@@ -2056,6 +2080,39 @@ mod tests {
                 .filter(|(g, r)| g == "b" && *r == GhostOutcome::CaughtUp)
                 .count(),
             2
+        );
+    }
+
+    #[test]
+    fn a_step_with_a_uri_goes_to_the_ghost_that_advertises_it() {
+        let mut f = fleet(&["a", "b", "c"]);
+        for (g, key, uri) in [
+            ("a", "seed.kv/x", "kv://a:1,kv://a:2"),
+            ("b", "seed.kv/y", "kv://b:1"),
+            ("c", "seed.kvx", "kv://b:1"),
+        ] {
+            let mut st = BTreeMap::new();
+            st.insert("uri".to_string(), uri.to_string());
+            f.ghosts.get_mut(g).unwrap().observed.insert(key.into(), st);
+        }
+        let mut p = plan(
+            "[[step]]\nseed=\"seed.kv\"\noperation=\"get\"\nargs={key=\"k\"}\nuri=\"kv://b:1\"\n",
+        );
+        let fx = p.handle(Input::Start, 0, &f);
+        // Only b's seed.kv instance advertises it (c's is another seed whose name shares a prefix).
+        assert_eq!(dispatched(&fx).len(), 1, "{fx:?}");
+        assert_eq!(dispatched(&fx)[0].0, "b");
+        let mut p = plan(
+            "[[step]]\nseed=\"seed.kv\"\noperation=\"get\"\nargs={key=\"k\"}\nuri=\"kv://a:2\"\n",
+        );
+        assert_eq!(dispatched(&p.handle(Input::Start, 0, &f))[0].0, "a");
+        // Nobody advertises it (yet): nothing is sent and the wait names the URI.
+        let mut p = plan("[[step]]\nseed=\"seed.kv\"\noperation=\"get\"\nargs={key=\"k\"}\nuri=\"kv://nowhere:9\"\n");
+        let fx = p.handle(Input::Start, 0, &f);
+        assert!(dispatched(&fx).is_empty(), "{fx:?}");
+        assert!(
+            fx.iter().any(|e| matches!(e, Effect::Report(r) if r.summary.contains("advertises kv://nowhere:9"))),
+            "{fx:?}"
         );
     }
 

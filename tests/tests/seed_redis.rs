@@ -118,6 +118,24 @@ fn redis_started_by_an_intent_is_listed_observed_restarted_and_stopped() {
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     assert!(cli(&["services"]).contains(&uri), "{}", cli(&["services"]));
+    // A step can target the seed by its URI (issue 11 item 3): placed on the Ghost whose
+    // instance advertises it; a URI nobody advertises is never placed.
+    let by_uri = |id: &str, u: &str, timeout: &str| {
+        format!(
+            "intent_id=\"{id}\"\nactor=\"t\"\ntarget_scope=\"ghost:*\"\nobjective=\"o\"\n\
+             [[step]]\nseed=\"seed.redis\"\noperation=\"health\"\nargs={{name=\"cache\"}}\n\
+             uri=\"{u}\"\ntimeout=\"{timeout}\"\non=\"one\"\n"
+        )
+    };
+    let id = m.submit(&by_uri("by-uri", &uri, "20s"));
+    let d = m.wait_status(&id, "satisfied", T);
+    assert!(d.to_string().contains("PONG"), "the health output: {d}");
+    let id = m.submit(&by_uri("by-wrong-uri", "redis://127.0.0.1:1/0", "2s"));
+    let d = m.wait_status(&id, "failed", T);
+    assert!(
+        d.to_string().contains("advertises redis://127.0.0.1:1/0"),
+        "{d}"
+    );
     let show = cli(&["ghost", "show", "g1"]);
     assert!(
         show.contains("seed.redis/cache") && show.contains("state=running"),
