@@ -789,3 +789,24 @@ impl Drop for Tmpfs {
             .status();
     }
 }
+
+/// A chromedriver process for the dashboard's browser tests; killed on drop.
+pub struct WebDriver {
+    pub child: Child,
+    pub addr: String,
+}
+
+impl Drop for WebDriver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One WebDriver call; its `value`, or a panic naming the call and the answer.
+pub fn wd(addr: &str, method: &str, path: &str, body: Option<Value>) -> Value {
+    let b = body.map(|v| v.to_string());
+    let (st, v) = http(addr, method, path, b.as_deref());
+    assert!(st == 200, "webdriver {method} {path}: {st} {v}");
+    v["value"].clone()
+}

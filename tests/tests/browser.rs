@@ -9,26 +9,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use e2e::*;
-use serde_json::{json, Value};
-
-struct Driver {
-    child: std::process::Child,
-    addr: String,
-}
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn wd(addr: &str, method: &str, path: &str, body: Option<Value>) -> Value {
-    let b = body.map(|v| v.to_string());
-    let (st, v) = http(addr, method, path, b.as_deref());
-    assert!(st == 200, "webdriver {method} {path}: {st} {v}");
-    v["value"].clone()
-}
+use serde_json::json;
 
 #[test]
 fn dashboard_shows_a_new_ghost_and_reports_live() {
@@ -46,7 +27,7 @@ fn dashboard_shows_a_new_ghost_and_reports_live() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let driver = Driver {
+    let driver = WebDriver {
         child,
         addr: format!("127.0.0.1:{port}"),
     };

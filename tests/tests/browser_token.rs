@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use e2e::*;
-use serde_json::{json, Value};
+use serde_json::json;
 
 struct Driver(std::process::Child);
 
@@ -16,13 +16,6 @@ impl Drop for Driver {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn wd(addr: &str, method: &str, path: &str, body: Option<Value>) -> Value {
-    let b = body.map(|v| v.to_string());
-    let (st, v) = http(addr, method, path, b.as_deref());
-    assert!(st == 200, "webdriver {method} {path}: {st} {v}");
-    v["value"].clone()
 }
 
 fn percent_encode(s: &str) -> String {

@@ -7,28 +7,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use e2e::*;
-use serde_json::{json, Value};
+use serde_json::json;
 
 const T: Duration = Duration::from_secs(60);
-
-struct Driver {
-    child: std::process::Child,
-    addr: String,
-}
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn wd(addr: &str, method: &str, path: &str, body: Option<Value>) -> Value {
-    let b = body.map(|v| v.to_string());
-    let (st, v) = http(addr, method, path, b.as_deref());
-    assert!(st == 200, "webdriver {method} {path}: {st} {v}");
-    v["value"].clone()
-}
 
 #[test]
 fn intent_detail_shows_failure_and_output_filters_and_withdraws() {
@@ -65,7 +46,7 @@ fn intent_detail_shows_failure_and_output_filters_and_withdraws() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let driver = Driver {
+    let driver = WebDriver {
         child,
         addr: format!("127.0.0.1:{port}"),
     };

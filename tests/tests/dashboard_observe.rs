@@ -12,25 +12,6 @@ use serde_json::{json, Value};
 
 const T: Duration = Duration::from_secs(60);
 
-struct Driver {
-    child: std::process::Child,
-    addr: String,
-}
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn wd(addr: &str, method: &str, path: &str, body: Option<Value>) -> Value {
-    let b = body.map(|v| v.to_string());
-    let (st, v) = http(addr, method, path, b.as_deref());
-    assert!(st == 200, "webdriver {method} {path}: {st} {v}");
-    v["value"].clone()
-}
-
 fn exec(g: &Ghost, seed: &str, op: &str, args: Value) -> Value {
     g.admin(json!({"action": "execute", "command": {
         "seed_selector": seed, "operation": op, "args": args}}))
@@ -78,7 +59,7 @@ fn dashboard_and_ghosts_table_show_the_latest_observation() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let driver = Driver {
+    let driver = WebDriver {
         child,
         addr: format!("127.0.0.1:{port}"),
     };
