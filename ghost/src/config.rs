@@ -195,6 +195,8 @@ pub struct GhostConfig {
     pub services: std::collections::BTreeMap<String, crate::seeds::service::ServiceSpec>,
     /// `[redis.NAME]`: seed.redis instances declared ahead (port, restart, autostart).
     pub redis: std::collections::BTreeMap<String, crate::seeds::redis::RedisSpec>,
+    /// `[kdht]`: seed.kdht's port (0 = ephemeral), replication factor, store bounds.
+    pub kdht: crate::seeds::kdht::KdhtSpec,
 }
 
 impl Default for GhostConfig {
@@ -216,6 +218,7 @@ impl Default for GhostConfig {
             max_children: 16,
             services: Default::default(),
             redis: Default::default(),
+            kdht: Default::default(),
         }
     }
 }
@@ -283,6 +286,7 @@ impl GhostConfig {
         }
         crate::seeds::service::validate(&self.services)?;
         crate::seeds::redis::validate(&self.redis)?;
+        self.kdht.validate()?;
         if self.seed.stop_grace_ms == 0 || self.seed.stop_grace_ms > 600_000 {
             return Err(format!(
                 "seed.stop_grace_ms is {}; it must be between 1 and 600000",

@@ -32,6 +32,7 @@ pub fn seed_settings(cfg: &GhostConfig) -> SeedSettings {
         services_dir: cfg.data_dir.join("services"),
         redis: cfg.redis.clone(),
         redis_dir: cfg.data_dir.join("redis"),
+        kdht: cfg.kdht.clone(),
     }
 }
 

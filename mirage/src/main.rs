@@ -785,6 +785,7 @@ fn main() -> ExitCode {
                     "seed.fs",
                     "seed.service",
                     "seed.redis",
+                    "seed.kdht",
                 ]
                 .map(String::from)
                 .to_vec(),

@@ -82,6 +82,73 @@ fn advertises(v: &GhostView, seed: &str, uri: &str) -> bool {
     })
 }
 
+/// Most URIs one `{uris:SEED}` argument expands to, and its longest expansion.
+pub const MAX_ARG_URIS: usize = 64;
+pub const MAX_ARG_URIS_BYTES: usize = 8 * 1024;
+
+/// A step argument whose whole value is `{uris:SEED}` stands for every URI that connected
+/// Ghosts in the intent's scope advertise for SEED in their latest observations (sorted,
+/// comma-separated, deduplicated): how a step hands one Ghost's entrypoints to the others
+/// (config/plans/kdht.toml joins DHT nodes through each other). `Ok(None)`: no placeholder.
+/// Err: nobody advertises one yet (the step waits for a placement like any other).
+pub fn resolve_args(
+    args: &shared::envelope::Args,
+    intent: &Intent,
+    fleet: &FleetView,
+) -> Result<Option<shared::envelope::Args>, String> {
+    let seed_of = |v: &str| {
+        v.trim()
+            .strip_prefix("{uris:")
+            .and_then(|r| r.strip_suffix('}'))
+            .map(|s| s.trim().to_owned())
+    };
+    if !args.values().any(|v| seed_of(v).is_some()) {
+        return Ok(None);
+    }
+    let mut out = args.clone();
+    for v in out.values_mut() {
+        let Some(seed) = seed_of(v) else { continue };
+        let mut uris = std::collections::BTreeSet::new();
+        for (g, view) in &fleet.ghosts {
+            if !intent.in_scope(g) || !view.connected {
+                continue;
+            }
+            for (key, state) in &view.observed {
+                let of_seed = *key == seed
+                    || key
+                        .strip_prefix(seed.as_str())
+                        .is_some_and(|rest| rest.starts_with('/'));
+                if let Some(us) = state.get("uri").filter(|_| of_seed) {
+                    uris.extend(
+                        us.split(',')
+                            .map(str::trim)
+                            .filter(|u| !u.is_empty())
+                            .map(str::to_owned),
+                    );
+                }
+            }
+        }
+        if uris.is_empty() {
+            return Err(format!(
+                "no connected ghost in {} advertises a URI for {seed} yet",
+                intent.target_scope
+            ));
+        }
+        let joined = uris
+            .into_iter()
+            .take(MAX_ARG_URIS)
+            .collect::<Vec<_>>()
+            .join(",");
+        if joined.len() > MAX_ARG_URIS_BYTES {
+            return Err(format!(
+                "the URIs advertised for {seed} exceed {MAX_ARG_URIS_BYTES} bytes"
+            ));
+        }
+        *v = joined;
+    }
+    Ok(Some(out))
+}
+
 impl FleetView {
     /// Declared idempotent by this Ghost (unknown Ghost or undeclared: no).
     pub fn idempotent(&self, ghost: &str, seed: &str, op: &str) -> bool {
@@ -393,6 +460,9 @@ pub struct StepRun {
     /// Ghosts in scope hosting the seed but offline when an `on = "all"` step was placed.
     #[serde(default)]
     pub offline: Vec<String>,
+    /// The step's args with `{uris:SEED}` expanded when it was placed (None: as written).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved_args: Option<shared::envelope::Args>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -1120,7 +1190,10 @@ impl Plan {
             _ => now,
         };
         let step = self.intent.steps[idx].clone();
-        let placement = match self.place(idx, fleet) {
+        let placed = self.place(idx, fleet).and_then(|p| {
+            resolve_args(&self.intent.steps[idx].args, &self.intent, fleet).map(|a| (p, a))
+        });
+        let (placement, resolved_args) = match placed {
             Ok(p) => p,
             Err(why) => {
                 let first = !matches!(&self.step, Some(s) if s.index == idx && s.waiting_placement.as_deref() == Some(why.as_str()));
@@ -1136,6 +1209,7 @@ impl Plan {
                     dispatched: false,
                     corrected: false,
                     offline: vec![],
+                    resolved_args: None,
                 });
                 if first {
                     fx.push(Effect::Report(report(
@@ -1176,6 +1250,7 @@ impl Plan {
             dispatched: false,
             corrected: false,
             offline: self.offline_hosts(idx, fleet),
+            resolved_args,
         });
         if locks.is_empty() {
             self.dispatch_step(now, fx);
@@ -1285,7 +1360,10 @@ impl Plan {
         let step = &self.intent.steps[idx];
         let (operation, args) = match (kind, &step.check) {
             (Kind::Check, Some(c)) => (c.operation.clone(), c.args.clone()),
-            _ => (step.operation.clone(), step.args.clone()),
+            _ => (
+                step.operation.clone(),
+                s.resolved_args.clone().unwrap_or_else(|| step.args.clone()),
+            ),
         };
         let lock_token = s
             .locks
@@ -2113,6 +2191,65 @@ mod tests {
         assert!(
             fx.iter().any(|e| matches!(e, Effect::Report(r) if r.summary.contains("advertises kv://nowhere:9"))),
             "{fx:?}"
+        );
+    }
+
+    #[test]
+    fn a_uris_argument_expands_to_what_ghosts_in_scope_advertise() {
+        let mut f = fleet(&["a", "b", "c"]);
+        for (g, key, uri) in [
+            ("a", "seed.kv", "kv://a:1"),
+            ("b", "seed.kv/x", "kv://b:1,kv://b:2"),
+            ("c", "seed.kvx", "kv://c:1"),
+        ] {
+            let mut st = BTreeMap::new();
+            st.insert("uri".to_string(), uri.to_string());
+            f.ghosts.get_mut(g).unwrap().observed.insert(key.into(), st);
+        }
+        let mut p = plan(
+            "[[step]]\nseed=\"seed.kv\"\noperation=\"put\"\nargs={key=\"k\", value=\"{uris:seed.kv}\"}\non=\"all\"\n",
+        );
+        let fx = p.handle(Input::Start, 0, &f);
+        let sent: Vec<&Command> = fx
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Dispatch { command, .. } => Some(command),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(sent.len(), 3, "{fx:?}");
+        for c in sent {
+            // Sorted and deduplicated; c's seed.kvx is another seed; other args untouched.
+            assert_eq!(c.args["value"], "kv://a:1,kv://b:1,kv://b:2", "{c:?}");
+            assert_eq!(c.args["key"], "k");
+        }
+        // Nobody advertises one yet: the step waits, saying so.
+        let mut p = plan(
+            "[[step]]\nseed=\"seed.kv\"\noperation=\"put\"\nargs={key=\"k\", value=\"{uris:seed.flow}\"}\n",
+        );
+        let fx = p.handle(Input::Start, 0, &f);
+        assert!(dispatched(&fx).is_empty(), "{fx:?}");
+        assert!(
+            fx.iter().any(|e| matches!(e, Effect::Report(r) if r.summary.contains("advertises a URI for seed.flow"))),
+            "{fx:?}"
+        );
+        // Out of scope or disconnected Ghosts add nothing.
+        f.ghosts.get_mut("b").unwrap().connected = false;
+        let a = resolve_args(
+            &[("v".to_string(), "{uris:seed.kv}".to_string())].into(),
+            &p.intent,
+            &f,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(a["v"], "kv://a:1");
+        assert_eq!(
+            resolve_args(
+                &[("v".to_string(), "plain".to_string())].into(),
+                &p.intent,
+                &f
+            ),
+            Ok(None)
         );
     }
 

@@ -8,6 +8,7 @@
 pub mod chaos;
 pub mod flow;
 pub mod fs;
+pub mod kdht;
 pub mod kv;
 pub mod redis;
 pub mod service;
@@ -275,6 +276,8 @@ pub struct SeedSettings {
     /// `[redis.NAME]` of ghost.toml, and where instances keep their data.
     pub redis: BTreeMap<String, redis::RedisSpec>,
     pub redis_dir: PathBuf,
+    /// `[kdht]` of ghost.toml: seed.kdht's port, replication factor and store bounds.
+    pub kdht: kdht::KdhtSpec,
 }
 
 impl Default for SeedSettings {
@@ -290,6 +293,7 @@ impl Default for SeedSettings {
             services_dir: PathBuf::from("data/services"),
             redis: BTreeMap::new(),
             redis_dir: PathBuf::from("data/redis"),
+            kdht: kdht::KdhtSpec::default(),
         }
     }
 }
@@ -305,6 +309,7 @@ pub const KNOWN: &[&str] = &[
     "seed.service",
     "seed.redis",
     "seed.chaos",
+    "seed.kdht",
 ];
 
 /// Builds one built-in seed by id (`flow` is accepted for `seed.flow`, as edgectl does).
@@ -329,6 +334,7 @@ pub fn builtin(id: &str, settings: &SeedSettings) -> Result<Box<dyn Seed>, Strin
             &settings.redis,
             settings.redis_dir.clone(),
         )),
+        "seed.kdht" | "kdht-node" => Box::new(kdht::Kdht::new(settings.kdht.clone())),
         other => {
             return Err(format!(
                 "unknown built-in seed {other:?} (built-ins: {})",
