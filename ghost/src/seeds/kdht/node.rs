@@ -209,7 +209,8 @@ struct Node {
     ctx: SeedCtx,
     uri: String,
     replication: usize,
-    puts: HashMap<QueryId, Reply>,
+    /// Store queries in flight: the quorum asked for, the reply.
+    puts: HashMap<QueryId, (usize, Reply)>,
     gets: HashMap<QueryId, (Vec<u8>, Reply)>,
     joins: Vec<Join>,
     dirty: bool,
@@ -431,7 +432,7 @@ impl Node {
                     .put_record(record, Quorum::N(q))
                 {
                     Ok(id) => {
-                        self.puts.insert(id, reply);
+                        self.puts.insert(id, (q.get(), reply));
                     }
                     Err(e) => {
                         let _ = reply.send(Err(format!("the record store refused it: {e}")));
@@ -549,12 +550,14 @@ impl Node {
                 id, result, stats, ..
             } => match result {
                 QueryResult::PutRecord(r) => {
-                    if let Some(reply) = self.puts.remove(&id) {
+                    if let Some((quorum, reply)) = self.puts.remove(&id) {
                         let _ = reply.send(match r {
+                            // The quorum is met: that many peers acknowledged the record.
                             Ok(_) => Ok(json!({
                                 "stored": "local",
-                                "replicas": stats.num_successes(),
+                                "replicas": quorum,
                                 "replication": self.replication,
+                                "duration_ms": stats.duration().map(|d| d.as_millis() as u64),
                             })
                             .to_string()),
                             Err(e) => Err(format!("stored locally, but replication failed: {e}")),
