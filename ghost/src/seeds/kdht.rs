@@ -19,7 +19,7 @@ use shared::envelope::Args;
 
 use super::{Call, OperationSpec, Seed, SeedCtx, SeedOutput};
 
-pub use node::{NodeHandle, Req};
+pub use node::{NodeHandle, Reply, Req};
 
 /// Longest key accepted (bytes).
 pub const MAX_KEY_BYTES: usize = 256;
