@@ -199,6 +199,7 @@ fn build(key: identity::Keypair, spec: &KdhtSpec) -> Result<Swarm<Behaviour>, St
 struct Join {
     want: BTreeSet<PeerId>,
     addrs: HashMap<PeerId, Multiaddr>,
+    started: Instant,
     deadline: Instant,
     last_dial: Instant,
     reply: Reply,
@@ -394,6 +395,7 @@ impl Node {
                 self.joins.push(Join {
                     want,
                     addrs,
+                    started: now,
                     deadline: now + wait,
                     last_dial: now,
                     reply,
@@ -478,6 +480,13 @@ impl Node {
                 .copied()
                 .collect();
             if missing.is_empty() {
+                tracing::info!(
+                    component = "ghost.seed.kdht",
+                    peers = j.want.len(),
+                    table = table.len(),
+                    waited_ms = (now - j.started).as_millis() as u64,
+                    "joined"
+                );
                 let _ = j.reply.send(Ok(json!({
                     "joined": j.want.len(),
                     "routing_table_size": table.len(),
