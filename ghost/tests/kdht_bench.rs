@@ -74,6 +74,8 @@ fn kdht_twenty_nodes_lookup_latency_and_store_throughput() {
         });
         futures::future::join_all(joins).await;
         let join_ms = t.elapsed().as_millis();
+        // Let the bootstrap queries the joins started finish: steady state is measured.
+        tokio::time::sleep(Duration::from_secs(3)).await;
 
         // Sequential stores, each through a random node (quorum = replication = 3).
         let half = records / 2;
