@@ -9,6 +9,7 @@ pub mod chaos;
 pub mod flow;
 pub mod fs;
 pub mod kv;
+pub mod raft;
 pub mod redis;
 pub mod service;
 
@@ -305,6 +306,7 @@ pub const KNOWN: &[&str] = &[
     "seed.service",
     "seed.redis",
     "seed.chaos",
+    "raft-node",
 ];
 
 /// Builds one built-in seed by id (`flow` is accepted for `seed.flow`, as edgectl does).
@@ -329,6 +331,7 @@ pub fn builtin(id: &str, settings: &SeedSettings) -> Result<Box<dyn Seed>, Strin
             &settings.redis,
             settings.redis_dir.clone(),
         )),
+        "raft-node" => Box::new(raft::RaftNode::new()),
         other => {
             return Err(format!(
                 "unknown built-in seed {other:?} (built-ins: {})",
