@@ -226,3 +226,115 @@ fn a_cluster_formed_by_an_intent_fails_over_and_a_restarted_member_catches_up() 
         started.elapsed().as_millis()
     );
 }
+
+/// BENCHMARKS.md: put throughput and latency on a 3-member loopback cluster, through the
+/// Ghosts' admin boundary (what a user's `ghost exec`/Mirage command pays), `RAFT_BENCH_PUTS`
+/// puts (default 2000) from `RAFT_BENCH_CLIENTS` clients (default 8) spread over the members;
+/// then the failover time after SIGKILL of the leader's Ghost, seen by polling `status`.
+#[test]
+#[ignore]
+fn bench_raft_puts_and_failover() {
+    let env = |k: &str, d: usize| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let (puts, clients) = (env("RAFT_BENCH_PUTS", 2000), env("RAFT_BENCH_CLIENTS", 8));
+    let dir = TempDir::new("raft-bench");
+    let m = Mirage::start(&dir, 0, "");
+    let ids = ["g1", "g2", "g3"];
+    let mut gs: Vec<Option<Ghost>> = ids
+        .iter()
+        .map(|id| Some(Ghost::start(&dir, id, &m.session, SEEDS)))
+        .collect();
+    let port = free_port();
+    let g = |i: usize| gs[i].as_ref().unwrap();
+    assert!(ok(&exec(g(0), "start", json!({"port": port.to_string()}))));
+    assert!(ok(&exec(g(1), "start", json!({}))));
+    assert!(ok(&exec(g(2), "start", json!({}))));
+    assert!(ok(&exec(g(0), "init", json!({}))));
+    let via = format!("raft://127.0.0.1:{port}");
+    assert!(ok(&exec(g(1), "join", json!({"via": via}))));
+    assert!(ok(&exec(g(2), "join", json!({"via": via}))));
+    let r = exec(g(0), "await", json!({"voters": "3", "timeout_ms": "20000"}));
+    assert!(ok(&r), "{r}");
+    let admins: Vec<String> = (0..3).map(|i| g(i).admin.clone()).collect();
+    let token = g(0).token.clone();
+    let t0 = Instant::now();
+    let lat: Vec<Vec<Duration>> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..clients)
+            .map(|c| {
+                let (admins, token) = (&admins, &token);
+                s.spawn(move || {
+                    let mut out = Vec::new();
+                    for n in 0..puts / clients {
+                        let admin = &admins[(c + n) % 3];
+                        let req = json!({"action": "execute", "token": token, "command": {
+                            "seed_selector": "raft-node", "operation": "put",
+                            "args": {"key": format!("k{c}-{}", n % 50), "value": format!("v{n}")}}});
+                        let t = Instant::now();
+                        let st = std::net::TcpStream::connect(admin).unwrap();
+                        use std::io::{BufRead, Write};
+                        let mut w = st.try_clone().unwrap();
+                        w.write_all(format!("{req}\n").as_bytes()).unwrap();
+                        let mut line = String::new();
+                        std::io::BufReader::new(st).read_line(&mut line).unwrap();
+                        assert!(line.contains("\"success\""), "{line}");
+                        out.push(t.elapsed());
+                    }
+                    out
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let wall = t0.elapsed();
+    let mut all: Vec<Duration> = lat.into_iter().flatten().collect();
+    all.sort();
+    let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)];
+    eprintln!(
+        "raft-node bench: {} puts from {clients} clients in {} ms = {:.0} puts/s; p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        all.len(),
+        wall.as_millis(),
+        all.len() as f64 / wall.as_secs_f64(),
+        pct(0.50).as_secs_f64() * 1e3,
+        pct(0.99).as_secs_f64() * 1e3,
+        all[all.len() - 1].as_secs_f64() * 1e3
+    );
+    // Failover: SIGKILL the leader's Ghost, time until a survivor reports itself leader.
+    let role = |g: &Ghost| -> (String, u64) {
+        let st: Value = serde_json::from_str(text(&exec(g, "status", json!({})), "Stdout").trim())
+            .unwrap_or(Value::Null);
+        (
+            st["role"].as_str().unwrap_or("").to_owned(),
+            num(&st, "term"),
+        )
+    };
+    let mut fails = Vec::new();
+    for _ in 0..3 {
+        let l = (0..3)
+            .find(|i| gs[*i].as_ref().is_some_and(|g| role(g).0 == "leader"))
+            .unwrap();
+        let term = role(gs[l].as_ref().unwrap()).1;
+        gs[l].as_mut().unwrap().proc.sigkill();
+        let t = Instant::now();
+        wait_for("a new leader", T, || {
+            (0..3).filter(|i| *i != l).any(|i| {
+                let (r, tm) = role(gs[i].as_ref().unwrap());
+                r == "leader" && tm > term
+            })
+        });
+        fails.push(t.elapsed());
+        drop(gs[l].take());
+        gs[l] = Some(Ghost::start(&dir, ids[l], &m.session, SEEDS));
+        let back = gs[l].as_ref().unwrap();
+        wait_for("the restarted member back as follower", T, || {
+            role(back).0 == "follower"
+        });
+    }
+    eprintln!(
+        "raft-node failover (SIGKILL of the leader's Ghost → a survivor is leader): {:?} ms",
+        fails.iter().map(|d| d.as_millis()).collect::<Vec<_>>()
+    );
+}

@@ -111,9 +111,9 @@ fn write_node_file(dir: &Path, f: &NodeFile) -> Result<(), String> {
 pub fn raft_config() -> Result<Config, String> {
     Config {
         cluster_name: SEED_ID.into(),
-        heartbeat_interval: 150,
-        election_timeout_min: 700,
-        election_timeout_max: 1400,
+        heartbeat_interval: 200,
+        election_timeout_min: 1000,
+        election_timeout_max: 2000,
         install_snapshot_timeout: 2000,
         max_payload_entries: types::MAX_PAYLOAD_ENTRIES,
         snapshot_max_chunk_size: types::SNAPSHOT_CHUNK,

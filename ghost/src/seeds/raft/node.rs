@@ -17,7 +17,7 @@ use super::types::{uri_of, NodeId, ObserveGate, Request};
 use crate::seeds::SeedCtx;
 
 /// Peer connections served at once; more are closed at accept.
-pub const MAX_CONNECTIONS: usize = 64;
+pub const MAX_CONNECTIONS: usize = 256;
 /// A client write or a read index waits this long for the cluster.
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
 /// A join waits this long for the learner to catch up and the voter change to commit.
