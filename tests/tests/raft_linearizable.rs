@@ -50,8 +50,11 @@ enum Res {
 fn call(admin: &str, op: &str, args: Value) -> Res {
     let req = json!({"action": "execute", "token": ADMIN_TOKEN, "command": {
         "seed_selector": "raft-node", "operation": op, "args": args}});
+    // A Ghost that is down refuses the connection: the operation never reached it.
+    let Ok(s) = TcpStream::connect(admin) else {
+        return Res::NotApplied;
+    };
     let go = || -> std::io::Result<Value> {
-        let s = TcpStream::connect(admin)?;
         s.set_read_timeout(Some(Duration::from_secs(20)))?;
         let mut w = s.try_clone()?;
         w.write_all(format!("{req}\n").as_bytes())?;

@@ -107,13 +107,15 @@ fn write_node_file(dir: &Path, f: &NodeFile) -> Result<(), String> {
 }
 
 /// The openraft settings: loopback-sized timeouts, bounded payloads, a snapshot every
-/// 1000 entries with 500 kept for slow followers.
+/// 1000 entries with 500 kept for slow followers. A follower refuses votes for a leader
+/// lease of `election_timeout_max` after the last heartbeat, so a failover takes up to about
+/// twice that (2.8 s); heartbeats at 200 ms leave room for a loaded machine.
 pub fn raft_config() -> Result<Config, String> {
     Config {
         cluster_name: SEED_ID.into(),
         heartbeat_interval: 200,
-        election_timeout_min: 1000,
-        election_timeout_max: 2000,
+        election_timeout_min: 700,
+        election_timeout_max: 1400,
         install_snapshot_timeout: 2000,
         max_payload_entries: types::MAX_PAYLOAD_ENTRIES,
         snapshot_max_chunk_size: types::SNAPSHOT_CHUNK,
