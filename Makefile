@@ -2,7 +2,7 @@
 CARGO ?= cargo
 FUZZ_SECONDS ?= 60
 
-.PHONY: all build run test lint fmt bench benchmarks fuzz clean memory bench-tls deps test-deps soak
+.PHONY: all build run test lint fmt bench benchmarks fuzz clean memory bench-tls deps test-deps soak soak-raft
 
 all: build
 
@@ -73,6 +73,11 @@ bench-tls:
 ## schedule (a fresh one is printed when absent). A 25 s run is part of `make test`.
 soak:
 	SEED=$(SEED) SOAK_SECONDS=$(SOAK_SECONDS) $(CARGO) test -p e2e --test soak -- --ignored --nocapture soak_long
+
+## soak-raft: the raft-node linearizability run (leader kills, partitions) at length.
+## SEED picks the fault and operation schedule; OPS (default 20000) the history size.
+soak-raft:
+	RAFT_SEED=$(SEED) RAFT_OPS=$(OPS) $(CARGO) test -p e2e --test raft_linearizable -- --ignored --nocapture soak_raft_linearizable
 
 ## fuzz: every cargo-fuzz target for FUZZ_SECONDS each (needs the nightly toolchain).
 fuzz:

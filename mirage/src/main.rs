@@ -669,10 +669,24 @@ fn client(cli: &Cli) -> Result<i32, String> {
                         } else {
                             "no".into()
                         },
+                        // The observed role (a raft-node member's leader/follower), if any.
+                        g["observed"]
+                            .as_object()
+                            .map(|o| {
+                                o.values()
+                                    .filter_map(|x| x["state"]["role"].as_str())
+                                    .collect::<Vec<_>>()
+                                    .join(",")
+                            })
+                            .filter(|r| !r.is_empty())
+                            .unwrap_or_else(|| "-".into()),
                     ]);
                 }
             }
-            print!("{}", table(&["SEED", "GHOST", "URI", "CONNECTED"], &rows));
+            print!(
+                "{}",
+                table(&["SEED", "GHOST", "URI", "CONNECTED", "ROLE"], &rows)
+            );
             Ok(0)
         }
         Cmd::Locks { cmd } => {
@@ -786,6 +800,7 @@ fn main() -> ExitCode {
                     "seed.service",
                     "seed.redis",
                     "seed.kdht",
+                    "raft-node",
                 ]
                 .map(String::from)
                 .to_vec(),

@@ -571,6 +571,7 @@ fn dechunk(mut s: &str) -> String {
 
 pub mod blaster;
 pub mod fake_ghost;
+pub mod linearizability;
 pub mod plot;
 pub mod proxy;
 

@@ -119,6 +119,16 @@ async fn downstream(
 
 impl Proxy {
     pub fn start(target: &str) -> Proxy {
+        Proxy::start_mode(target, false)
+    }
+
+    /// A proxy for any TCP protocol (e.g. the raft-node peer transport): bytes are copied
+    /// both ways unparsed; cut, black-hole and delay apply, the frame faults do not.
+    pub fn start_raw(target: &str) -> Proxy {
+        Proxy::start_mode(target, true)
+    }
+
+    fn start_mode(target: &str, raw: bool) -> Proxy {
         let target = target.to_owned();
         let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         std_listener.set_nonblocking(true).unwrap();
@@ -157,7 +167,7 @@ impl Proxy {
                         let (or, ow) = outbound.into_split();
                         tokio::select! {
                             _ = upstream(ir, ow, f.clone()) => {}
-                            _ = downstream(or, iw, f) => {}
+                            _ = async { if raw { upstream(or, iw, f).await } else { downstream(or, iw, f).await } } => {}
                             _ = async { while cut_rx.changed().await.is_ok() { if *cut_rx.borrow() != gen { break } } } => {}
                         }
                     });

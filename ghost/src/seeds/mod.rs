@@ -10,6 +10,7 @@ pub mod flow;
 pub mod fs;
 pub mod kdht;
 pub mod kv;
+pub mod raft;
 pub mod redis;
 pub mod service;
 
@@ -310,6 +311,7 @@ pub const KNOWN: &[&str] = &[
     "seed.redis",
     "seed.chaos",
     "seed.kdht",
+    "raft-node",
 ];
 
 /// Builds one built-in seed by id (`flow` is accepted for `seed.flow`, as edgectl does).
@@ -335,6 +337,7 @@ pub fn builtin(id: &str, settings: &SeedSettings) -> Result<Box<dyn Seed>, Strin
             settings.redis_dir.clone(),
         )),
         "seed.kdht" | "kdht-node" => Box::new(kdht::Kdht::new(settings.kdht.clone())),
+        "raft-node" => Box::new(raft::RaftNode::new()),
         other => {
             return Err(format!(
                 "unknown built-in seed {other:?} (built-ins: {})",
