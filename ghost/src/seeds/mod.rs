@@ -10,6 +10,7 @@ pub mod flow;
 pub mod fs;
 pub mod kv;
 pub mod redis;
+pub mod redis_move;
 pub mod service;
 
 use std::collections::BTreeMap;
