@@ -1156,7 +1156,9 @@ impl Plan {
         let locks: BTreeMap<String, Option<u64>> = if step.blocking {
             placement
                 .iter()
-                .map(|g| (lock::key(g, &step.seed), None))
+                .map(|g| lock::key(g, &step.seed))
+                .chain(step.locks.iter().cloned())
+                .map(|k| (k, None))
                 .collect()
         } else {
             BTreeMap::new()
