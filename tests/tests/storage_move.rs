@@ -254,6 +254,10 @@ struct Fleet {
 const SEEDS: &str = "seeds = [\"seed.flow\", \"seed.redis\"]";
 
 fn fleet(name: &str) -> Fleet {
+    fleet_with(name, KEYS)
+}
+
+fn fleet_with(name: &str, keys: usize) -> Fleet {
     redis_installed();
     let dir = TempDir::new(name);
     let session_port = free_port();
@@ -268,8 +272,7 @@ fn fleet(name: &str) -> Fleet {
         json!({"name": "cache", "port": src_port.to_string()}),
     );
     assert_eq!(r["data"]["event"]["Outcome"], "success", "{r}");
-    fill(src_port, KEYS);
-    // Observations reach Mirage: the move's steps can be placed.
+    fill(src_port, keys);
     Fleet {
         dir,
         m,
@@ -408,4 +411,120 @@ fn sigkill_of_mirage_mid_transfer_resumes_and_ends_verified() {
     source_intact(&f);
     let _ = &f.ga;
     eprintln!("Mirage SIGKILLed at {bytes} of {total} bytes: restarted, the move resumed and ended verified");
+}
+
+/// 1000 pseudorandom hex bytes per key (LZF cannot shrink them: the RDB is the data's size).
+fn big_value(i: usize) -> String {
+    let mut x = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut s = String::with_capacity(1000);
+    while s.len() < 1000 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        s.push_str(&format!("{x:016x}"));
+    }
+    s.truncate(1000);
+    s
+}
+
+/// BENCHMARKS.md (issue 14): storage.move throughput for a MOVE_BENCH_MB (default 1024) MiB
+/// dataset vs `redis-cli --rdb` + a copy of the same data, as a ratio in one run. Release:
+/// `cargo test --release -p e2e --test storage_move -- --ignored --nocapture bench`
+#[test]
+#[ignore]
+fn bench_move_throughput_vs_redis_cli_rdb_and_copy() {
+    redis_installed();
+    let mb: usize = std::env::var("MOVE_BENCH_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1024);
+    let n = mb * 1024 * 1024 / 1000;
+    let f = fleet_with("move-bench", 0);
+    let t0 = Instant::now();
+    {
+        let s = conn(f.src_port);
+        let mut w = s.try_clone().unwrap();
+        let mut r = BufReader::new(s);
+        for start in (0..n).step_by(1000) {
+            let end = (start + 1000).min(n);
+            let mut batch = Vec::new();
+            for i in start..end {
+                batch.extend(resp(&["SET", &key(i), &big_value(i)]));
+            }
+            w.write_all(&batch).unwrap();
+            for _ in start..end {
+                assert_eq!(line(&mut r), "+OK");
+            }
+        }
+    }
+    eprintln!(
+        "filled {n} keys of 1000 bytes in {} ms",
+        t0.elapsed().as_millis()
+    );
+    // The anchor: a plain full-sync dump over the network, then a copy to the target's disk.
+    let s = conn(f.src_port);
+    let mut w = s.try_clone().unwrap();
+    w.write_all(&resp(&["CONFIG", "SET", "repl-diskless-sync-delay", "0"]))
+        .unwrap();
+    assert_eq!(line(&mut BufReader::new(s)), "+OK");
+    let anchor = f.dir.path("anchor.rdb");
+    let t0 = Instant::now();
+    let st = std::process::Command::new("redis-cli")
+        .args([
+            "-p",
+            &f.src_port.to_string(),
+            "--rdb",
+            anchor.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(st.status.success(), "{st:?}");
+    let t_rdb = t0.elapsed();
+    let t1 = Instant::now();
+    let copy = f.dir.path("gb-anchor-copy.rdb");
+    std::fs::copy(&anchor, &copy).unwrap();
+    std::fs::File::open(&copy).unwrap().sync_all().unwrap();
+    let t_copy = t1.elapsed();
+    let size = std::fs::metadata(&anchor).unwrap().len();
+    let _ = std::fs::remove_file(&anchor);
+    let _ = std::fs::remove_file(&copy);
+    let anchor_mb_s = size as f64 / 1e6 / (t_rdb + t_copy).as_secs_f64();
+
+    let (dst_port, tp) = (free_port(), free_port());
+    let t0 = Instant::now();
+    let id = f
+        .m
+        .submit(&plan_text("mv-bench", "ga", "gb", dst_port, tp, "").replace("\"20s\"", "\"20m\""));
+    let d = f.m.wait_status(&id, "satisfied", Duration::from_secs(1200));
+    let t_move = t0.elapsed();
+    let move_mb_s = size as f64 / 1e6 / t_move.as_secs_f64();
+    let restored = d
+        .to_string()
+        .split("restored cache")
+        .nth(1)
+        .and_then(|s| s.split("keys verified").next())
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(dbsize(dst_port), Some(n as u64));
+    // A sample of the values (every 97th key) is equal on the target.
+    let s = conn(dst_port);
+    let mut w = s.try_clone().unwrap();
+    let mut r = BufReader::new(s);
+    for i in (0..n).step_by(97) {
+        w.write_all(&resp(&["GET", &key(i)])).unwrap();
+        let h = line(&mut r);
+        assert_eq!(h, "$1000", "key {i}");
+        let mut v = vec![0u8; 1002];
+        r.read_exact(&mut v).unwrap();
+        assert_eq!(&v[..1000], big_value(i).as_bytes(), "key {i}");
+    }
+    eprintln!(
+        "BENCH storage.move {size} bytes ({n} keys): move {:.0} ms = {move_mb_s:.1} MB/s end to end \
+         (snapshot + sha256 + transfer + load + verify); anchor redis-cli --rdb {} ms + copy {} ms = \
+         {anchor_mb_s:.1} MB/s; ratio move/anchor = {:.2}; restore:{restored}",
+        t_move.as_secs_f64() * 1000.0,
+        t_rdb.as_millis(),
+        t_copy.as_millis(),
+        move_mb_s / anchor_mb_s
+    );
 }
