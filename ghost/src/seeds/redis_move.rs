@@ -442,6 +442,7 @@ fn serve_one(s: TcpStream, o: &Offer, ctx: &SeedCtx) -> Result<u64, (bool, Strin
 
 // ---- fetch ----
 
+#[derive(Debug)]
 pub struct Fetched {
     pub size: u64,
     pub sha256: String,
@@ -622,5 +623,68 @@ mod tests {
         assert!(!valid_move_id("a b") && !valid_move_id(""));
         assert!(valid_token(&"a1".repeat(16)));
         assert!(!valid_token("short") && !valid_token(&"-".repeat(20)));
+    }
+
+    fn offer(dir: &Path, token: &str, ttl: Duration) -> (Offer, Vec<u8>) {
+        let data: Vec<u8> = (0..700_000u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
+        let file = dir.join("snap.rdb");
+        std::fs::write(&file, &data).unwrap();
+        let (size, sha256) = sha256_file(&file).unwrap();
+        let manifest = Manifest {
+            move_id: "mv-1".into(),
+            name: "cache".into(),
+            size,
+            sha256,
+            keys: 0,
+        };
+        let o = Offer {
+            manifest,
+            file,
+            for_ghost: "ghost.2".into(),
+            token: token.into(),
+            deadline: Instant::now() + ttl,
+        };
+        (o, data)
+    }
+
+    #[test]
+    fn only_the_named_ghost_with_the_token_fetches_once_and_offers_expire() {
+        let dir = std::env::temp_dir().join(format!("ghost-move-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let ctx = SeedCtx::detached("seed.redis");
+        let token = "a1b2c3d4e5f6a7b8c9d0";
+        let (o, data) = offer(&dir, token, Duration::from_secs(20));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let addr = serve(0, o, ctx.clone(), move || tx.send(()).unwrap())
+            .unwrap()
+            .to_string();
+        let into = dir.join("in");
+        let e = fetch(
+            &addr,
+            "mv-1",
+            "ghost.2",
+            "wrongwrongwrongwrong",
+            &into,
+            &ctx,
+        )
+        .unwrap_err();
+        assert!(e.contains("refused"), "{e}");
+        let e = fetch(&addr, "mv-1", "ghost.3", token, &into, &ctx).unwrap_err();
+        assert!(e.contains("refused"), "{e}");
+        let f = fetch(&addr, "mv-1", "ghost.2", token, &into, &ctx).unwrap();
+        assert_eq!(f.size, data.len() as u64);
+        assert_eq!(std::fs::read(into.join(AOF_DIR).join(BASE)).unwrap(), data);
+        rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        // Spent: the offer is gone.
+        assert!(fetch(&addr, "mv-1", "ghost.2", token, &dir.join("again"), &ctx).is_err());
+        // Expired: nothing is served after the ttl.
+        let (o, _) = offer(&dir, token, Duration::from_millis(100));
+        let addr = serve(0, o, ctx.clone(), || {}).unwrap().to_string();
+        std::thread::sleep(Duration::from_millis(400));
+        assert!(fetch(&addr, "mv-1", "ghost.2", token, &dir.join("late"), &ctx).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
