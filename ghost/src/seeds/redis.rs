@@ -397,6 +397,7 @@ impl Redis {
                         size,
                         sha256,
                         keys,
+                        port,
                     };
                     redis_move::write_json(&moves.join(format!("{move_id}.json")), &m)?;
                     Ok(m)
@@ -515,6 +516,10 @@ impl Redis {
                 format!("argument port {port}: instance {other} has it"),
             ));
         }
+        // Something else listening there would pass the readiness probe and answer DBSIZE.
+        if let Err(e) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            return Call::Done(fail(2, format!("argument port {port} is not free: {e}")));
+        }
         if let Err(e) = self.set.declare(
             name,
             service_spec(&RedisSpec {
@@ -545,6 +550,7 @@ impl Redis {
                 size: f.size,
                 sha256: f.sha256.clone(),
                 keys: f.keys,
+                port,
             };
             // Pending until the key count matches: a Ghost killed before that removes it.
             let installed = redis_move::write_json(&incoming.join(redis_move::PENDING), &marker)

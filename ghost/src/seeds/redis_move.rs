@@ -55,6 +55,9 @@ pub struct Manifest {
     pub size: u64,
     pub sha256: String,
     pub keys: u64,
+    /// The instance's port (a pending target's, so a restarted Ghost can stop it).
+    #[serde(default)]
+    pub port: u16,
 }
 
 pub fn valid_move_id(m: &str) -> bool {
@@ -543,6 +546,20 @@ pub fn summary(f: &Fetched) -> String {
     )
 }
 
+/// Best effort `SHUTDOWN NOSAVE` to 127.0.0.1:port, bounded by 2 s.
+fn shutdown_nosave(port: u16) {
+    if port == 0 {
+        return;
+    }
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    if let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        let _ = s.write_all(b"*2\r\n$8\r\nSHUTDOWN\r\n$6\r\nNOSAVE\r\n");
+        let mut b = [0u8; 64];
+        let _ = s.read(&mut b); // closed by the server once it has stopped
+    }
+}
+
 /// At seed start: what a restore left half done (a Ghost killed mid-move) is removed, so a
 /// half-restored instance is never started or advertised.
 pub fn clean_leftovers(redis_dir: &Path) -> Vec<String> {
@@ -553,8 +570,14 @@ pub fn clean_leftovers(redis_dir: &Path) -> Vec<String> {
     for e in rd.flatten() {
         let p = e.path();
         let name = e.file_name().to_string_lossy().into_owned();
-        if (name.ends_with(".incoming") || p.join(PENDING).exists())
-            && std::fs::remove_dir_all(&p).is_ok()
+        let pending = p.join(PENDING);
+        if pending.exists() {
+            // The killed Ghost's redis-server outlives it: stop it before its data goes.
+            if let Ok(m) = read_manifest(&pending) {
+                shutdown_nosave(m.port);
+            }
+        }
+        if (name.ends_with(".incoming") || pending.exists()) && std::fs::remove_dir_all(&p).is_ok()
         {
             removed.push(name);
         }
@@ -581,6 +604,7 @@ mod tests {
             size: 42,
             sha256: "ab".repeat(32),
             keys: 7,
+            port: 0,
         };
         assert_eq!(
             parse_header(&header_line(&m)).unwrap(),
@@ -638,6 +662,7 @@ mod tests {
             size,
             sha256,
             keys: 0,
+            port: 0,
         };
         let o = Offer {
             manifest,
