@@ -2318,6 +2318,47 @@ mod tests {
     }
 
     #[test]
+    fn a_storage_move_step_takes_both_ghosts_locks_before_it_runs() {
+        let mut f = fleet(&["a", "b"]);
+        for v in f.ghosts.values_mut() {
+            v.seeds.insert("seed.redis".into(), None);
+        }
+        let mut p = plan("[[step]]\noperation=\"storage.move\"\nargs={source=\"redis://a/cache\",target=\"redis://b:6391/cache\",transfer_port=7390}\n");
+        assert_eq!(p.intent.steps.len(), 4);
+        let fx = p.handle(Input::Start, 0, &f);
+        let keys: Vec<_> = fx
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Acquire { key, .. } => Some(key.clone()),
+                _ => None,
+            })
+            .collect();
+        // The snapshot runs on a, and holds b's lock too (sorted: no deadlock).
+        assert_eq!(keys, ["a::seed.redis", "b::seed.redis"]);
+        assert!(dispatched(&fx).is_empty());
+        let fx = p.handle(
+            Input::LockGranted {
+                key: "a::seed.redis".into(),
+                token: 1,
+            },
+            1,
+            &f,
+        );
+        assert!(dispatched(&fx).is_empty(), "one lock of two is not enough");
+        let fx = p.handle(
+            Input::LockGranted {
+                key: "b::seed.redis".into(),
+                token: 2,
+            },
+            2,
+            &f,
+        );
+        let d = dispatched(&fx);
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].0, "a");
+    }
+
+    #[test]
     fn blocking_steps_wait_for_every_lock_and_carry_tokens() {
         let f = fleet(&["a", "b"]);
         let mut p = plan("[[step]]\nseed=\"seed.kv\"\noperation=\"put\"\nblocking=true\n");
