@@ -595,6 +595,13 @@ impl Redis {
                             ("bytes".to_owned(), f.size.to_string()),
                             ("total".to_owned(), f.size.to_string()),
                             ("keys".to_owned(), f.keys.to_string()),
+                            (
+                                "rate_mb_s".to_owned(),
+                                format!(
+                                    "{:.1}",
+                                    f.size as f64 / 1e6 / f.elapsed.as_secs_f64().max(1e-6)
+                                ),
+                            ),
                         ]
                         .into(),
                     );
