@@ -242,13 +242,15 @@ fn storage_move_plan_moves_100k_keys_between_two_ghosts_of_mirage_up() {
 }
 
 /// Two Ghosts and Mirage from the harness; `cache` on ga filled with KEYS keys.
+/// Fields drop in order: the Ghosts stop (and stop their redis-server) before Mirage, and
+/// the temp dir goes last (redis refuses SIGTERM when it cannot save into a deleted dir).
 struct Fleet {
-    dir: TempDir,
-    m: Mirage,
-    session_port: u16,
     ga: Ghost,
     gb: Ghost,
+    m: Mirage,
+    session_port: u16,
     src_port: u16,
+    dir: TempDir,
 }
 
 const SEEDS: &str = "seeds = [\"seed.flow\", \"seed.redis\"]";
@@ -274,12 +276,12 @@ fn fleet_with(name: &str, keys: usize) -> Fleet {
     assert_eq!(r["data"]["event"]["Outcome"], "success", "{r}");
     fill(src_port, keys);
     Fleet {
-        dir,
-        m,
-        session_port,
         ga,
         gb,
+        m,
+        session_port,
         src_port,
+        dir,
     }
 }
 
