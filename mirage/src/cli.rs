@@ -366,6 +366,41 @@ pub fn output_lines(plan: &Value) -> Vec<String> {
     lines
 }
 
+/// storage.move restore steps of a plan: (target Ghost, observation key of its transfer).
+pub fn move_targets(plan: &Value) -> Vec<(String, String)> {
+    plan["intent"]["steps"]
+        .as_array()
+        .map(|steps| {
+            steps
+                .iter()
+                .filter(|st| st["seed"] == "seed.redis" && st["operation"] == "restore")
+                .filter_map(|st| {
+                    let ghost = st["on"]["ghost"].as_str()?;
+                    let m = st["args"]["move"].as_str()?;
+                    Some((ghost.to_owned(), format!("seed.redis/move.{m}")))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `transfer   ghost.2 move.x-0: transferring 1048576 of 5000000 bytes (12.5 MB/s)`.
+pub fn move_line(ghost: &str, key: &str, obs: &Value) -> Option<String> {
+    let st = obs.get("state")?;
+    let f = |k: &str| st[k].as_str().unwrap_or("-").to_owned();
+    let rate = st["rate_mb_s"]
+        .as_str()
+        .map(|r| format!(" ({r} MB/s)"))
+        .unwrap_or_default();
+    Some(format!(
+        "transfer   {ghost} {}: {} {} of {} bytes{rate}",
+        key.trim_start_matches("seed.redis/"),
+        f("state"),
+        f("bytes"),
+        f("total")
+    ))
+}
+
 /// `intent show`'s per-Ghost results: one line per step and Ghost.
 pub fn result_lines(plan: &Value) -> Vec<String> {
     let rs = plan["results"].as_array().cloned().unwrap_or_default();
@@ -392,6 +427,21 @@ pub fn result_lines(plan: &Value) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn move_progress_is_read_from_the_target_observation() {
+        let plan = serde_json::json!({"intent": {"steps": [
+            {"seed": "seed.redis", "operation": "snapshot", "on": {"ghost": "a"}, "args": {"move": "m-0"}},
+            {"seed": "seed.redis", "operation": "restore", "on": {"ghost": "b"}, "args": {"move": "m-0"}}]}});
+        let t = move_targets(&plan);
+        assert_eq!(t, [("b".to_owned(), "seed.redis/move.m-0".to_owned())]);
+        let obs = serde_json::json!({"state": {"state": "transferring", "bytes": "10", "total": "20", "rate_mb_s": "1.5"}});
+        assert_eq!(
+            move_line("b", &t[0].1, &obs).unwrap(),
+            "transfer   b move.m-0: transferring 10 of 20 bytes (1.5 MB/s)"
+        );
+        assert!(move_line("b", "k", &Value::Null).is_none());
+    }
 
     #[test]
     fn result_lines_name_step_ghost_and_result() {

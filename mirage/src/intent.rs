@@ -75,6 +75,10 @@ pub struct Step {
     /// its latest observation (`redis://127.0.0.1:6390/0`, issue 11 item 3).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uri: Option<String>,
+    /// Seed locks (`ghost_id::seed`) a blocking step holds besides its own Ghosts' (a
+    /// storage.move step holds both ends' locks, issue 14).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub locks: Vec<String>,
 }
 
 /// A validated intent.
@@ -210,7 +214,7 @@ pub struct FieldError {
     pub reason: String,
 }
 
-fn fe(field: impl Into<String>, reason: impl Into<String>) -> FieldError {
+pub(crate) fn fe(field: impl Into<String>, reason: impl Into<String>) -> FieldError {
     FieldError {
         field: field.into(),
         reason: reason.into(),
@@ -323,6 +327,30 @@ fn validate(raw: RawIntent, new_id: impl FnOnce() -> String) -> Result<Intent, F
     let mut steps = Vec::with_capacity(raw.step.len());
     for (i, s) in raw.step.iter().enumerate() {
         let f = |name: &str| format!("step[{i}].{name}");
+        if s.operation.as_deref().map(str::trim) == Some(crate::storage_move::OPERATION) {
+            let timeout_ms = duration(
+                &f("timeout"),
+                &s.timeout,
+                crate::storage_move::DEFAULT_TIMEOUT_MS,
+            )?;
+            let expanded = crate::storage_move::expand(
+                i,
+                s.seed.as_deref(),
+                &args(&f("args"), &s.args)?,
+                &intent_id,
+                &target_scope,
+                timeout_ms,
+                s.retries,
+            )?;
+            steps.extend(expanded);
+            if steps.len() > MAX_STEPS {
+                return Err(fe(
+                    "step",
+                    format!("at most {MAX_STEPS} steps (after expansion)"),
+                ));
+            }
+            continue;
+        }
         let seed = required(&f("seed"), &s.seed)?;
         validate_seed_id(&seed).map_err(|r| fe(f("seed"), r))?;
         let operation = required(&f("operation"), &s.operation)?;
@@ -385,6 +413,7 @@ fn validate(raw: RawIntent, new_id: impl FnOnce() -> String) -> Result<Intent, F
             check,
             offline: offline(&f("offline"), s.offline.as_deref(), default_offline)?,
             uri: seed_uri(&f("uri"), s.uri.as_deref())?,
+            locks: Vec::new(),
         });
     }
     if keep_ms.is_some() && steps.iter().all(|s| s.check.is_none()) {

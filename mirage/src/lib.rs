@@ -15,6 +15,7 @@ pub mod observe;
 pub mod plan;
 pub mod server;
 pub mod skew;
+pub mod storage_move;
 pub mod store;
 pub mod tls;
 pub mod wire_tool;

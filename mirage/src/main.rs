@@ -488,6 +488,16 @@ fn client(cli: &Cli) -> Result<i32, String> {
                     "{}",
                     table(&["STEP", "SEED", "OPERATION", "ON", "BLOCKING"], &rows)
                 );
+                // storage.move: the target Ghost's latest transfer observation.
+                for (ghost, key) in mirage::cli::move_targets(&v["plan"]) {
+                    let g = api.call("GET", &format!("/v1/ghosts/{ghost}"), None);
+                    if let Ok((200, g)) = g {
+                        if let Some(l) = mirage::cli::move_line(&ghost, &key, &g["observed"][&key])
+                        {
+                            println!("{l}");
+                        }
+                    }
+                }
                 println!();
                 for r in v["reports"].as_array().cloned().unwrap_or_default() {
                     println!("{}", report_line(&r));

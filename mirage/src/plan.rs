@@ -1230,7 +1230,9 @@ impl Plan {
         let locks: BTreeMap<String, Option<u64>> = if step.blocking {
             placement
                 .iter()
-                .map(|g| (lock::key(g, &step.seed), None))
+                .map(|g| lock::key(g, &step.seed))
+                .chain(step.locks.iter().cloned())
+                .map(|k| (k, None))
                 .collect()
         } else {
             BTreeMap::new()
@@ -2450,6 +2452,47 @@ mod tests {
         p.handle(Input::Start, 0, &f);
         let fx = p.handle(ev("a", "cmd.i1.1.a.1", false), 1, &f);
         assert_eq!(dispatched(&fx)[0].1, "cmd.i1.1.a.2");
+    }
+
+    #[test]
+    fn a_storage_move_step_takes_both_ghosts_locks_before_it_runs() {
+        let mut f = fleet(&["a", "b"]);
+        for v in f.ghosts.values_mut() {
+            v.seeds.insert("seed.redis".into(), None);
+        }
+        let mut p = plan("[[step]]\noperation=\"storage.move\"\nargs={source=\"redis://a/cache\",target=\"redis://b:6391/cache\",transfer_port=7390}\n");
+        assert_eq!(p.intent.steps.len(), 4);
+        let fx = p.handle(Input::Start, 0, &f);
+        let keys: Vec<_> = fx
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Acquire { key, .. } => Some(key.clone()),
+                _ => None,
+            })
+            .collect();
+        // The snapshot runs on a, and holds b's lock too (sorted: no deadlock).
+        assert_eq!(keys, ["a::seed.redis", "b::seed.redis"]);
+        assert!(dispatched(&fx).is_empty());
+        let fx = p.handle(
+            Input::LockGranted {
+                key: "a::seed.redis".into(),
+                token: 1,
+            },
+            1,
+            &f,
+        );
+        assert!(dispatched(&fx).is_empty(), "one lock of two is not enough");
+        let fx = p.handle(
+            Input::LockGranted {
+                key: "b::seed.redis".into(),
+                token: 2,
+            },
+            2,
+            &f,
+        );
+        let d = dispatched(&fx);
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].0, "a");
     }
 
     #[test]

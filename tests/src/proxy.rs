@@ -22,6 +22,12 @@ struct Faults {
     delay_ms: std::sync::atomic::AtomicU64,
     cut_mid_frame: AtomicBool,
     cut_frames: std::sync::atomic::AtomicU64,
+    /// Raw TCP both ways (no Mirage framing), e.g. a Ghost-to-Ghost storage.move transfer.
+    raw: AtomicBool,
+    /// Raw mode: the server→client byte at this offset (of each connection) is flipped;
+    /// 0 = off (offset 0 is never flipped).
+    flip_at: std::sync::atomic::AtomicU64,
+    flipped: std::sync::atomic::AtomicU64,
 }
 
 impl Faults {
@@ -65,12 +71,42 @@ async fn upstream(
     }
 }
 
-/// Server→client: the handshake line passes, then whole frames, minus acks while stalled.
-async fn downstream(
+/// Raw server→client copy: delayed per chunk like `upstream`, one byte flipped if asked.
+async fn raw_downstream(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     f: Arc<Faults>,
 ) {
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut offset = 0u64;
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        f.hold().await;
+        let at = f.flip_at.load(Ordering::Relaxed);
+        if at > 0 && (offset..offset + n as u64).contains(&at) {
+            buf[(at - offset) as usize] ^= 0x01;
+            f.flipped.fetch_add(1, Ordering::Relaxed);
+        }
+        offset += n as u64;
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Server→client: the handshake line passes, then whole frames, minus acks while stalled.
+async fn downstream(
+    from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    f: Arc<Faults>,
+) {
+    if f.raw.load(Ordering::Relaxed) {
+        return raw_downstream(from, to, f).await;
+    }
+    let mut from = from;
     let mut buf = BytesMut::new();
     let mut line_done = false;
     loop {
@@ -119,16 +155,6 @@ async fn downstream(
 
 impl Proxy {
     pub fn start(target: &str) -> Proxy {
-        Proxy::start_mode(target, false)
-    }
-
-    /// A proxy for any TCP protocol (e.g. the raft-node peer transport): bytes are copied
-    /// both ways unparsed; cut, black-hole and delay apply, the frame faults do not.
-    pub fn start_raw(target: &str) -> Proxy {
-        Proxy::start_mode(target, true)
-    }
-
-    fn start_mode(target: &str, raw: bool) -> Proxy {
         let target = target.to_owned();
         let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         std_listener.set_nonblocking(true).unwrap();
@@ -167,7 +193,7 @@ impl Proxy {
                         let (or, ow) = outbound.into_split();
                         tokio::select! {
                             _ = upstream(ir, ow, f.clone()) => {}
-                            _ = async { if raw { upstream(or, iw, f).await } else { downstream(or, iw, f).await } } => {}
+                            _ = downstream(or, iw, f) => {}
                             _ = async { while cut_rx.changed().await.is_ok() { if *cut_rx.borrow() != gen { break } } } => {}
                         }
                     });
@@ -181,6 +207,23 @@ impl Proxy {
             stop: Some(stop_tx),
             thread: Some(thread),
         }
+    }
+
+    /// A raw TCP relay (no Mirage framing) with the same faults plus [`Proxy::flip_at`].
+    pub fn start_raw(target: &str) -> Proxy {
+        let p = Proxy::start(target);
+        p.faults.raw.store(true, Ordering::Relaxed);
+        p
+    }
+
+    /// Raw mode: flip one bit of the server→client byte at `offset` (> 0) of each connection.
+    pub fn flip_at(&self, offset: u64) {
+        self.faults.flip_at.store(offset, Ordering::Relaxed);
+    }
+
+    /// Bytes flipped so far.
+    pub fn flipped(&self) -> u64 {
+        self.faults.flipped.load(Ordering::Relaxed)
     }
 
     /// Drops every connection open now (new ones are accepted again).

@@ -12,6 +12,7 @@ pub mod kdht;
 pub mod kv;
 pub mod raft;
 pub mod redis;
+pub mod redis_move;
 pub mod service;
 
 use std::collections::BTreeMap;

@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::LocalBoxFuture;
@@ -14,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use shared::envelope::Args;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use super::redis_move::{self, Manifest};
 use super::service::{self, call_common, Restart, ServiceSet, ServiceSpec};
 use super::{Call, OperationSpec, Seed, SeedCtx, SeedOutput};
 
@@ -215,11 +217,39 @@ static OPS: &[OperationSpec] = &[
     OperationSpec::new("info", "INFO from the instance (optional section)")
         .args(&["name", "section"])
         .required(&["name"]),
+    OperationSpec::new(
+        "snapshot",
+        "storage.move: BGSAVE instance `name` into a snapshot for `move` (size, sha256, keys)",
+    )
+    .args(&["name", "move"])
+    .required(&["name", "move"]),
+    OperationSpec::new(
+        "serve",
+        "storage.move: offer snapshot `move` once to Ghost `for` with `token` on 127.0.0.1:`port` for `ttl`",
+    )
+    .args(&["name", "move", "token", "for", "port", "ttl"])
+    .required(&["name", "move", "token", "for", "port"]),
+    OperationSpec::new(
+        "restore",
+        "storage.move: fetch `move` from `from` as Ghost `as` with `token`, verify sha256, start `name` on `port`, verify keys",
+    )
+    .args(&["name", "port", "move", "from", "token", "as"])
+    .required(&["name", "port", "move", "from", "token", "as"])
+    .mutating(),
+    OperationSpec::new(
+        "verify",
+        "storage.move: the restored instance's key count equals its snapshot's",
+    )
+    .args(&["name", "move"])
+    .required(&["name", "move"]),
 ];
 
 pub struct Redis {
     set: ServiceSet,
     ports: BTreeMap<String, u16>,
+    dir: PathBuf,
+    /// Moves offered now (move id → token): a re-sent `serve` with the same token is a no-op.
+    serving: Arc<Mutex<BTreeMap<String, String>>>,
 }
 
 impl Redis {
@@ -229,8 +259,10 @@ impl Redis {
             .map(|(n, r)| (n.clone(), service_spec(r)))
             .collect();
         Redis {
-            set: ServiceSet::new("seed.redis", specs, dir),
+            set: ServiceSet::new("seed.redis", specs, dir.clone()),
             ports: conf.iter().map(|(n, r)| (n.clone(), r.port)).collect(),
+            dir,
+            serving: Arc::default(),
         }
     }
 
@@ -254,6 +286,401 @@ impl Redis {
         });
         Call::Pending(fut)
     }
+}
+
+fn arg<'a>(args: &'a Args, k: &str) -> Result<&'a str, String> {
+    args.get(k)
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| format!("argument {k} is required"))
+}
+
+fn move_arg(args: &Args) -> Result<String, String> {
+    let m = arg(args, "move")?;
+    if !redis_move::valid_move_id(m) {
+        return Err(format!(
+            "argument move {m:?} must be 1..=128 of [A-Za-z0-9._-]"
+        ));
+    }
+    Ok(m.to_owned())
+}
+
+fn info_field(info: &str, key: &str) -> Option<String> {
+    info.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .map(|v| v.trim().to_owned())
+}
+
+fn fail(code: u32, e: impl std::fmt::Display) -> SeedOutput {
+    SeedOutput::error(code, format!("{e}\n"))
+}
+
+/// DBSIZE once the instance has loaded its data (LOADING replies are waited out).
+async fn dbsize_loaded(port: u16, within: Duration) -> Result<u64, String> {
+    let t0 = tokio::time::Instant::now();
+    loop {
+        match ask(port, &["DBSIZE"]).await {
+            Ok(n) => {
+                return n
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("DBSIZE answered {n:?}"))
+            }
+            Err(e) if t0.elapsed() < within && e.contains("LOADING") => {}
+            Err(e) if t0.elapsed() < within && e.contains("connect") => {}
+            Err(e) => return Err(e),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| format!("worker: {e}"))?
+}
+
+impl Redis {
+    /// BGSAVE, wait for it, hard-link the dump as this move's snapshot, hash it.
+    fn snapshot(&self, name: &str, args: &Args) -> Call {
+        let (port, move_id) = match (self.port_of(name), move_arg(args)) {
+            (Ok(p), Ok(m)) => (p, m),
+            (Err(e), _) | (_, Err(e)) => return Call::Done(fail(2, e)),
+        };
+        let (inst, moves, name) = (
+            self.dir.join(name),
+            redis_move::moves_dir(&self.dir),
+            name.to_owned(),
+        );
+        Call::Pending(Box::pin(async move {
+            let run = async {
+                let before = ask(port, &["INFO", "persistence"]).await?;
+                let saves0 = info_field(&before, "rdb_saves").unwrap_or_default();
+                let t0 = tokio::time::Instant::now();
+                loop {
+                    match ask(port, &["BGSAVE"]).await {
+                        Ok(_) => break,
+                        Err(e) if e.contains("in progress") && t0.elapsed() < SNAPSHOT_WAIT => {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                        Err(e) => return Err(format!("BGSAVE: {e}")),
+                    }
+                }
+                loop {
+                    let i = ask(port, &["INFO", "persistence"]).await?;
+                    let idle = info_field(&i, "rdb_bgsave_in_progress").as_deref() == Some("0");
+                    if idle && info_field(&i, "rdb_saves").unwrap_or_default() != saves0 {
+                        if info_field(&i, "rdb_last_bgsave_status").as_deref() != Some("ok") {
+                            return Err("BGSAVE failed (see the instance's log)".into());
+                        }
+                        break;
+                    }
+                    if t0.elapsed() > SNAPSHOT_WAIT {
+                        return Err(format!("BGSAVE not done within {SNAPSHOT_WAIT:?}"));
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                blocking(move || {
+                    std::fs::create_dir_all(&moves)
+                        .map_err(|e| format!("create {}: {e}", moves.display()))?;
+                    let file = moves.join(format!("{move_id}.rdb"));
+                    let _ = std::fs::remove_file(&file);
+                    std::fs::hard_link(inst.join("dump.rdb"), &file)
+                        .map_err(|e| format!("link the dump: {e}"))?;
+                    let (size, sha256) = redis_move::sha256_file(&file)?;
+                    let keys = redis_move::rdb_key_count(&redis_move::read_head(&file)?)?;
+                    let m = Manifest {
+                        move_id: move_id.clone(),
+                        name,
+                        size,
+                        sha256,
+                        keys,
+                        port,
+                    };
+                    redis_move::write_json(&moves.join(format!("{move_id}.json")), &m)?;
+                    Ok(m)
+                })
+                .await
+            };
+            match run.await {
+                Ok(m) => SeedOutput::ok(format!(
+                    "snapshot {} of {}: {} bytes sha256={} keys={}\n",
+                    m.move_id, m.name, m.size, m.sha256, m.keys
+                )),
+                Err(e) => fail(1, format!("seed.redis snapshot {}: {e}", uri(port))),
+            }
+        }))
+    }
+
+    fn serve(&self, name: &str, args: &Args, ctx: &SeedCtx) -> SeedOutput {
+        let parsed = (|| {
+            let move_id = move_arg(args)?;
+            let token = arg(args, "token")?.to_owned();
+            if !redis_move::valid_token(&token) {
+                return Err("argument token must be 16..=128 letters and digits".to_owned());
+            }
+            let for_ghost = arg(args, "for")?.to_owned();
+            shared::handshake::validate_ghost_id(&for_ghost)
+                .map_err(|e| format!("argument for: {e}"))?;
+            let port = parse_port(arg(args, "port")?)?;
+            let ttl = match args.get("ttl") {
+                None => Duration::from_secs(600),
+                Some(t) => Duration::from_millis(
+                    parse_ms(t)
+                        .filter(|ms| (1..=86_400_000).contains(ms))
+                        .ok_or_else(|| format!("argument ttl {t:?} must be 1ms..=24h"))?,
+                ),
+            };
+            Ok((move_id, token, for_ghost, port, ttl))
+        })();
+        let (move_id, token, for_ghost, port, ttl) = match parsed {
+            Ok(x) => x,
+            Err(e) => return fail(2, e),
+        };
+        if let Some(t) = lock(&self.serving).get(&move_id) {
+            return if *t == token {
+                SeedOutput::ok(format!("offering {move_id} already\n"))
+            } else {
+                fail(2, format!("move {move_id} is offered with another token"))
+            };
+        }
+        let moves = redis_move::moves_dir(&self.dir);
+        let manifest = match redis_move::read_manifest(&moves.join(format!("{move_id}.json"))) {
+            Ok(m) if m.name == name => m,
+            Ok(m) => return fail(2, format!("move {move_id} is a snapshot of {}", m.name)),
+            Err(e) => {
+                return fail(
+                    2,
+                    format!("no snapshot for move {move_id} (run snapshot first): {e}"),
+                )
+            }
+        };
+        let (file, json) = (
+            moves.join(format!("{move_id}.rdb")),
+            moves.join(format!("{move_id}.json")),
+        );
+        let size = manifest.size;
+        let offer = redis_move::Offer {
+            manifest,
+            file: file.clone(),
+            for_ghost: for_ghost.clone(),
+            token: token.clone(),
+            deadline: std::time::Instant::now() + ttl,
+        };
+        let serving = self.serving.clone();
+        let id = move_id.clone();
+        lock(&self.serving).insert(move_id.clone(), token);
+        // The snapshot goes with the offer: a spent token cannot be used again anyway.
+        let done = move || {
+            lock(&serving).remove(&id);
+            let _ = std::fs::remove_file(&file);
+            let _ = std::fs::remove_file(&json);
+        };
+        match redis_move::serve(port, offer, ctx.clone(), done) {
+            Ok(addr) => SeedOutput::ok(format!(
+                "offering {move_id} ({size} bytes) to {for_ghost} on {addr} for {} s\n",
+                ttl.as_secs()
+            )),
+            Err(e) => {
+                lock(&self.serving).remove(&move_id);
+                fail(1, e)
+            }
+        }
+    }
+
+    fn restore(&mut self, name: &str, args: &Args, ctx: &SeedCtx) -> Call {
+        let parsed = (|| {
+            let move_id = move_arg(args)?;
+            let port = parse_port(arg(args, "port")?)?;
+            let from = arg(args, "from")?.to_owned();
+            let token = arg(args, "token")?.to_owned();
+            let me = arg(args, "as")?.to_owned();
+            Ok::<_, String>((move_id, port, from, token, me))
+        })();
+        let (move_id, port, from, token, me) = match parsed {
+            Ok(x) => x,
+            Err(e) => return Call::Done(fail(2, e)),
+        };
+        let dest = self.dir.join(name);
+        if dest.exists() || self.set.status_of(name).state != "stopped" {
+            return Call::Done(fail(
+                2,
+                format!("seed.redis: instance {name} exists here; a move restores only into a new instance"),
+            ));
+        }
+        if let Some((other, _)) = self.ports.iter().find(|(n, q)| **q == port && **n != name) {
+            return Call::Done(fail(
+                2,
+                format!("argument port {port}: instance {other} has it"),
+            ));
+        }
+        // Something else listening there would pass the readiness probe and answer DBSIZE.
+        if let Err(e) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            return Call::Done(fail(2, format!("argument port {port} is not free: {e}")));
+        }
+        if let Err(e) = self.set.declare(
+            name,
+            service_spec(&RedisSpec {
+                port,
+                ..RedisSpec::default()
+            }),
+        ) {
+            return Call::Done(fail(2, e));
+        }
+        self.ports.insert(name.to_owned(), port);
+        let incoming = redis_move::incoming_dir(&self.dir, name);
+        let (set, ctx, name) = (self.set.clone(), ctx.clone(), name.to_owned());
+        Call::Pending(Box::pin(async move {
+            let _ = std::fs::remove_dir_all(&incoming);
+            let (inc, c, m) = (incoming.clone(), ctx.clone(), move_id.clone());
+            let fetched =
+                blocking(move || redis_move::fetch(&from, &m, &me, &token, &inc, &c)).await;
+            let f = match fetched {
+                Ok(f) => f,
+                Err(e) => {
+                    let _ = std::fs::remove_dir_all(&incoming);
+                    return fail(1, format!("seed.redis restore {name}: {e}; target removed"));
+                }
+            };
+            let marker = Manifest {
+                move_id: move_id.clone(),
+                name: name.clone(),
+                size: f.size,
+                sha256: f.sha256.clone(),
+                keys: f.keys,
+                port,
+            };
+            // Pending until the key count matches: a Ghost killed before that removes it.
+            let installed = redis_move::write_json(&incoming.join(redis_move::PENDING), &marker)
+                .and_then(|()| {
+                    std::fs::rename(&incoming, &dest).map_err(|e| format!("install: {e}"))
+                });
+            if let Err(e) = installed {
+                let _ = std::fs::remove_dir_all(&incoming);
+                return fail(1, format!("seed.redis restore {name}: {e}; target removed"));
+            }
+            let started = set.start(&name, &ctx).await;
+            let load = Duration::from_secs(60) + Duration::from_millis(f.size / 20_000);
+            let check = if started.succeeded() {
+                match dbsize_loaded(port, load).await {
+                    Ok(n) if n == f.keys => Ok(()),
+                    Ok(n) => Err(format!(
+                        "the restored instance has {n} keys, the snapshot {}",
+                        f.keys
+                    )),
+                    Err(e) => Err(format!("DBSIZE: {e}")),
+                }
+            } else {
+                Err(format!(
+                    "start: {}",
+                    String::from_utf8_lossy(&started.stderr).trim()
+                ))
+            };
+            let verified = check.and_then(|()| {
+                std::fs::rename(
+                    dest.join(redis_move::PENDING),
+                    dest.join(redis_move::VERIFIED),
+                )
+                .map_err(|e| format!("mark verified: {e}"))
+            });
+            match verified {
+                Ok(()) => {
+                    let _ = ctx.observe(
+                        [
+                            ("instance".to_owned(), format!("move.{move_id}")),
+                            ("role".to_owned(), "target".to_owned()),
+                            ("state".to_owned(), "verified".to_owned()),
+                            ("bytes".to_owned(), f.size.to_string()),
+                            ("total".to_owned(), f.size.to_string()),
+                            ("keys".to_owned(), f.keys.to_string()),
+                            (
+                                "rate_mb_s".to_owned(),
+                                format!(
+                                    "{:.1}",
+                                    f.size as f64 / 1e6 / f.elapsed.as_secs_f64().max(1e-6)
+                                ),
+                            ),
+                        ]
+                        .into(),
+                    );
+                    SeedOutput::ok(format!(
+                        "restored {name} on {} from move {move_id}: {}, keys verified\n",
+                        uri(port),
+                        redis_move::summary(&f)
+                    ))
+                }
+                Err(e) => {
+                    set.stop(&name).await;
+                    let _ = std::fs::remove_dir_all(&dest);
+                    fail(
+                        1,
+                        format!("seed.redis restore {name}: {e}; target stopped and removed"),
+                    )
+                }
+            }
+        }))
+    }
+
+    fn verify(&self, name: &str, args: &Args) -> Call {
+        let (port, move_id) = match (self.port_of(name), move_arg(args)) {
+            (Ok(p), Ok(m)) => (p, m),
+            (Err(e), _) | (_, Err(e)) => return Call::Done(fail(2, e)),
+        };
+        let m = match redis_move::read_manifest(&self.dir.join(name).join(redis_move::VERIFIED)) {
+            Ok(m) if m.move_id == move_id => m,
+            Ok(m) => {
+                return Call::Done(fail(
+                    1,
+                    format!("{name} was restored by move {}", m.move_id),
+                ))
+            }
+            Err(e) => {
+                return Call::Done(fail(
+                    1,
+                    format!("{name} is not a verified move target: {e}"),
+                ))
+            }
+        };
+        Call::Pending(Box::pin(async move {
+            match dbsize_loaded(port, Duration::from_secs(60)).await {
+                Ok(n) if n == m.keys => SeedOutput::ok(format!(
+                    "verified {} on {}: keys={n} sha256={} (move {move_id})\n",
+                    m.name,
+                    uri(port),
+                    m.sha256
+                )),
+                Ok(n) => fail(
+                    1,
+                    format!("{} has {n} keys, its snapshot {}", m.name, m.keys),
+                ),
+                Err(e) => fail(1, format!("seed.redis verify {}: {e}", uri(port))),
+            }
+        }))
+    }
+}
+
+/// `500ms`, `30s`, `10m` or milliseconds.
+fn parse_ms(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (n, mult) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 1)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1000)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60_000)
+    } else {
+        (s, 1)
+    };
+    n.trim().parse::<u64>().ok()?.checked_mul(mult)
+}
+
+/// How long a snapshot may wait for BGSAVE.
+const SNAPSHOT_WAIT: Duration = Duration::from_secs(600);
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Seed for Redis {
@@ -283,6 +710,10 @@ impl Seed for Redis {
         service::MAX_SERVICES
     }
     fn start(&mut self, ctx: &SeedCtx) -> Result<(), String> {
+        let removed = redis_move::clean_leftovers(&self.dir);
+        if !removed.is_empty() {
+            tracing::warn!(component = "ghost.move", removed = ?removed, "removed half-restored move targets");
+        }
         for n in self.set.names() {
             if self.set.spec(&n).is_ok_and(|s| s.autostart) {
                 drop(self.set.start(&n, ctx));
@@ -338,6 +769,10 @@ impl Seed for Redis {
                 }
                 self.ask_op(&name, parts)
             }
+            "snapshot" => self.snapshot(&name, args),
+            "serve" => Call::Done(self.serve(&name, args, ctx)),
+            "restore" => self.restore(&name, args, ctx),
+            "verify" => self.verify(&name, args),
             other => call_common(&self.set, other, args, ctx),
         }
     }
