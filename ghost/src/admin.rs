@@ -349,7 +349,6 @@ pub async fn handle_line(ctx: &AdminCtx, line: &str) -> Value {
         }
         "recent_events" => match ctx
             .dispatcher
-            .addr()
             .send(Recent {
                 limit: limit_of(&m),
             })
@@ -362,7 +361,6 @@ pub async fn handle_line(ctx: &AdminCtx, line: &str) -> Value {
         },
         "verification" => match ctx
             .dispatcher
-            .addr()
             .send(Recent {
                 limit: limit_of(&m),
             })
@@ -487,8 +485,8 @@ pub fn constant_eq(a: &str, b: &str) -> bool {
 }
 
 async fn status(ctx: &AdminCtx) -> Value {
-    let d = ctx.dispatcher.addr().send(DStats).await.ok();
-    let o = ctx.outbox.addr().send(Stats).await.ok();
+    let d = ctx.dispatcher.send(DStats).await.ok();
+    let o = ctx.outbox.send(Stats).await.ok();
     let l = match &ctx.link {
         Some(l) => l.send(Status).await.ok(),
         None => None,

@@ -109,6 +109,8 @@ pub fn serve(cfg: GhostConfig) -> Result<i32, String> {
 
         // Each seed: its own arbiter thread, under a Supervisor that rebuilds it after a panic.
         let mut seed_addrs = HashMap::new();
+        // The shutdown path keeps the raw addresses: `Shutdown` is sent once per seed at exit.
+        let mut seeds_for_stop: Vec<Addr<SeedActor>> = Vec::new();
         let mut seed_arbiters = Vec::new();
         let (obs_tx, obs_rx) = tokio::sync::mpsc::channel(crate::seeds::OBSERVATION_QUEUE);
         for (id, seed) in registry.into_seeds() {
@@ -130,10 +132,9 @@ pub fn serve(cfg: GhostConfig) -> Result<i32, String> {
                 SeedActor::new(&aid, factory, sctx)
             });
             seed_arbiters.push(arbiter);
+            seeds_for_stop.push(addr.clone());
             seed_addrs.insert(id, MeteredAddr::new(addr, "ghost.seed"));
         }
-        let seeds_for_stop: Vec<Addr<SeedActor>> =
-            seed_addrs.values().map(|a| a.addr().clone()).collect();
         let stop_grace = std::time::Duration::from_millis(cfg.seed.stop_grace_ms);
 
         let outbox = Outbox::new(outbox_state, store.clone(), cfg.timeouts.ack_timeout_ms)

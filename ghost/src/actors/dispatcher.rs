@@ -582,3 +582,5 @@ impl Handler<DStats> for Dispatcher {
 
 shared::metered!(Dispatcher, Run);
 shared::metered!(Dispatcher, Lookup);
+shared::metered_result!(Dispatcher, Recent);
+shared::metered_result!(Dispatcher, DStats);

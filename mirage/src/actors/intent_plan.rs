@@ -14,7 +14,7 @@ use crate::store::{Put, Store, Write};
 pub struct IntentPlan {
     pub plan: Plan,
     pub seq: u64,
-    supervisor: Addr<Supervisor>,
+    supervisor: MeteredAddr<Supervisor>,
     store: MeteredAddr<Store>,
     fleet: FleetHandle,
     finished: bool,
@@ -43,7 +43,7 @@ impl IntentPlan {
     pub fn new(
         plan: Plan,
         seq: u64,
-        supervisor: Addr<Supervisor>,
+        supervisor: MeteredAddr<Supervisor>,
         store: MeteredAddr<Store>,
         fleet: FleetHandle,
     ) -> IntentPlan {
@@ -109,7 +109,8 @@ impl IntentPlan {
         let delay = std::time::Duration::from_millis(at.saturating_sub(now));
         self.timer = Some(ctx.run_later(delay, |act, ctx| {
             act.timer = None;
-            ctx.address().do_send(PlanMsg(Input::Tick));
+            // A self-send, metered like any other input.
+            MeteredAddr::new(ctx.address(), "mirage.intent_plan").do_send(PlanMsg(Input::Tick));
         }));
     }
 
@@ -219,7 +220,7 @@ impl IntentPlan {
 
     fn execute(&mut self, fx: Vec<Effect>, ctx: &mut Context<Self>) {
         let id = self.plan.intent.intent_id.clone();
-        let me = ctx.address();
+        let me = MeteredAddr::new(ctx.address(), "mirage.intent_plan");
         for e in fx {
             match e {
                 Effect::Acquire {
@@ -372,3 +373,6 @@ impl Handler<Snapshot> for IntentPlan {
 }
 
 shared::metered!(IntentPlan, PlanMsg);
+shared::metered!(IntentPlan, Resume);
+shared::metered!(IntentPlan, Discard);
+shared::metered_result!(IntentPlan, Snapshot);

@@ -14,7 +14,7 @@ use crate::store::{Put, Store, Write};
 
 pub struct SeedLock {
     pub queue: LockQueue,
-    plans: HashMap<Owner, Addr<IntentPlan>>,
+    plans: HashMap<Owner, MeteredAddr<IntentPlan>>,
     store: MeteredAddr<Store>,
 }
 
@@ -95,7 +95,7 @@ pub enum LockMsg {
     Acquire {
         owner: Owner,
         lease_ms: u64,
-        plan: Addr<IntentPlan>,
+        plan: MeteredAddr<IntentPlan>,
     },
     Release {
         owner: Owner,
@@ -164,3 +164,4 @@ impl Handler<LockState> for SeedLock {
 }
 
 shared::metered!(SeedLock, LockMsg);
+shared::metered_result!(SeedLock, LockState);

@@ -13,9 +13,9 @@ use shared::envelope::{AckStatus, Command, Event, EventAck};
 use shared::error::code;
 use shared::handshake::{Registration, RegistrationAck, CAP_SESSION_COMMAND, REJECT_ID_CONFLICT};
 use shared::metrics::MeteredAddr;
-use tokio::sync::broadcast;
 
 use super::intent_plan::{Discard, IntentPlan, PlanMsg, Resume, Snapshot};
+use super::report_stream::{Publish, ReportHub};
 use super::seed_lock::{LockMsg, LockState, SeedLock};
 use super::session::{Close, GhostSession, SendCommand};
 use super::FleetHandle;
@@ -201,7 +201,7 @@ pub struct Supervisor {
     report_seq: u64,
     intent_seq: u64,
     session_seq: u64,
-    feed: broadcast::Sender<Arc<ReportRecord>>,
+    hub: MeteredAddr<ReportHub>,
     finished_since_prune: u64,
     pending_resume: Vec<(u64, Plan)>,
     admin_msg_id: u64,
@@ -239,7 +239,7 @@ impl Supervisor {
         store: MeteredAddr<Store>,
         fleet: FleetHandle,
         mut restored: Restored,
-        feed: broadcast::Sender<Arc<ReportRecord>>,
+        hub: MeteredAddr<ReportHub>,
     ) -> Supervisor {
         Self::reconcile_locks(&mut restored, &store);
         let mut reports = Reports::new(cfg.limits.reports, cfg.limits.reports_per_intent);
@@ -283,7 +283,7 @@ impl Supervisor {
             report_seq: restored.max_report_seq,
             intent_seq: restored.max_intent_seq,
             session_seq: 0,
-            feed,
+            hub,
             finished_since_prune: 0,
             pending_resume: restored.active,
             admin_msg_id: 0,
@@ -455,7 +455,7 @@ impl Supervisor {
             IntentPlan::new(
                 plan,
                 seq,
-                ctx.address(),
+                MeteredAddr::new(ctx.address(), "mirage.supervisor"),
                 self.store.clone(),
                 self.fleet.clone(),
             )
@@ -621,8 +621,8 @@ impl Supervisor {
             });
         }
         let r = Arc::new(r);
-        // No subscriber is fine; a slow one lags and is told how many it missed.
-        let _ = self.feed.send(r.clone());
+        // The hub filters per subscriber; a slow one is told what it missed.
+        self.hub.do_send(Publish(r.clone()));
         self.reports.push((*r).clone());
     }
 }
@@ -658,7 +658,7 @@ impl Actor for Supervisor {
                     .insert(id.clone());
             }
             let addr = self.start_plan(seq, plan, ctx);
-            addr.addr().do_send(Resume);
+            addr.do_send(Resume);
         }
         for ga in self.cfg.ghost_admin.clone() {
             self.ghosts.insert(
@@ -1309,7 +1309,7 @@ pub enum LockOp {
         key: String,
         owner: Owner,
         lease_ms: u64,
-        plan: Addr<IntentPlan>,
+        plan: MeteredAddr<IntentPlan>,
     },
     Release {
         key: String,
@@ -1536,7 +1536,7 @@ impl Handler<Submit> for Supervisor {
                     // free), and a row a later write might still land is removed after it.
                     if act.active.get(&id).is_some_and(|a| a.seq == seq) {
                         if let Some(a) = act.active.remove(&id) {
-                            a.addr.addr().do_send(Discard);
+                            a.addr.do_send(Discard);
                         }
                         act.forget_routes(&id);
                         act.store.do_send(Put {
@@ -1647,7 +1647,6 @@ impl Handler<Withdraw> for Supervisor {
                 .map_err(|e| ApiError::new(503, e))?;
                 // A stopped plan has finished: withdrawn.
                 let draining = addr
-                    .addr()
                     .send(Snapshot)
                     .await
                     .is_ok_and(|p| p.withdrawing.is_some() && p.status == Status::Active);
@@ -1846,7 +1845,7 @@ impl Handler<GetIntent> for Supervisor {
                 format!("no intent {}", m.0),
             ))));
         };
-        let (addr, summary) = (a.addr.addr().clone(), a.summary.clone());
+        let (addr, summary) = (a.addr.clone(), a.summary.clone());
         Box::pin(
             async move {
                 let plan = addr
@@ -1888,7 +1887,7 @@ impl Handler<ListLocks> for Supervisor {
     type Result = ResponseActFuture<Self, Vec<LockQueue>>;
 
     fn handle(&mut self, _: ListLocks, _: &mut Context<Self>) -> Self::Result {
-        let addrs: Vec<_> = self.locks.values().map(|a| a.addr().clone()).collect();
+        let addrs: Vec<_> = self.locks.values().cloned().collect();
         let restored: Vec<LockQueue> = self.restored_locks.values().cloned().collect();
         Box::pin(
             async move {
@@ -1959,6 +1958,18 @@ shared::metered!(Supervisor, PlanReport);
 shared::metered!(Supervisor, LockOp);
 shared::metered!(Supervisor, SessionVerified);
 shared::metered!(Supervisor, ClockSkew);
+shared::metered!(Supervisor, Watch);
+shared::metered!(Supervisor, PlanFinished);
+shared::metered!(Supervisor, WaitFinished);
+shared::metered!(Supervisor, Withdraw);
+shared::metered!(Supervisor, BreakLock);
+shared::metered_result!(Supervisor, ListGhosts);
+shared::metered_result!(Supervisor, GetGhost);
+shared::metered_result!(Supervisor, ListIntents);
+shared::metered!(Supervisor, GetIntent);
+shared::metered_result!(Supervisor, QueryReports);
+shared::metered!(Supervisor, ListLocks);
+shared::metered_result!(Supervisor, GetOverview);
 
 #[cfg(test)]
 mod tests {
