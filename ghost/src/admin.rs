@@ -18,7 +18,6 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::Addr;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use bytes::{Buf, BytesMut};
@@ -45,7 +44,7 @@ pub struct AdminCtx {
     pub seeds: Vec<SeedInfo>,
     pub dispatcher: MeteredAddr<Dispatcher>,
     pub outbox: MeteredAddr<Outbox>,
-    pub link: Option<Addr<MirageLink>>,
+    pub link: Option<shared::metrics::MeteredAddr<MirageLink>>,
     pub children: Rc<RefCell<crate::children::Children>>,
     seq: RefCell<u64>,
     bound_mirage: RefCell<Option<String>>,
@@ -59,7 +58,7 @@ impl AdminCtx {
         seeds: Vec<SeedInfo>,
         dispatcher: MeteredAddr<Dispatcher>,
         outbox: MeteredAddr<Outbox>,
-        link: Option<Addr<MirageLink>>,
+        link: Option<shared::metrics::MeteredAddr<MirageLink>>,
         children: Rc<RefCell<crate::children::Children>>,
     ) -> AdminCtx {
         AdminCtx {

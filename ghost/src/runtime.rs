@@ -109,8 +109,7 @@ pub fn serve(cfg: GhostConfig) -> Result<i32, String> {
 
         // Each seed: its own arbiter thread, under a Supervisor that rebuilds it after a panic.
         let mut seed_addrs = HashMap::new();
-        // The shutdown path keeps the raw addresses: `Shutdown` is sent once per seed at exit.
-        let mut seeds_for_stop: Vec<Addr<SeedActor>> = Vec::new();
+        let mut seeds_for_stop: Vec<MeteredAddr<SeedActor>> = Vec::new();
         let mut seed_arbiters = Vec::new();
         let (obs_tx, obs_rx) = tokio::sync::mpsc::channel(crate::seeds::OBSERVATION_QUEUE);
         for (id, seed) in registry.into_seeds() {
@@ -132,8 +131,9 @@ pub fn serve(cfg: GhostConfig) -> Result<i32, String> {
                 SeedActor::new(&aid, factory, sctx)
             });
             seed_arbiters.push(arbiter);
+            let addr = MeteredAddr::new(addr, "ghost.seed");
             seeds_for_stop.push(addr.clone());
-            seed_addrs.insert(id, MeteredAddr::new(addr, "ghost.seed"));
+            seed_addrs.insert(id, addr);
         }
         let stop_grace = std::time::Duration::from_millis(cfg.seed.stop_grace_ms);
 
@@ -205,7 +205,10 @@ pub fn serve(cfg: GhostConfig) -> Result<i32, String> {
                 auth: cfg.auth_key(),
                 auth_required: cfg.auth.required,
             };
-            Some(MirageLink::new(lc, dispatcher.clone(), outbox.clone()).start())
+            Some(MeteredAddr::new(
+                MirageLink::new(lc, dispatcher.clone(), outbox.clone()).start(),
+                "ghost.link",
+            ))
         };
 
         let mut admin_addr = String::new();
@@ -307,7 +310,7 @@ async fn drain_observations(
 }
 
 /// Stops every seed at once, each bounded by `grace` (plus a margin for a stuck mailbox).
-async fn stop_seeds(seeds: &[Addr<SeedActor>], grace: std::time::Duration) {
+async fn stop_seeds(seeds: &[MeteredAddr<SeedActor>], grace: std::time::Duration) {
     let all = futures::future::join_all(seeds.iter().map(|a| a.send(Shutdown { grace })));
     let bound = grace + std::time::Duration::from_millis(500);
     if tokio::time::timeout(bound, all).await.is_err() {

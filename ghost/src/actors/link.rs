@@ -238,7 +238,7 @@ impl MirageLink {
         let handle = ctx.add_stream(stream);
 
         let (tx, rx) = mpsc::channel::<Frame>(self.cfg.max_in_flight * 2 + 64);
-        let me = ctx.address();
+        let me = MeteredAddr::new(ctx.address(), "ghost.link");
         shared::session::spawn_frame_writer(
             w,
             FrameCodec::default(),
@@ -510,6 +510,8 @@ impl Handler<SendEvents> for MirageLink {
 }
 
 shared::metered!(MirageLink, SendEvents);
+shared::metered!(MirageLink, WriterFailed);
+shared::metered_result!(MirageLink, Status);
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct LinkStatus {

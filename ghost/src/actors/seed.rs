@@ -276,6 +276,8 @@ pub struct Shutdown {
     pub grace: Duration,
 }
 
+shared::metered!(SeedActor, Shutdown);
+
 impl Handler<Shutdown> for SeedActor {
     type Result = ResponseActFuture<Self, ()>;
 

@@ -152,14 +152,14 @@ struct Sub {
 pub struct ReportHub {
     next: u64,
     subs: HashMap<u64, Sub>,
-    me: Option<Addr<ReportHub>>,
+    me: Option<MeteredAddr<ReportHub>>,
 }
 
 impl Actor for ReportHub {
     type Context = Context<Self>;
     fn started(&mut self, ctx: &mut Context<Self>) {
         shared::metrics::actor("mirage.report_hub").instance_started();
-        self.me = Some(ctx.address());
+        self.me = Some(MeteredAddr::new(ctx.address(), "mirage.report_hub"));
     }
     fn stopped(&mut self, _: &mut Context<Self>) {
         shared::metrics::actor("mirage.report_hub").instance_stopped();
@@ -209,7 +209,7 @@ impl Handler<Subscribe> for ReportHub {
             tx: m.tx,
             gap: None,
             last_item: Instant::now(),
-            hub: MeteredAddr::new(hub, "mirage.report_hub"),
+            hub,
         };
         let addr = MeteredAddr::with_metrics(stream.start(), metrics);
         tracing::info!(component = "mirage.report_hub", stream = id, peer = %m.subscriber.peer,

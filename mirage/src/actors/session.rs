@@ -217,7 +217,7 @@ impl GhostSession {
         framed.read_buffer_mut().extend_from_slice(&leftover);
         ctx.add_stream(framed);
         let (tx, rx) = mpsc::channel::<Frame>(self.cfg.limits.session_queue.max(16));
-        let me = ctx.address();
+        let me = MeteredAddr::new(ctx.address(), "mirage.session");
         shared::session::spawn_frame_writer(
             w,
             FrameCodec::new(limits),

@@ -179,7 +179,6 @@ struct Active {
 
 pub struct Supervisor {
     cfg: Arc<MirageConfig>,
-    me: Option<Addr<Supervisor>>,
     store: MeteredAddr<Store>,
     ghosts: BTreeMap<String, GhostEntry>,
     fleet: FleetHandle,
@@ -261,7 +260,6 @@ impl Supervisor {
             events: EventWindow::new(cfg.limits.event_window_ms, cfg.limits.event_window),
             reports,
             cfg,
-            me: None,
             store,
             ghosts: BTreeMap::new(),
             fleet,
@@ -571,7 +569,7 @@ impl Supervisor {
                 .unwrap_or(30_000)
                 .clamp(1000, 600_000),
         );
-        let me = ctx.address();
+        let me = MeteredAddr::new(ctx.address(), "mirage.supervisor");
         m::COMMANDS_SENT.inc();
         let token = self
             .cfg
@@ -632,7 +630,6 @@ impl Actor for Supervisor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         shared::metrics::actor("mirage.supervisor").instance_started();
-        self.me = Some(ctx.address());
         self.rebuild_fleet();
         // Resume every active intent from its persisted state.
         let resumed = std::mem::take(&mut self.pending_resume);

@@ -480,6 +480,8 @@ impl<A: Actor> Clone for MeteredAddr<A> {
     }
 }
 
+// The one place the raw sends are allowed (clippy.toml disallows them elsewhere).
+#[allow(clippy::disallowed_methods)]
 impl<A: Actor> MeteredAddr<A> {
     pub fn new(addr: Addr<A>, name: &str) -> Self {
         MeteredAddr {
@@ -647,5 +649,56 @@ mod tests {
         let mut text = String::new();
         render_prometheus(&mut text);
         assert!(text.contains("actor_mailbox_peak{actor=\"test.slow\"}"));
+    }
+
+    struct Quit;
+    impl Message for Quit {
+        type Result = ();
+    }
+    impl Handler<Quit> for Slow {
+        type Result = ();
+        fn handle(&mut self, _: Quit, ctx: &mut Context<Self>) {
+            ctx.stop();
+        }
+    }
+    crate::metered!(Slow, Quit);
+
+    #[actix::test]
+    async fn per_message_figures_and_failed_sends() {
+        let a = MeteredAddr::new(Slow.start(), "test.per_msg");
+        for i in 0..10 {
+            a.do_send(Ping(i));
+        }
+        assert_eq!(a.send(Ping(0)).await.unwrap(), 1);
+        a.send(Quit).await.unwrap();
+        // Stopped: the next sends fail and are counted, per kind and per message type.
+        assert!(a.send(Ping(1)).await.is_err());
+        a.do_send(Ping(2));
+        let s = a.metrics().snapshot();
+        let ping = s.messages.iter().find(|m| m.message == "Ping").unwrap();
+        assert_eq!(ping.handled, 11);
+        assert_eq!(ping.send_failed, 2);
+        assert!(ping.queue_wait_max_us > 0.0 && ping.handle_max_us > 0.0);
+        let quit = s.messages.iter().find(|m| m.message == "Quit").unwrap();
+        assert_eq!((quit.handled, quit.send_failed), (1, 0));
+        assert_eq!(s.send_failed, 2);
+        let mut text = String::new();
+        render_prometheus(&mut text);
+        assert!(text.contains(
+            "actor_message_send_failed_total{actor=\"test.per_msg\",message=\"Ping\"} 2"
+        ));
+        assert!(text.contains("actor_queue_wait_seconds_max{actor=\"test.per_msg\"}"));
+    }
+
+    #[actix::test]
+    async fn an_instance_rolls_up_into_its_kind() {
+        let m = ActorMetrics::instance("test.kind", "test.kind/1");
+        let a = MeteredAddr::with_metrics(Slow.start(), m);
+        a.send(Ping(1)).await.unwrap();
+        assert_eq!(a.metrics().snapshot().handled, 1);
+        let kind = actor("test.kind").snapshot();
+        assert_eq!(kind.handled, 1);
+        assert_eq!(kind.messages[0].message, "Ping");
+        assert!(snapshot_all().iter().all(|s| s.actor != "test.kind/1"));
     }
 }
