@@ -16,5 +16,6 @@ pub mod plan;
 pub mod server;
 pub mod skew;
 pub mod store;
+pub mod supervision;
 pub mod tls;
 pub mod wire_tool;

@@ -40,6 +40,8 @@ pub fn serve(cfg: MirageConfig) -> Result<i32, String> {
 
 pub fn serve_with(cfg: MirageConfig, local: Option<LocalGhost>) -> Result<i32, String> {
     cfg.validate()?;
+    // Before any actor: a panic outside a restartable actor ends the process.
+    crate::supervision::install_panic_hook();
     if local.is_some() && cfg.local_ghost.is_empty() {
         return Err("local_ghost is empty; `mirage up` needs an id for its local Ghost".into());
     }

@@ -449,15 +449,14 @@ impl Supervisor {
     ) -> MeteredAddr<IntentPlan> {
         let id = plan.intent.intent_id.clone();
         let summary = IntentSummary::of(&plan, seq);
+        let (me, store, fleet) = (
+            MeteredAddr::new(ctx.address(), "mirage.supervisor"),
+            self.store.clone(),
+            self.fleet.clone(),
+        );
+        // Under an actix Supervisor: a panic restarts it from its persisted state.
         let addr = MeteredAddr::new(
-            IntentPlan::new(
-                plan,
-                seq,
-                MeteredAddr::new(ctx.address(), "mirage.supervisor"),
-                self.store.clone(),
-                self.fleet.clone(),
-            )
-            .start(),
+            actix::Supervisor::start(move |_| IntentPlan::new(plan, seq, me, store, fleet)),
             "mirage.intent_plan",
         );
         self.active.insert(
@@ -480,7 +479,10 @@ impl Supervisor {
             .remove(key)
             .unwrap_or_else(|| LockQueue::new(key, 0));
         let a = MeteredAddr::new(
-            SeedLock::new(q, self.store.clone()).start(),
+            {
+                let store = self.store.clone();
+                actix::Supervisor::start(move |_| SeedLock::new(q, store))
+            },
             "mirage.seed_lock",
         );
         self.locks.insert(key.to_owned(), a.clone());
@@ -1487,6 +1489,8 @@ impl Handler<Submit> for Supervisor {
     type Result = ResponseActFuture<Self, Result<IntentSummary, ApiError>>;
 
     fn handle(&mut self, m: Submit, ctx: &mut Context<Self>) -> Self::Result {
+        // Not restartable: a panic here ends the process (crate::supervision).
+        crate::supervision::inject("supervisor");
         let id = m.0.intent_id.clone();
         if self.active.contains_key(&id) || self.finished.contains_key(&id) {
             return Box::pin(fut::ready(Err(ApiError::new(
