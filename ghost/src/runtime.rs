@@ -6,8 +6,8 @@ use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 
 use actix::prelude::*;
+use actorkit::metrics::MeteredAddr;
 use shared::handshake::{Registration, CAP_SESSION_COMMAND};
-use shared::metrics::MeteredAddr;
 
 use crate::actors::dispatcher::{Dispatcher, DispatcherParts};
 use crate::actors::link::{LinkConfig, MirageLink};

@@ -11,10 +11,10 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::StatusCode;
 use actix_web::middleware::{from_fn, Next};
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use actorkit::metrics::MeteredAddr;
 use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
-use shared::metrics::MeteredAddr;
 
 use crate::actors::report_stream::{self, Filter, ReportHub, Subscribe, Subscriber};
 use crate::actors::supervisor::*;
@@ -419,7 +419,7 @@ async fn spawn_ghost(st: web::Data<AppState>, body: web::Bytes) -> HttpResponse 
 /// One entry per actor kind (with per-message figures), then one per live report stream
 /// (with its subscriber).
 async fn actors() -> HttpResponse {
-    let mut v: Vec<serde_json::Value> = shared::metrics::snapshot_all()
+    let mut v: Vec<serde_json::Value> = actorkit::metrics::snapshot_all()
         .into_iter()
         .filter_map(|s| serde_json::to_value(s).ok())
         .collect();

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use actix::prelude::*;
-use shared::metrics::MeteredAddr;
+use actorkit::metrics::MeteredAddr;
 use tokio::net::{TcpSocket, TcpStream};
 
 use crate::actors::report_stream::ReportHub;

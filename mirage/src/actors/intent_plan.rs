@@ -3,7 +3,7 @@
 //! is finished.
 
 use actix::prelude::*;
-use shared::metrics::MeteredAddr;
+use actorkit::metrics::MeteredAddr;
 use tokio::sync::oneshot;
 
 use super::supervisor::{Dispatch, LockOp, PlanFinished, PlanReport, Supervisor, Watch};
@@ -301,7 +301,7 @@ impl Actor for IntentPlan {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        shared::metrics::actor("mirage.intent_plan").instance_started();
+        actorkit::metrics::actor("mirage.intent_plan").instance_started();
         if std::mem::take(&mut self.resume_on_start) {
             // As after a process restart: re-acquire locks, re-send unanswered commands.
             let fleet = self.fleet.borrow().clone();
@@ -312,7 +312,7 @@ impl Actor for IntentPlan {
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
-        shared::metrics::actor("mirage.intent_plan").instance_stopped();
+        actorkit::metrics::actor("mirage.intent_plan").instance_stopped();
     }
 }
 
@@ -441,7 +441,7 @@ impl Handler<Snapshot> for IntentPlan {
     }
 }
 
-shared::metered!(IntentPlan, PlanMsg);
-shared::metered!(IntentPlan, Resume);
-shared::metered!(IntentPlan, Discard);
-shared::metered_result!(IntentPlan, Snapshot);
+actorkit::metered!(IntentPlan, PlanMsg);
+actorkit::metered!(IntentPlan, Resume);
+actorkit::metered!(IntentPlan, Discard);
+actorkit::metered_result!(IntentPlan, Snapshot);

@@ -13,9 +13,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use actorkit::metrics::{ActorMetrics, MeteredAddr};
 use serde::Serialize;
 use serde_json::{json, Value};
-use shared::metrics::{ActorMetrics, MeteredAddr};
 use tokio::sync::mpsc;
 
 use crate::history::ReportRecord;
@@ -158,11 +158,11 @@ pub struct ReportHub {
 impl Actor for ReportHub {
     type Context = Context<Self>;
     fn started(&mut self, ctx: &mut Context<Self>) {
-        shared::metrics::actor("mirage.report_hub").instance_started();
+        actorkit::metrics::actor("mirage.report_hub").instance_started();
         self.me = Some(MeteredAddr::new(ctx.address(), "mirage.report_hub"));
     }
     fn stopped(&mut self, _: &mut Context<Self>) {
-        shared::metrics::actor("mirage.report_hub").instance_stopped();
+        actorkit::metrics::actor("mirage.report_hub").instance_stopped();
     }
 }
 
@@ -243,9 +243,9 @@ impl Handler<Gone> for ReportHub {
     }
 }
 
-shared::metered!(ReportHub, Subscribe);
-shared::metered!(ReportHub, Publish);
-shared::metered!(ReportHub, Gone);
+actorkit::metered!(ReportHub, Subscribe);
+actorkit::metered!(ReportHub, Publish);
+actorkit::metered!(ReportHub, Gone);
 
 // ---- one stream ----
 
@@ -366,7 +366,7 @@ impl Handler<Deliver> for ReportStream {
     }
 }
 
-shared::metered!(ReportStream, Deliver);
+actorkit::metered!(ReportStream, Deliver);
 
 #[cfg(test)]
 mod tests {

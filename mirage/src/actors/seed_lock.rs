@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use actix::prelude::*;
-use shared::metrics::MeteredAddr;
+use actorkit::metrics::MeteredAddr;
 
 use super::intent_plan::{IntentPlan, PlanMsg, Resume};
 use crate::lock::{Acquired, Grant, LockQueue, Owner};
@@ -82,7 +82,7 @@ impl Actor for SeedLock {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        shared::metrics::actor("mirage.seed_lock").instance_started();
+        actorkit::metrics::actor("mirage.seed_lock").instance_started();
         ctx.run_interval(Duration::from_millis(500), |act, _| {
             if let Some((lost, next)) = act.queue.expire(shared::now_ms()) {
                 act.lost(lost, next, "lease expired");
@@ -91,7 +91,7 @@ impl Actor for SeedLock {
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
-        shared::metrics::actor("mirage.seed_lock").instance_stopped();
+        actorkit::metrics::actor("mirage.seed_lock").instance_stopped();
     }
 }
 
@@ -197,5 +197,5 @@ impl Handler<LockState> for SeedLock {
     }
 }
 
-shared::metered!(SeedLock, LockMsg);
-shared::metered_result!(SeedLock, LockState);
+actorkit::metered!(SeedLock, LockMsg);
+actorkit::metered_result!(SeedLock, LockState);

@@ -8,11 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
+use actorkit::metrics::MeteredAddr;
 use serde::Serialize;
 use shared::envelope::{AckStatus, Command, Event, EventAck};
 use shared::error::code;
 use shared::handshake::{Registration, RegistrationAck, CAP_SESSION_COMMAND, REJECT_ID_CONFLICT};
-use shared::metrics::MeteredAddr;
 
 use super::intent_plan::{Discard, IntentPlan, PlanMsg, Resume, Snapshot};
 use super::report_stream::{Publish, ReportHub};
@@ -631,7 +631,7 @@ impl Actor for Supervisor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        shared::metrics::actor("mirage.supervisor").instance_started();
+        actorkit::metrics::actor("mirage.supervisor").instance_started();
         self.rebuild_fleet();
         // Resume every active intent from its persisted state.
         let resumed = std::mem::take(&mut self.pending_resume);
@@ -1948,29 +1948,29 @@ impl Handler<GetOverview> for Supervisor {
     }
 }
 
-shared::metered!(Supervisor, Ingest);
-shared::metered!(Supervisor, IngestBatch);
-shared::metered!(Supervisor, Heartbeats);
-shared::metered!(Supervisor, Dispatch);
-shared::metered!(Supervisor, Register);
-shared::metered!(Supervisor, SessionClosed);
-shared::metered!(Supervisor, Submit);
-shared::metered!(Supervisor, PlanReport);
-shared::metered!(Supervisor, LockOp);
-shared::metered!(Supervisor, SessionVerified);
-shared::metered!(Supervisor, ClockSkew);
-shared::metered!(Supervisor, Watch);
-shared::metered!(Supervisor, PlanFinished);
-shared::metered!(Supervisor, WaitFinished);
-shared::metered!(Supervisor, Withdraw);
-shared::metered!(Supervisor, BreakLock);
-shared::metered_result!(Supervisor, ListGhosts);
-shared::metered_result!(Supervisor, GetGhost);
-shared::metered_result!(Supervisor, ListIntents);
-shared::metered!(Supervisor, GetIntent);
-shared::metered_result!(Supervisor, QueryReports);
-shared::metered!(Supervisor, ListLocks);
-shared::metered_result!(Supervisor, GetOverview);
+actorkit::metered!(Supervisor, Ingest);
+actorkit::metered!(Supervisor, IngestBatch);
+actorkit::metered!(Supervisor, Heartbeats);
+actorkit::metered!(Supervisor, Dispatch);
+actorkit::metered!(Supervisor, Register);
+actorkit::metered!(Supervisor, SessionClosed);
+actorkit::metered!(Supervisor, Submit);
+actorkit::metered!(Supervisor, PlanReport);
+actorkit::metered!(Supervisor, LockOp);
+actorkit::metered!(Supervisor, SessionVerified);
+actorkit::metered!(Supervisor, ClockSkew);
+actorkit::metered!(Supervisor, Watch);
+actorkit::metered!(Supervisor, PlanFinished);
+actorkit::metered!(Supervisor, WaitFinished);
+actorkit::metered!(Supervisor, Withdraw);
+actorkit::metered!(Supervisor, BreakLock);
+actorkit::metered_result!(Supervisor, ListGhosts);
+actorkit::metered_result!(Supervisor, GetGhost);
+actorkit::metered_result!(Supervisor, ListIntents);
+actorkit::metered!(Supervisor, GetIntent);
+actorkit::metered_result!(Supervisor, QueryReports);
+actorkit::metered!(Supervisor, ListLocks);
+actorkit::metered_result!(Supervisor, GetOverview);
 
 #[cfg(test)]
 mod tests {
