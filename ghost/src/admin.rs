@@ -18,7 +18,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::Addr;
+use actorkit::metrics::MeteredAddr;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use bytes::{Buf, BytesMut};
@@ -26,7 +26,6 @@ use futures::{SinkExt, StreamExt};
 use serde_json::{json, Map, Value};
 use shared::envelope::{Args, Command, Envelope, Event};
 use shared::handshake::SeedInfo;
-use shared::metrics::MeteredAddr;
 use shared::wire::{decode_one, Limits};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_util::codec::{Decoder, Encoder, Framed};
@@ -45,7 +44,7 @@ pub struct AdminCtx {
     pub seeds: Vec<SeedInfo>,
     pub dispatcher: MeteredAddr<Dispatcher>,
     pub outbox: MeteredAddr<Outbox>,
-    pub link: Option<Addr<MirageLink>>,
+    pub link: Option<actorkit::metrics::MeteredAddr<MirageLink>>,
     pub children: Rc<RefCell<crate::children::Children>>,
     seq: RefCell<u64>,
     bound_mirage: RefCell<Option<String>>,
@@ -59,7 +58,7 @@ impl AdminCtx {
         seeds: Vec<SeedInfo>,
         dispatcher: MeteredAddr<Dispatcher>,
         outbox: MeteredAddr<Outbox>,
-        link: Option<Addr<MirageLink>>,
+        link: Option<actorkit::metrics::MeteredAddr<MirageLink>>,
         children: Rc<RefCell<crate::children::Children>>,
     ) -> AdminCtx {
         AdminCtx {
@@ -349,7 +348,6 @@ pub async fn handle_line(ctx: &AdminCtx, line: &str) -> Value {
         }
         "recent_events" => match ctx
             .dispatcher
-            .addr()
             .send(Recent {
                 limit: limit_of(&m),
             })
@@ -362,7 +360,6 @@ pub async fn handle_line(ctx: &AdminCtx, line: &str) -> Value {
         },
         "verification" => match ctx
             .dispatcher
-            .addr()
             .send(Recent {
                 limit: limit_of(&m),
             })
@@ -390,7 +387,7 @@ pub async fn handle_line(ctx: &AdminCtx, line: &str) -> Value {
         }
         // ext: actor mailbox metrics (depth now and peak, sent, handled, handling time).
         "actors" => {
-            ok(serde_json::to_value(shared::metrics::snapshot_all()).unwrap_or(Value::Null))
+            ok(serde_json::to_value(actorkit::metrics::snapshot_all()).unwrap_or(Value::Null))
         }
         "bind_mirage" => {
             let id = s(&m, "mirage_id").to_owned();
@@ -487,8 +484,8 @@ pub fn constant_eq(a: &str, b: &str) -> bool {
 }
 
 async fn status(ctx: &AdminCtx) -> Value {
-    let d = ctx.dispatcher.addr().send(DStats).await.ok();
-    let o = ctx.outbox.addr().send(Stats).await.ok();
+    let d = ctx.dispatcher.send(DStats).await.ok();
+    let o = ctx.outbox.send(Stats).await.ok();
     let l = match &ctx.link {
         Some(l) => l.send(Status).await.ok(),
         None => None,

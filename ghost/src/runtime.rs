@@ -6,8 +6,8 @@ use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 
 use actix::prelude::*;
+use actorkit::metrics::MeteredAddr;
 use shared::handshake::{Registration, CAP_SESSION_COMMAND};
-use shared::metrics::MeteredAddr;
 
 use crate::actors::dispatcher::{Dispatcher, DispatcherParts};
 use crate::actors::link::{LinkConfig, MirageLink};
@@ -110,6 +110,7 @@ pub fn serve(cfg: GhostConfig) -> Result<i32, String> {
 
         // Each seed: its own arbiter thread, under a Supervisor that rebuilds it after a panic.
         let mut seed_addrs = HashMap::new();
+        let mut seeds_for_stop: Vec<MeteredAddr<SeedActor>> = Vec::new();
         let mut seed_arbiters = Vec::new();
         let (obs_tx, obs_rx) = tokio::sync::mpsc::channel(crate::seeds::OBSERVATION_QUEUE);
         for (id, seed) in registry.into_seeds() {
@@ -131,10 +132,10 @@ pub fn serve(cfg: GhostConfig) -> Result<i32, String> {
                 SeedActor::new(&aid, factory, sctx)
             });
             seed_arbiters.push(arbiter);
-            seed_addrs.insert(id, MeteredAddr::new(addr, "ghost.seed"));
+            let addr = MeteredAddr::new(addr, "ghost.seed");
+            seeds_for_stop.push(addr.clone());
+            seed_addrs.insert(id, addr);
         }
-        let seeds_for_stop: Vec<Addr<SeedActor>> =
-            seed_addrs.values().map(|a| a.addr().clone()).collect();
         let stop_grace = std::time::Duration::from_millis(cfg.seed.stop_grace_ms);
 
         let outbox = Outbox::new(outbox_state, store.clone(), cfg.timeouts.ack_timeout_ms)
@@ -205,7 +206,10 @@ pub fn serve(cfg: GhostConfig) -> Result<i32, String> {
                 auth: cfg.auth_key(),
                 auth_required: cfg.auth.required,
             };
-            Some(MirageLink::new(lc, dispatcher.clone(), outbox.clone()).start())
+            Some(MeteredAddr::new(
+                MirageLink::new(lc, dispatcher.clone(), outbox.clone()).start(),
+                "ghost.link",
+            ))
         };
 
         let mut admin_addr = String::new();
@@ -307,7 +311,7 @@ async fn drain_observations(
 }
 
 /// Stops every seed at once, each bounded by `grace` (plus a margin for a stuck mailbox).
-async fn stop_seeds(seeds: &[Addr<SeedActor>], grace: std::time::Duration) {
+async fn stop_seeds(seeds: &[MeteredAddr<SeedActor>], grace: std::time::Duration) {
     let all = futures::future::join_all(seeds.iter().map(|a| a.send(Shutdown { grace })));
     let bound = grace + std::time::Duration::from_millis(500);
     if tokio::time::timeout(bound, all).await.is_err() {

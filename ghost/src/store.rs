@@ -560,8 +560,8 @@ impl Handler<Update> for Store {
     }
 }
 
-shared::metered!(Store, Persist);
-shared::metered!(Store, Update);
+actorkit::metered!(Store, Persist);
+actorkit::metered!(Store, Update);
 
 #[cfg(test)]
 mod tests {

@@ -11,20 +11,19 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::StatusCode;
 use actix_web::middleware::{from_fn, Next};
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use actorkit::metrics::MeteredAddr;
 use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
-use shared::metrics::MeteredAddr;
-use tokio::sync::broadcast;
 
+use crate::actors::report_stream::{self, Filter, ReportHub, Subscribe, Subscriber};
 use crate::actors::supervisor::*;
-use crate::history::ReportRecord;
 use crate::intent;
 
 #[derive(Clone)]
 pub struct AppState {
     pub sup: MeteredAddr<Supervisor>,
-    pub feed: broadcast::Sender<Arc<ReportRecord>>,
+    pub hub: MeteredAddr<ReportHub>,
     pub token: Arc<String>,
     /// Admin address of the co-located Ghost (`mirage up`), empty when there is none.
     pub local_admin: Arc<String>,
@@ -158,7 +157,7 @@ async fn submit(
         );
     }
     let (tx, rx) = tokio::sync::oneshot::channel();
-    let registered = st.sup.addr().send(WaitFinished { intent_id: id, tx }).await;
+    let registered = st.sup.send(WaitFinished { intent_id: id, tx }).await;
     if let Ok(Err(e)) = registered {
         return accepted(&summary, &e.error);
     }
@@ -184,14 +183,14 @@ struct Limit {
 
 async fn list_intents(st: web::Data<AppState>, q: web::Query<Limit>) -> HttpResponse {
     let limit = q.limit.unwrap_or(100).min(10_000);
-    match st.sup.addr().send(ListIntents { limit }).await {
+    match st.sup.send(ListIntents { limit }).await {
         Ok(v) => HttpResponse::Ok().json(v),
         Err(e) => unavailable(e),
     }
 }
 
 async fn get_intent(st: web::Data<AppState>, id: web::Path<String>) -> HttpResponse {
-    match st.sup.addr().send(GetIntent(id.into_inner())).await {
+    match st.sup.send(GetIntent(id.into_inner())).await {
         Ok(Ok(d)) => HttpResponse::Ok().json(d),
         Ok(Err(e)) => api_err(e),
         Err(e) => unavailable(e),
@@ -200,7 +199,7 @@ async fn get_intent(st: web::Data<AppState>, id: web::Path<String>) -> HttpRespo
 
 async fn withdraw(st: web::Data<AppState>, id: web::Path<String>) -> HttpResponse {
     let id = id.into_inner();
-    match st.sup.addr().send(Withdraw(id.clone())).await {
+    match st.sup.send(Withdraw(id.clone())).await {
         Ok(Ok(status)) => HttpResponse::Accepted().json(json!({"intent_id": id, "status": status})),
         Ok(Err(e)) => api_err(e),
         Err(e) => unavailable(e),
@@ -225,7 +224,7 @@ async fn ghosts(st: web::Data<AppState>, q: web::Query<GhostQuery>) -> HttpRespo
         after: q.after.filter(|a| !a.is_empty()),
         limit: q.limit.unwrap_or(GHOSTS_PAGE_MAX).clamp(1, GHOSTS_PAGE_MAX),
     };
-    match st.sup.addr().send(m).await {
+    match st.sup.send(m).await {
         Ok(p) => {
             let mut r = HttpResponse::Ok();
             r.insert_header(("X-Total-Count", p.total.to_string()));
@@ -239,7 +238,7 @@ async fn ghosts(st: web::Data<AppState>, q: web::Query<GhostQuery>) -> HttpRespo
 }
 
 async fn ghost(st: web::Data<AppState>, id: web::Path<String>) -> HttpResponse {
-    match st.sup.addr().send(GetGhost(id.clone())).await {
+    match st.sup.send(GetGhost(id.clone())).await {
         Ok(Some(g)) => HttpResponse::Ok().json(g),
         Ok(None) => err(404, format!("no ghost {id}")),
         Err(e) => unavailable(e),
@@ -247,7 +246,7 @@ async fn ghost(st: web::Data<AppState>, id: web::Path<String>) -> HttpResponse {
 }
 
 async fn services(st: web::Data<AppState>) -> HttpResponse {
-    match st.sup.addr().send(ListGhosts::all()).await {
+    match st.sup.send(ListGhosts::all()).await {
         Ok(p) => {
             let v = p.ghosts;
             let mut map: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
@@ -275,7 +274,7 @@ async fn services(st: web::Data<AppState>) -> HttpResponse {
 }
 
 async fn locks(st: web::Data<AppState>) -> HttpResponse {
-    match st.sup.addr().send(ListLocks).await {
+    match st.sup.send(ListLocks).await {
         Ok(v) => HttpResponse::Ok().json(v),
         Err(e) => unavailable(e),
     }
@@ -283,7 +282,7 @@ async fn locks(st: web::Data<AppState>) -> HttpResponse {
 
 async fn break_lock(st: web::Data<AppState>, key: web::Path<String>) -> HttpResponse {
     let key = key.into_inner();
-    match st.sup.addr().send(BreakLock(key.clone())).await {
+    match st.sup.send(BreakLock(key.clone())).await {
         Ok(Ok(())) => HttpResponse::Accepted().json(json!({"key": key, "status": "broken"})),
         Ok(Err(e)) => api_err(e),
         Err(e) => unavailable(e),
@@ -303,20 +302,16 @@ async fn reports(st: web::Data<AppState>, q: web::Query<ReportQuery>) -> HttpRes
         after: q.after.unwrap_or(0),
         limit: q.limit.unwrap_or(100).min(10_000),
     };
-    match st.sup.addr().send(m).await {
+    match st.sup.send(m).await {
         Ok(v) => HttpResponse::Ok().json(v),
         Err(e) => unavailable(e),
     }
 }
 
-fn sse(r: &ReportRecord) -> web::Bytes {
-    let data = serde_json::to_string(r).unwrap_or_default();
-    web::Bytes::from(format!("id: {}\nevent: report\ndata: {data}\n\n", r.seq))
-}
-
 /// Server-Sent Events. Resumable: `Last-Event-ID` (or `?after=`) replays what is still in the
-/// history. A consumer too slow for the bounded feed gets a `gap` event saying how many
-/// reports it missed, never unbounded buffering.
+/// history. Each subscriber is a `ReportStream` actor with a bounded queue: a consumer too
+/// slow for it gets a `gap` event saying how many reports (and which seqs) it missed, never
+/// unbounded buffering.
 async fn stream(
     st: web::Data<AppState>,
     req: HttpRequest,
@@ -330,15 +325,33 @@ async fn stream(
         .or(q.after)
         .unwrap_or(u64::MAX);
     let intent = q.intent.clone();
+    let subscriber = Subscriber {
+        peer: req.peer_addr().map(|a| a.to_string()).unwrap_or_default(),
+        client: req
+            .headers()
+            .get("user-agent")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .chars()
+            .take(120)
+            .collect(),
+        filter: Filter {
+            intent: intent.clone(),
+        },
+    };
     // Subscribe before reading history so nothing falls in between.
-    let rx = st.feed.subscribe();
+    let (tx, rx) = tokio::sync::mpsc::channel(report_stream::STREAM_QUEUE);
+    match st.hub.send(Subscribe { subscriber, tx }).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => return err(503, e),
+        Err(e) => return unavailable(e),
+    }
     let backlog = if after == u64::MAX {
         Vec::new()
     } else {
         st.sup
-            .addr()
             .send(QueryReports {
-                intent: intent.clone(),
+                intent,
                 after,
                 limit: 10_000,
             })
@@ -351,32 +364,18 @@ async fn stream(
         .unwrap_or(if after == u64::MAX { 0 } else { after });
     let head = futures::stream::iter(
         std::iter::once(web::Bytes::from_static(b": mirage report stream\n\n"))
-            .chain(backlog.iter().map(sse))
+            .chain(backlog.iter().map(report_stream::sse))
             .map(Ok::<_, actix_web::Error>)
             .collect::<Vec<_>>(),
     );
-    let live = futures::stream::unfold((rx, last, intent), |(mut rx, last, intent)| async move {
+    // Dropping `rx` (the client went) stops the stream actor.
+    let live = futures::stream::unfold((rx, last), |(mut rx, last)| async move {
         loop {
-            let next = tokio::time::timeout(Duration::from_secs(15), rx.recv()).await;
-            match next {
-                Err(_) => {
-                    return Some((
-                        Ok(web::Bytes::from_static(b": keep-alive\n\n")),
-                        (rx, last, intent),
-                    ))
-                }
-                Ok(Ok(r)) => {
-                    if r.seq <= last || intent.as_ref().is_some_and(|i| *i != r.intent_id) {
-                        continue;
-                    }
-                    let b = sse(&r);
-                    return Some((Ok(b), (rx, r.seq, intent)));
-                }
-                Ok(Err(broadcast::error::RecvError::Lagged(n))) => {
-                    let b = web::Bytes::from(format!("event: gap\ndata: {{\"missed\":{n}}}\n\n"));
-                    return Some((Ok(b), (rx, last, intent)));
-                }
-                Ok(Err(broadcast::error::RecvError::Closed)) => return None,
+            let c = rx.recv().await?;
+            match c.seq {
+                Some(s) if s <= last => continue,
+                Some(s) => return Some((Ok(c.bytes), (rx, s))),
+                None => return Some((Ok::<_, actix_web::Error>(c.bytes), (rx, last))),
             }
         }
     });
@@ -417,19 +416,26 @@ async fn spawn_ghost(st: web::Data<AppState>, body: web::Bytes) -> HttpResponse 
     }
 }
 
+/// One entry per actor kind (with per-message figures), then one per live report stream
+/// (with its subscriber).
 async fn actors() -> HttpResponse {
-    HttpResponse::Ok().json(shared::metrics::snapshot_all())
+    let mut v: Vec<serde_json::Value> = actorkit::metrics::snapshot_all()
+        .into_iter()
+        .filter_map(|s| serde_json::to_value(s).ok())
+        .collect();
+    v.extend(report_stream::snapshot_streams());
+    HttpResponse::Ok().json(v)
 }
 
 async fn overview(st: web::Data<AppState>) -> HttpResponse {
-    match st.sup.addr().send(GetOverview).await {
+    match st.sup.send(GetOverview).await {
         Ok(o) => HttpResponse::Ok().json(o),
         Err(e) => unavailable(e),
     }
 }
 
 async fn metrics(st: web::Data<AppState>) -> HttpResponse {
-    let o = st.sup.addr().send(GetOverview).await.ok();
+    let o = st.sup.send(GetOverview).await.ok();
     let mut out = String::with_capacity(8192);
     let g = |f: fn(&Overview) -> usize| o.as_ref().map(f).unwrap_or(0) as u64;
     crate::metrics::render(

@@ -17,5 +17,6 @@ pub mod server;
 pub mod skew;
 pub mod storage_move;
 pub mod store;
+pub mod supervision;
 pub mod tls;
 pub mod wire_tool;

@@ -1,4 +1,4 @@
-//! Mirage's own counters for `/metrics` (actor mailboxes come from `shared::metrics`).
+//! Mirage's own counters for `/metrics` (actor mailboxes come from `actorkit::metrics`).
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -169,5 +169,5 @@ pub fn render(out: &mut String, gauges: &[(&str, &str, u64)]) {
     {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
     }
-    shared::metrics::render_prometheus(out);
+    actorkit::metrics::render_prometheus(out);
 }

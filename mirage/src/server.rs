@@ -9,10 +9,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use actix::prelude::*;
-use shared::metrics::MeteredAddr;
+use actorkit::metrics::MeteredAddr;
 use tokio::net::{TcpSocket, TcpStream};
-use tokio::sync::broadcast;
 
+use crate::actors::report_stream::ReportHub;
 use crate::actors::session::GhostSession;
 use crate::actors::supervisor::{Restored, Supervisor};
 use crate::api;
@@ -40,6 +40,8 @@ pub fn serve(cfg: MirageConfig) -> Result<i32, String> {
 
 pub fn serve_with(cfg: MirageConfig, local: Option<LocalGhost>) -> Result<i32, String> {
     cfg.validate()?;
+    // Before any actor: a panic outside a restartable actor ends the process.
+    crate::supervision::install_panic_hook();
     if local.is_some() && cfg.local_ghost.is_empty() {
         return Err("local_ghost is empty; `mirage up` needs an id for its local Ghost".into());
     }
@@ -100,9 +102,9 @@ pub fn serve_with(cfg: MirageConfig, local: Option<LocalGhost>) -> Result<i32, S
 
         let store = MeteredAddr::new(Store::new(db).start(), "mirage.store");
         let fleet = Rc::new(RefCell::new(Arc::new(FleetView::default())));
-        let (feed, _) = broadcast::channel::<Arc<ReportRecord>>(1024);
+        let hub = MeteredAddr::new(ReportHub::default().start(), "mirage.report_hub");
         let sup = MeteredAddr::new(
-            Supervisor::new(cfg.clone(), store, fleet, restored, feed.clone()).start(),
+            Supervisor::new(cfg.clone(), store, fleet, restored, hub.clone()).start(),
             "mirage.supervisor",
         );
         let arbiters: Vec<Arbiter> = (0..cfg.threads()).map(|_| Arbiter::new()).collect();
@@ -174,7 +176,7 @@ pub fn serve_with(cfg: MirageConfig, local: Option<LocalGhost>) -> Result<i32, S
             let token = std::env::var("MIRAGE_TOKEN").ok().filter(|t| !t.is_empty()).unwrap_or_else(|| cfg.api.token.clone());
             let state = api::AppState {
                 sup: sup.clone(),
-                feed,
+                hub,
                 token: Arc::new(token),
                 local_admin: Arc::new(local_admin.clone()),
             };

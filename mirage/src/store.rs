@@ -625,7 +625,7 @@ impl Actor for Store {
     type Context = Context<Self>;
 
     fn started(&mut self, _: &mut Context<Self>) {
-        shared::metrics::actor("mirage.store").instance_started();
+        actorkit::metrics::actor("mirage.store").instance_started();
         let found = self.db.lock().map(|d| (d.path.clone(), d.reserve.clone()));
         if let Ok((path, reserve)) = found {
             spawn_checkpointer(path, reserve, Arc::downgrade(&self.db));
@@ -734,7 +734,7 @@ impl Handler<Put> for Store {
     }
 }
 
-shared::metered!(Store, Put);
+actorkit::metered!(Store, Put);
 
 #[cfg(test)]
 mod tests {

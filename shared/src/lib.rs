@@ -12,7 +12,6 @@ pub mod dbguard;
 pub mod envelope;
 pub mod error;
 pub mod handshake;
-pub mod metrics;
 pub mod observe;
 pub mod reserve;
 pub mod session;

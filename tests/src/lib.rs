@@ -223,6 +223,16 @@ pub struct Mirage {
 impl Mirage {
     /// Starts `mirage serve` with its data under `dir/mirage`. `session` 0 = any free port.
     pub fn start(dir: impl AsRef<Path>, session_port: u16, extra_toml: &str) -> Mirage {
+        Mirage::start_env(dir, session_port, extra_toml, &[])
+    }
+
+    /// As `start`, with extra environment (e.g. `MIRAGE_FAULT`).
+    pub fn start_env(
+        dir: impl AsRef<Path>,
+        session_port: u16,
+        extra_toml: &str,
+        env: &[(&str, &str)],
+    ) -> Mirage {
         let dir = dir.as_ref();
         let cfg = dir.join("mirage.toml");
         std::fs::write(
@@ -240,10 +250,11 @@ impl Mirage {
             ),
         )
         .unwrap();
-        let proc = Proc::spawn(
+        let proc = Proc::spawn_env(
             &bin("mirage"),
             &["serve", "--config", cfg.to_str().unwrap()],
             dir.join("mirage.log"),
+            env,
         );
         let session = proc.field("session");
         let api = proc.field("api");

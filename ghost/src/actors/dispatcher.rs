@@ -18,11 +18,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use actorkit::metrics::MeteredAddr;
 use bytes::Bytes;
 use serde::Serialize;
 use shared::envelope::{Command, Envelope, Event, Outcome};
 use shared::error::code;
-use shared::metrics::MeteredAddr;
 use shared::wire::tlv;
 
 use crate::actors::outbox::{Enqueue, EnqueueVolatile, Health, Outbox};
@@ -272,7 +272,7 @@ impl Actor for Dispatcher {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        shared::metrics::actor("ghost.dispatcher").instance_started();
+        actorkit::metrics::actor("ghost.dispatcher").instance_started();
         ctx.run_interval(Duration::from_secs(30), |act, _| {
             let now = act.dedupe.expire(act.clock.now());
             act.store.do_send(Update::Prune { now });
@@ -280,7 +280,7 @@ impl Actor for Dispatcher {
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
-        shared::metrics::actor("ghost.dispatcher").instance_stopped();
+        actorkit::metrics::actor("ghost.dispatcher").instance_stopped();
     }
 }
 
@@ -580,5 +580,7 @@ impl Handler<DStats> for Dispatcher {
     }
 }
 
-shared::metered!(Dispatcher, Run);
-shared::metered!(Dispatcher, Lookup);
+actorkit::metered!(Dispatcher, Run);
+actorkit::metered!(Dispatcher, Lookup);
+actorkit::metered_result!(Dispatcher, Recent);
+actorkit::metered_result!(Dispatcher, DStats);

@@ -9,12 +9,12 @@
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use actorkit::metrics::MeteredAddr;
 use bytes::BytesMut;
 use futures::StreamExt;
 use shared::envelope::{AckStatus, Command, Envelope, ErrorEnvelope, Event, Outcome};
 use shared::error::WireError;
 use shared::handshake::{self, Registration, RegistrationAck};
-use shared::metrics::MeteredAddr;
 use shared::session::{Backoff, Jitter, Timeouts};
 use shared::wire::{Frame, FrameCodec};
 use tokio::io::AsyncWriteExt;
@@ -238,7 +238,7 @@ impl MirageLink {
         let handle = ctx.add_stream(stream);
 
         let (tx, rx) = mpsc::channel::<Frame>(self.cfg.max_in_flight * 2 + 64);
-        let me = ctx.address();
+        let me = MeteredAddr::new(ctx.address(), "ghost.link");
         shared::session::spawn_frame_writer(
             w,
             FrameCodec::default(),
@@ -350,7 +350,7 @@ impl Actor for MirageLink {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        shared::metrics::actor("ghost.link").instance_started();
+        actorkit::metrics::actor("ghost.link").instance_started();
         self.me = Some(MeteredAddr::new(ctx.address(), "ghost.link"));
         let hb = self.cfg.timeouts.heartbeat();
         let dead = self.cfg.timeouts.dead_after();
@@ -370,7 +370,7 @@ impl Actor for MirageLink {
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
-        shared::metrics::actor("ghost.link").instance_stopped();
+        actorkit::metrics::actor("ghost.link").instance_stopped();
     }
 }
 
@@ -509,7 +509,9 @@ impl Handler<SendEvents> for MirageLink {
     }
 }
 
-shared::metered!(MirageLink, SendEvents);
+actorkit::metered!(MirageLink, SendEvents);
+actorkit::metered!(MirageLink, WriterFailed);
+actorkit::metered_result!(MirageLink, Status);
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct LinkStatus {

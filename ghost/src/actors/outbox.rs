@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix::prelude::*;
+use actorkit::metrics::MeteredAddr;
 use bytes::Bytes;
-use shared::metrics::MeteredAddr;
 
 use crate::logic::{OutboxState, ToSend};
 use crate::reserve::Reserve;
@@ -194,7 +194,7 @@ impl Actor for Outbox {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        shared::metrics::actor("ghost.outbox").instance_started();
+        actorkit::metrics::actor("ghost.outbox").instance_started();
         // Overdue acks are found by this tick.
         ctx.run_interval(Duration::from_millis(250), |act, ctx| {
             act.flush();
@@ -209,7 +209,7 @@ impl Actor for Outbox {
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
-        shared::metrics::actor("ghost.outbox").instance_stopped();
+        actorkit::metrics::actor("ghost.outbox").instance_stopped();
     }
 }
 
@@ -420,16 +420,16 @@ impl Handler<Stats> for Outbox {
     }
 }
 
-shared::metered!(Outbox, Enqueue);
-shared::metered!(Outbox, Acked);
-shared::metered!(Outbox, EnqueueVolatile);
-shared::metered!(Outbox, Link);
+actorkit::metered!(Outbox, Enqueue);
+actorkit::metered!(Outbox, Acked);
+actorkit::metered!(Outbox, EnqueueVolatile);
+actorkit::metered!(Outbox, Link);
 
-impl Handler<shared::metrics::Metered<Stats>> for Outbox {
-    type Result = MessageResult<shared::metrics::Metered<Stats>>;
+impl Handler<actorkit::metrics::Metered<Stats>> for Outbox {
+    type Result = MessageResult<actorkit::metrics::Metered<Stats>>;
     fn handle(
         &mut self,
-        m: shared::metrics::Metered<Stats>,
+        m: actorkit::metrics::Metered<Stats>,
         ctx: &mut Context<Self>,
     ) -> Self::Result {
         let MessageResult(s) = <Self as Handler<Stats>>::handle(self, m.msg, ctx);

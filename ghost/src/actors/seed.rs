@@ -185,7 +185,7 @@ impl Actor for SeedActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        shared::metrics::actor("ghost.seed").instance_started();
+        actorkit::metrics::actor("ghost.seed").instance_started();
         if self.failures == 0 {
             return self.boot(ctx);
         }
@@ -200,7 +200,7 @@ impl Actor for SeedActor {
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
-        shared::metrics::actor("ghost.seed").instance_stopped();
+        actorkit::metrics::actor("ghost.seed").instance_stopped();
     }
 }
 
@@ -249,12 +249,12 @@ impl Handler<Execute> for SeedActor {
 }
 
 // Timed until the operation's output is ready, not only until it is queued.
-impl Handler<shared::metrics::Metered<Execute>> for SeedActor {
+impl Handler<actorkit::metrics::Metered<Execute>> for SeedActor {
     type Result = ResponseFuture<SeedOutput>;
 
     fn handle(
         &mut self,
-        m: shared::metrics::Metered<Execute>,
+        m: actorkit::metrics::Metered<Execute>,
         ctx: &mut Context<Self>,
     ) -> Self::Result {
         let start = Instant::now();
@@ -275,6 +275,8 @@ impl Handler<shared::metrics::Metered<Execute>> for SeedActor {
 pub struct Shutdown {
     pub grace: Duration,
 }
+
+actorkit::metered!(SeedActor, Shutdown);
 
 impl Handler<Shutdown> for SeedActor {
     type Result = ResponseActFuture<Self, ()>;

@@ -3,7 +3,7 @@
 //! is finished.
 
 use actix::prelude::*;
-use shared::metrics::MeteredAddr;
+use actorkit::metrics::MeteredAddr;
 use tokio::sync::oneshot;
 
 use super::supervisor::{Dispatch, LockOp, PlanFinished, PlanReport, Supervisor, Watch};
@@ -14,7 +14,7 @@ use crate::store::{Put, Store, Write};
 pub struct IntentPlan {
     pub plan: Plan,
     pub seq: u64,
-    supervisor: Addr<Supervisor>,
+    supervisor: MeteredAddr<Supervisor>,
     store: MeteredAddr<Store>,
     fleet: FleetHandle,
     finished: bool,
@@ -34,6 +34,13 @@ pub struct IntentPlan {
     /// on by itself once the store takes writes again.
     write_failures: u32,
     retry: Option<SpawnHandle>,
+    /// The plan as last committed to the store (the same JSON): a restart after a panic
+    /// starts again from it, as a process restart would.
+    committed: String,
+    /// JSON of the write in flight, committed when it lands.
+    in_flight: Option<String>,
+    /// Set by `restarting`: `started` resumes the plan.
+    resume_on_start: bool,
 }
 
 /// How often a plan waiting for a placement looks again.
@@ -43,11 +50,15 @@ impl IntentPlan {
     pub fn new(
         plan: Plan,
         seq: u64,
-        supervisor: Addr<Supervisor>,
+        supervisor: MeteredAddr<Supervisor>,
         store: MeteredAddr<Store>,
         fleet: FleetHandle,
     ) -> IntentPlan {
+        let committed = serde_json::to_string(&plan).unwrap_or_default();
         IntentPlan {
+            committed,
+            in_flight: None,
+            resume_on_start: false,
             plan,
             seq,
             supervisor,
@@ -109,7 +120,8 @@ impl IntentPlan {
         let delay = std::time::Duration::from_millis(at.saturating_sub(now));
         self.timer = Some(ctx.run_later(delay, |act, ctx| {
             act.timer = None;
-            ctx.address().do_send(PlanMsg(Input::Tick));
+            // A self-send, metered like any other input.
+            MeteredAddr::new(ctx.address(), "mirage.intent_plan").do_send(PlanMsg(Input::Tick));
         }));
     }
 
@@ -169,6 +181,9 @@ impl IntentPlan {
             return;
         };
         self.persisting = true;
+        if let Write::Intent { plan, .. } = &write {
+            self.in_flight = Some(plan.clone());
+        }
         let (tx, rx) = oneshot::channel();
         self.store.do_send(Put {
             writes: vec![write],
@@ -181,6 +196,9 @@ impl IntentPlan {
                     act.persisting = false;
                     match &res {
                         Ok(()) => {
+                            if let Some(j) = act.in_flight.take() {
+                                act.committed = j;
+                            }
                             if act.write_failures > 0 {
                                 tracing::info!(component = "mirage.plan", intent_id = %act.plan.intent.intent_id, failures = act.write_failures, "plan state persisted again; held-back effects go out");
                             }
@@ -219,7 +237,7 @@ impl IntentPlan {
 
     fn execute(&mut self, fx: Vec<Effect>, ctx: &mut Context<Self>) {
         let id = self.plan.intent.intent_id.clone();
-        let me = ctx.address();
+        let me = MeteredAddr::new(ctx.address(), "mirage.intent_plan");
         for e in fx {
             match e {
                 Effect::Acquire {
@@ -282,12 +300,49 @@ impl IntentPlan {
 impl Actor for IntentPlan {
     type Context = Context<Self>;
 
-    fn started(&mut self, _: &mut Context<Self>) {
-        shared::metrics::actor("mirage.intent_plan").instance_started();
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        actorkit::metrics::actor("mirage.intent_plan").instance_started();
+        if std::mem::take(&mut self.resume_on_start) {
+            // As after a process restart: re-acquire locks, re-send unanswered commands.
+            let fleet = self.fleet.borrow().clone();
+            let fx = self.plan.resume(shared::now_ms(), &fleet);
+            // Nobody waits for this answer.
+            drop(self.apply(fx, ctx));
+        }
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
-        shared::metrics::actor("mirage.intent_plan").instance_stopped();
+        actorkit::metrics::actor("mirage.intent_plan").instance_stopped();
+    }
+}
+
+impl Supervised for IntentPlan {
+    /// After a panic in a handler (see `crate::supervision`): back to the committed state.
+    /// A finished plan that stopped on purpose is left finished: it stays idle until its
+    /// last address goes, and then stops for good.
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        if self.finished {
+            return;
+        }
+        let id = self.plan.intent.intent_id.clone();
+        match serde_json::from_str::<Plan>(&self.committed) {
+            Ok(p) => self.plan = p,
+            Err(e) => {
+                tracing::error!(component = "mirage.plan", intent_id = %id, error = %e, "committed plan unreadable; restarting from memory");
+            }
+        }
+        // Spawned futures (the write in flight, timers) went with the old context.
+        self.timer = None;
+        self.retry = None;
+        self.persisting = false;
+        self.dirty = false;
+        self.in_flight = None;
+        self.pending_fx.clear();
+        for r in self.pending_replies.drain(..) {
+            let _ = r.send(Err("plan restarted".into()));
+        }
+        self.resume_on_start = true;
+        tracing::warn!(component = "mirage.plan", intent_id = %id, steps_done = self.plan.steps_done, "intent plan restarted from its persisted state");
     }
 }
 
@@ -307,7 +362,22 @@ impl Handler<PlanMsg> for IntentPlan {
         // Only a tick or an unrelated Ghost coming up can leave the plan as it was; comparing
         // a copy for every event would cost O(Ghosts) per event on a large step.
         let before = matches!(m.0, Input::Tick | Input::GhostUp(_)).then(|| self.plan.clone());
-        let fx = self.plan.handle(m.0, shared::now_ms(), &fleet);
+        let is_event = matches!(m.0, Input::Event { .. });
+        let input = m.0;
+        let handled = crate::supervision::restartable(|| {
+            if is_event {
+                crate::supervision::inject("plan");
+            }
+            self.plan.handle(input, shared::now_ms(), &fleet)
+        });
+        let fx = match handled {
+            Ok(fx) => fx,
+            Err(why) => {
+                tracing::error!(component = "mirage.plan", intent_id = %self.plan.intent.intent_id, panic = %why, "intent plan panicked; restarting it from its persisted state");
+                ctx.stop();
+                return Box::pin(async move { Err(format!("plan panicked: {why}")) });
+            }
+        };
         if fx.is_empty() && before.is_some_and(|b| b == self.plan) {
             if !self.persisting {
                 self.schedule(ctx);
@@ -371,4 +441,7 @@ impl Handler<Snapshot> for IntentPlan {
     }
 }
 
-shared::metered!(IntentPlan, PlanMsg);
+actorkit::metered!(IntentPlan, PlanMsg);
+actorkit::metered!(IntentPlan, Resume);
+actorkit::metered!(IntentPlan, Discard);
+actorkit::metered_result!(IntentPlan, Snapshot);

@@ -5,30 +5,36 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use actix::prelude::*;
-use shared::metrics::MeteredAddr;
+use actorkit::metrics::MeteredAddr;
 
-use super::intent_plan::{IntentPlan, PlanMsg};
+use super::intent_plan::{IntentPlan, PlanMsg, Resume};
 use crate::lock::{Acquired, Grant, LockQueue, Owner};
 use crate::plan::Input;
 use crate::store::{Put, Store, Write};
 
 pub struct SeedLock {
     pub queue: LockQueue,
-    plans: HashMap<Owner, Addr<IntentPlan>>,
+    plans: HashMap<Owner, MeteredAddr<IntentPlan>>,
     store: MeteredAddr<Store>,
+    /// The queue as last handed to the store (the same JSON): a restart after a panic
+    /// starts again from it. The store applies writes in order, so it is what a process
+    /// restart would read.
+    persisted: String,
 }
 
 impl SeedLock {
     pub fn new(queue: LockQueue, store: MeteredAddr<Store>) -> SeedLock {
         SeedLock {
+            persisted: serde_json::to_string(&queue).unwrap_or_default(),
             queue,
             plans: HashMap::new(),
             store,
         }
     }
 
-    fn persist(&self) {
+    fn persist(&mut self) {
         if let Ok(json) = serde_json::to_string(&self.queue) {
+            self.persisted.clone_from(&json);
             self.store.do_send(Put {
                 writes: vec![Write::Lock {
                     key: self.queue.key.clone(),
@@ -76,7 +82,7 @@ impl Actor for SeedLock {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        shared::metrics::actor("mirage.seed_lock").instance_started();
+        actorkit::metrics::actor("mirage.seed_lock").instance_started();
         ctx.run_interval(Duration::from_millis(500), |act, _| {
             if let Some((lost, next)) = act.queue.expire(shared::now_ms()) {
                 act.lost(lost, next, "lease expired");
@@ -85,7 +91,7 @@ impl Actor for SeedLock {
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
-        shared::metrics::actor("mirage.seed_lock").instance_stopped();
+        actorkit::metrics::actor("mirage.seed_lock").instance_stopped();
     }
 }
 
@@ -95,7 +101,7 @@ pub enum LockMsg {
     Acquire {
         owner: Owner,
         lease_ms: u64,
-        plan: Addr<IntentPlan>,
+        plan: MeteredAddr<IntentPlan>,
     },
     Release {
         owner: Owner,
@@ -110,7 +116,34 @@ pub enum LockMsg {
 impl Handler<LockMsg> for SeedLock {
     type Result = ();
 
-    fn handle(&mut self, m: LockMsg, _: &mut Context<Self>) {
+    fn handle(&mut self, m: LockMsg, ctx: &mut Context<Self>) {
+        if let Err(why) = crate::supervision::restartable(|| self.handle_inner(m)) {
+            tracing::error!(component = "mirage.lock", key = %self.queue.key, panic = %why, "seed lock panicked; restarting it from its persisted state");
+            ctx.stop();
+        }
+    }
+}
+
+impl Supervised for SeedLock {
+    /// Back to the persisted queue. The message that panicked is lost, so every plan this
+    /// lock knows resumes (re-acquires, re-sends unanswered commands) as after a process
+    /// restart; acquiring again is idempotent for a holder or waiter.
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        match serde_json::from_str::<LockQueue>(&self.persisted) {
+            Ok(q) => self.queue = q,
+            Err(e) => {
+                tracing::error!(component = "mirage.lock", key = %self.queue.key, error = %e, "persisted lock queue unreadable; restarting from memory");
+            }
+        }
+        tracing::warn!(component = "mirage.lock", key = %self.queue.key, plans = self.plans.len(), "seed lock restarted from its persisted state");
+        for p in self.plans.values() {
+            p.do_send(Resume);
+        }
+    }
+}
+
+impl SeedLock {
+    fn handle_inner(&mut self, m: LockMsg) {
         let now = shared::now_ms();
         match m {
             LockMsg::Acquire {
@@ -119,6 +152,7 @@ impl Handler<LockMsg> for SeedLock {
                 plan,
             } => {
                 self.plans.insert(owner.clone(), plan);
+                crate::supervision::inject("lock");
                 match self.queue.acquire(owner.clone(), now, lease_ms) {
                     Acquired::Granted(token) | Acquired::Held(token) => {
                         self.granted(Some(Grant { owner, token }));
@@ -163,4 +197,5 @@ impl Handler<LockState> for SeedLock {
     }
 }
 
-shared::metered!(SeedLock, LockMsg);
+actorkit::metered!(SeedLock, LockMsg);
+actorkit::metered_result!(SeedLock, LockState);

@@ -8,11 +8,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use actorkit::metrics::MeteredAddr;
 use bytes::BytesMut;
 use shared::envelope::{AckStatus, Command, Envelope, ErrorEnvelope, EventAck};
 use shared::error::{code, WireError};
 use shared::handshake::{self, Registration, RegistrationAck, CAP_SESSION_COMMAND};
-use shared::metrics::MeteredAddr;
 use shared::wire::tlv::id as tlv_id;
 use shared::wire::{Frame, FrameCodec, Limits};
 use tokio::io::AsyncWriteExt;
@@ -217,7 +217,7 @@ impl GhostSession {
         framed.read_buffer_mut().extend_from_slice(&leftover);
         ctx.add_stream(framed);
         let (tx, rx) = mpsc::channel::<Frame>(self.cfg.limits.session_queue.max(16));
-        let me = ctx.address();
+        let me = MeteredAddr::new(ctx.address(), "mirage.session");
         shared::session::spawn_frame_writer(
             w,
             FrameCodec::new(limits),
@@ -297,7 +297,7 @@ impl Actor for GhostSession {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        shared::metrics::actor("mirage.session").instance_started();
+        actorkit::metrics::actor("mirage.session").instance_started();
         let Some(socket) = self.socket.take() else {
             ctx.stop();
             return;
@@ -467,7 +467,7 @@ impl Actor for GhostSession {
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
-        shared::metrics::actor("mirage.session").instance_stopped();
+        actorkit::metrics::actor("mirage.session").instance_stopped();
         self.open.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         self.report_heartbeats();
         if !self.ghost.is_empty() {
@@ -759,8 +759,8 @@ impl Handler<Close> for GhostSession {
     }
 }
 
-shared::metered!(GhostSession, SendCommand);
-shared::metered!(GhostSession, Close);
+actorkit::metered!(GhostSession, SendCommand);
+actorkit::metered!(GhostSession, Close);
 
 #[cfg(test)]
 mod tests {

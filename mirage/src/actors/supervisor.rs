@@ -8,14 +8,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
+use actorkit::metrics::MeteredAddr;
 use serde::Serialize;
 use shared::envelope::{AckStatus, Command, Event, EventAck};
 use shared::error::code;
 use shared::handshake::{Registration, RegistrationAck, CAP_SESSION_COMMAND, REJECT_ID_CONFLICT};
-use shared::metrics::MeteredAddr;
-use tokio::sync::broadcast;
 
 use super::intent_plan::{Discard, IntentPlan, PlanMsg, Resume, Snapshot};
+use super::report_stream::{Publish, ReportHub};
 use super::seed_lock::{LockMsg, LockState, SeedLock};
 use super::session::{Close, GhostSession, SendCommand};
 use super::FleetHandle;
@@ -179,7 +179,6 @@ struct Active {
 
 pub struct Supervisor {
     cfg: Arc<MirageConfig>,
-    me: Option<Addr<Supervisor>>,
     store: MeteredAddr<Store>,
     ghosts: BTreeMap<String, GhostEntry>,
     fleet: FleetHandle,
@@ -201,7 +200,7 @@ pub struct Supervisor {
     report_seq: u64,
     intent_seq: u64,
     session_seq: u64,
-    feed: broadcast::Sender<Arc<ReportRecord>>,
+    hub: MeteredAddr<ReportHub>,
     finished_since_prune: u64,
     pending_resume: Vec<(u64, Plan)>,
     admin_msg_id: u64,
@@ -239,7 +238,7 @@ impl Supervisor {
         store: MeteredAddr<Store>,
         fleet: FleetHandle,
         mut restored: Restored,
-        feed: broadcast::Sender<Arc<ReportRecord>>,
+        hub: MeteredAddr<ReportHub>,
     ) -> Supervisor {
         Self::reconcile_locks(&mut restored, &store);
         let mut reports = Reports::new(cfg.limits.reports, cfg.limits.reports_per_intent);
@@ -261,7 +260,6 @@ impl Supervisor {
             events: EventWindow::new(cfg.limits.event_window_ms, cfg.limits.event_window),
             reports,
             cfg,
-            me: None,
             store,
             ghosts: BTreeMap::new(),
             fleet,
@@ -283,7 +281,7 @@ impl Supervisor {
             report_seq: restored.max_report_seq,
             intent_seq: restored.max_intent_seq,
             session_seq: 0,
-            feed,
+            hub,
             finished_since_prune: 0,
             pending_resume: restored.active,
             admin_msg_id: 0,
@@ -451,15 +449,14 @@ impl Supervisor {
     ) -> MeteredAddr<IntentPlan> {
         let id = plan.intent.intent_id.clone();
         let summary = IntentSummary::of(&plan, seq);
+        let (me, store, fleet) = (
+            MeteredAddr::new(ctx.address(), "mirage.supervisor"),
+            self.store.clone(),
+            self.fleet.clone(),
+        );
+        // Under an actix Supervisor: a panic restarts it from its persisted state.
         let addr = MeteredAddr::new(
-            IntentPlan::new(
-                plan,
-                seq,
-                ctx.address(),
-                self.store.clone(),
-                self.fleet.clone(),
-            )
-            .start(),
+            actix::Supervisor::start(move |_| IntentPlan::new(plan, seq, me, store, fleet)),
             "mirage.intent_plan",
         );
         self.active.insert(
@@ -482,7 +479,10 @@ impl Supervisor {
             .remove(key)
             .unwrap_or_else(|| LockQueue::new(key, 0));
         let a = MeteredAddr::new(
-            SeedLock::new(q, self.store.clone()).start(),
+            {
+                let store = self.store.clone();
+                actix::Supervisor::start(move |_| SeedLock::new(q, store))
+            },
             "mirage.seed_lock",
         );
         self.locks.insert(key.to_owned(), a.clone());
@@ -571,7 +571,7 @@ impl Supervisor {
                 .unwrap_or(30_000)
                 .clamp(1000, 600_000),
         );
-        let me = ctx.address();
+        let me = MeteredAddr::new(ctx.address(), "mirage.supervisor");
         m::COMMANDS_SENT.inc();
         let token = self
             .cfg
@@ -621,8 +621,8 @@ impl Supervisor {
             });
         }
         let r = Arc::new(r);
-        // No subscriber is fine; a slow one lags and is told how many it missed.
-        let _ = self.feed.send(r.clone());
+        // The hub filters per subscriber; a slow one is told what it missed.
+        self.hub.do_send(Publish(r.clone()));
         self.reports.push((*r).clone());
     }
 }
@@ -631,8 +631,7 @@ impl Actor for Supervisor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        shared::metrics::actor("mirage.supervisor").instance_started();
-        self.me = Some(ctx.address());
+        actorkit::metrics::actor("mirage.supervisor").instance_started();
         self.rebuild_fleet();
         // Resume every active intent from its persisted state.
         let resumed = std::mem::take(&mut self.pending_resume);
@@ -658,7 +657,7 @@ impl Actor for Supervisor {
                     .insert(id.clone());
             }
             let addr = self.start_plan(seq, plan, ctx);
-            addr.addr().do_send(Resume);
+            addr.do_send(Resume);
         }
         for ga in self.cfg.ghost_admin.clone() {
             self.ghosts.insert(
@@ -1309,7 +1308,7 @@ pub enum LockOp {
         key: String,
         owner: Owner,
         lease_ms: u64,
-        plan: Addr<IntentPlan>,
+        plan: MeteredAddr<IntentPlan>,
     },
     Release {
         key: String,
@@ -1490,6 +1489,8 @@ impl Handler<Submit> for Supervisor {
     type Result = ResponseActFuture<Self, Result<IntentSummary, ApiError>>;
 
     fn handle(&mut self, m: Submit, ctx: &mut Context<Self>) -> Self::Result {
+        // Not restartable: a panic here ends the process (crate::supervision).
+        crate::supervision::inject("supervisor");
         let id = m.0.intent_id.clone();
         if self.active.contains_key(&id) || self.finished.contains_key(&id) {
             return Box::pin(fut::ready(Err(ApiError::new(
@@ -1536,7 +1537,7 @@ impl Handler<Submit> for Supervisor {
                     // free), and a row a later write might still land is removed after it.
                     if act.active.get(&id).is_some_and(|a| a.seq == seq) {
                         if let Some(a) = act.active.remove(&id) {
-                            a.addr.addr().do_send(Discard);
+                            a.addr.do_send(Discard);
                         }
                         act.forget_routes(&id);
                         act.store.do_send(Put {
@@ -1647,7 +1648,6 @@ impl Handler<Withdraw> for Supervisor {
                 .map_err(|e| ApiError::new(503, e))?;
                 // A stopped plan has finished: withdrawn.
                 let draining = addr
-                    .addr()
                     .send(Snapshot)
                     .await
                     .is_ok_and(|p| p.withdrawing.is_some() && p.status == Status::Active);
@@ -1846,7 +1846,7 @@ impl Handler<GetIntent> for Supervisor {
                 format!("no intent {}", m.0),
             ))));
         };
-        let (addr, summary) = (a.addr.addr().clone(), a.summary.clone());
+        let (addr, summary) = (a.addr.clone(), a.summary.clone());
         Box::pin(
             async move {
                 let plan = addr
@@ -1888,7 +1888,7 @@ impl Handler<ListLocks> for Supervisor {
     type Result = ResponseActFuture<Self, Vec<LockQueue>>;
 
     fn handle(&mut self, _: ListLocks, _: &mut Context<Self>) -> Self::Result {
-        let addrs: Vec<_> = self.locks.values().map(|a| a.addr().clone()).collect();
+        let addrs: Vec<_> = self.locks.values().cloned().collect();
         let restored: Vec<LockQueue> = self.restored_locks.values().cloned().collect();
         Box::pin(
             async move {
@@ -1948,17 +1948,29 @@ impl Handler<GetOverview> for Supervisor {
     }
 }
 
-shared::metered!(Supervisor, Ingest);
-shared::metered!(Supervisor, IngestBatch);
-shared::metered!(Supervisor, Heartbeats);
-shared::metered!(Supervisor, Dispatch);
-shared::metered!(Supervisor, Register);
-shared::metered!(Supervisor, SessionClosed);
-shared::metered!(Supervisor, Submit);
-shared::metered!(Supervisor, PlanReport);
-shared::metered!(Supervisor, LockOp);
-shared::metered!(Supervisor, SessionVerified);
-shared::metered!(Supervisor, ClockSkew);
+actorkit::metered!(Supervisor, Ingest);
+actorkit::metered!(Supervisor, IngestBatch);
+actorkit::metered!(Supervisor, Heartbeats);
+actorkit::metered!(Supervisor, Dispatch);
+actorkit::metered!(Supervisor, Register);
+actorkit::metered!(Supervisor, SessionClosed);
+actorkit::metered!(Supervisor, Submit);
+actorkit::metered!(Supervisor, PlanReport);
+actorkit::metered!(Supervisor, LockOp);
+actorkit::metered!(Supervisor, SessionVerified);
+actorkit::metered!(Supervisor, ClockSkew);
+actorkit::metered!(Supervisor, Watch);
+actorkit::metered!(Supervisor, PlanFinished);
+actorkit::metered!(Supervisor, WaitFinished);
+actorkit::metered!(Supervisor, Withdraw);
+actorkit::metered!(Supervisor, BreakLock);
+actorkit::metered_result!(Supervisor, ListGhosts);
+actorkit::metered_result!(Supervisor, GetGhost);
+actorkit::metered_result!(Supervisor, ListIntents);
+actorkit::metered!(Supervisor, GetIntent);
+actorkit::metered_result!(Supervisor, QueryReports);
+actorkit::metered!(Supervisor, ListLocks);
+actorkit::metered_result!(Supervisor, GetOverview);
 
 #[cfg(test)]
 mod tests {

@@ -14,7 +14,7 @@ use tokio_util::codec::FramedWrite;
 use crate::error::WireError;
 use crate::wire::{Frame, FrameCodec};
 
-/// Spawns the writer on the current (actix) Arbiter.
+/// Spawns the writer on the current thread's task set (the actix Arbiter of the caller).
 pub fn spawn_frame_writer<W, F>(
     w: W,
     codec: FrameCodec,
@@ -25,7 +25,7 @@ pub fn spawn_frame_writer<W, F>(
     W: AsyncWrite + Unpin + 'static,
     F: FnOnce(WireError) + 'static,
 {
-    actix::spawn(async move {
+    tokio::task::spawn_local(async move {
         let mut sink = FramedWrite::new(w, codec);
         while let Some(f) = rx.recv().await {
             let mut res = sink.feed(f).await;
