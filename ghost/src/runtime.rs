@@ -200,6 +200,7 @@ pub fn serve(cfg: GhostConfig) -> Result<i32, String> {
                     .iter()
                     .map(|a| cfg.server_name(a))
                     .collect(),
+                tls_reload: tls.is_some().then(|| crate::tls::Reloading::new(&cfg.tls)),
                 tls,
                 auth: cfg.auth_key(),
                 auth_required: cfg.auth.required,

@@ -137,6 +137,24 @@ enum CertsCmd {
         #[arg(long, default_value_t = 365)]
         days: i64,
     },
+    /// Issue a new certificate for a Ghost in place of DIR/<ghost_id>.pem/.key; the Ghost
+    /// uses it from its next session (it re-reads its TLS files before each dial), so the
+    /// current session is not interrupted. The previous certificate stays valid until
+    /// revoked (`--revoke-old`, or later `mirage certs revoke --serial OLD`).
+    Rotate {
+        /// The directory `init` wrote.
+        #[arg(long, alias = "out")]
+        dir: PathBuf,
+        /// The Ghost whose certificate is replaced.
+        ghost_id: String,
+        /// Validity in days.
+        #[arg(long, default_value_t = 365)]
+        days: i64,
+        /// Revoke the previous certificate now (its session goes on; its next handshake is
+        /// refused). Use it when the Ghost reads these files in place or already has the copy.
+        #[arg(long)]
+        revoke_old: bool,
+    },
     /// Revoke a Ghost's certificate: its serial goes into DIR/revoked.txt, which Mirage
     /// (tls.revoked_file) checks at every handshake.
     Revoke {
@@ -934,6 +952,38 @@ fn main() -> ExitCode {
                     println!("wrote {}", f.display());
                 }
                 println!("{snippet}");
+                0
+            }),
+        ),
+        Cmd::Certs {
+            cmd:
+                CertsCmd::Rotate {
+                    dir,
+                    ghost_id,
+                    days,
+                    revoke_old,
+                },
+        } => exit(
+            mirage::certs::rotate(dir, ghost_id, *days, *revoke_old).map(|r| {
+                for f in &r.files {
+                    println!("wrote {}", f.display());
+                }
+                for f in &r.kept {
+                    println!("kept  {}", f.display());
+                }
+                println!(
+                    "rotated {ghost_id}: serial {} replaces {}; the Ghost uses it from its next session",
+                    r.new_serial, r.old_serial
+                );
+                if *revoke_old {
+                    println!("revoked the previous serial {}", r.old_serial);
+                } else {
+                    println!(
+                        "the previous certificate stays valid until: mirage certs revoke --dir {} {ghost_id} --serial {}",
+                        dir.display(),
+                        r.old_serial
+                    );
+                }
                 0
             }),
         ),
