@@ -72,6 +72,19 @@ enum Cmd {
         #[arg(long, env = "GHOST_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Check this host's Ghost setup: config, certificates (expiry, chain, key modes), the
+    /// admin port, the data directory, Mirage reachable, clock skew. Prints each problem
+    /// with its fix; exit code 1 when there is one.
+    Doctor {
+        #[arg(long, env = "GHOST_CONFIG")]
+        config: Option<PathBuf>,
+        /// Mirage's HTTP API (http://host:7000 or https://…), to compare clocks.
+        #[arg(long, env = "GHOST_MIRAGE_API")]
+        mirage_api: Option<String>,
+        /// CA for an https:// --mirage-api (default: tls.ca_file).
+        #[arg(long)]
+        ca_file: Option<String>,
+    },
     /// Print a shell completion script: `ghost completions bash > /etc/bash_completion.d/ghost`.
     Completions {
         #[arg(value_enum)]
@@ -252,6 +265,15 @@ fn main() -> ExitCode {
                 }
             }
             ExitCode::SUCCESS
+        }
+        Cmd::Doctor {
+            config,
+            mirage_api,
+            ca_file,
+        } => {
+            let r =
+                ghost::doctor::run(config.as_deref(), mirage_api.as_deref(), ca_file.as_deref());
+            ExitCode::from(r.print(&mut std::io::stdout()) as u8)
         }
         Cmd::Completions { shell } => {
             // Rendered first: clap_complete panics on a write error (a closed pipe).

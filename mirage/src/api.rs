@@ -116,7 +116,8 @@ async fn dashboard() -> HttpResponse {
 }
 
 async fn healthz() -> HttpResponse {
-    HttpResponse::Ok().json(json!({"ok": true}))
+    // now_ms: `ghost doctor --mirage-api` measures clock skew against it.
+    HttpResponse::Ok().json(json!({"ok": true, "now_ms": shared::now_ms()}))
 }
 
 #[derive(Deserialize)]

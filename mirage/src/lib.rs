@@ -7,6 +7,7 @@ pub mod api;
 pub mod certs;
 pub mod cli;
 pub mod config;
+pub mod doctor;
 pub mod drain;
 pub mod history;
 pub mod intent;

@@ -94,6 +94,13 @@ enum Cmd {
         #[command(subcommand)]
         cmd: CertsCmd,
     },
+    /// Check this host's Mirage setup: config, certificates (expiry, chain, key modes),
+    /// ports, the data directory. Prints each problem with its fix; exit code 1 when there
+    /// is one.
+    Doctor {
+        #[arg(long, env = "MIRAGE_CONFIG")]
+        config: Option<PathBuf>,
+    },
     /// Print a shell completion script: `mirage completions bash > /etc/bash_completion.d/mirage`.
     Completions {
         #[arg(value_enum)]
@@ -847,6 +854,7 @@ fn client(cli: &Cli) -> Result<i32, String> {
         | Cmd::Wire { .. }
         | Cmd::Certs { .. }
         | Cmd::Completions { .. }
+        | Cmd::Doctor { .. }
         | Cmd::Man { .. } => Ok(0),
     }
 }
@@ -1003,6 +1011,10 @@ fn main() -> ExitCode {
                 0
             }),
         ),
+        Cmd::Doctor { config } => {
+            let r = mirage::doctor::run(config.as_deref());
+            ExitCode::from(r.print(&mut std::io::stdout()) as u8)
+        }
         Cmd::Completions { shell } => {
             // Rendered first: clap_complete panics on a write error (a closed pipe).
             let mut buf = Vec::new();
