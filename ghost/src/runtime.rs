@@ -237,7 +237,8 @@ pub fn serve(cfg: GhostConfig) -> Result<i32, String> {
             cfg.mirage.policy
         );
         actix_rt::spawn(async move {
-            shared::session::shutdown_signal().await;
+            // READY=1 once the handlers are in, STOPPING=1 when a signal arrives.
+            shared::notify::ready_until_signal().await;
             tracing::info!(component = "ghost", "signal received; stopping");
             stop_seeds(&seeds_for_stop, stop_grace).await;
             for a in &seed_arbiters {

@@ -202,7 +202,8 @@ pub fn serve_with(cfg: MirageConfig, local: Option<LocalGhost>) -> Result<i32, S
             println!("  Ctrl-C stops everything.");
         }
         actix_rt::spawn(async {
-            shared::session::shutdown_signal().await;
+            // READY=1 once the handlers are in, STOPPING=1 when a signal arrives.
+            shared::notify::ready_until_signal().await;
             tracing::info!(component = "mirage", "signal received; stopping");
             System::current().stop();
         });

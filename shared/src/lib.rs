@@ -15,6 +15,7 @@ pub mod envelope;
 pub mod error;
 pub mod handshake;
 pub mod metrics;
+pub mod notify;
 pub mod observe;
 pub mod reserve;
 pub mod session;
