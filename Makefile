@@ -100,10 +100,11 @@ deb:
 ## ghost-static: a static, stripped musl `ghost` for small edge boards (target/ghost-static):
 ## OpenSSL and SQLite built from source with musl-gcc (Debian package musl-tools).
 MUSL = x86_64-unknown-linux-musl
+TGT = $(or $(CARGO_TARGET_DIR),target)
 ghost-static:
 	rustup target add $(MUSL)
 	@command -v musl-gcc >/dev/null || apt-get install -y musl-tools
 	CC_x86_64_unknown_linux_musl=musl-gcc $(CARGO) build --release -p ghost --target $(MUSL) --features vendored-openssl
-	strip -o target/ghost-static target/$(MUSL)/release/ghost
-	file target/ghost-static
-	ls -l target/ghost-static
+	strip -o $(TGT)/ghost-static $(TGT)/$(MUSL)/release/ghost
+	file $(TGT)/ghost-static
+	ls -l $(TGT)/ghost-static
