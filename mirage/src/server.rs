@@ -263,6 +263,8 @@ fn spawn_local_ghost(
     let log =
         std::fs::File::create(dir.join("ghost.log")).map_err(|e| format!("ghost log: {e}"))?;
     let mut cmd = std::process::Command::new(&l.bin);
+    // Readiness is Mirage's to report (NotifyAccess=main), not its local Ghosts'.
+    cmd.env_remove("NOTIFY_SOCKET");
     cmd.arg("serve")
         .args(["--id", id])
         .args(["--mirage", &session.to_string()])
