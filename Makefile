@@ -94,7 +94,7 @@ deb:
 	./target/release/ghost man --out target/man
 	./target/release/mirage completions bash > target/completions/mirage.bash
 	./target/release/ghost completions bash > target/completions/ghost.bash
-	$(CARGO) deb -p mirage --no-build
+	$(CARGO) deb -p mirage --no-build --strip
 	dpkg-deb -c target/debian/mirage-ghost_*.deb
 
 ## ghost-static: a static, stripped musl `ghost` for small edge boards (target/ghost-static):
