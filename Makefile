@@ -85,3 +85,31 @@ fuzz:
 
 clean:
 	$(CARGO) clean
+
+.PHONY: deb ghost-static
+
+## deb: a Debian package of both binaries, their systemd units (packaging/systemd), the
+## default configs and man pages, with cargo-deb (installed when missing); lists its contents.
+## Release build, so not part of `make test` (which checks the units and the metadata).
+deb:
+	@command -v cargo-deb >/dev/null || $(CARGO) install cargo-deb --locked
+	$(CARGO) build --release -p mirage -p ghost
+	rm -rf target/man target/completions && mkdir -p target/man target/completions
+	./target/release/mirage man --out target/man
+	./target/release/ghost man --out target/man
+	./target/release/mirage completions bash > target/completions/mirage.bash
+	./target/release/ghost completions bash > target/completions/ghost.bash
+	$(CARGO) deb -p mirage --no-build --strip
+	dpkg-deb -c target/debian/mirage-ghost_*.deb
+
+## ghost-static: a static, stripped musl `ghost` for small edge boards (target/ghost-static):
+## OpenSSL and SQLite built from source with musl-gcc (Debian package musl-tools).
+MUSL = x86_64-unknown-linux-musl
+TGT = $(or $(CARGO_TARGET_DIR),target)
+ghost-static:
+	rustup target add $(MUSL)
+	@command -v musl-gcc >/dev/null || apt-get install -y musl-tools
+	CC_x86_64_unknown_linux_musl=musl-gcc $(CARGO) build --release -p ghost --target $(MUSL) --features vendored-openssl
+	strip -o $(TGT)/ghost-static $(TGT)/$(MUSL)/release/ghost
+	file $(TGT)/ghost-static
+	ls -l $(TGT)/ghost-static

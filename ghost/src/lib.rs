@@ -5,6 +5,7 @@ pub mod actors;
 pub mod admin;
 pub mod children;
 pub mod config;
+pub mod doctor;
 pub mod instance;
 pub mod logic;
 pub mod reserve;

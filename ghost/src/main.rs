@@ -1,7 +1,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use ghost::config::{GhostConfig, Policy};
 use ghost::seeds::{run_checked, Registry};
 use shared::envelope::Args;
@@ -11,9 +11,12 @@ use shared::envelope::Args;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// `ghost --version`: the crate version and the commit it was built from (build.rs).
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("GIT_COMMIT"), ")");
+
 /// Ghost: the node agent. Hosts seeds, dials its Mirage, runs commands.
 #[derive(Parser)]
-#[command(name = "ghost", version, about, propagate_version = true)]
+#[command(name = "ghost", version = VERSION, about, propagate_version = true)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -68,6 +71,30 @@ enum Cmd {
         /// Config for seed settings (seed.fs root and limits).
         #[arg(long, env = "GHOST_CONFIG")]
         config: Option<PathBuf>,
+    },
+    /// Check this host's Ghost setup: config, certificates (expiry, chain, key modes), the
+    /// admin port, the data directory, Mirage reachable, clock skew. Prints each problem
+    /// with its fix; exit code 1 when there is one.
+    Doctor {
+        #[arg(long, env = "GHOST_CONFIG")]
+        config: Option<PathBuf>,
+        /// Mirage's HTTP API (http://host:7000 or https://…), to compare clocks.
+        #[arg(long, env = "GHOST_MIRAGE_API")]
+        mirage_api: Option<String>,
+        /// CA for an https:// --mirage-api (default: tls.ca_file).
+        #[arg(long)]
+        ca_file: Option<String>,
+    },
+    /// Print a shell completion script: `ghost completions bash > /etc/bash_completion.d/ghost`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages (ghost.1 and one per subcommand) into a directory.
+    Man {
+        /// Output directory (created when missing).
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
     },
 }
 
@@ -238,6 +265,36 @@ fn main() -> ExitCode {
                 }
             }
             ExitCode::SUCCESS
+        }
+        Cmd::Doctor {
+            config,
+            mirage_api,
+            ca_file,
+        } => {
+            let r =
+                ghost::doctor::run(config.as_deref(), mirage_api.as_deref(), ca_file.as_deref());
+            ExitCode::from(r.print(&mut std::io::stdout()) as u8)
+        }
+        Cmd::Completions { shell } => {
+            // Rendered first: clap_complete panics on a write error (a closed pipe).
+            let mut buf = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "ghost", &mut buf);
+            let _ = std::io::Write::write_all(&mut std::io::stdout(), &buf);
+            ExitCode::SUCCESS
+        }
+        Cmd::Man { out } => {
+            match std::fs::create_dir_all(&out)
+                .and_then(|_| clap_mangen::generate_to(Cli::command(), &out))
+            {
+                Ok(()) => {
+                    println!("wrote man pages to {}", out.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("ghost: man pages into {}: {e}", out.display());
+                    ExitCode::from(2)
+                }
+            }
         }
         Cmd::Exec {
             seed,

@@ -202,6 +202,7 @@ pub fn serve(cfg: GhostConfig) -> Result<i32, String> {
                     .iter()
                     .map(|a| cfg.server_name(a))
                     .collect(),
+                tls_reload: tls.is_some().then(|| crate::tls::Reloading::new(&cfg.tls)),
                 tls,
                 auth: cfg.auth_key(),
                 auth_required: cfg.auth.required,
@@ -241,7 +242,8 @@ pub fn serve(cfg: GhostConfig) -> Result<i32, String> {
             cfg.mirage.policy
         );
         actix_rt::spawn(async move {
-            shared::session::shutdown_signal().await;
+            // READY=1 once the handlers are in, STOPPING=1 when a signal arrives.
+            shared::notify::ready_until_signal().await;
             tracing::info!(component = "ghost", "signal received; stopping");
             stop_seeds(&seeds_for_stop, stop_grace).await;
             for a in &seed_arbiters {

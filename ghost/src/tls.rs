@@ -58,6 +58,64 @@ pub fn connector(t: &TlsConfig) -> Result<Option<Connector>, String> {
     Ok(Some(tokio_native_tls::TlsConnector::from(c)))
 }
 
+/// What the Ghost's TLS files looked like when the connector was built: (path, length,
+/// modification time) of the CA, certificate and key.
+type Stamp = Vec<(String, u64, Option<std::time::SystemTime>)>;
+
+fn stamp(t: &TlsConfig) -> Stamp {
+    [&t.ca_file, &t.cert_file, &t.key_file]
+        .into_iter()
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let m = std::fs::metadata(p).ok();
+            (
+                p.clone(),
+                m.as_ref().map(|m| m.len()).unwrap_or(0),
+                m.and_then(|m| m.modified().ok()),
+            )
+        })
+        .collect()
+}
+
+/// Certificate rotation (`mirage certs rotate`): the files are looked at before each dial and
+/// the connector rebuilt when they changed, so a new certificate is used from the next
+/// session on and the current one is never interrupted. A new set that does not load (a
+/// certificate copied before its key, say) keeps the previous connector and is tried again
+/// at the next dial.
+#[derive(Debug, Clone)]
+pub struct Reloading {
+    cfg: TlsConfig,
+    stamp: Stamp,
+}
+
+impl Reloading {
+    pub fn new(cfg: &TlsConfig) -> Reloading {
+        Reloading {
+            cfg: cfg.clone(),
+            stamp: stamp(cfg),
+        }
+    }
+
+    /// A fresh connector when the files changed since the last build and load; else None.
+    pub fn refresh(&mut self) -> Option<Connector> {
+        let now = stamp(&self.cfg);
+        if now == self.stamp {
+            return None;
+        }
+        match connector(&self.cfg) {
+            Ok(c) => {
+                self.stamp = now;
+                tracing::info!(component = "ghost.tls", cert_file = %self.cfg.cert_file, "TLS files changed; the next session uses them");
+                c
+            }
+            Err(e) => {
+                tracing::warn!(component = "ghost.tls", error = %e, "TLS files changed but do not load; keeping the previous ones");
+                None
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

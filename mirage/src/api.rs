@@ -115,7 +115,8 @@ async fn dashboard() -> HttpResponse {
 }
 
 async fn healthz() -> HttpResponse {
-    HttpResponse::Ok().json(json!({"ok": true}))
+    // now_ms: `ghost doctor --mirage-api` measures clock skew against it.
+    HttpResponse::Ok().json(json!({"ok": true, "now_ms": shared::now_ms()}))
 }
 
 #[derive(Deserialize)]
@@ -241,6 +242,24 @@ async fn ghost(st: web::Data<AppState>, id: web::Path<String>) -> HttpResponse {
     match st.sup.send(GetGhost(id.clone())).await {
         Ok(Some(g)) => HttpResponse::Ok().json(g),
         Ok(None) => err(404, format!("no ghost {id}")),
+        Err(e) => unavailable(e),
+    }
+}
+
+/// `POST|DELETE /v1/ghosts/{id}/drain`: drain or undrain a Ghost (a Ghost not known yet may
+/// be drained ahead of its first session; `known` says which).
+async fn drain(req: HttpRequest, st: web::Data<AppState>, id: web::Path<String>) -> HttpResponse {
+    let id = id.into_inner();
+    let drained = req.method() == actix_web::http::Method::POST;
+    let m = SetDrain {
+        ghost: id.clone(),
+        drained,
+    };
+    match st.sup.addr().send(m).await {
+        Ok(Ok(known)) => {
+            HttpResponse::Ok().json(json!({"ghost_id": id, "drained": drained, "known": known}))
+        }
+        Ok(Err(e)) => api_err(e),
         Err(e) => unavailable(e),
     }
 }
@@ -496,6 +515,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route("/ghosts", web::get().to(ghosts))
                 .route("/ghosts/spawn", web::post().to(spawn_ghost))
                 .route("/ghosts/{id}", web::get().to(ghost))
+                .route("/ghosts/{id}/drain", web::post().to(drain))
+                .route("/ghosts/{id}/drain", web::delete().to(drain))
                 .route("/services", web::get().to(services))
                 .route("/locks", web::get().to(locks))
                 .route("/locks/{key}", web::delete().to(break_lock))

@@ -422,6 +422,83 @@ pub fn revoke(dir: &Path, ghost_id: &str, serial: Option<&str>) -> Result<String
     Ok(serial)
 }
 
+/// What `rotate` did.
+pub struct Rotated {
+    pub files: Vec<PathBuf>,
+    pub old_serial: String,
+    pub new_serial: String,
+    /// Where the previous certificate and key were kept.
+    pub kept: Vec<PathBuf>,
+}
+
+/// `mirage certs rotate`: a new certificate and key for a Ghost under the kept fleet CA, in
+/// place of `<id>.pem`/`<id>.key`. The previous pair is kept as `<id>.rotated-<serial>.*` and
+/// stays valid (a Ghost still holding it can reconnect) until it is revoked: at once with
+/// `revoke_old`, else later by `mirage certs revoke --serial`. A Ghost reads its files before
+/// each dial, so its current session goes on and the next one uses the new certificate.
+/// The key is renamed into place before the certificate, each from a complete temp file: a
+/// Ghost reading in between sees a pair that does not match and keeps its previous one.
+pub fn rotate(dir: &Path, ghost_id: &str, days: i64, revoke_old: bool) -> Result<Rotated, String> {
+    let ca = load_ca(dir)?;
+    let cert_path = dir.join(format!("{ghost_id}.pem"));
+    let key_path = dir.join(format!("{ghost_id}.key"));
+    let pem = std::fs::read(&cert_path).map_err(|x| {
+        e(
+            &cert_path.display().to_string(),
+            format!("{x} (no certificate to rotate; `mirage certs add-ghost` issues a first one)"),
+        )
+    })?;
+    let old =
+        openssl::x509::X509::from_pem(&pem).map_err(|x| e(&cert_path.display().to_string(), x))?;
+    let id = crate::tls::identity(&old)?;
+    if id != ghost_id {
+        return Err(format!(
+            "{} identifies {id:?}, not {ghost_id:?}",
+            cert_path.display()
+        ));
+    }
+    let old_serial = crate::tls::serial_hex(&old);
+    let leaf = client_cert(&ca, ghost_id, -1, days)?;
+    let new_serial = openssl::x509::X509::from_pem(leaf.cert_pem.as_bytes())
+        .map(|c| crate::tls::serial_hex(&c))
+        .map_err(|x| e("new certificate", x))?;
+    let mut kept = Vec::new();
+    for (from, ext) in [(&cert_path, "pem"), (&key_path, "key")] {
+        if from.exists() {
+            let to = dir.join(format!("{ghost_id}.rotated-{old_serial}.{ext}"));
+            std::fs::copy(from, &to).map_err(|x| e(&to.display().to_string(), x))?;
+            if ext == "key" {
+                write(
+                    &to,
+                    &std::fs::read_to_string(&to).map_err(|x| e("key copy", x))?,
+                    true,
+                )?;
+            }
+            kept.push(to);
+        }
+    }
+    let mut files = Vec::new();
+    for (path, text, secret) in [
+        (&key_path, &leaf.key_pem, true),
+        (&cert_path, &leaf.cert_pem, false),
+    ] {
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("ghost");
+        let tmp = dir.join(format!(".{name}.tmp"));
+        write(&tmp, text, secret)?;
+        std::fs::rename(&tmp, path).map_err(|x| e(&path.display().to_string(), x))?;
+        files.push(path.clone());
+    }
+    if revoke_old {
+        revoke(dir, ghost_id, Some(&old_serial))?;
+    }
+    Ok(Rotated {
+        files,
+        old_serial,
+        new_serial,
+        kept,
+    })
+}
+
 fn serial_of(p: &Path) -> Option<String> {
     let pem = std::fs::read(p).ok()?;
     let c = openssl::x509::X509::from_pem(&pem).ok()?;

@@ -3,42 +3,97 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
+use std::path::Path;
 use std::time::Duration;
 
+use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
 use serde_json::Value;
+
+/// A plain or TLS connection to the API.
+trait Conn: Read + Write {}
+impl<T: Read + Write> Conn for T {}
 
 pub struct Api {
     host: String,
     token: Option<String>,
+    /// Set for `https://`: verifies the server against the system roots or `--ca-file`.
+    tls: Option<SslConnector>,
 }
 
 impl Api {
-    /// `http://host:port` (a trailing path is ignored); https is not spoken here.
-    pub fn new(url: &str, token: Option<String>) -> Result<Api, String> {
-        let rest = url.strip_prefix("http://").ok_or_else(|| {
-            format!(
-                "--api {url:?}: only http://host:port is supported (put TLS in front with a proxy)"
-            )
-        })?;
+    /// `http://host:port` or `https://host:port` (a trailing path is ignored). For https the
+    /// server certificate is verified against `ca_file` when given (the fleet CA from
+    /// `mirage certs init`), else the system roots, and its name against the URL's host.
+    pub fn new(url: &str, token: Option<String>, ca_file: Option<&Path>) -> Result<Api, String> {
+        let (tls, rest) = if let Some(r) = url.strip_prefix("https://") {
+            (true, r)
+        } else if let Some(r) = url.strip_prefix("http://") {
+            (false, r)
+        } else {
+            return Err(format!(
+                "--api {url:?}: expected http://host:port or https://host:port"
+            ));
+        };
         let host = rest.split('/').next().unwrap_or("").to_owned();
         if host.is_empty() {
             return Err(format!("--api {url:?}: no host"));
         }
+        let tls = if tls {
+            let e = |x: openssl::error::ErrorStack| format!("tls setup: {x}");
+            let mut b = SslConnector::builder(SslMethod::tls_client()).map_err(e)?;
+            if let Some(ca) = ca_file {
+                b.set_ca_file(ca)
+                    .map_err(|x| format!("--ca-file {}: {x}", ca.display()))?;
+            }
+            b.set_verify(SslVerifyMode::PEER);
+            Some(b.build())
+        } else {
+            if ca_file.is_some() {
+                return Err(format!("--ca-file is for https:// APIs; --api is {url:?}"));
+            }
+            None
+        };
         Ok(Api {
             host,
             token: token.filter(|t| !t.is_empty()),
+            tls,
         })
     }
 
-    fn connect(&self) -> Result<TcpStream, String> {
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    fn connect(&self) -> Result<Box<dyn Conn>, String> {
         let s = TcpStream::connect(&self.host).map_err(|e| {
             format!(
-                "cannot reach Mirage at http://{} ({e}); is it running? (`make run`, or --api URL)",
+                "cannot reach Mirage at {}://{} ({e}); is it running? (`make run`, or --api URL)",
+                self.scheme(),
                 self.host
             )
         })?;
         let _ = s.set_read_timeout(Some(Duration::from_secs(60)));
-        Ok(s)
+        let Some(tls) = &self.tls else {
+            return Ok(Box::new(s));
+        };
+        // The name checked against the certificate: the host without its port (and without
+        // the brackets of an IPv6 literal).
+        let name = match self.host.rsplit_once(':') {
+            Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) => h,
+            _ => self.host.as_str(),
+        };
+        let name = name.trim_start_matches('[').trim_end_matches(']');
+        let s = tls.connect(name, s).map_err(|e| {
+            format!(
+                "TLS with Mirage at https://{} failed ({e}); pass the fleet CA with --ca-file (MIRAGE_CA_FILE)",
+                self.host
+            )
+        })?;
+        Ok(Box::new(s))
     }
 
     fn head(&self, method: &str, path: &str, len: usize, extra: &[(&str, String)]) -> String {
@@ -493,8 +548,10 @@ mod tests {
 
     #[test]
     fn api_urls() {
-        assert!(Api::new("http://127.0.0.1:7000", None).is_ok());
-        assert!(Api::new("https://x", None).is_err());
-        assert!(Api::new("127.0.0.1:7000", None).is_err());
+        assert!(Api::new("http://127.0.0.1:7000", None, None).is_ok());
+        assert!(Api::new("https://127.0.0.1:7000", None, None).is_ok());
+        assert!(Api::new("ftp://x", None, None).is_err());
+        assert!(Api::new("127.0.0.1:7000", None, None).is_err());
+        assert!(Api::new("http://x:1", None, Some(Path::new("/ca.pem"))).is_err());
     }
 }

@@ -7,6 +7,8 @@ pub mod api;
 pub mod certs;
 pub mod cli;
 pub mod config;
+pub mod doctor;
+pub mod drain;
 pub mod history;
 pub mod intent;
 pub mod lock;

@@ -3,7 +3,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use mirage::cli::{bar, s, table, Api};
 use serde_json::Value;
 
@@ -12,9 +12,12 @@ use serde_json::Value;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// `mirage --version`: the crate version and the commit it was built from (build.rs).
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("GIT_COMMIT"), ")");
+
 /// Mirage: the fleet orchestrator, and the CLI that talks to it.
 #[derive(Parser)]
-#[command(name = "mirage", version, about, propagate_version = true)]
+#[command(name = "mirage", version = VERSION, about, propagate_version = true)]
 struct Cli {
     /// Mirage HTTP API (for the client commands).
     #[arg(
@@ -24,6 +27,10 @@ struct Cli {
         default_value = "http://127.0.0.1:7000"
     )]
     api: String,
+    /// CA certificate (PEM) that an https:// API's certificate must chain to, e.g. the
+    /// ca.pem of `mirage certs init` (default: the system roots).
+    #[arg(long, global = true, env = "MIRAGE_CA_FILE")]
+    ca_file: Option<PathBuf>,
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
@@ -87,6 +94,24 @@ enum Cmd {
         #[command(subcommand)]
         cmd: CertsCmd,
     },
+    /// Check this host's Mirage setup: config, certificates (expiry, chain, key modes),
+    /// ports, the data directory. Prints each problem with its fix; exit code 1 when there
+    /// is one.
+    Doctor {
+        #[arg(long, env = "MIRAGE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Print a shell completion script: `mirage completions bash > /etc/bash_completion.d/mirage`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages (mirage.1 and one per subcommand) into a directory.
+    Man {
+        /// Output directory (created when missing).
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -118,6 +143,24 @@ enum CertsCmd {
         /// Validity in days.
         #[arg(long, default_value_t = 365)]
         days: i64,
+    },
+    /// Issue a new certificate for a Ghost in place of DIR/<ghost_id>.pem/.key; the Ghost
+    /// uses it from its next session (it re-reads its TLS files before each dial), so the
+    /// current session is not interrupted. The previous certificate stays valid until
+    /// revoked (`--revoke-old`, or later `mirage certs revoke --serial OLD`).
+    Rotate {
+        /// The directory `init` wrote.
+        #[arg(long, alias = "out")]
+        dir: PathBuf,
+        /// The Ghost whose certificate is replaced.
+        ghost_id: String,
+        /// Validity in days.
+        #[arg(long, default_value_t = 365)]
+        days: i64,
+        /// Revoke the previous certificate now (its session goes on; its next handshake is
+        /// refused). Use it when the Ghost reads these files in place or already has the copy.
+        #[arg(long)]
+        revoke_old: bool,
     },
     /// Revoke a Ghost's certificate: its serial goes into DIR/revoked.txt, which Mirage
     /// (tls.revoked_file) checks at every handshake.
@@ -152,6 +195,14 @@ enum IntentCmd {
     /// Cancel pending work and release its locks.
     Withdraw {
         id: String,
+    },
+    /// The stdout/stderr each command's seed.result carried (Mirage keeps the last 32
+    /// commands of an intent, 4 KiB per stream).
+    Logs {
+        id: String,
+        /// Only this step (1-based, as `intent show` numbers them).
+        #[arg(long)]
+        step: Option<u64>,
     },
 }
 
@@ -367,7 +418,11 @@ fn print_list(
 }
 
 fn client(cli: &Cli) -> Result<i32, String> {
-    let api = Api::new(&cli.api, std::env::var("MIRAGE_TOKEN").ok())?;
+    let api = Api::new(
+        &cli.api,
+        std::env::var("MIRAGE_TOKEN").ok(),
+        cli.ca_file.as_deref(),
+    )?;
     let json = cli.json;
     match &cli.cmd {
         Cmd::Issue {
@@ -518,6 +573,29 @@ fn client(cli: &Cli) -> Result<i32, String> {
                 }
                 Ok(0)
             }
+            IntentCmd::Logs { id, step } => {
+                let v = ok(api.call("GET", &format!("/v1/intents/{id}"), None))?;
+                let mut plan = v["plan"].clone();
+                if let (Some(n), Some(outs)) = (step, plan["outputs"].as_array_mut()) {
+                    outs.retain(|o| o["step"].as_u64().map(|x| x + 1) == Some(*n));
+                }
+                if json {
+                    print_json(&serde_json::json!({
+                        "intent_id": id,
+                        "outputs": plan["outputs"],
+                        "outputs_dropped": plan["outputs_dropped"],
+                    }));
+                    return Ok(0);
+                }
+                let lines = mirage::cli::output_lines(&plan);
+                if lines.is_empty() {
+                    println!("no command output kept for {id}");
+                }
+                for l in lines {
+                    println!("{l}");
+                }
+                Ok(0)
+            }
             IntentCmd::Withdraw { id } => {
                 let v = ok(api.call("DELETE", &format!("/v1/intents/{id}"), None))?;
                 if json {
@@ -626,6 +704,29 @@ fn client(cli: &Cli) -> Result<i32, String> {
             },
         ),
         Cmd::Ghost {
+            cmd: GhostCmd::Drain { id } | GhostCmd::Undrain { id },
+        } => {
+            let drain = matches!(
+                cli.cmd,
+                Cmd::Ghost {
+                    cmd: GhostCmd::Drain { .. }
+                }
+            );
+            let path = format!("/v1/ghosts/{}/drain", query_escape(id));
+            let v = ok(api.call(if drain { "POST" } else { "DELETE" }, &path, None))?;
+            if json {
+                print_json(&v);
+            } else if drain {
+                println!(
+                    "drained {id}: no new steps are placed on it; commands already sent run to their end{}",
+                    if v["known"] == true { "" } else { " (not connected yet)" }
+                );
+            } else {
+                println!("undrained {id}: steps may be placed on it again");
+            }
+            Ok(0)
+        }
+        Cmd::Ghost {
             cmd: GhostCmd::Show { id },
         } => {
             let v = ok(api.call("GET", &format!("/v1/ghosts/{}", query_escape(id)), None))?;
@@ -634,13 +735,14 @@ fn client(cli: &Cli) -> Result<i32, String> {
                 return Ok(0);
             }
             println!(
-                "{} {} seeds={}",
+                "{} {}{} seeds={}",
                 s(&v["ghost_id"]),
                 if v["connected"] == true {
                     "connected"
                 } else {
                     "offline"
                 },
+                if v["drained"] == true { ",drained" } else { "" },
                 v["seeds"]
                     .as_array()
                     .map(|a| a.iter().map(|x| s(&x["id"])).collect::<Vec<_>>().join(","))
@@ -771,7 +873,13 @@ fn client(cli: &Cli) -> Result<i32, String> {
                 ]
             },
         ),
-        Cmd::Up(_) | Cmd::Serve(_) | Cmd::Wire { .. } | Cmd::Certs { .. } => Ok(0),
+        Cmd::Up(_)
+        | Cmd::Serve(_)
+        | Cmd::Wire { .. }
+        | Cmd::Certs { .. }
+        | Cmd::Completions { .. }
+        | Cmd::Doctor { .. }
+        | Cmd::Man { .. } => Ok(0),
     }
 }
 
@@ -779,6 +887,11 @@ fn client(cli: &Cli) -> Result<i32, String> {
 enum GhostCmd {
     /// Registration, seeds and the latest observation per seed instance.
     Show { id: String },
+    /// Place no new step on this Ghost (commands already sent run to their end). Kept in
+    /// Mirage's data_dir/drained.txt, so it lasts across Mirage restarts until `undrain`.
+    Drain { id: String },
+    /// Let steps be placed on a drained Ghost again.
+    Undrain { id: String },
 }
 
 fn main() -> ExitCode {
@@ -878,6 +991,38 @@ fn main() -> ExitCode {
         ),
         Cmd::Certs {
             cmd:
+                CertsCmd::Rotate {
+                    dir,
+                    ghost_id,
+                    days,
+                    revoke_old,
+                },
+        } => exit(
+            mirage::certs::rotate(dir, ghost_id, *days, *revoke_old).map(|r| {
+                for f in &r.files {
+                    println!("wrote {}", f.display());
+                }
+                for f in &r.kept {
+                    println!("kept  {}", f.display());
+                }
+                println!(
+                    "rotated {ghost_id}: serial {} replaces {}; the Ghost uses it from its next session",
+                    r.new_serial, r.old_serial
+                );
+                if *revoke_old {
+                    println!("revoked the previous serial {}", r.old_serial);
+                } else {
+                    println!(
+                        "the previous certificate stays valid until: mirage certs revoke --dir {} {ghost_id} --serial {}",
+                        dir.display(),
+                        r.old_serial
+                    );
+                }
+                0
+            }),
+        ),
+        Cmd::Certs {
+            cmd:
                 CertsCmd::Revoke {
                     dir,
                     ghost_id,
@@ -891,6 +1036,26 @@ fn main() -> ExitCode {
                 );
                 0
             }),
+        ),
+        Cmd::Doctor { config } => {
+            let r = mirage::doctor::run(config.as_deref());
+            ExitCode::from(r.print(&mut std::io::stdout()) as u8)
+        }
+        Cmd::Completions { shell } => {
+            // Rendered first: clap_complete panics on a write error (a closed pipe).
+            let mut buf = Vec::new();
+            clap_complete::generate(*shell, &mut Cli::command(), "mirage", &mut buf);
+            let _ = std::io::Write::write_all(&mut std::io::stdout(), &buf);
+            ExitCode::SUCCESS
+        }
+        Cmd::Man { out } => exit(
+            std::fs::create_dir_all(out)
+                .and_then(|_| clap_mangen::generate_to(Cli::command(), out))
+                .map(|_| {
+                    println!("wrote man pages to {}", out.display());
+                    0
+                })
+                .map_err(|e| format!("man pages into {}: {e}", out.display())),
         ),
         _ => exit(client(&cli)),
     }

@@ -59,6 +59,9 @@ pub struct FleetView {
 #[derive(Debug, Clone, Default)]
 pub struct GhostView {
     pub connected: bool,
+    /// Drained by an operator (`mirage ghost drain`): no new step is placed here; commands
+    /// already sent run to their end.
+    pub drained: bool,
     pub seeds: BTreeMap<String, Option<Vec<String>>>,
     /// (seed, operation) pairs the Ghost declared idempotent at registration. Anything else
     /// may have had its effect when an attempt ends without a terminal event.
@@ -1094,7 +1097,7 @@ impl Plan {
         let mut candidates = Vec::new();
         let mut refusal = None;
         for (g, v) in &fleet.ghosts {
-            if !in_scope(g) || !v.connected {
+            if !in_scope(g) || !v.connected || v.drained {
                 continue;
             }
             if let Some(u) = &s.uri {
@@ -2043,6 +2046,24 @@ mod tests {
             ok("[[step]]\nseed=\"seed.nope\"\noperation=\"x\"\n", &f),
             Ok(())
         );
+    }
+
+    #[test]
+    fn a_drained_ghost_gets_no_new_step() {
+        let mut f = fleet(&["a", "b"]);
+        if let Some(v) = f.ghosts.get_mut("a") {
+            v.drained = true;
+        }
+        let mut p = plan("[[step]]\nseed=\"seed.kv\"\noperation=\"put\"\n");
+        let sent = dispatched(&p.handle(Input::Start, 0, &f));
+        assert_eq!(sent.len(), 1, "{sent:?}");
+        assert_eq!(sent[0].0, "b");
+        // Both drained: the step waits for a placement rather than going to a drained Ghost.
+        if let Some(v) = f.ghosts.get_mut("b") {
+            v.drained = true;
+        }
+        let mut p = plan("[[step]]\nseed=\"seed.flow\"\noperation=\"status\"\non=\"one\"\n");
+        assert!(dispatched(&p.handle(Input::Start, 0, &f)).is_empty());
     }
 
     #[test]

@@ -204,7 +204,8 @@ pub fn serve_with(cfg: MirageConfig, local: Option<LocalGhost>) -> Result<i32, S
             println!("  Ctrl-C stops everything.");
         }
         actix_rt::spawn(async {
-            shared::session::shutdown_signal().await;
+            // READY=1 once the handlers are in, STOPPING=1 when a signal arrives.
+            shared::notify::ready_until_signal().await;
             tracing::info!(component = "mirage", "signal received; stopping");
             System::current().stop();
         });
@@ -264,6 +265,8 @@ fn spawn_local_ghost(
     let log =
         std::fs::File::create(dir.join("ghost.log")).map_err(|e| format!("ghost log: {e}"))?;
     let mut cmd = std::process::Command::new(&l.bin);
+    // Readiness is Mirage's to report (NotifyAccess=main), not its local Ghosts'.
+    cmd.env_remove("NOTIFY_SOCKET");
     cmd.arg("serve")
         .args(["--id", id])
         .args(["--mirage", &session.to_string()])

@@ -9,9 +9,12 @@
 //! - [`reserve`]: a preallocated file given back to the disk when a store write fails.
 
 pub mod dbguard;
+#[cfg(feature = "doctor")]
+pub mod doctor;
 pub mod envelope;
 pub mod error;
 pub mod handshake;
+pub mod notify;
 pub mod observe;
 pub mod reserve;
 pub mod session;

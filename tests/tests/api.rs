@@ -16,7 +16,13 @@ fn every_endpoint_and_its_errors() {
     let g = Ghost::start(&dir, "g1", &m.session, "");
     m.wait_ghosts(1, T);
 
-    assert_eq!(m.get("/healthz"), (200, json!({"ok": true})));
+    let (st, h) = m.get("/healthz");
+    assert_eq!((st, &h["ok"]), (200, &json!(true)));
+    // Mirage's clock, for `ghost doctor --mirage-api` (issue 16).
+    assert!(
+        h["now_ms"].as_u64().is_some_and(|t| t > 1_600_000_000_000),
+        "{h}"
+    );
     let (st, html) = http_raw(&m.api, "GET", "/", None, &[]);
     assert_eq!(st, 200);
     assert!(html.contains("<title>Mirage</title>"));

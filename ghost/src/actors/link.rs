@@ -40,6 +40,8 @@ pub struct LinkConfig {
     pub max_in_flight: usize,
     /// TLS connector (fleet CA pinned, client identity) and the server name per address.
     pub tls: Option<crate::tls::Connector>,
+    /// Re-reads the TLS files before each dial (certificate rotation).
+    pub tls_reload: Option<crate::tls::Reloading>,
     pub server_names: Vec<String>,
     /// HMAC key (key_id, secret): sign every frame; with `auth_required`, verify Mirage's.
     pub auth: Option<(String, Vec<u8>)>,
@@ -122,6 +124,9 @@ impl MirageLink {
         };
         let t = self.cfg.timeouts.clone();
         let line = handshake::registration_line(&self.cfg.registration);
+        if let Some(c) = self.cfg.tls_reload.as_mut().and_then(|r| r.refresh()) {
+            self.cfg.tls = Some(c);
+        }
         let tls = self.cfg.tls.clone();
         let server_name = self
             .cfg

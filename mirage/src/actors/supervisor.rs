@@ -3,7 +3,7 @@
 //! the event_id window and the report history; answers queries. One per process, on the
 //! orchestrator Arbiter.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -129,6 +129,8 @@ pub struct GhostInfo {
     pub clock_skew_ms: Option<i64>,
     /// Set when the skew is large enough to matter (see `skew::warning`).
     pub clock_warning: Option<String>,
+    /// `mirage ghost drain`: no new step is placed here.
+    pub drained: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -218,6 +220,8 @@ pub struct Supervisor {
     observed: crate::observe::Observations,
     /// The newest submission generation handed out (see `next_generation`).
     last_generation: u64,
+    /// Drained ghost_ids (crate::drain), persisted in data_dir.
+    drained: BTreeSet<String>,
 }
 
 /// Callers that may wait for intents at once (each costs a map entry and a channel).
@@ -291,7 +295,14 @@ impl Supervisor {
             disconnected: VecDeque::new(),
             disconnected_n: 0,
             observed: crate::observe::Observations::default(),
+            drained: BTreeSet::new(),
         };
+        match crate::drain::load(&s.cfg.data_dir) {
+            Ok(d) => s.drained = d,
+            Err(e) => {
+                tracing::warn!(component = "mirage.supervisor", error = %e, "drained list not read; no Ghost drained")
+            }
+        }
         for (seq, plan) in restored.finished {
             let mut summary = IntentSummary::of(&plan, seq);
             if let Some((text, state)) = last.remove(&summary.intent_id) {
@@ -365,8 +376,14 @@ impl Supervisor {
         }
     }
 
-    fn ghost_view(g: &GhostEntry, observed: &crate::observe::Observations, id: &str) -> GhostView {
+    fn ghost_view(
+        g: &GhostEntry,
+        observed: &crate::observe::Observations,
+        id: &str,
+        drained: bool,
+    ) -> GhostView {
         GhostView {
+            drained,
             observed: observed
                 .of(id)
                 .into_iter()
@@ -415,8 +432,9 @@ impl Supervisor {
         for id in changed {
             match self.ghosts.get(&id) {
                 Some(g) => {
+                    let d = self.drained.contains(&id);
                     f.ghosts
-                        .insert(id.clone(), Self::ghost_view(g, &self.observed, &id));
+                        .insert(id.clone(), Self::ghost_view(g, &self.observed, &id, d));
                 }
                 None => {
                     f.ghosts.remove(&id);
@@ -434,8 +452,9 @@ impl Supervisor {
             local: (!self.cfg.local_ghost.is_empty()).then(|| self.cfg.local_ghost.clone()),
         };
         for (id, g) in &self.ghosts {
+            let d = self.drained.contains(id);
             f.ghosts
-                .insert(id.clone(), Self::ghost_view(g, &self.observed, id));
+                .insert(id.clone(), Self::ghost_view(g, &self.observed, id, d));
         }
         *self.fleet.borrow_mut() = Arc::new(f);
         self.fleet_dirty = false;
@@ -1687,6 +1706,40 @@ impl Handler<BreakLock> for Supervisor {
     }
 }
 
+/// `mirage ghost drain|undrain ID`: Ok(true) when the Ghost is known to the registry.
+#[derive(Message)]
+#[rtype(result = "Result<bool, ApiError>")]
+pub struct SetDrain {
+    pub ghost: String,
+    pub drained: bool,
+}
+
+impl Handler<SetDrain> for Supervisor {
+    type Result = Result<bool, ApiError>;
+
+    fn handle(&mut self, m: SetDrain, _: &mut Context<Self>) -> Self::Result {
+        let mut next = self.drained.clone();
+        let changed = if m.drained {
+            if next.len() >= crate::drain::MAX {
+                return Err(ApiError::new(429, "too many drained Ghosts"));
+            }
+            next.insert(m.ghost.clone())
+        } else {
+            next.remove(&m.ghost)
+        };
+        if changed {
+            crate::drain::save(&self.cfg.data_dir, &next).map_err(|e| ApiError::new(500, e))?;
+            self.drained = next;
+            if self.ghosts.contains_key(&m.ghost) {
+                self.fleet_changed.insert(m.ghost.clone());
+                self.flush_fleet();
+            }
+        }
+        tracing::info!(component = "mirage.supervisor", ghost_id = %m.ghost, drained = m.drained, "ghost drain set by an operator");
+        Ok(self.ghosts.contains_key(&m.ghost))
+    }
+}
+
 /// A page of the fleet in ghost_id order: ids after `after`, at most `limit` of them.
 #[derive(Message)]
 #[rtype(result = "GhostPage")]
@@ -1745,6 +1798,7 @@ impl Supervisor {
                 .clock_skew
                 .get(id)
                 .and_then(|s| crate::skew::warning(*s)),
+            drained: self.drained.contains(id),
         }
     }
 }
