@@ -255,7 +255,7 @@ async fn drain(req: HttpRequest, st: web::Data<AppState>, id: web::Path<String>)
         ghost: id.clone(),
         drained,
     };
-    match st.sup.addr().send(m).await {
+    match st.sup.send(m).await {
         Ok(Ok(known)) => {
             HttpResponse::Ok().json(json!({"ghost_id": id, "drained": drained, "known": known}))
         }

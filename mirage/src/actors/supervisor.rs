@@ -2018,6 +2018,7 @@ actorkit::metered!(Supervisor, PlanFinished);
 actorkit::metered!(Supervisor, WaitFinished);
 actorkit::metered!(Supervisor, Withdraw);
 actorkit::metered!(Supervisor, BreakLock);
+actorkit::metered!(Supervisor, SetDrain);
 actorkit::metered_result!(Supervisor, ListGhosts);
 actorkit::metered_result!(Supervisor, GetGhost);
 actorkit::metered_result!(Supervisor, ListIntents);
