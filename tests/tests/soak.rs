@@ -261,6 +261,13 @@ fn soak(seed: u64, shape: Shape, reproduce: &str) {
         std::thread::sleep(Duration::from_millis(rng.range(100, 400)));
     }
     let faults_done = t0.elapsed();
+    eprintln!(
+        "soak SEED={seed}: faults stopped after {:.1}s: {} faults {:?}; {} intents submitted",
+        faults_done.as_secs_f64(),
+        total(&c),
+        c.faults,
+        intents.len()
+    );
     // Faults stop; everything heals and every intent ends.
     f.heal_due(Instant::now(), true);
     f.wait_connected(&GHOSTS, Instant::now());
@@ -317,6 +324,7 @@ fn soak(seed: u64, shape: Shape, reproduce: &str) {
     //    was placed on (a fan-out goes to the Ghosts connected when it starts) when the
     //    intent is satisfied.
     let mut effects = 0;
+    let mut lost_reports: Vec<String> = Vec::new();
     for it in &intents {
         let reports = f.mirage.reports(&it.id);
         let append_step = if matches!(it.kind, Kind::Locked(_)) {
@@ -336,12 +344,21 @@ fn soak(seed: u64, shape: Shape, reproduce: &str) {
             .flat_map(|l| l.split(", ").map(str::to_owned).collect::<Vec<_>>())
             .collect();
         let ok = details[&it.id]["summary"]["status"] == "satisfied";
-        if ok {
-            assert!(
-                !placed.is_empty(),
-                "SEED={seed}: {} satisfied but never dispatched: {reports:?}",
+        let mut placed = placed;
+        if ok && placed.is_empty() {
+            // The step's "dispatched to" report is missing: a report lost at a Mirage
+            // SIGKILL (the plan state was written, its report was not). Recorded and failed
+            // at the end, after every other invariant; the effect is checked against the
+            // Ghost the intent names (a fan-out's placement is unknown: at most once only).
+            eprintln!(
+                "  {} satisfied without its step's dispatch report: {reports:?}",
                 it.id
             );
+            lost_reports.push(it.id.clone());
+            match it.kind {
+                Kind::Append(g) | Kind::Locked(g) => placed.push(GHOSTS[g].to_owned()),
+                Kind::FanOut => {}
+            }
         }
         for g in GHOSTS {
             let n = f.lines(g, &it.id);
@@ -352,7 +369,7 @@ fn soak(seed: u64, shape: Shape, reproduce: &str) {
                     it.id, details[&it.id]
                 );
             }
-            if !placed.iter().any(|p| p == g) {
+            if !placed.iter().any(|p| p == g) && !lost_reports.contains(&it.id) {
                 assert_eq!(
                     n, 0,
                     "SEED={seed}: {} appended on {g}, where it was not placed",
@@ -466,6 +483,11 @@ fn soak(seed: u64, shape: Shape, reproduce: &str) {
         c.rss_peak_kib
     );
     assert!(satisfied > 0, "SEED={seed}: nothing was satisfied");
+    assert!(
+        lost_reports.is_empty(),
+        "SEED={seed}: {} satisfied intent(s) lost their step's dispatch report: {lost_reports:?}",
+        lost_reports.len()
+    );
 }
 
 #[test]
