@@ -69,10 +69,11 @@ bench-tls:
 	SESSIONS=1000 $(CARGO) test -p e2e --release --test swarm -- --ignored --nocapture mtls_sessions
 
 ## soak: seeded random faults (proxy cut, partition, ack stall, Ghost and Mirage SIGKILL) over
-## many short intents, then the invariants. SOAK_SECONDS (default 600); SEED reproduces a
-## schedule (a fresh one is printed when absent). A 25 s run is part of `make test`.
+## many short intents, then the invariants. Runs until SOAK_FAULTS faults (default 1000, about
+## 20-25 min) or SOAK_SECONDS (default 3600); SEED reproduces a schedule (a fresh one is printed
+## when absent). A 25 s run is part of `make test`.
 soak:
-	SEED=$(SEED) SOAK_SECONDS=$(SOAK_SECONDS) $(CARGO) test -p e2e --test soak -- --ignored --nocapture soak_long
+	SEED=$(SEED) SOAK_FAULTS=$(SOAK_FAULTS) SOAK_SECONDS=$(SOAK_SECONDS) $(CARGO) test -p e2e --test soak -- --ignored --nocapture soak_long
 
 ## soak-raft: the raft-node linearizability run (leader kills, partitions) at length.
 ## SEED picks the fault and operation schedule; OPS (default 20000) the history size.

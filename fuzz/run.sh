@@ -25,6 +25,8 @@ for t in "${targets[@]}"; do
     before=$(find "artifacts/$t" -type f | wc -l)
     dict=dict/wire.dict
     [ "$t" = handshake_line ] && dict=dict/handshake.dict
+    [ "$t" = admin_line ] && dict=dict/admin.dict
+    case "$t" in intent_body | plan_check) dict=dict/intent.dict ;; esac
     start=$(date +%s)
     cargo "$toolchain" fuzz run "$t" "corpus/$t" -- \
         -max_total_time="$secs" -dict="$dict" -print_final_stats=1 -timeout=10 -rss_limit_mb=2048 \

@@ -1,6 +1,8 @@
 //! Oracles shared by the fuzz targets. Each one panics only when a property of the wire
 //! contract is broken; malformed input must come back as an error of the right stage.
 
+pub mod control;
+
 use bytes::{Bytes, BytesMut};
 use shared::envelope::Envelope;
 use shared::error::{Stage, WireError};

@@ -306,31 +306,101 @@ pub fn spawn_reply(id: &str, addr: &str) -> Value {
     })
 }
 
-pub async fn handle_line(ctx: &AdminCtx, line: &str) -> Value {
+/// One admin request, parsed and authorised (no actor, no I/O: see [`parse_request`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    Status,
+    ListSeeds,
+    Execute(ExecuteRequest),
+    /// A decoded command frame (lock token still in it) and the frame's message id.
+    ExecuteEnvelope {
+        cmd: Command,
+        message_id: u64,
+    },
+    ExecutionByCommandId(String),
+    RecentEvents(usize),
+    Verification(usize),
+    SpawnGhost {
+        target_name: String,
+        admin_addr: String,
+    },
+    Actors,
+    BindMirage(String),
+}
+
+/// `execute`'s command; empty ids are filled in by the Ghost.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecuteRequest {
+    pub command_id: String,
+    pub intent_id: String,
+    pub seed_selector: String,
+    pub operation: String,
+    pub args: Args,
+}
+
+/// Parses one request line against the admin settings `token` and `execute_without_token`.
+/// Err is the response's `error` text. Pure, so it can be fuzzed (fuzz/ `admin_line`).
+pub fn parse_request(
+    line: &str,
+    token: &str,
+    execute_without_token: bool,
+) -> Result<Request, String> {
     let req = match serde_json::from_str::<Value>(line) {
         Ok(v) => lower(v, 2),
-        Err(e) => return err(format!("invalid request: {e}")),
+        Err(e) => return Err(format!("invalid request: {e}")),
     };
     let Value::Object(m) = req else {
-        return err("invalid request: not a JSON object");
+        return Err("invalid request: not a JSON object".into());
     };
-    if !ctx.cfg.admin.token.is_empty() && !constant_eq(s(&m, "token"), &ctx.cfg.admin.token) {
-        return err("unauthorized: missing or wrong token");
+    if !token.is_empty() && !constant_eq(s(&m, "token"), token) {
+        return Err("unauthorized: missing or wrong token".into());
     }
-    let action = s(&m, "action").to_owned();
-    if matches!(action.as_str(), "execute" | "execute_envelope")
-        && ctx.cfg.admin.token.is_empty()
-        && !ctx.cfg.admin.execute_without_token
+    let action = s(&m, "action");
+    if matches!(action, "execute" | "execute_envelope")
+        && token.is_empty()
+        && !execute_without_token
     {
-        return err(EXECUTE_NEEDS_TOKEN);
+        return Err(EXECUTE_NEEDS_TOKEN.into());
     }
-    match action.as_str() {
-        "status" => status(ctx).await,
-        "list_seeds" => ok(Value::Array(ctx.seeds.iter().map(seed_json).collect())),
-        "execute" => execute(ctx, &m).await,
-        "execute_envelope" => execute_envelope(ctx, &m).await,
-        "execution_by_command_id" => {
-            let id = s(&m, "command_id").to_owned();
+    Ok(match action {
+        "status" => Request::Status,
+        "list_seeds" => Request::ListSeeds,
+        "execute" => Request::Execute(parse_execute(&m)?),
+        "execute_envelope" => parse_execute_envelope(&m)?,
+        "execution_by_command_id" => Request::ExecutionByCommandId(s(&m, "command_id").to_owned()),
+        "recent_events" => Request::RecentEvents(limit_of(&m)),
+        "verification" => Request::Verification(limit_of(&m)),
+        "spawn_ghost" => {
+            let spawn = field(&m, "spawn")
+                .and_then(Value::as_object)
+                .cloned()
+                .unwrap_or_default();
+            Request::SpawnGhost {
+                target_name: s(&spawn, "target_name").to_owned(),
+                admin_addr: s(&spawn, "admin_addr").to_owned(),
+            }
+        }
+        "actors" => Request::Actors,
+        "bind_mirage" => Request::BindMirage(s(&m, "mirage_id").to_owned()),
+        "" => return Err("missing action".into()),
+        other => return Err(format!("unknown action: {other}")),
+    })
+}
+
+pub async fn handle_line(ctx: &AdminCtx, line: &str) -> Value {
+    let admin = &ctx.cfg.admin;
+    let req = match parse_request(line, &admin.token, admin.execute_without_token) {
+        Ok(r) => r,
+        Err(e) => return err(e),
+    };
+    match req {
+        Request::Status => status(ctx).await,
+        Request::ListSeeds => ok(Value::Array(ctx.seeds.iter().map(seed_json).collect())),
+        Request::Execute(c) => execute(ctx, c).await,
+        Request::ExecuteEnvelope { cmd, message_id } => {
+            execute_envelope(ctx, cmd, message_id).await
+        }
+        Request::ExecutionByCommandId(id) => {
             // The admin namespace first (what `execute` was given), then Mirage's.
             let mut rec = None;
             for command_id in [admin_ns(&id), id] {
@@ -346,25 +416,13 @@ pub async fn handle_line(ctx: &AdminCtx, line: &str) -> Value {
             }
             ok(json!({"found": rec.is_some(), "execution": execution_json(rec.as_ref())}))
         }
-        "recent_events" => match ctx
-            .dispatcher
-            .send(Recent {
-                limit: limit_of(&m),
-            })
-            .await
-        {
+        Request::RecentEvents(limit) => match ctx.dispatcher.send(Recent { limit }).await {
             Ok(v) => ok(Value::Array(
                 v.iter().map(|r| event_json(&r.event)).collect(),
             )),
             Err(e) => err(format!("dispatcher unavailable: {e}")),
         },
-        "verification" => match ctx
-            .dispatcher
-            .send(Recent {
-                limit: limit_of(&m),
-            })
-            .await
-        {
+        Request::Verification(limit) => match ctx.dispatcher.send(Recent { limit }).await {
             Ok(v) => ok(Value::Array(
                 v.iter()
                     .map(|r| verification_json(&ctx.cfg.ghost_id, r))
@@ -372,31 +430,28 @@ pub async fn handle_line(ctx: &AdminCtx, line: &str) -> Value {
             )),
             Err(e) => err(format!("dispatcher unavailable: {e}")),
         },
-        "spawn_ghost" => {
-            let spawn = field(&m, "spawn")
-                .and_then(Value::as_object)
-                .cloned()
-                .unwrap_or_default();
-            let target = s(&spawn, "target_name").to_owned();
-            let admin = s(&spawn, "admin_addr").to_owned();
-            let r = ctx.children.borrow_mut().spawn(&ctx.cfg, &target, &admin);
+        Request::SpawnGhost {
+            target_name,
+            admin_addr,
+        } => {
+            let r = ctx
+                .children
+                .borrow_mut()
+                .spawn(&ctx.cfg, &target_name, &admin_addr);
             match r {
                 Ok((id, addr)) => ok(spawn_reply(&id, &addr)),
                 Err(e) => err(e),
             }
         }
         // ext: actor mailbox metrics (depth now and peak, sent, handled, handling time).
-        "actors" => {
+        Request::Actors => {
             ok(serde_json::to_value(actorkit::metrics::snapshot_all()).unwrap_or(Value::Null))
         }
-        "bind_mirage" => {
-            let id = s(&m, "mirage_id").to_owned();
+        Request::BindMirage(id) => {
             tracing::info!(component = "ghost.admin", mirage_id = %id, "bind_mirage");
             *ctx.bound_mirage.borrow_mut() = Some(id);
             ok(Value::Null)
         }
-        "" => err("missing action"),
-        other => err(format!("unknown action: {other}")),
     }
 }
 
@@ -604,9 +659,9 @@ async fn run(ctx: &AdminCtx, cmd: Command) -> Result<Event, String> {
         .map_err(|e| format!("dispatcher unavailable: {e}"))?
 }
 
-async fn execute(ctx: &AdminCtx, m: &Map<String, Value>) -> Value {
+fn parse_execute(m: &Map<String, Value>) -> Result<ExecuteRequest, String> {
     let Some(c) = field(m, "command").and_then(Value::as_object) else {
-        return err("ghost.admin: missing command");
+        return Err("ghost.admin: missing command".into());
     };
     let mut args = Args::new();
     match field(c, "args") {
@@ -617,16 +672,26 @@ async fn execute(ctx: &AdminCtx, m: &Map<String, Value>) -> Value {
                     Some(v) => {
                         args.insert(k.clone(), v.to_owned());
                     }
-                    None => return err(format!("ghost.admin: args.{k} must be a string")),
+                    None => return Err(format!("ghost.admin: args.{k} must be a string")),
                 }
             }
         }
-        Some(_) => return err("ghost.admin: args must be an object of strings"),
+        Some(_) => return Err("ghost.admin: args must be an object of strings".into()),
     }
     let (seed, op) = (s(c, "seed_selector"), s(c, "operation"));
     if seed.is_empty() || op.is_empty() {
-        return err("ghost: invalid command envelope: missing seed_selector or operation");
+        return Err("ghost: invalid command envelope: missing seed_selector or operation".into());
     }
+    Ok(ExecuteRequest {
+        command_id: s(c, "command_id").to_owned(),
+        intent_id: s(c, "intent_id").to_owned(),
+        seed_selector: seed.to_owned(),
+        operation: op.to_owned(),
+        args,
+    })
+}
+
+async fn execute(ctx: &AdminCtx, c: ExecuteRequest) -> Value {
     let n = {
         let mut q = ctx.seq.borrow_mut();
         *q += 1;
@@ -636,14 +701,14 @@ async fn execute(ctx: &AdminCtx, m: &Map<String, Value>) -> Value {
     let or = |v: &str, d: String| if v.is_empty() { d } else { v.to_owned() };
     let cmd = Command {
         command_id: admin_ns(&or(
-            s(c, "command_id"),
+            &c.command_id,
             format!("cmd.{g}.{}.{n}", shared::now_ms()),
         )),
-        intent_id: or(s(c, "intent_id"), format!("intent.{g}.{n}")),
+        intent_id: or(&c.intent_id, format!("intent.{g}.{n}")),
         ghost_id: g.clone(),
-        seed_selector: seed.to_owned(),
-        operation: op.to_owned(),
-        args,
+        seed_selector: c.seed_selector,
+        operation: c.operation,
+        args: c.args,
         ..Default::default()
     };
     let command_id = cmd.command_id.clone();
@@ -671,40 +736,36 @@ async fn execute(ctx: &AdminCtx, m: &Map<String, Value>) -> Value {
     }
 }
 
-async fn execute_envelope(ctx: &AdminCtx, m: &Map<String, Value>) -> Value {
+fn parse_execute_envelope(m: &Map<String, Value>) -> Result<Request, String> {
     let raw = s(m, "command_frame");
     if raw.is_empty() {
-        return err("ghost.admin: missing command_frame");
+        return Err("ghost.admin: missing command_frame".into());
     }
-    let bytes = match B64.decode(raw) {
-        Ok(b) => b,
-        Err(e) => return err(format!("ghost.admin: command_frame is not base64: {e}")),
-    };
-    let frame = match decode_one(&bytes, &Limits::default()) {
-        Ok(f) => f,
-        Err(e) => {
-            return err(format!(
-                "ghost.admin: command_frame: {e} (code {})",
-                e.code()
-            ))
-        }
-    };
+    let bytes = B64
+        .decode(raw)
+        .map_err(|e| format!("ghost.admin: command_frame is not base64: {e}"))?;
+    let frame = decode_one(&bytes, &Limits::default())
+        .map_err(|e| format!("ghost.admin: command_frame: {e} (code {})", e.code()))?;
     if frame.message_type != shared::envelope::mt::COMMAND {
-        return err(format!(
+        return Err(format!(
             "ghost.admin: command_frame has message_type {}, want 2 (command)",
             frame.message_type
         ));
     }
-    let mut cmd = match Envelope::from_frame(&frame) {
-        Ok(Envelope::Command(c)) => c,
-        Ok(_) => return err("ghost.admin: command_frame is not a command"),
-        Err(e) => {
-            return err(format!(
-                "ghost.admin: command_frame: {e} (code {})",
-                e.code()
-            ))
-        }
-    };
+    match Envelope::from_frame(&frame) {
+        Ok(Envelope::Command(cmd)) => Ok(Request::ExecuteEnvelope {
+            cmd,
+            message_id: frame.message_id,
+        }),
+        Ok(_) => Err("ghost.admin: command_frame is not a command".into()),
+        Err(e) => Err(format!(
+            "ghost.admin: command_frame: {e} (code {})",
+            e.code()
+        )),
+    }
+}
+
+async fn execute_envelope(ctx: &AdminCtx, mut cmd: Command, message_id: u64) -> Value {
     if let Some(token) = cmd.lock_token.take() {
         if let Err(e) = admin_fence(ctx, cmd.seed_selector.trim(), token) {
             tracing::warn!(component = "ghost.admin", command_id = %cmd.command_id, seed = %cmd.seed_selector, error = %e, "execute_envelope refused");
@@ -714,7 +775,7 @@ async fn execute_envelope(ctx: &AdminCtx, m: &Map<String, Value>) -> Value {
     cmd.command_id = admin_ns(&cmd.command_id);
     match run(ctx, cmd).await {
         Ok(ev) => match Envelope::Event(shown_event(ev))
-            .to_frame(frame.message_id)
+            .to_frame(message_id)
             .and_then(|f| f.to_bytes())
         {
             Ok(b) => ok(json!({"event_frame": B64.encode(&b)})),
@@ -760,6 +821,42 @@ mod tests {
         // Mirage's ids are never touched, even one that mentions the prefix later.
         assert_eq!(shown("cmd.admin:x.1"), "cmd.admin:x.1");
         assert_eq!(shown("evt.cmd.i.1"), "evt.cmd.i.1");
+    }
+
+    #[test]
+    fn requests_parse_without_a_ghost() {
+        let line = r#"{"Action":"execute","Token":"t","Command":{"seed_selector":" seed.fs ","operation":"read","args":{"path":"a"}}}"#;
+        let Ok(Request::Execute(c)) = parse_request(line, "t", false) else {
+            panic!("execute with the token is accepted");
+        };
+        assert_eq!(
+            (c.seed_selector.as_str(), c.operation.as_str()),
+            ("seed.fs", "read")
+        );
+        assert_eq!(c.args.get("path").map(String::as_str), Some("a"));
+        assert!(c.command_id.is_empty(), "the Ghost fills the id in");
+        assert_eq!(
+            parse_request(line, "other", false),
+            Err("unauthorized: missing or wrong token".into())
+        );
+        assert_eq!(
+            parse_request(line, "", false),
+            Err(EXECUTE_NEEDS_TOKEN.into())
+        );
+        assert_eq!(
+            parse_request(r#"{"action":"recent_events","limit":5000}"#, "", false),
+            Ok(Request::RecentEvents(MAX_LIST))
+        );
+        assert_eq!(
+            parse_request(
+                r#"{"action":"execute","command":{"args":{"n":1}}}"#,
+                "",
+                true
+            ),
+            Err("ghost.admin: args.n must be a string".into())
+        );
+        assert!(parse_request("[1]", "", true).is_err());
+        assert_eq!(parse_request("{}", "", true), Err("missing action".into()));
     }
 
     #[test]

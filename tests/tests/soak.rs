@@ -8,8 +8,8 @@
 //!
 //! The schedule (which fault, when, which intents) is a function of SEED; the timing of the
 //! processes is not, so a SEED reproduces the schedule, not every interleaving.
-//! `soak_short` runs in `make test` (~25 s of faults); `make soak SEED=… SOAK_SECONDS=…`
-//! runs `soak_long`.
+//! `soak_short` runs in `make test` (~25 s of faults); `make soak SEED=… SOAK_FAULTS=…`
+//! runs `soak_long` (1,000 denser faults by default).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeMap;
@@ -212,9 +212,27 @@ fn plan(id: &str, kind: &Kind, rng: &mut Rng) -> String {
     }
 }
 
+/// How long faults go on and how dense they are.
+struct Shape {
+    /// Faults stop after this many seconds at most.
+    secs: u64,
+    /// ... or once this many faults were injected, whichever comes first.
+    max_faults: Option<u32>,
+    /// The gap between one fault ending and the next starting, uniform in this range (ms).
+    gap_ms: (u64, u64),
+}
+
 /// Runs the soak; panics (with SEED in the output) when an invariant breaks.
-fn soak(seed: u64, secs: u64, reproduce: &str) {
-    eprintln!("soak SEED={seed} for {secs} s; reproduce with: {reproduce}");
+fn soak(seed: u64, shape: Shape, reproduce: &str) {
+    let Shape {
+        secs,
+        max_faults,
+        gap_ms,
+    } = shape;
+    eprintln!(
+        "soak SEED={seed} for {secs} s at most, faults every {}..{} ms, stop after {max_faults:?} faults; reproduce with: {reproduce}",
+        gap_ms.0, gap_ms.1
+    );
     let mut rng = Rng::new(seed);
     let mut c = Counts::default();
     let mut f = Fleet::start(TempDir::new(&format!("soak-{seed}")));
@@ -223,11 +241,12 @@ fn soak(seed: u64, secs: u64, reproduce: &str) {
     let mut intents: Vec<Intent> = Vec::new();
     let end = Instant::now() + Duration::from_secs(secs);
     let mut next_fault = Instant::now() + Duration::from_millis(rng.range(1000, 3000));
-    while Instant::now() < end {
+    let total = |c: &Counts| c.faults.values().sum::<u32>();
+    while Instant::now() < end && max_faults.is_none_or(|m| total(&c) < m) {
         f.heal_due(Instant::now(), false);
         if Instant::now() >= next_fault {
             f.fault(&mut rng, &mut c);
-            next_fault = Instant::now() + Duration::from_millis(rng.range(1500, 3500));
+            next_fault = Instant::now() + Duration::from_millis(rng.range(gap_ms.0, gap_ms.1));
         }
         let kind = match rng.range(0, 3) {
             0 => Kind::Append(rng.range(0, 3) as usize),
@@ -242,10 +261,19 @@ fn soak(seed: u64, secs: u64, reproduce: &str) {
         std::thread::sleep(Duration::from_millis(rng.range(100, 400)));
     }
     let faults_done = t0.elapsed();
+    eprintln!(
+        "soak SEED={seed}: faults stopped after {:.1}s: {} faults {:?}; {} intents submitted",
+        faults_done.as_secs_f64(),
+        total(&c),
+        c.faults,
+        intents.len()
+    );
     // Faults stop; everything heals and every intent ends.
     f.heal_due(Instant::now(), true);
     f.wait_connected(&GHOSTS, Instant::now());
-    let deadline = Instant::now() + Duration::from_secs(90);
+    // 90 s for the last timeouts to run out, plus time to read every intent back.
+    let deadline =
+        Instant::now() + Duration::from_secs(90) + Duration::from_millis(10 * intents.len() as u64);
     let mut details: BTreeMap<String, Value> = BTreeMap::new();
     for it in &intents {
         loop {
@@ -296,6 +324,7 @@ fn soak(seed: u64, secs: u64, reproduce: &str) {
     //    was placed on (a fan-out goes to the Ghosts connected when it starts) when the
     //    intent is satisfied.
     let mut effects = 0;
+    let mut lost_reports: Vec<String> = Vec::new();
     for it in &intents {
         let reports = f.mirage.reports(&it.id);
         let append_step = if matches!(it.kind, Kind::Locked(_)) {
@@ -315,12 +344,21 @@ fn soak(seed: u64, secs: u64, reproduce: &str) {
             .flat_map(|l| l.split(", ").map(str::to_owned).collect::<Vec<_>>())
             .collect();
         let ok = details[&it.id]["summary"]["status"] == "satisfied";
-        if ok {
-            assert!(
-                !placed.is_empty(),
-                "SEED={seed}: {} satisfied but never dispatched: {reports:?}",
+        let mut placed = placed;
+        if ok && placed.is_empty() {
+            // The step's "dispatched to" report is missing: a report lost at a Mirage
+            // SIGKILL (the plan state was written, its report was not). Recorded and failed
+            // at the end, after every other invariant; the effect is checked against the
+            // Ghost the intent names (a fan-out's placement is unknown: at most once only).
+            eprintln!(
+                "  {} satisfied without its step's dispatch report: {reports:?}",
                 it.id
             );
+            lost_reports.push(it.id.clone());
+            match it.kind {
+                Kind::Append(g) | Kind::Locked(g) => placed.push(GHOSTS[g].to_owned()),
+                Kind::FanOut => {}
+            }
         }
         for g in GHOSTS {
             let n = f.lines(g, &it.id);
@@ -331,7 +369,7 @@ fn soak(seed: u64, secs: u64, reproduce: &str) {
                     it.id, details[&it.id]
                 );
             }
-            if !placed.iter().any(|p| p == g) {
+            if !placed.iter().any(|p| p == g) && !lost_reports.contains(&it.id) {
                 assert_eq!(
                     n, 0,
                     "SEED={seed}: {} appended on {g}, where it was not placed",
@@ -426,7 +464,8 @@ fn soak(seed: u64, secs: u64, reproduce: &str) {
     };
     let worst = |v: &Vec<Duration>| v.iter().max().copied().unwrap_or_default();
     eprintln!(
-        "soak SEED={seed}: {} intents ({satisfied} satisfied, failed {failures:?}); {effects} effects, each once; {lock_intervals} lock holds, none overlapping; faults {:?}; Mirage restarts: Ghosts back in median {:?}, worst {:?}; Ghost restarts: reconnected in median {:?}, worst {:?}; Mirage RSS first {} KiB, peak {} KiB, end {rss_end} KiB; faults for {:.1}s, all intents ended {:.1}s after start",
+        "soak SEED={seed}: {} faults in total; {} intents ({satisfied} satisfied, failed {failures:?}); {effects} effects, each once; {lock_intervals} lock holds, none overlapping; faults {:?}; Mirage restarts: Ghosts back in median {:?}, worst {:?}; Ghost restarts: reconnected in median {:?}, worst {:?}; Mirage RSS first {} KiB, peak {} KiB, end {rss_end} KiB; faults for {:.1}s, all intents ended {:.1}s after start",
+        total(&c),
         intents.len(),
         c.faults,
         med(&mut c.mirage_recovery.clone()),
@@ -444,6 +483,11 @@ fn soak(seed: u64, secs: u64, reproduce: &str) {
         c.rss_peak_kib
     );
     assert!(satisfied > 0, "SEED={seed}: nothing was satisfied");
+    assert!(
+        lost_reports.is_empty(),
+        "SEED={seed}: {} satisfied intent(s) lost their step's dispatch report: {lost_reports:?}",
+        lost_reports.len()
+    );
 }
 
 #[test]
@@ -451,23 +495,35 @@ fn soak_short() {
     let seed = seed();
     soak(
         seed,
-        25,
+        Shape {
+            secs: 25,
+            max_faults: None,
+            gap_ms: (1500, 3500),
+        },
         &format!("SEED={seed} cargo test -p e2e --test soak soak_short -- --nocapture"),
     );
 }
 
-/// `make soak SEED=… SOAK_SECONDS=…` (default 600 s).
+fn env_num(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|s| s.trim().parse().ok())
+}
+
+/// `make soak SEED=… SOAK_FAULTS=… SOAK_SECONDS=…`: faults every 0.3–1.1 s until
+/// SOAK_FAULTS (default 1,000; 0 = no count limit) or SOAK_SECONDS (default 3,600) is
+/// reached, whichever is first: 1,000 faults take about 20–25 min on 2 shared cores.
 #[test]
 #[ignore]
 fn soak_long() {
     let seed = seed();
-    let secs: u64 = std::env::var("SOAK_SECONDS")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(600);
+    let secs = env_num("SOAK_SECONDS").unwrap_or(3600);
+    let faults = env_num("SOAK_FAULTS").unwrap_or(1000) as u32;
     soak(
         seed,
-        secs,
-        &format!("make soak SEED={seed} SOAK_SECONDS={secs}"),
+        Shape {
+            secs,
+            max_faults: (faults > 0).then_some(faults),
+            gap_ms: (300, 1100),
+        },
+        &format!("make soak SEED={seed} SOAK_FAULTS={faults} SOAK_SECONDS={secs}"),
     );
 }
