@@ -1078,6 +1078,28 @@ impl Plan {
         for o in s.outstanding.values() {
             fx.push(self.dispatch_effect(s.index, o));
         }
+        // The plan state and its reports are separate writes: a Mirage killed between the
+        // two keeps a dispatched step whose "dispatched to" report never reached the disk
+        // (found by the 1,000-fault soak). Saying what the resume re-sends closes that gap
+        // and tells the user why the same command went out again.
+        if !s.outstanding.is_empty() {
+            let mut ghosts: Vec<&str> = s.outstanding.values().map(|o| o.ghost.as_str()).collect();
+            ghosts.sort_unstable();
+            ghosts.dedup();
+            let summary = format!(
+                "intent {} step {}/{} resumed: re-dispatched to {}",
+                self.id(),
+                s.index + 1,
+                self.total(),
+                ghosts.join(", ")
+            );
+            fx.push(Effect::Report(report(
+                Phase::InProgress,
+                CompletionState::InProgress,
+                summary,
+                Some(s.index),
+            )));
+        }
         fx
     }
 
@@ -2768,6 +2790,33 @@ mod tests {
         // And after a restart from the persisted plan.
         let mut restored: Plan = serde_json::from_str(&serde_json::to_string(&p).unwrap()).unwrap();
         assert_eq!(dispatched(&restored.resume(6, &f)), first);
+    }
+
+    #[test]
+    fn a_resume_reports_what_it_re_dispatches() {
+        let f = fleet(&["a"]);
+        let mut p = plan("[[step]]\nseed=\"seed.kv\"\noperation=\"put\"\n");
+        let _ = p.handle(Input::Start, 0, &f);
+        let mut restored: Plan = serde_json::from_str(&serde_json::to_string(&p).unwrap()).unwrap();
+        let fx = restored.resume(6, &f);
+        let said: Vec<&str> = fx
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Report(d) => Some(d.summary.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(said.len(), 1, "{said:?}");
+        assert!(
+            said[0].ends_with("step 1/1 resumed: re-dispatched to a"),
+            "{said:?}"
+        );
+        // Nothing outstanding (the step's event came in): nothing re-sent, nothing said.
+        let mut idle = plan("[[step]]\nseed=\"seed.kv\"\noperation=\"put\"\n");
+        assert!(!idle
+            .resume(6, &f)
+            .iter()
+            .any(|e| matches!(e, Effect::Report(d) if d.summary.contains("re-dispatched"))));
     }
 
     #[test]
