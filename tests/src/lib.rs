@@ -481,7 +481,8 @@ impl Ghost {
     }
 }
 
-fn b64_decode(s: &str) -> String {
+/// The text of a base64 field (lossy UTF-8), as Ghost admin replies carry seed output.
+pub fn b64_decode(s: &str) -> String {
     const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = Vec::new();
     let (mut buf, mut bits) = (0u32, 0u32);
@@ -821,4 +822,13 @@ pub fn wd(addr: &str, method: &str, path: &str, body: Option<Value>) -> Value {
     let (st, v) = http(addr, method, path, b.as_deref());
     assert!(st == 200, "webdriver {method} {path}: {st} {v}");
     v["value"].clone()
+}
+
+/// `Stdout` or `Stderr` of the seed.result in a Ghost admin `execute` reply, as text.
+pub fn seed_text(r: &Value, which: &str) -> String {
+    b64_decode(
+        r["data"]["execution"]["SeedResult"][which]
+            .as_str()
+            .unwrap_or(""),
+    )
 }

@@ -20,23 +20,6 @@ use serde_json::{json, Value};
 const SEEDS: &str = "seeds = [\"seed.flow\", \"raft-node\"]";
 const KEYS: u64 = 5;
 
-fn b64(s: &str) -> String {
-    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let (mut out, mut buf, mut bits) = (Vec::new(), 0u32, 0u32);
-    for c in s.bytes().filter(|c| *c != b'=') {
-        let Some(v) = A.iter().position(|a| *a == c) else {
-            continue;
-        };
-        buf = buf << 6 | v as u32;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((buf >> bits) as u8);
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 #[derive(Debug)]
 enum Res {
     Ok(String),
@@ -66,8 +49,8 @@ fn call(admin: &str, op: &str, args: Value) -> Res {
         Err(_) => Res::Unknown,
         Ok(r) => {
             let sr = &r["data"]["execution"]["SeedResult"];
-            let out = b64(sr["Stdout"].as_str().unwrap_or(""));
-            let err = b64(sr["Stderr"].as_str().unwrap_or(""));
+            let out = b64_decode(sr["Stdout"].as_str().unwrap_or(""));
+            let err = b64_decode(sr["Stderr"].as_str().unwrap_or(""));
             if r["data"]["event"]["Outcome"] == "success" {
                 Res::Ok(out.trim_end_matches('\n').to_owned())
             } else if err.contains("no key") {

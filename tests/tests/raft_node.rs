@@ -18,26 +18,6 @@ fn exec(g: &Ghost, op: &str, args: Value) -> Value {
         "seed_selector": "raft-node", "operation": op, "args": args}}))
 }
 
-fn text(r: &Value, which: &str) -> String {
-    let b64 = r["data"]["execution"]["SeedResult"][which]
-        .as_str()
-        .unwrap_or("");
-    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let (mut out, mut buf, mut bits) = (Vec::new(), 0u32, 0u32);
-    for c in b64.bytes().filter(|c| *c != b'=') {
-        let Some(v) = A.iter().position(|a| *a == c) else {
-            continue;
-        };
-        buf = buf << 6 | v as u32;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((buf >> bits) as u8);
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 fn ok(r: &Value) -> bool {
     r["data"]["event"]["Outcome"] == "success"
 }
@@ -49,7 +29,7 @@ fn put(g: &Ghost, k: &str, v: &str) -> Value {
 fn get(g: &Ghost, k: &str) -> String {
     let r = exec(g, "get", json!({"key": k}));
     assert!(ok(&r), "get {k}: {r}");
-    text(&r, "Stdout").trim_end().to_owned()
+    seed_text(&r, "Stdout").trim_end().to_owned()
 }
 
 /// Mirage's latest observation of one Ghost's member.
@@ -150,7 +130,7 @@ fn a_cluster_formed_by_an_intent_fails_over_and_a_restarted_member_catches_up() 
         "put",
         json!({"key": "k", "value": "v".repeat(16 * 1024 + 1)}),
     );
-    assert!(text(&bad, "Stderr").contains("value"), "{bad}");
+    assert!(seed_text(&bad, "Stderr").contains("value"), "{bad}");
 
     // SIGKILL of the leader's Ghost: Mirage observes a new leader.
     gs[l].as_mut().unwrap().proc.sigkill();
@@ -184,7 +164,7 @@ fn a_cluster_formed_by_an_intent_fails_over_and_a_restarted_member_catches_up() 
     let r = exec(gs[b].as_ref().unwrap(), "delete", json!({"key": "color"}));
     assert!(ok(&r), "{r}");
     let gone = exec(gs[a].as_ref().unwrap(), "get", json!({"key": "color"}));
-    assert!(text(&gone, "Stderr").contains("no key"), "{gone}");
+    assert!(seed_text(&gone, "Stderr").contains("no key"), "{gone}");
 
     // The killed Ghost restarts with its data dir; its member catches up to the leader.
     drop(gs[l].take());
@@ -209,7 +189,7 @@ fn a_cluster_formed_by_an_intent_fails_over_and_a_restarted_member_catches_up() 
     // Its own state machine holds the writes made while it was down (read locally from
     // its store file through the status the member reports).
     let st: Value = serde_json::from_str(
-        text(
+        seed_text(
             &exec(gs[l].as_ref().unwrap(), "status", json!({})),
             "Stdout",
         )
@@ -304,8 +284,9 @@ fn bench_raft_puts_and_failover() {
     );
     // Failover: SIGKILL the leader's Ghost, time until a survivor reports itself leader.
     let role = |g: &Ghost| -> (String, u64) {
-        let st: Value = serde_json::from_str(text(&exec(g, "status", json!({})), "Stdout").trim())
-            .unwrap_or(Value::Null);
+        let st: Value =
+            serde_json::from_str(seed_text(&exec(g, "status", json!({})), "Stdout").trim())
+                .unwrap_or(Value::Null);
         (
             st["role"].as_str().unwrap_or("").to_owned(),
             num(&st, "term"),

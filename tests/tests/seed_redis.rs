@@ -20,26 +20,6 @@ fn outcome(r: &Value) -> &str {
     r["data"]["event"]["Outcome"].as_str().unwrap_or("?")
 }
 
-fn text(r: &Value, which: &str) -> String {
-    let b64 = r["data"]["execution"]["SeedResult"][which]
-        .as_str()
-        .unwrap_or("");
-    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let (mut out, mut buf, mut bits) = (Vec::new(), 0u32, 0u32);
-    for c in b64.bytes().filter(|c| *c != b'=') {
-        let Some(v) = A.iter().position(|a| *a == c) else {
-            continue;
-        };
-        buf = buf << 6 | v as u32;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((buf >> bits) as u8);
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 fn alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map(|s| {
@@ -91,9 +71,10 @@ fn redis_started_by_an_intent_is_listed_observed_restarted_and_stopped() {
     wait_for("the URI in /v1/services", T, || {
         m.get("/v1/services").1["seed.redis"][0]["uris"] == json!([uri])
     });
-    let st: Value =
-        serde_json::from_str(text(&exec(&g, "status", json!({"name": "cache"})), "Stdout").trim())
-            .unwrap();
+    let st: Value = serde_json::from_str(
+        seed_text(&exec(&g, "status", json!({"name": "cache"})), "Stdout").trim(),
+    )
+    .unwrap();
     let p1 = st["pid"].as_u64().unwrap() as u32;
     assert!(alive(p1));
     // Its data lives under the Ghost's data dir.
@@ -143,7 +124,7 @@ fn redis_started_by_an_intent_is_listed_observed_restarted_and_stopped() {
     );
     let info = exec(&g, "info", json!({"name": "cache", "section": "server"}));
     assert!(
-        text(&info, "Stdout").contains(&format!("tcp_port:{port}")),
+        seed_text(&info, "Stdout").contains(&format!("tcp_port:{port}")),
         "{info}"
     );
 
@@ -167,16 +148,17 @@ fn redis_started_by_an_intent_is_listed_observed_restarted_and_stopped() {
     });
     let restarted = t0.elapsed();
     let h = exec(&g, "health", json!({"name": "cache"}));
-    assert_eq!(text(&h, "Stdout").trim(), "PONG", "{h}");
-    let st: Value =
-        serde_json::from_str(text(&exec(&g, "status", json!({"name": "cache"})), "Stdout").trim())
-            .unwrap();
+    assert_eq!(seed_text(&h, "Stdout").trim(), "PONG", "{h}");
+    let st: Value = serde_json::from_str(
+        seed_text(&exec(&g, "status", json!({"name": "cache"})), "Stdout").trim(),
+    )
+    .unwrap();
     let p2 = st["pid"].as_u64().unwrap() as u32;
     assert_ne!(p1, p2);
 
     // Bad input names the argument; nothing but redis-server's fixed argv runs.
     let bad = exec(&g, "start", json!({"name": "x", "port": "80"}));
-    assert!(text(&bad, "Stderr").contains("port"), "{bad}");
+    assert!(seed_text(&bad, "Stderr").contains("port"), "{bad}");
     let bad = exec(&g, "start", json!({"name": "x", "argv": "sh"}));
     assert_eq!(outcome(&bad), "error");
 

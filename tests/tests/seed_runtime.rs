@@ -61,24 +61,7 @@ fn outcome(r: &Value) -> &str {
 }
 
 fn out_text(r: &Value, which: &str) -> String {
-    let b64 = r["data"]["execution"]["SeedResult"][which]
-        .as_str()
-        .unwrap_or("");
-    let mut out = Vec::new();
-    let (mut buf, mut bits) = (0u32, 0u32);
-    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    for c in b64.bytes().filter(|c| *c != b'=') {
-        let Some(v) = A.iter().position(|a| *a == c) else {
-            continue;
-        };
-        buf = buf << 6 | v as u32;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((buf >> bits) as u8);
-        }
-    }
-    String::from_utf8_lossy(&out).trim_end().to_owned()
+    seed_text(r, which).trim_end().to_owned()
 }
 
 #[test]

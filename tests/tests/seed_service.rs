@@ -19,28 +19,8 @@ fn outcome(r: &Value) -> &str {
     r["data"]["event"]["Outcome"].as_str().unwrap_or("?")
 }
 
-fn text(r: &Value, which: &str) -> String {
-    let b64 = r["data"]["execution"]["SeedResult"][which]
-        .as_str()
-        .unwrap_or("");
-    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let (mut out, mut buf, mut bits) = (Vec::new(), 0u32, 0u32);
-    for c in b64.bytes().filter(|c| *c != b'=') {
-        let Some(v) = A.iter().position(|a| *a == c) else {
-            continue;
-        };
-        buf = buf << 6 | v as u32;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((buf >> bits) as u8);
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 fn pid_of(r: &Value) -> u32 {
-    let v: Value = serde_json::from_str(text(r, "Stdout").trim()).unwrap_or(Value::Null);
+    let v: Value = serde_json::from_str(seed_text(r, "Stdout").trim()).unwrap_or(Value::Null);
     v["pid"].as_u64().unwrap_or_else(|| panic!("no pid in {r}")) as u32
 }
 
@@ -85,7 +65,7 @@ fn allowlisted_services_are_supervised_observed_and_never_orphaned() {
     // Nothing outside the allowlist runs, whatever the arguments say.
     let r = exec(&g, "start", json!({"name": "nope"}));
     assert_eq!(outcome(&r), "error");
-    assert!(text(&r, "Stderr").contains("not allowlisted"), "{r}");
+    assert!(seed_text(&r, "Stderr").contains("not allowlisted"), "{r}");
     let r = exec(&g, "start", json!({"name": "sleeper", "argv": "rm -rf /"}));
     assert_eq!(outcome(&r), "error");
     assert!(r.to_string().contains("argv"), "{r}");
@@ -127,14 +107,14 @@ fn allowlisted_services_are_supervised_observed_and_never_orphaned() {
     // down; its log is readable, bounded by lines.
     let r = exec(&g, "start", json!({"name": "once"}));
     assert_eq!(outcome(&r), "error", "{r}");
-    assert!(text(&r, "Stderr").contains("exit code 3"), "{r}");
+    assert!(seed_text(&r, "Stderr").contains("exit code 3"), "{r}");
     wait_for("once to fail", T, || {
-        text(&exec(&g, "status", json!({"name": "once"})), "Stdout").contains("\"failed\"")
+        seed_text(&exec(&g, "status", json!({"name": "once"})), "Stdout").contains("\"failed\"")
     });
     let logs = exec(&g, "logs", json!({"name": "once", "lines": "1"}));
-    assert_eq!(text(&logs, "Stdout"), "second line\n", "{logs}");
+    assert_eq!(seed_text(&logs, "Stdout"), "second line\n", "{logs}");
     let bad = exec(&g, "logs", json!({"name": "once", "lines": "100000"}));
-    assert!(text(&bad, "Stderr").contains("lines"), "{bad}");
+    assert!(seed_text(&bad, "Stderr").contains("lines"), "{bad}");
 
     // stop / start give a new process; the Ghost's SIGTERM stops it (checked by PID).
     let r = exec(&g, "stop", json!({"name": "sleeper"}));
