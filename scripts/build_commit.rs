@@ -1,3 +1,4 @@
+//! Build script of both `mirage` and `ghost` (`build = "../scripts/build_commit.rs"`):
 //! `--version` carries the commit: `git rev-parse --short HEAD`, "unknown" outside git.
 use std::process::Command;
 
@@ -22,5 +23,5 @@ fn main() {
             }
         }
     }
-    println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed=../scripts/build_commit.rs");
 }
