@@ -832,3 +832,62 @@ pub fn seed_text(r: &Value, which: &str) -> String {
             .unwrap_or(""),
     )
 }
+
+/// Loopback ports of a `mirage up` started by [`spawn_up`].
+pub struct UpPorts {
+    pub session: u16,
+    /// `127.0.0.1:PORT` of the HTTP API.
+    pub api: String,
+    pub admin: u16,
+}
+
+/// `mirage up [--ghosts N]` on free loopback ports, data under `dir/data`, log `dir/up.log`
+/// (`ghosts` = 1: the local Ghost only, no `--ghosts` flag).
+pub fn spawn_up(dir: &TempDir, ghosts: usize) -> (Proc, UpPorts) {
+    let (session, http, admin) = (free_port(), free_port(), free_port());
+    let data = dir.path("data");
+    let (n, listen, api, admin_at) = (
+        ghosts.to_string(),
+        format!("127.0.0.1:{session}"),
+        format!("127.0.0.1:{http}"),
+        format!("127.0.0.1:{admin}"),
+    );
+    let mut args = vec!["up"];
+    if ghosts > 1 {
+        args.extend(["--ghosts", n.as_str()]);
+    }
+    args.extend([
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--listen",
+        listen.as_str(),
+        "--http",
+        api.as_str(),
+        "--ghost-admin",
+        admin_at.as_str(),
+    ]);
+    let up = Proc::spawn(&bin("mirage"), &args, dir.path("up.log"));
+    (
+        up,
+        UpPorts {
+            session,
+            api,
+            admin,
+        },
+    )
+}
+
+/// `mirage certs ARGS…`, which must succeed; its stdout.
+pub fn mirage_certs(args: &[&str]) -> String {
+    let out = Command::new(bin("mirage"))
+        .arg("certs")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "mirage certs {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

@@ -27,23 +27,8 @@ fn cli(api: &str, args: &[&str]) -> (i32, String, String) {
 #[test]
 fn mirage_up_runs_hello_to_satisfied_on_the_local_ghost() {
     let dir = TempDir::new("up");
-    let (session, http, admin) = (free_port(), free_port(), free_port());
-    let mut up = Proc::spawn(
-        &bin("mirage"),
-        &[
-            "up",
-            "--data-dir",
-            dir.path("data").to_str().unwrap(),
-            "--listen",
-            &format!("127.0.0.1:{session}"),
-            "--http",
-            &format!("127.0.0.1:{http}"),
-            "--ghost-admin",
-            &format!("127.0.0.1:{admin}"),
-        ],
-        dir.path("up.log"),
-    );
-    let api = format!("127.0.0.1:{http}");
+    let (mut up, ports) = spawn_up(&dir, 1);
+    let (session, api, admin) = (ports.session, ports.api, ports.admin);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let (_, v) = e2e::http(&api, "GET", "/v1/ghosts/ghost.local", None);

@@ -10,20 +10,6 @@ use e2e::*;
 
 const T: Duration = Duration::from_secs(40);
 
-fn certs(args: &[&str]) -> String {
-    let out = Command::new(bin("mirage"))
-        .arg("certs")
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "mirage certs {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 fn session_of(m: &Mirage, id: &str) -> Option<String> {
     let (_, g) = m.get(&format!("/v1/ghosts/{id}"));
     (g["connected"] == true).then(|| g["session_id"].as_str().unwrap_or("").to_owned())
@@ -41,7 +27,7 @@ fn a_rotated_certificate_is_used_from_the_next_session_without_downtime() {
     let dir = TempDir::new("rotate");
     let pki = dir.path("pki");
     let p = pki.to_str().unwrap();
-    certs(&[
+    mirage_certs(&[
         "init",
         "--out",
         p,
@@ -77,7 +63,7 @@ fn a_rotated_certificate_is_used_from_the_next_session_without_downtime() {
     }
     let first = session_of(&m, "g1").unwrap();
 
-    let out = certs(&["rotate", "--dir", p, "g1", "--revoke-old"]);
+    let out = mirage_certs(&["rotate", "--dir", p, "g1", "--revoke-old"]);
     assert!(out.contains("rotated g1: serial"), "{out}");
     assert!(out.contains("revoked the previous serial"), "{out}");
     let old = out

@@ -7,7 +7,6 @@
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -81,20 +80,6 @@ fn log_line(m: &Mirage, parts: &[&str], within: Duration) -> String {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-fn certs_cli(args: &[&str]) -> String {
-    let out = Command::new(bin("mirage"))
-        .arg("certs")
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "mirage certs {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[test]
@@ -204,7 +189,7 @@ fn an_added_ghost_registers_and_once_revoked_is_refused_at_its_next_handshake() 
     let dir = TempDir::new("pki-revoke");
     let pki = dir.path("pki");
     let p = pki.to_str().unwrap();
-    certs_cli(&["init", "--out", p, "--mirage-host", "127.0.0.1"]);
+    mirage_certs(&["init", "--out", p, "--mirage-host", "127.0.0.1"]);
     let mode = |f: &str| {
         use std::os::unix::fs::PermissionsExt;
         std::fs::metadata(pki.join(f)).unwrap().permissions().mode() & 0o777
@@ -213,7 +198,7 @@ fn an_added_ghost_registers_and_once_revoked_is_refused_at_its_next_handshake() 
     assert_eq!(mode(""), 0o700);
     // Two Ghosts join the fleet after `init`, under the same CA.
     for g in ["g.new", "g.other"] {
-        let out = certs_cli(&["add-ghost", "--dir", p, g]);
+        let out = mirage_certs(&["add-ghost", "--dir", p, g]);
         assert!(out.contains("cert_file = \""), "{out}");
     }
     assert_eq!(mode("g.new.key"), 0o600);
@@ -241,7 +226,7 @@ fn an_added_ghost_registers_and_once_revoked_is_refused_at_its_next_handshake() 
     let _g_other = Ghost::start(&dir, "g.other", &m.session, &other_tls);
     m.wait_ghosts(2, T);
 
-    let out = certs_cli(&["revoke", "--dir", p, "g.new"]);
+    let out = mirage_certs(&["revoke", "--dir", p, "g.new"]);
     assert!(out.contains("revoked g.new"), "{out}");
     // Its next connection (a restart) is refused, with the reason, on every retry; Mirage was
     // not restarted and the other Ghost stays.
@@ -263,7 +248,7 @@ fn an_added_ghost_registers_and_once_revoked_is_refused_at_its_next_handshake() 
     assert_eq!(_g_new.executed(), 0);
 
     // A new certificate for the same Ghost is issued and accepted.
-    certs_cli(&["add-ghost", "--dir", p, "g.new"]);
+    mirage_certs(&["add-ghost", "--dir", p, "g.new"]);
     drop(_g_new);
     let _g_new2 = Ghost::start(&dir, "g.new", &m.session, &copy("g.new", "2"));
     let deadline = Instant::now() + T;

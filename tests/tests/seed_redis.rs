@@ -181,25 +181,8 @@ fn redis_started_by_an_intent_is_listed_observed_restarted_and_stopped() {
 #[test]
 fn mirage_up_with_three_ghosts_runs_the_redis_plan_to_satisfied() {
     let dir = TempDir::new("up-redis");
-    let (session, http, admin) = (free_port(), free_port(), free_port());
-    let mut up = Proc::spawn(
-        &bin("mirage"),
-        &[
-            "up",
-            "--ghosts",
-            "3",
-            "--data-dir",
-            dir.path("data").to_str().unwrap(),
-            "--listen",
-            &format!("127.0.0.1:{session}"),
-            "--http",
-            &format!("127.0.0.1:{http}"),
-            "--ghost-admin",
-            &format!("127.0.0.1:{admin}"),
-        ],
-        dir.path("up.log"),
-    );
-    let api = format!("127.0.0.1:{http}");
+    let (mut up, ports) = spawn_up(&dir, 3);
+    let (api, admin) = (ports.api, ports.admin);
     for id in ["ghost.local", "ghost.2", "ghost.3"] {
         wait_for(&format!("{id} to connect"), T, || {
             e2e::http(&api, "GET", &format!("/v1/ghosts/{id}"), None).1["connected"] == true

@@ -146,25 +146,8 @@ fn redis_installed() {
 fn storage_move_plan_moves_100k_keys_between_two_ghosts_of_mirage_up() {
     redis_installed();
     let dir = TempDir::new("storage-move");
-    let (session, http, admin) = (free_port(), free_port(), free_port());
-    let _up = Proc::spawn(
-        &bin("mirage"),
-        &[
-            "up",
-            "--ghosts",
-            "2",
-            "--data-dir",
-            dir.path("data").to_str().unwrap(),
-            "--listen",
-            &format!("127.0.0.1:{session}"),
-            "--http",
-            &format!("127.0.0.1:{http}"),
-            "--ghost-admin",
-            &format!("127.0.0.1:{admin}"),
-        ],
-        dir.path("up.log"),
-    );
-    let api = format!("127.0.0.1:{http}");
+    let (_up, ports) = spawn_up(&dir, 2);
+    let api = ports.api;
     for id in ["ghost.local", "ghost.2"] {
         wait_for(&format!("{id} to connect"), T, || {
             e2e::http(&api, "GET", &format!("/v1/ghosts/{id}"), None).1["connected"] == true
