@@ -225,6 +225,8 @@ pub fn serve(cfg: GhostConfig) -> Result<i32, String> {
             ));
             admin_addr = admin::listen(ctx).await?.to_string();
         }
+        // Handlers first: whoever reads the "ready" line may send SIGTERM at once.
+        let signals = shared::notify::Signals::install();
         // One line on stdout for whoever started us (tests, `mirage up`).
         println!(
             "ghost ready ghost_id={} admin={} seeds={} policy={:?}",
@@ -243,7 +245,7 @@ pub fn serve(cfg: GhostConfig) -> Result<i32, String> {
         );
         actix_rt::spawn(async move {
             // READY=1 once the handlers are in, STOPPING=1 when a signal arrives.
-            shared::notify::ready_until_signal().await;
+            signals.ready_until_signal().await;
             tracing::info!(component = "ghost", "signal received; stopping");
             stop_seeds(&seeds_for_stop, stop_grace).await;
             for a in &seed_arbiters {

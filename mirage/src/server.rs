@@ -186,6 +186,8 @@ pub fn serve_with(cfg: MirageConfig, local: Option<LocalGhost>) -> Result<i32, S
             api_addr = addr.to_string();
             actix_rt::spawn(server);
         }
+        // Handlers first: whoever reads the "ready" line may send SIGTERM at once.
+        let signals = shared::notify::Signals::install();
         println!("mirage ready mirage_id={} session={session_addr} api={api_addr}", cfg.mirage_id);
         if local.is_some() {
             println!(
@@ -203,9 +205,9 @@ pub fn serve_with(cfg: MirageConfig, local: Option<LocalGhost>) -> Result<i32, S
             }
             println!("  Ctrl-C stops everything.");
         }
-        actix_rt::spawn(async {
+        actix_rt::spawn(async move {
             // READY=1 once the handlers are in, STOPPING=1 when a signal arrives.
-            shared::notify::ready_until_signal().await;
+            signals.ready_until_signal().await;
             tracing::info!(component = "mirage", "signal received; stopping");
             System::current().stop();
         });

@@ -15,27 +15,41 @@ pub fn notify(state: &str) {
     }
 }
 
-/// Installs the SIGTERM/SIGINT handlers, then tells the manager READY=1, waits for a signal
-/// and tells it STOPPING=1. Ready only once the handlers are in: a stop sent right after
-/// READY=1 must be a graceful one, not the default action of SIGTERM.
-pub async fn ready_until_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).ok();
-    let mut int = signal(SignalKind::interrupt()).ok();
-    notify("READY=1");
-    async fn recv(s: &mut Option<tokio::signal::unix::Signal>) {
-        match s {
-            Some(s) => {
-                s.recv().await;
-            }
-            None => std::future::pending::<()>().await,
+/// The SIGTERM/SIGINT handlers, installed before the process says it is ready: a stop sent
+/// right after the "ready" line or READY=1 must be a graceful one, not SIGTERM's default
+/// action (which kills without flushing).
+pub struct Signals {
+    term: Option<tokio::signal::unix::Signal>,
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    /// Installs both handlers now. Must run inside a Tokio runtime (the actix System's).
+    pub fn install() -> Self {
+        use tokio::signal::unix::{signal, SignalKind};
+        Self {
+            term: signal(SignalKind::terminate()).ok(),
+            int: signal(SignalKind::interrupt()).ok(),
         }
     }
-    tokio::select! {
-        _ = recv(&mut term) => {}
-        _ = recv(&mut int) => {}
+
+    /// Tells the manager READY=1, waits for a signal and tells it STOPPING=1.
+    pub async fn ready_until_signal(mut self) {
+        notify("READY=1");
+        async fn recv(s: &mut Option<tokio::signal::unix::Signal>) {
+            match s {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        }
+        tokio::select! {
+            _ = recv(&mut self.term) => {}
+            _ = recv(&mut self.int) => {}
+        }
+        notify("STOPPING=1");
     }
-    notify("STOPPING=1");
 }
 
 fn send(path: &std::ffi::OsStr, state: &str) -> std::io::Result<()> {
