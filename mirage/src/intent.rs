@@ -56,6 +56,17 @@ pub struct Check {
     /// every one of these values. `operation` is empty then.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub observed: BTreeMap<String, String>,
+    /// A step of an expanded `raft.keep` (crate::raft_keep): Mirage answers the check from
+    /// the cluster's observations; no command is sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raft_keep: Option<crate::raft_keep::Keep>,
+}
+
+impl Check {
+    /// False for checks Mirage answers itself (observed, raft.keep).
+    pub fn sends_command(&self) -> bool {
+        self.observed.is_empty() && self.raft_keep.is_none()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -351,6 +362,27 @@ fn validate(raw: RawIntent, new_id: impl FnOnce() -> String) -> Result<Intent, F
             }
             continue;
         }
+        if s.operation.as_deref().map(str::trim) == Some(crate::raft_keep::OPERATION) {
+            let timeout_ms = duration(
+                &f("timeout"),
+                &s.timeout,
+                crate::raft_keep::DEFAULT_TIMEOUT_MS,
+            )?;
+            steps.extend(crate::raft_keep::expand(
+                i,
+                s.seed.as_deref(),
+                &args(&f("args"), &s.args)?,
+                timeout_ms,
+                s.retries.min(100),
+            )?);
+            if steps.len() > MAX_STEPS {
+                return Err(fe(
+                    "step",
+                    format!("at most {MAX_STEPS} steps (after expansion)"),
+                ));
+            }
+            continue;
+        }
         let seed = required(&f("seed"), &s.seed)?;
         validate_seed_id(&seed).map_err(|r| fe(f("seed"), r))?;
         let operation = required(&f("operation"), &s.operation)?;
@@ -380,6 +412,7 @@ fn validate(raw: RawIntent, new_id: impl FnOnce() -> String) -> Result<Intent, F
                         args: args(&f("check.args"), &c.args)?,
                         expect,
                         observed: BTreeMap::new(),
+                        raft_keep: None,
                     })
                 } else {
                     if c.operation.is_some() || !c.args.is_empty() || expect.is_some() {
@@ -397,6 +430,7 @@ fn validate(raw: RawIntent, new_id: impl FnOnce() -> String) -> Result<Intent, F
                         args: Args::new(),
                         expect: None,
                         observed,
+                        raft_keep: None,
                     })
                 }
             }

@@ -15,6 +15,7 @@ pub mod lock;
 pub mod metrics;
 pub mod observe;
 pub mod plan;
+pub mod raft_keep;
 pub mod server;
 pub mod skew;
 pub mod storage_move;

@@ -68,6 +68,8 @@ pub struct GhostView {
     pub idempotent: std::collections::BTreeSet<(String, String)>,
     /// Latest observed state per seed instance (`seed.service/web`), read by observed checks.
     pub observed: BTreeMap<String, BTreeMap<String, String>>,
+    /// When its session ended (0 while connected, or not known): how long it has been gone.
+    pub disconnected_ms: u64,
 }
 
 /// The Ghost's latest observation of `seed` (or of one of its instances, `seed/name`)
@@ -198,7 +200,7 @@ pub fn submit_check(intent: &Intent, fleet: &FleetView) -> Result<(), (usize, St
             continue;
         }
         let mut ops = vec![s.operation.as_str()];
-        if let Some(c) = s.check.as_ref().filter(|c| c.observed.is_empty()) {
+        if let Some(c) = s.check.as_ref().filter(|c| c.sends_command()) {
             ops.push(c.operation.as_str());
         }
         let hosts_seed = considered
@@ -688,11 +690,14 @@ impl Plan {
                 continue;
             };
             let key = observed_key(step);
-            let (outcome, reason) =
-                match observed_check(&c.observed, &key, fleet.ghosts.get(&ghost)) {
-                    Ok(()) => (Outcome::Success, None),
-                    Err(why) => (Outcome::Error, Some(why)),
-                };
+            let checked = match &c.raft_keep {
+                Some(k) => crate::raft_keep::check(k, &self.intent, fleet, now),
+                None => observed_check(&c.observed, &key, fleet.ghosts.get(&ghost)),
+            };
+            let (outcome, reason) = match checked {
+                Ok(()) => (Outcome::Success, None),
+                Err(why) => (Outcome::Error, Some(why)),
+            };
             let event_id = format!("{command_id}.observed");
             self.on_event(
                 ghost, command_id, event_id, outcome, reason, false, now, fleet, &mut fx,
@@ -1131,7 +1136,7 @@ impl Plan {
             let op = s
                 .check
                 .as_ref()
-                .filter(|c| c.observed.is_empty())
+                .filter(|c| c.sends_command())
                 .map(|c| c.operation.as_str());
             match fleet
                 .hosts(g, &s.seed, &s.operation)
@@ -1215,9 +1220,13 @@ impl Plan {
             _ => now,
         };
         let step = self.intent.steps[idx].clone();
-        let placed = self.place(idx, fleet).and_then(|p| {
-            resolve_args(&self.intent.steps[idx].args, &self.intent, fleet).map(|a| (p, a))
-        });
+        let keeper = step.check.as_ref().and_then(|c| c.raft_keep.as_ref());
+        let placed = match keeper {
+            Some(k) => crate::raft_keep::placement(k, &self.intent, fleet, now),
+            None => self.place(idx, fleet).and_then(|p| {
+                resolve_args(&self.intent.steps[idx].args, &self.intent, fleet).map(|a| (p, a))
+            }),
+        };
         let (placement, resolved_args) = match placed {
             Ok(p) => p,
             Err(why) => {
@@ -1410,7 +1419,7 @@ impl Plan {
             },
         };
         let observed =
-            kind == Kind::Check && step.check.as_ref().is_some_and(|c| !c.observed.is_empty());
+            kind == Kind::Check && step.check.as_ref().is_some_and(|c| !c.sends_command());
         if observed {
             self.local_checks
                 .push((ghost.to_owned(), o.command.command_id.clone()));
@@ -1501,10 +1510,18 @@ impl Plan {
                         Phase::InProgress,
                         CompletionState::Corrective,
                         format!(
-                            "intent {} drift: step {}/{} check failed on {ghost}; correcting",
+                            "intent {} drift: step {}/{} check failed on {ghost}{}; correcting",
                             self.id(),
                             idx + 1,
-                            self.total()
+                            self.total(),
+                            // A raft.keep check says which member and Ghost, and why.
+                            match (
+                                &reason,
+                                step.check.as_ref().and_then(|c| c.raft_keep.as_ref())
+                            ) {
+                                (Some(r), Some(_)) => format!(": {r}"),
+                                _ => String::new(),
+                            }
                         ),
                         Some(idx),
                     );

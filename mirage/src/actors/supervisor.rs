@@ -384,6 +384,7 @@ impl Supervisor {
     ) -> GhostView {
         GhostView {
             drained,
+            disconnected_ms: g.disconnected_ms,
             observed: observed
                 .of(id)
                 .into_iter()
