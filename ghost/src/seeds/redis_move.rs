@@ -561,9 +561,19 @@ fn shutdown_nosave(port: u16) {
 }
 
 /// At seed start: what a restore left half done (a Ghost killed mid-move) is removed, so a
-/// half-restored instance is never started or advertised.
+/// half-restored instance is never started or advertised; and the snapshots of offers the
+/// last run made (offers live in memory: a restarted source has none, so their hard links
+/// would only hold disk).
 pub fn clean_leftovers(redis_dir: &Path) -> Vec<String> {
     let mut removed = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(moves_dir(redis_dir)) {
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if std::fs::remove_file(e.path()).is_ok() {
+                removed.push(format!(".moves/{name}"));
+            }
+        }
+    }
     let Ok(rd) = std::fs::read_dir(redis_dir) else {
         return removed;
     };
