@@ -511,10 +511,15 @@ fn a_move_holds_both_seed_locks_to_its_end_across_a_mirage_restart_and_never_sho
     f.m.proc.sigkill();
     f.m = Mirage::start(&f.dir, f.session_port, "");
     f.m.wait_ghosts(2, T);
-    for s in [&on_target, &on_source] {
-        let d = f.m.get(&format!("/v1/intents/{s}")).1;
-        assert_eq!(d["summary"]["status"], "active", "{d}");
-        assert_eq!(d["plan"]["steps_done"], 0, "{s} ran inside the move: {d}");
+    // Still waiting after the restart (the transfer, slowed, has seconds to go; the report
+    // order below is the check that holds whatever the timing).
+    let move_now = f.m.get(&format!("/v1/intents/{id}")).1;
+    if move_now["summary"]["status"] == "active" {
+        for s in [&on_target, &on_source] {
+            let d = f.m.get(&format!("/v1/intents/{s}")).1;
+            assert_eq!(d["summary"]["status"], "active", "{d}");
+            assert_eq!(d["plan"]["steps_done"], 0, "{s} ran inside the move: {d}");
+        }
     }
     let d = f.m.wait_status(&id, "satisfied", T);
     assert_eq!(d["summary"]["steps_done"], 4, "{d}");
