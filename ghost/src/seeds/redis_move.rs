@@ -685,6 +685,28 @@ mod tests {
     }
 
     #[test]
+    fn a_restart_removes_half_restores_and_dead_offers_but_not_instances() {
+        let dir = std::env::temp_dir().join(format!("ghost-move-clean-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let moves = moves_dir(&dir);
+        std::fs::create_dir_all(&moves).unwrap();
+        std::fs::write(moves.join("mv-0.rdb"), b"REDIS").unwrap();
+        std::fs::write(moves.join("mv-0.json"), b"{}").unwrap();
+        std::fs::create_dir_all(incoming_dir(&dir, "cache")).unwrap();
+        std::fs::create_dir_all(dir.join("kept")).unwrap();
+        std::fs::write(dir.join("kept/dump.rdb"), b"REDIS").unwrap();
+        let mut removed = clean_leftovers(&dir);
+        removed.sort();
+        assert_eq!(
+            removed,
+            [".moves/mv-0.json", ".moves/mv-0.rdb", "cache.incoming"]
+        );
+        assert!(dir.join("kept/dump.rdb").is_file(), "a live instance stays");
+        assert_eq!(std::fs::read_dir(&moves).unwrap().count(), 0);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn only_the_named_ghost_with_the_token_fetches_once_and_offers_expire() {
         let dir = std::env::temp_dir().join(format!("ghost-move-test-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
