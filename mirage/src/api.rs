@@ -192,7 +192,11 @@ async fn list_intents(st: web::Data<AppState>, q: web::Query<Limit>) -> HttpResp
 
 async fn get_intent(st: web::Data<AppState>, id: web::Path<String>) -> HttpResponse {
     match st.sup.send(GetIntent(id.into_inner())).await {
-        Ok(Ok(d)) => HttpResponse::Ok().json(d),
+        Ok(Ok(mut d)) => {
+            // A storage.move's one-time token stays in Mirage (issue 14).
+            crate::storage_move::redact(&mut d.plan);
+            HttpResponse::Ok().json(d)
+        }
         Ok(Err(e)) => api_err(e),
         Err(e) => unavailable(e),
     }

@@ -90,6 +90,10 @@ pub struct Step {
     /// storage.move step holds both ends' locks, issue 14).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub locks: Vec<String>,
+    /// A step of a lock set: when it succeeds its locks pass to the next step instead of
+    /// being released, so nothing else runs on those seeds in between (storage.move).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hold_locks: bool,
 }
 
 /// A validated intent.
@@ -448,6 +452,7 @@ fn validate(raw: RawIntent, new_id: impl FnOnce() -> String) -> Result<Intent, F
             offline: offline(&f("offline"), s.offline.as_deref(), default_offline)?,
             uri: seed_uri(&f("uri"), s.uri.as_deref())?,
             locks: Vec::new(),
+            hold_locks: false,
         });
     }
     if keep_ms.is_some() && steps.iter().all(|s| s.check.is_none()) {

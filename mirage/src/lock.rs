@@ -189,6 +189,38 @@ pub fn key(ghost_id: &str, seed: &str) -> String {
     format!("{ghost_id}::{seed}")
 }
 
+/// The first step of the lock set that step `idx` belongs to: a run of steps where each
+/// but the last hands its locks on to the next (`hands_on(j)`: step j does). The whole set
+/// holds its locks as that one step's [`Owner`], so a re-acquire by a later step of the set
+/// is `Held` (same fencing token) and no other owner is granted between two of its steps.
+pub fn set_start(idx: usize, hands_on: impl Fn(usize) -> bool) -> usize {
+    let mut j = idx;
+    while j > 0 && hands_on(j - 1) {
+        j -= 1;
+    }
+    j
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Carry {
+    Keep,
+    Release,
+}
+
+/// A lock `key` held by a finished step of a lock set, once the next step has begun.
+/// `next`: that step's locks and whether it still waits for its placement, when it is of
+/// the same set (None: another owner, or no step). Kept when the next step needs the key
+/// or cannot tell yet (waiting for its Ghost); released otherwise.
+pub fn carry(
+    next: Option<(&std::collections::BTreeMap<String, Option<u64>>, bool)>,
+    key: &str,
+) -> Carry {
+    match next {
+        Some((locks, waiting)) if waiting || locks.contains_key(key) => Carry::Keep,
+        _ => Carry::Release,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -298,6 +330,53 @@ mod tests {
         assert_eq!((r.released, r.grant), (Some(step("a", 0)), None));
         assert!(q.is_idle());
         assert_eq!(q.acquire(step("a", 1), 2, 1), Acquired::Granted(9));
+    }
+
+    #[test]
+    fn a_lock_set_is_one_holder_from_its_first_step_to_its_last() {
+        // Steps 1..=4 are a set (1, 2, 3 hand on; 4 ends it); 0 and 5 stand alone.
+        let hands_on = |j: usize| (1..=3).contains(&j);
+        let starts: Vec<usize> = (0..6).map(|i| set_start(i, hands_on)).collect();
+        assert_eq!(starts, [0, 1, 1, 1, 1, 5]);
+        // The set's owner keeps the queue from its first grant to its last release: a
+        // waiter that queued during step 1 is granted only after step 4.
+        let set = Owner {
+            intent_id: "mv".into(),
+            step: set_start(3, hands_on),
+        };
+        let mut q = LockQueue::new("ghost.2::seed.redis", 0);
+        assert_eq!(q.acquire(set.clone(), 0, 1000), Acquired::Granted(1));
+        assert!(matches!(
+            q.acquire(o("other"), 1, 1000),
+            Acquired::Queued { position: 1, .. }
+        ));
+        for step in 2..=4 {
+            // Each later step of the set re-acquires as the same owner: held, same token.
+            let owner = Owner {
+                intent_id: "mv".into(),
+                step: set_start(step, hands_on),
+            };
+            assert_eq!(q.acquire(owner, step as u64, 1000), Acquired::Held(1));
+            assert_eq!(q.holder.as_ref().unwrap().owner, set);
+        }
+        assert_eq!(
+            q.release(&set, 10),
+            Some(Grant {
+                owner: o("other"),
+                token: 2
+            })
+        );
+        // What a finished step does with each of its locks once the next has begun.
+        let mut next = std::collections::BTreeMap::new();
+        next.insert("a::seed.redis".to_owned(), None);
+        assert_eq!(carry(Some((&next, false)), "a::seed.redis"), Carry::Keep);
+        assert_eq!(carry(Some((&next, false)), "b::seed.redis"), Carry::Release);
+        assert_eq!(
+            carry(Some((&next, true)), "b::seed.redis"),
+            Carry::Keep,
+            "a step waiting for its Ghost keeps the set's locks"
+        );
+        assert_eq!(carry(None, "a::seed.redis"), Carry::Release);
     }
 
     #[test]

@@ -630,10 +630,14 @@ impl Plan {
         self.intent.steps.len()
     }
 
+    /// The lock owner of `step`: the first step of its lock set (steps that hand their locks
+    /// on, `hold_locks`, share one owner, so the queues see one holder throughout).
     fn owner(&self, step: usize) -> Owner {
         Owner {
             intent_id: self.intent.intent_id.clone(),
-            step,
+            step: lock::set_start(step, |j| {
+                self.intent.steps.get(j).is_some_and(|s| s.hold_locks)
+            }),
         }
     }
 
@@ -667,7 +671,7 @@ impl Plan {
             && self
                 .step
                 .as_ref()
-                .is_some_and(|s| s.index == owner.step && s.locks.contains_key(key))
+                .is_some_and(|s| self.owner(s.index) == *owner && s.locks.contains_key(key))
     }
 
     /// Commands this plan is waiting on (for routing after a restart).
@@ -1022,11 +1026,9 @@ impl Plan {
             Input::LockGranted { key, .. } => {
                 // Not held for anything any more.
                 if s.locks.get(&key).is_some_and(Option::is_none) {
+                    let idx = s.index;
                     s.locks.remove(&key);
-                    let owner = Owner {
-                        intent_id: self.intent.intent_id.clone(),
-                        step: s.index,
-                    };
+                    let owner = self.owner(idx);
                     fx.push(Effect::Release { key, owner });
                 }
             }
@@ -1220,6 +1222,11 @@ impl Plan {
             _ => now,
         };
         let step = self.intent.steps[idx].clone();
+        // Locks this step already holds (carried to it from its lock set) stay with it.
+        let held: BTreeMap<String, Option<u64>> = match &self.step {
+            Some(s) if s.index == idx => s.locks.clone(),
+            _ => BTreeMap::new(),
+        };
         let keeper = step.check.as_ref().and_then(|c| c.raft_keep.as_ref());
         let placed = match keeper {
             Some(k) => crate::raft_keep::placement(k, &self.intent, fleet, now),
@@ -1236,7 +1243,7 @@ impl Plan {
                     started_ms: started,
                     placement: vec![],
                     waiting_placement: Some(why.clone()),
-                    locks: BTreeMap::new(),
+                    locks: held,
                     blocked_by: None,
                     ghosts: BTreeMap::new(),
                     outstanding: BTreeMap::new(),
@@ -1266,6 +1273,7 @@ impl Plan {
                 .iter()
                 .map(|g| lock::key(g, &step.seed))
                 .chain(step.locks.iter().cloned())
+                .chain(held.into_keys())
                 .map(|k| (k, None))
                 .collect()
         } else {
@@ -1303,7 +1311,7 @@ impl Plan {
     }
 
     fn lock_granted(&mut self, key: String, token: u64, now: u64, fx: &mut Vec<Effect>) {
-        let intent_id = self.intent.intent_id.clone();
+        let owner = self.step.as_ref().map(|s| self.owner(s.index));
         let Some(s) = &mut self.step else {
             // Not ours any more (withdrawn or moved on): nothing holds it for us.
             return;
@@ -1311,13 +1319,9 @@ impl Plan {
         match s.locks.get_mut(&key) {
             Some(t) => *t = Some(token),
             None => {
-                fx.push(Effect::Release {
-                    key,
-                    owner: Owner {
-                        intent_id,
-                        step: s.index,
-                    },
-                });
+                if let Some(owner) = owner {
+                    fx.push(Effect::Release { key, owner });
+                }
                 return;
             }
         }
@@ -1488,13 +1492,16 @@ impl Plan {
             s.outstanding.insert(command_id, o);
             return;
         }
+        let owner = Owner {
+            intent_id: self.intent.intent_id.clone(),
+            step: lock::set_start(idx, |j| {
+                self.intent.steps.get(j).is_some_and(|s| s.hold_locks)
+            }),
+        };
         for key in s.locks.keys() {
             fx.push(Effect::Renew {
                 key: key.clone(),
-                owner: Owner {
-                    intent_id: self.intent.intent_id.clone(),
-                    step: idx,
-                },
+                owner: owner.clone(),
                 lease_ms: Self::lease_ms(&step),
             });
         }
@@ -1674,7 +1681,24 @@ impl Plan {
                 }
             }
         }
-        self.release_all(fx);
+        // A step of a lock set (storage.move) that succeeded hands its locks to the next
+        // step instead of releasing them: nothing else may run on these seeds in between.
+        let carry = failed.is_empty()
+            && catching.is_none()
+            && self.round == 0
+            && self.intent.steps[idx].hold_locks;
+        let carried = if carry {
+            let owner = self.owner(idx);
+            let keys = self
+                .step
+                .as_mut()
+                .map(|s| std::mem::take(&mut s.locks))
+                .unwrap_or_default();
+            Some((owner, keys))
+        } else {
+            self.release_all(fx);
+            None
+        };
         if let Some(g) = catching {
             if let Some((_, why)) = failed
                 .first()
@@ -1753,6 +1777,46 @@ impl Plan {
             }
         }
         self.begin_step(idx + 1, now, fleet, fx);
+        if let Some((owner, keys)) = carried {
+            self.settle_carried(owner, keys, fx);
+        }
+    }
+
+    /// After the next step began: the carried locks it shares the owner of stay held (a
+    /// step still waiting for its placement keeps them too); any other is released.
+    fn settle_carried(
+        &mut self,
+        owner: Owner,
+        keys: BTreeMap<String, Option<u64>>,
+        fx: &mut Vec<Effect>,
+    ) {
+        let same = self.step.as_ref().map(|s| self.owner(s.index)) == Some(owner.clone());
+        let lease_ms = self
+            .step
+            .as_ref()
+            .map(|s| Self::lease_ms(&self.intent.steps[s.index]));
+        for (key, token) in keys {
+            let next = self.step.as_mut().filter(|_| same);
+            let next_locks = next
+                .as_ref()
+                .map(|s| (&s.locks, s.waiting_placement.is_some()));
+            match lock::carry(next_locks, &key) {
+                lock::Carry::Keep => {
+                    if let Some(s) = next {
+                        s.locks.entry(key.clone()).or_insert(token);
+                    }
+                    fx.push(Effect::Renew {
+                        key,
+                        owner: owner.clone(),
+                        lease_ms: lease_ms.unwrap_or(0),
+                    });
+                }
+                lock::Carry::Release => fx.push(Effect::Release {
+                    key,
+                    owner: owner.clone(),
+                }),
+            }
+        }
     }
 
     fn complete_round(&mut self, now: u64, fleet: &FleetView, fx: &mut Vec<Effect>) {
@@ -1871,11 +1935,8 @@ impl Plan {
     }
 
     fn release_all(&mut self, fx: &mut Vec<Effect>) {
-        if let Some(s) = &mut self.step {
-            let owner = Owner {
-                intent_id: self.intent.intent_id.clone(),
-                step: s.index,
-            };
+        let owner = self.step.as_ref().map(|s| self.owner(s.index));
+        if let (Some(s), Some(owner)) = (&mut self.step, owner) {
             for key in std::mem::take(&mut s.locks).into_keys() {
                 fx.push(Effect::Release {
                     key,
@@ -2553,6 +2614,93 @@ mod tests {
         let d = dispatched(&fx);
         assert_eq!(d.len(), 1);
         assert_eq!(d[0].0, "a");
+    }
+
+    #[test]
+    fn a_storage_move_holds_both_locks_from_its_first_step_to_its_last() {
+        let mut f = fleet(&["a", "b"]);
+        for v in f.ghosts.values_mut() {
+            v.seeds.insert("seed.redis".into(), None);
+        }
+        let text = "[[step]]\noperation=\"storage.move\"\nargs={source=\"redis://a/cache\",target=\"redis://b:6391/cache\",transfer_port=7390}\n";
+        let released = |fx: &[Effect]| -> Vec<String> {
+            fx.iter()
+                .filter_map(|e| match e {
+                    Effect::Release { key, .. } => Some(key.clone()),
+                    _ => None,
+                })
+                .collect()
+        };
+        let set = Owner {
+            intent_id: "i1".into(),
+            step: 0,
+        };
+        let grant = |p: &mut Plan, now: u64| {
+            let mut fx = Vec::new();
+            for (key, token) in [("a::seed.redis", 1), ("b::seed.redis", 2)] {
+                fx.extend(p.handle(
+                    Input::LockGranted {
+                        key: key.into(),
+                        token,
+                    },
+                    now,
+                    &f,
+                ));
+            }
+            fx
+        };
+        let mut p = plan(text);
+        p.handle(Input::Start, 0, &f);
+        grant(&mut p, 1);
+        let on = ["a", "a", "b", "b"];
+        for (i, g) in on.iter().enumerate() {
+            let cid = format!("cmd.i1.{}.{g}.1", i + 1);
+            assert!(p.outstanding().any(|(c, _)| *c == cid), "step {i}: {cid}");
+            assert!(p.needs_lock(&set, "a::seed.redis") && p.needs_lock(&set, "b::seed.redis"));
+            let fx = p.handle(ev(g, &cid, true), 10 + i as u64, &f);
+            if i + 1 < on.len() {
+                assert!(
+                    released(&fx).is_empty(),
+                    "step {i} hands its locks on: {fx:?}"
+                );
+                // The next step asks again as the same owner (held: same token) and renews.
+                for e in &fx {
+                    if let Effect::Acquire { owner, .. } | Effect::Renew { owner, .. } = e {
+                        assert_eq!(*owner, set);
+                    }
+                }
+                assert!(fx.iter().any(|e| matches!(e, Effect::Renew { .. })));
+                grant(&mut p, 20 + i as u64);
+            } else {
+                assert_eq!(released(&fx), ["a::seed.redis", "b::seed.redis"]);
+                assert_eq!(p.status, Status::Satisfied);
+            }
+        }
+        // A failure inside the set releases both at once.
+        let mut p = plan(text);
+        p.handle(Input::Start, 0, &f);
+        grant(&mut p, 1);
+        p.handle(ev("a", "cmd.i1.1.a.1", true), 2, &f);
+        grant(&mut p, 3);
+        p.handle(ev("a", "cmd.i1.2.a.1", true), 4, &f);
+        grant(&mut p, 5);
+        let fx = p.handle(ev("b", "cmd.i1.3.b.1", false), 6, &f);
+        assert_eq!(p.status, Status::Failed);
+        assert_eq!(released(&fx), ["a::seed.redis", "b::seed.redis"]);
+        // A plain blocking step still releases at its end.
+        let mut p = plan("[[step]]\nseed=\"seed.kv\"\noperation=\"put\"\nblocking=true\n[[step]]\nseed=\"seed.kv\"\noperation=\"put\"\nblocking=true\n");
+        let f = fleet(&["a"]);
+        p.handle(Input::Start, 0, &f);
+        p.handle(
+            Input::LockGranted {
+                key: "a::seed.kv".into(),
+                token: 1,
+            },
+            1,
+            &f,
+        );
+        let fx = p.handle(ev("a", "cmd.i1.1.a.1", true), 2, &f);
+        assert_eq!(released(&fx), ["a::seed.kv"]);
     }
 
     #[test]

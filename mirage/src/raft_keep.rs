@@ -123,6 +123,7 @@ pub fn expand(
         offline: Offline::Skip,
         uri: None,
         locks: Vec::new(),
+        hold_locks: false,
     };
     Ok(vec![
         step(Phase::Start, "start"),

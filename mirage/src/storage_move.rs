@@ -9,7 +9,10 @@
 //! timeout = "10m"
 //! ```
 //!
-//! becomes, each step blocking and holding both seed locks (`ghost::seed.redis`, sorted):
+//! becomes one lock set: each step blocking, holding both seed locks (`ghost::seed.redis`,
+//! sorted) and handing them on to the next (`hold_locks`), so the locks are taken before the
+//! snapshot and released only when the last step ends or one fails — no other intent runs
+//! on either seed in between, across a Mirage restart too (one [`crate::lock::Owner`]):
 //! 1. `snapshot` on the source Ghost (BGSAVE; size, sha256, key count);
 //! 2. `serve` on the source: one fetch, by the target Ghost, with a one-time token minted
 //!    here, on 127.0.0.1:`transfer_port`;
@@ -212,6 +215,7 @@ pub fn expand_with(
         offline: Default::default(),
         uri: None,
         locks: locks.clone(),
+        hold_locks: true,
     };
     let (tp, dp) = (transfer_port.to_string(), dst_port.to_string());
     let mut steps = vec![
@@ -258,7 +262,41 @@ pub fn expand_with(
     if retire {
         steps.push(step(&src.ghost, "stop", &[("name", &src.name)], retries));
     }
+    // The last step ends the set: its end releases both locks.
+    if let Some(last) = steps.last_mut() {
+        last.hold_locks = false;
+    }
     Ok(steps)
+}
+
+/// What the intent API shows in place of a move's one-time token.
+pub const REDACTED: &str = "[redacted]";
+
+/// The one-time transfer token is a credential: Mirage keeps it in the plan (a resumed move
+/// re-sends the same commands) but never shows it. Blanks `token` in every seed.redis
+/// step's args and in the commands as sent, in a copy for `GET /v1/intents/{id}`.
+pub fn redact(plan: &mut crate::plan::Plan) {
+    let blank = |a: &mut Args| {
+        if let Some(t) = a.get_mut("token") {
+            REDACTED.clone_into(t);
+        }
+    };
+    let redis: Vec<bool> = plan.intent.steps.iter().map(|s| s.seed == SEED).collect();
+    for s in plan.intent.steps.iter_mut().filter(|s| s.seed == SEED) {
+        blank(&mut s.args);
+    }
+    if let Some(run) = plan
+        .step
+        .as_mut()
+        .filter(|r| redis.get(r.index) == Some(&true))
+    {
+        if let Some(a) = run.resolved_args.as_mut() {
+            blank(a);
+        }
+        for o in run.outstanding.values_mut() {
+            blank(&mut o.command.args);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -298,6 +336,9 @@ mod tests {
             assert!(st.blocking);
             assert_eq!(st.locks, ["ghost.2::seed.redis", "ghost.local::seed.redis"]);
         }
+        // One lock set: every step but the last hands both locks on.
+        let holds: Vec<bool> = s.iter().map(|s| s.hold_locks).collect();
+        assert_eq!(holds, [true, true, true, true, false]);
         assert_eq!(s[1].args["for"], "ghost.2");
         assert_eq!(s[1].args["token"], s[2].args["token"]);
         assert_eq!(s[2].args["from"], "127.0.0.1:7390");
@@ -366,6 +407,59 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.field, "step[0].seed");
+    }
+
+    #[test]
+    fn the_token_never_leaves_through_the_intent_view() {
+        let text = "intent_id=\"mv\"\nactor=\"t\"\ntarget_scope=\"ghost:*\"\nobjective=\"o\"\n\
+            [[step]]\noperation=\"storage.move\"\nargs={source=\"redis://a/cache\",target=\"redis://b:6391/cache\",transfer_port=7390}\n\
+            [[step]]\nseed=\"seed.kv\"\noperation=\"put\"\nargs={token=\"mine\"}\n";
+        let intent = crate::intent::parse(text, || "x".into()).unwrap();
+        let token = intent.steps[1].args["token"].clone();
+        let mut plan = crate::plan::Plan::new(intent, 0);
+        plan.step = Some(crate::plan::StepRun {
+            index: 2,
+            started_ms: 0,
+            placement: vec!["b".into()],
+            waiting_placement: None,
+            locks: Default::default(),
+            blocked_by: None,
+            ghosts: Default::default(),
+            outstanding: [(
+                "c".to_owned(),
+                crate::plan::Outstanding {
+                    ghost: "b".into(),
+                    kind: crate::plan::Kind::Main,
+                    attempt: 1,
+                    deadline_ms: 0,
+                    command: crate::plan::CommandRecord {
+                        command_id: "c".into(),
+                        operation: "restore".into(),
+                        args: plan_args(&[("token", &token), ("move", "mv-0")]),
+                        lock_token: None,
+                    },
+                },
+            )]
+            .into(),
+            dispatched: true,
+            corrected: false,
+            offline: vec![],
+            resolved_args: Some(plan_args(&[("token", &token)])),
+        });
+        let mut shown = plan.clone();
+        redact(&mut shown);
+        let json = serde_json::to_string(&shown).unwrap();
+        assert!(!json.contains(&token), "{json}");
+        assert_eq!(shown.intent.steps[2].args["token"], REDACTED);
+        assert_eq!(shown.intent.steps[2].args["move"], "mv-0");
+        // Another seed's own argument named token is its business.
+        assert_eq!(shown.intent.steps[4].args["token"], "mine");
+        // Mirage's own copy keeps it: a resumed move re-sends the same commands.
+        assert!(serde_json::to_string(&plan).unwrap().contains(&token));
+    }
+
+    fn plan_args(kv: &[(&str, &str)]) -> Args {
+        a(kv)
     }
 
     #[test]

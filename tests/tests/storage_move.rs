@@ -4,7 +4,11 @@
 //!   ghost.local to ghost.2 and ends satisfied; every key/value is equal on the target;
 //! - faults: a flipped byte on the wire (sha256 mismatch), SIGKILL of the target Ghost
 //!   mid-transfer, SIGKILL of Mirage mid-transfer; the source stays intact and serving in
-//!   every case, a failed target is removed, a resumed move ends verified.
+//!   every case, a failed target is removed, a resumed move ends verified;
+//! - the move holds both seed locks from its first step to its last, across a Mirage
+//!   restart: intents on either seed wait, and run after it; its one-time token is never in
+//!   `GET /v1/intents/{id}`, `mirage intent show`, its reports or the logs; SIGKILL of the
+//!   source Ghost mid-transfer fails the move cleanly and the restarted source serves.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -396,6 +400,192 @@ fn sigkill_of_mirage_mid_transfer_resumes_and_ends_verified() {
     source_intact(&f);
     let _ = &f.ga;
     eprintln!("Mirage SIGKILLed at {bytes} of {total} bytes: restarted, the move resumed and ended verified");
+}
+
+fn intent_show(m: &Mirage, id: &str) -> String {
+    let out = std::process::Command::new(bin("mirage"))
+        .args(["intent", "show", id])
+        .env("MIRAGE_API", format!("http://{}", m.api))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The move's one-time token, as Mirage keeps it (its database, read beside it).
+fn token_in_mirage_db(f: &Fleet, intent_id: &str) -> String {
+    let db = rusqlite::Connection::open_with_flags(
+        f.dir.path("mirage/mirage.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let plan: String = db
+        .query_row(
+            "SELECT plan FROM intents WHERE intent_id = ?1",
+            [intent_id],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let plan: Value = serde_json::from_str(&plan).unwrap();
+    let t = plan["intent"]["steps"][1]["args"]["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(t.len(), 32, "{t}");
+    t
+}
+
+/// An intent with one blocking seed.redis step on `ghost`: it needs `ghost::seed.redis`.
+fn side_intent(intent_id: &str, ghost: &str, port: u16) -> String {
+    format!(
+        "intent_id = \"{intent_id}\"\nactor = \"t\"\ntarget_scope = \"ghost:*\"\nobjective = \"side\"\n\
+         [[step]]\nseed = \"seed.redis\"\noperation = \"start\"\non = \"{ghost}\"\nblocking = true\n\
+         args = {{ name = \"side\", port = \"{port}\" }}\n"
+    )
+}
+
+/// The seq of the first report of `detail` whose summary contains `what`.
+fn report_seq(detail: &Value, what: &str) -> u64 {
+    detail["reports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["summary"].as_str().unwrap_or_default().contains(what))
+        .and_then(|r| r["seq"].as_u64())
+        .unwrap_or_else(|| panic!("no report {what:?} in {detail}"))
+}
+
+#[test]
+fn a_move_holds_both_seed_locks_to_its_end_across_a_mirage_restart_and_never_shows_its_token() {
+    let mut f = fleet("move-locks");
+    let tp = free_port();
+    let proxy = Proxy::start_raw(&format!("127.0.0.1:{tp}"));
+    proxy.delay(20);
+    let dst_port = free_port();
+    let id = f.m.submit(&plan_text(
+        "mv-locks",
+        "ga",
+        "gb",
+        dst_port,
+        tp,
+        &format!(", via = \"{}\"", proxy.addr),
+    ));
+    let (bytes, total) = mid_transfer(&f.m, "seed.redis/move.mv-locks-0");
+    // Bytes moved and the rate, while the transfer runs.
+    let show = intent_show(&f.m, &id);
+    assert!(
+        show.contains("transfer   gb move.mv-locks-0: transferring ") && show.contains(" MB/s)"),
+        "{show}"
+    );
+    // An intent on the target's seed and one on the source's, submitted mid-move.
+    let (on_target, on_source) = (
+        f.m.submit(&side_intent("side-target", "gb", free_port())),
+        f.m.submit(&side_intent("side-source", "ga", free_port())),
+    );
+    for (s, key) in [
+        (&on_target, "gb::seed.redis"),
+        (&on_source, "ga::seed.redis"),
+    ] {
+        let want = format!("waiting on seed lock {key} held by mv-locks/step 1");
+        wait_for(&format!("{s} to wait on {key}"), T, || {
+            let d = f.m.get(&format!("/v1/intents/{s}")).1;
+            d["summary"]["status"] == "active" && d.to_string().contains(&want)
+        });
+        let show = intent_show(&f.m, s);
+        assert!(show.contains(&want), "{show}");
+    }
+    // The token: in Mirage's own state, never in what the API, the CLI or the logs show.
+    let token = token_in_mirage_db(&f, &id);
+    let no_token = |what: &str, text: &str| {
+        assert!(!text.contains(&token), "the token is in {what}: {text}");
+    };
+    let (_, d) = f.m.get(&format!("/v1/intents/{id}"));
+    assert_eq!(
+        d["plan"]["intent"]["steps"][1]["args"]["token"],
+        "[redacted]"
+    );
+    no_token("GET /v1/intents/{id}", &d.to_string());
+    no_token("mirage intent show", &intent_show(&f.m, &id));
+    no_token("/v1/reports", &f.m.get("/v1/reports").1.to_string());
+    no_token("the Mirage log", &f.m.proc.log_text());
+    // Mirage killed while the move holds the locks and two intents wait for them.
+    f.m.proc.sigkill();
+    f.m = Mirage::start(&f.dir, f.session_port, "");
+    f.m.wait_ghosts(2, T);
+    // Still waiting after the restart (the transfer, slowed, has seconds to go; the report
+    // order below is the check that holds whatever the timing).
+    let move_now = f.m.get(&format!("/v1/intents/{id}")).1;
+    if move_now["summary"]["status"] == "active" {
+        for s in [&on_target, &on_source] {
+            let d = f.m.get(&format!("/v1/intents/{s}")).1;
+            assert_eq!(d["summary"]["status"], "active", "{d}");
+            assert_eq!(d["plan"]["steps_done"], 0, "{s} ran inside the move: {d}");
+        }
+    }
+    let d = f.m.wait_status(&id, "satisfied", T);
+    assert_eq!(d["summary"]["steps_done"], 4, "{d}");
+    // Only after the move's last step had begun did either of them run.
+    let last_step = report_seq(&d, "step 4/4 dispatched");
+    for s in [&on_target, &on_source] {
+        let ds = f.m.wait_status(s, "satisfied", T);
+        let ran = report_seq(&ds, "step 1/1 dispatched");
+        assert!(
+            ran > last_step,
+            "{s} dispatched at report {ran}, inside the move (its step 4 at {last_step})"
+        );
+    }
+    let (_, d) = f.m.get(&format!("/v1/intents/{id}"));
+    no_token("GET /v1/intents/{id} after the move", &d.to_string());
+    no_token("mirage intent show after the move", &intent_show(&f.m, &id));
+    no_token("the restarted Mirage's log", &f.m.proc.log_text());
+    for (g, who) in [(&f.ga, "ga"), (&f.gb, "gb")] {
+        no_token(&format!("{who}'s log"), &g.proc.log_text());
+    }
+    assert_eq!(dbsize(dst_port), Some(KEYS as u64));
+    assert_eq!(mismatches(dst_port, KEYS), 0);
+    source_intact(&f);
+    eprintln!(
+        "lock set: two intents queued at {bytes} of {total} bytes stayed queued across a Mirage SIGKILL and ran after the move's last step (report {last_step}); token absent from API, CLI, reports and logs"
+    );
+}
+
+#[test]
+fn sigkill_of_the_source_ghost_mid_transfer_fails_cleanly_and_the_restarted_source_serves() {
+    let mut f = fleet("move-kill-source");
+    let tp = free_port();
+    let proxy = Proxy::start_raw(&format!("127.0.0.1:{tp}"));
+    proxy.delay(20);
+    let dst_port = free_port();
+    let id = f.m.submit(&plan_text(
+        "mv-kill-source",
+        "ga",
+        "gb",
+        dst_port,
+        tp,
+        &format!(", via = \"{}\"", proxy.addr),
+    ));
+    let (bytes, total) = mid_transfer(&f.m, "seed.redis/move.mv-kill-source-0");
+    f.ga.proc.sigkill();
+    let d = f.m.wait_status(&id, "failed", T);
+    let failure = d["summary"]["last_summary"].to_string();
+    assert!(
+        failure.contains("step 3/4 on gb") && failure.contains("target removed"),
+        "{d}"
+    );
+    // Never marked good: no target left, the locks free again.
+    target_removed(&f, dst_port);
+    assert!(!f.dir.path("gb/redis/cache/MOVE.verified").exists());
+    // The restarted source Ghost serves every key; the dead offer's snapshot is gone.
+    f.ga = Ghost::start(&f.dir, "ga", &f.m.session, SEEDS);
+    f.m.wait_ghosts(2, T);
+    wait_for("ga's cache instance running", T, || {
+        f.m.get("/v1/ghosts/ga").1["observed"]["seed.redis/cache"]["state"]["state"] == "running"
+    });
+    source_intact(&f);
+    let moves: Vec<_> = std::fs::read_dir(f.dir.path("ga/redis/.moves"))
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(moves.is_empty(), "stale offer files: {moves:?}");
+    eprintln!("source Ghost SIGKILLed at {bytes} of {total} bytes: intent failed ({failure}); target removed; restarted source serves all {KEYS} keys");
 }
 
 /// 1000 pseudorandom hex bytes per key (LZF cannot shrink them: the RDB is the data's size).

@@ -561,9 +561,19 @@ fn shutdown_nosave(port: u16) {
 }
 
 /// At seed start: what a restore left half done (a Ghost killed mid-move) is removed, so a
-/// half-restored instance is never started or advertised.
+/// half-restored instance is never started or advertised; and the snapshots of offers the
+/// last run made (offers live in memory: a restarted source has none, so their hard links
+/// would only hold disk).
 pub fn clean_leftovers(redis_dir: &Path) -> Vec<String> {
     let mut removed = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(moves_dir(redis_dir)) {
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if std::fs::remove_file(e.path()).is_ok() {
+                removed.push(format!(".moves/{name}"));
+            }
+        }
+    }
     let Ok(rd) = std::fs::read_dir(redis_dir) else {
         return removed;
     };
@@ -672,6 +682,28 @@ mod tests {
             deadline: Instant::now() + ttl,
         };
         (o, data)
+    }
+
+    #[test]
+    fn a_restart_removes_half_restores_and_dead_offers_but_not_instances() {
+        let dir = std::env::temp_dir().join(format!("ghost-move-clean-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let moves = moves_dir(&dir);
+        std::fs::create_dir_all(&moves).unwrap();
+        std::fs::write(moves.join("mv-0.rdb"), b"REDIS").unwrap();
+        std::fs::write(moves.join("mv-0.json"), b"{}").unwrap();
+        std::fs::create_dir_all(incoming_dir(&dir, "cache")).unwrap();
+        std::fs::create_dir_all(dir.join("kept")).unwrap();
+        std::fs::write(dir.join("kept/dump.rdb"), b"REDIS").unwrap();
+        let mut removed = clean_leftovers(&dir);
+        removed.sort();
+        assert_eq!(
+            removed,
+            [".moves/mv-0.json", ".moves/mv-0.rdb", "cache.incoming"]
+        );
+        assert!(dir.join("kept/dump.rdb").is_file(), "a live instance stays");
+        assert_eq!(std::fs::read_dir(&moves).unwrap().count(), 0);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
