@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers, Raft, RaftMetrics, ServerState};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -184,9 +185,7 @@ impl Node {
                     return ClientReply::Ok(None);
                 }
                 let change = ChangeMembers::RemoveVoters(BTreeSet::from([node_id]));
-                let res =
-                    tokio::time::timeout(JOIN_TIMEOUT, self.raft.change_membership(change, false))
-                        .await;
+                let res = tokio::time::timeout(JOIN_TIMEOUT, self.change_membership(change)).await;
                 match res {
                     Err(_) => {
                         ClientReply::Unknown(format!("not committed within {JOIN_TIMEOUT:?}"))
@@ -194,6 +193,37 @@ impl Node {
                     Ok(Err(e)) => ClientReply::Failed(e.to_string()),
                     Ok(Ok(_)) => ClientReply::Ok(None),
                 }
+            }
+        }
+    }
+
+    /// One membership change, waiting out another one still in flight: Ghosts joining at
+    /// once (a plan's `join` on all) each ask the leader, and openraft refuses a change while
+    /// the previous joint config is uncommitted. The caller bounds the total wait.
+    async fn change_membership(
+        &self,
+        change: ChangeMembers<NodeId, BasicNode>,
+    ) -> Result<(), RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>> {
+        let mut pause = Duration::from_millis(20);
+        loop {
+            match self.raft.change_membership(change.clone(), false).await {
+                Err(e)
+                    if matches!(
+                        e.api_error(),
+                        Some(ClientWriteError::ChangeMembershipError(
+                            ChangeMembershipError::InProgress(_)
+                        ))
+                    ) =>
+                {
+                    tracing::debug!(
+                        component = "seed.raft",
+                        node_id = self.id,
+                        "membership change in progress; retrying"
+                    );
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(500));
+                }
+                other => return other.map(|_| ()),
             }
         }
     }
@@ -219,8 +249,7 @@ impl Node {
                     .await
                     .map_err(|e| format!("add learner {id}: {e}"))?;
             }
-            self.raft
-                .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+            self.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])))
                 .await
                 .map_err(|e| format!("make {id} a voter: {e}"))?;
             Ok::<_, String>(())
