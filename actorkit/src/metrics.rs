@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use actix::dev::SendError;
 use actix::dev::ToEnvelope;
-use actix::{Actor, Addr, Handler, MailboxError, Message};
+use actix::{Actor, Addr, Handler, MailboxError, Message, Recipient};
 use serde::Serialize;
 
 /// One set of mailbox counters: an actor kind, one instance, or one message type of a kind.
@@ -566,6 +566,71 @@ impl<A: Actor> MeteredAddr<A> {
             self.metrics.failed(&counters);
         }
         r
+    }
+}
+
+/// A metered handle that names only the message, not the actor (actix `Recipient`): lets a
+/// module send to an actor without importing the actor's file, so no file cycle forms.
+pub struct MeteredRecipient<M>
+where
+    M: Message + Send + 'static,
+    M::Result: Send,
+{
+    rcpt: Recipient<Metered<M>>,
+    metrics: Arc<ActorMetrics>,
+}
+
+impl<M> Clone for MeteredRecipient<M>
+where
+    M: Message + Send + 'static,
+    M::Result: Send,
+{
+    fn clone(&self) -> Self {
+        MeteredRecipient {
+            rcpt: self.rcpt.clone(),
+            metrics: Arc::clone(&self.metrics),
+        }
+    }
+}
+
+impl<A: Actor> MeteredAddr<A> {
+    /// The same metered mailbox, seen as a handle for `M` only.
+    pub fn recipient<M>(&self) -> MeteredRecipient<M>
+    where
+        M: Message + Send + 'static,
+        M::Result: Send,
+        A: Handler<Metered<M>>,
+        A::Context: ToEnvelope<A, Metered<M>>,
+    {
+        MeteredRecipient {
+            rcpt: self.addr.clone().recipient(),
+            metrics: Arc::clone(&self.metrics),
+        }
+    }
+}
+
+// As for MeteredAddr: the one place the raw recipient sends are allowed.
+#[allow(clippy::disallowed_methods)]
+impl<M> MeteredRecipient<M>
+where
+    M: Message + Send + 'static,
+    M::Result: Send,
+{
+    pub fn connected(&self) -> bool {
+        self.rcpt.connected()
+    }
+
+    /// Unbounded, as [`MeteredAddr::do_send`]; a closed mailbox counts as a failed send.
+    pub fn do_send(&self, msg: M) {
+        let m = Metered {
+            msg,
+            guard: self.metrics.enqueue::<M>(),
+            enqueued: Instant::now(),
+        };
+        if !self.rcpt.connected() {
+            self.metrics.failed(&m.guard.msg);
+        }
+        self.rcpt.do_send(m);
     }
 }
 

@@ -27,7 +27,8 @@ use tokio::sync::mpsc;
 use tokio_util::codec::FramedRead;
 
 use crate::actors::dispatcher::{Dispatcher, Run, Source};
-use crate::actors::outbox::{Acked, Link, Outbox, SendEvents};
+use crate::actors::outbox::Outbox;
+use crate::actors::protocol::{Acked, Link, SendEvents};
 use crate::config::Policy;
 
 pub use shared::session::heartbeat::HEARTBEAT_INTENT;
@@ -263,7 +264,7 @@ impl MirageLink {
             session_id: ack.session_id,
         });
         if let Some(me) = &self.me {
-            self.outbox.do_send(Link::Up(me.clone()));
+            self.outbox.do_send(Link::Up(me.recipient()));
         }
         self.heartbeat();
     }
