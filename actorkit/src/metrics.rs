@@ -729,6 +729,30 @@ mod tests {
     crate::metered!(Slow, Quit);
 
     #[actix::test]
+    async fn a_recipient_is_metered_like_the_address() {
+        let a = MeteredAddr::new(Slow.start(), "test.recipient");
+        let r: MeteredRecipient<Ping> = a.recipient();
+        for i in 0..5 {
+            r.do_send(Ping(i));
+        }
+        assert_eq!(a.metrics().snapshot().mailbox_depth, 5);
+        // Through the address: the recipient's five were handled first, in order.
+        assert_eq!(a.send(Ping(0)).await.unwrap(), 1);
+        let s = a.metrics().snapshot();
+        assert_eq!((s.sent, s.handled, s.mailbox_depth), (6, 6, 0));
+        a.send(Quit).await.unwrap();
+        for _ in 0..400 {
+            if !r.connected() {
+                break;
+            }
+            actix_rt::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(!r.connected(), "the actor did not stop");
+        r.do_send(Ping(9));
+        assert_eq!(a.metrics().snapshot().send_failed, 1);
+    }
+
+    #[actix::test]
     async fn per_message_figures_and_failed_sends() {
         let a = MeteredAddr::new(Slow.start(), "test.per_msg");
         for i in 0..10 {
