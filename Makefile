@@ -29,6 +29,7 @@ test-deps:
 
 lint:
 	$(CARGO) fmt --all -- --check
+	bash scripts/cycles.sh --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 fmt:

@@ -785,19 +785,6 @@ async fn execute_envelope(ctx: &AdminCtx, mut cmd: Command, message_id: u64) -> 
     }
 }
 
-/// Loopback unless a token is configured (checked again here for spawned children).
-pub fn admin_addr_allowed(addr: &str, token: &str) -> Result<SocketAddr, String> {
-    let a: SocketAddr = addr
-        .parse()
-        .map_err(|_| format!("admin_addr {addr:?} is not ip:port"))?;
-    if !a.ip().is_loopback() && token.is_empty() {
-        return Err(format!(
-            "admin_addr {a} is not loopback and no admin token is set"
-        ));
-    }
-    Ok(a)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,12 +3,26 @@
 //! Bounded in number; killed when the parent stops.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use serde_json::{json, Value};
 
 use crate::config::GhostConfig;
+
+/// Loopback unless a token is configured (a spawned child's admin address).
+pub fn admin_addr_allowed(addr: &str, token: &str) -> Result<SocketAddr, String> {
+    let a: SocketAddr = addr
+        .parse()
+        .map_err(|_| format!("admin_addr {addr:?} is not ip:port"))?;
+    if !a.ip().is_loopback() && token.is_empty() {
+        return Err(format!(
+            "admin_addr {a} is not loopback and no admin token is set"
+        ));
+    }
+    Ok(a)
+}
 
 /// edgectl's rule: lower-case, keep `[a-z0-9]`, `. - _` and space become `.`, others dropped,
 /// dots trimmed, doubled dots collapsed.
@@ -78,7 +92,7 @@ impl Children {
         if admin_addr.trim().is_empty() {
             return Err("ghost: admin_addr required".into());
         }
-        crate::admin::admin_addr_allowed(admin_addr.trim(), &parent.admin.token)?;
+        admin_addr_allowed(admin_addr.trim(), &parent.admin.token)?;
         self.reap();
         if self.map.len() >= parent.max_children {
             return Err(format!(

@@ -141,24 +141,8 @@ impl Default for OutboxConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum SecurityMode {
-    #[default]
-    Development,
-    Production,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
-#[serde(default, deny_unknown_fields)]
-pub struct TlsConfig {
-    pub mode: SecurityMode,
-    pub enabled: bool,
-    pub ca_file: String,
-    pub cert_file: String,
-    pub key_file: String,
-    pub server_name: String,
-}
+// `[tls]` is defined beside its rules in `tls.rs` (config depends on tls, not the reverse).
+pub use crate::tls::{SecurityMode, TlsConfig};
 
 /// The optional HMAC-SHA256 frame auth block (PROTOCOL.md §6).
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]

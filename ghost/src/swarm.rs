@@ -1,7 +1,9 @@
 //! `ghost swarm`: N Ghosts in one process for load, storms and scale. Each is a real session
 //! (TCP or TLS, registration, heartbeats, commands executed by in-memory seeds, events kept
 //! in an in-memory outbox until acked and re-sent after a reconnect, jittered backoff), run
-//! as a lightweight task instead of the full actor stack with its SQLite outbox.
+//! as a lightweight task instead of the full actor stack with its SQLite outbox. Dialling,
+//! backoff, heartbeat naming and liveness are the same sans-I/O machines the real Ghost's
+//! link runs (`shared::session::{dial, heartbeat}`).
 //!
 //! As in the real Ghost, seeds run off the event loop: one worker task per seed of each
 //! Ghost takes its commands in order and runs each on the blocking pool, so a
@@ -11,12 +13,14 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use futures::{SinkExt, StreamExt};
 use shared::envelope::{AckStatus, Command, Envelope, Event, Outcome};
 use shared::handshake::{self, Registration, CAP_SESSION_COMMAND};
+use shared::session::dial::{DialAction, DialConfig, DialEvent, Dialer};
+use shared::session::heartbeat::{self, Liveness, Tick};
 use shared::session::{Backoff, Jitter};
 use shared::wire::{Frame, FrameCodec};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -208,17 +212,25 @@ async fn ghost(
     let Ok(line) = handshake::registration_line(&reg) else {
         return;
     };
-    let backoff = Backoff::default();
+    let mut dial = Dialer::new(DialConfig {
+        addresses: 1,
+        backoff: Backoff::default(),
+        required: false,
+        max_attempts: 1,
+    });
     let mut jitter = Jitter::new(shared::now_ms() ^ (n << 20));
-    let mut attempt = 0u32;
+    let mut next = dial.start();
     // Events not yet acked, by event_id: re-sent after a reconnect.
     let mut outbox: BTreeMap<String, Event> = BTreeMap::new();
     let mut hb = 0u64;
     loop {
-        if attempt > 0 {
-            tokio::time::sleep(backoff.delay(attempt, jitter.unit())).await;
+        // Never required, so the dialer always answers with another dial.
+        if let DialAction::Dial { delay, .. } = next {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
         }
-        attempt += 1;
+        next = dial.on(DialEvent::Failed, jitter.unit());
         let permit = gate.acquire().await;
         let io: Box<dyn Io> = match TcpStream::connect(&cfg.mirage).await {
             Err(_) => {
@@ -259,7 +271,7 @@ async fn ghost(
             stats.failures.fetch_add(1, Relaxed);
             continue;
         }
-        attempt = 0;
+        dial.on(DialEvent::Established, 0.0);
         stats.registrations.fetch_add(1, Relaxed);
         stats.connected.fetch_add(1, Relaxed);
         let mut framed = Framed::with_capacity(io, FrameCodec::default(), 256);
@@ -278,23 +290,21 @@ async fn ghost(
         }
         ok &= SinkExt::<Frame>::flush(&mut framed).await.is_ok();
         let mut tick = tokio::time::interval(cfg.heartbeat);
-        let mut last_rx = tokio::time::Instant::now();
+        let mut live = Liveness::new(Instant::now(), cfg.heartbeat * 3);
         while ok {
             tokio::select! {
                 _ = tick.tick() => {
-                    if last_rx.elapsed() > cfg.heartbeat * 3 {
+                    if let Tick::Dead { .. } = live.on_tick(Instant::now()) {
                         break;
                     }
                     hb += 1;
-                    let mut e = Event::new(format!("evt.session.{id}.{hb}"), format!("cmd.session.heartbeat.{hb}"),
-                        "intent.session.heartbeat", id.clone(), "seed.session", Outcome::Success);
-                    e.timestamp_ms = Some(shared::now_ms());
+                    let e = heartbeat::heartbeat_event(&id, hb, shared::now_ms());
                     let f: Result<Frame, _> = send(Envelope::Event(e));
                     ok = match f { Ok(f) => framed.send(f).await.is_ok(), Err(_) => false };
                 }
                 item = framed.next() => {
                     let Some(Ok(frame)) = item else { break };
-                    last_rx = tokio::time::Instant::now();
+                    live.on_frame(Instant::now());
                     match Envelope::from_frame(&frame) {
                         Ok(Envelope::EventAck(a)) if outbox.remove(&a.event_id).is_some() && a.ack_status == AckStatus::Accepted => {
                             stats.events_acked.fetch_add(1, Relaxed);
@@ -334,5 +344,6 @@ async fn ghost(
             }
         }
         stats.connected.fetch_sub(1, Relaxed);
+        next = dial.on(DialEvent::Lost, jitter.unit());
     }
 }

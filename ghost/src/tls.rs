@@ -4,7 +4,28 @@
 //! 1.3 a refused client certificate shows up at the first read, so the session counts as up
 //! only when the registration ack arrives.
 
-use crate::config::{SecurityMode, TlsConfig};
+use serde::{Deserialize, Serialize};
+
+/// `[tls] mode` (part of the Ghost config, kept here beside the rules that read it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SecurityMode {
+    #[default]
+    Development,
+    Production,
+}
+
+/// `[tls]` of the Ghost config.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    pub mode: SecurityMode,
+    pub enabled: bool,
+    pub ca_file: String,
+    pub cert_file: String,
+    pub key_file: String,
+    pub server_name: String,
+}
 
 pub type Connector = tokio_native_tls::TlsConnector;
 

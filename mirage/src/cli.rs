@@ -9,6 +9,66 @@ use std::time::Duration;
 use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
 use serde_json::Value;
 
+/// Why a client command failed. The text is what the user sees (`mirage: {text}`), so the
+/// variants only classify; the exit code is mapped here, in one place.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CliError {
+    /// The command line or environment is wrong (`--api`, `--ca-file`).
+    #[error("{0}")]
+    Usage(String),
+    /// Mirage cannot be reached, or TLS with it failed.
+    #[error("{0}")]
+    Unreachable(String),
+    /// The connection broke, or the answer was not HTTP.
+    #[error("{0}")]
+    Transport(String),
+    /// Mirage answered with a status that is not 2xx.
+    #[error("{status}: {message}")]
+    Api { status: u16, message: String },
+    /// The report stream answered a status other than 200.
+    #[error("report stream answered {0}")]
+    Stream(u16),
+    /// Anything else a command reports, as it reports it.
+    #[error("{0}")]
+    Other(String),
+}
+
+impl CliError {
+    /// The process exit code: every client error exits 2, as it always has (0 is success,
+    /// 1 a command that ran and answered "no", e.g. a failed intent with `--wait`).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Usage(_)
+            | CliError::Unreachable(_)
+            | CliError::Transport(_)
+            | CliError::Api { .. }
+            | CliError::Stream(_)
+            | CliError::Other(_) => 2,
+        }
+    }
+
+    /// Retrying cannot help: a usage error, or a 4xx (bad token, unknown query).
+    pub fn permanent(&self) -> bool {
+        match self {
+            CliError::Usage(_) => true,
+            CliError::Api { status, .. } | CliError::Stream(status) => (400..500).contains(status),
+            _ => false,
+        }
+    }
+}
+
+impl From<String> for CliError {
+    fn from(s: String) -> CliError {
+        CliError::Other(s)
+    }
+}
+
+impl From<CliError> for String {
+    fn from(e: CliError) -> String {
+        e.to_string()
+    }
+}
+
 /// A plain or TLS connection to the API.
 trait Conn: Read + Write {}
 impl<T: Read + Write> Conn for T {}
@@ -24,32 +84,34 @@ impl Api {
     /// `http://host:port` or `https://host:port` (a trailing path is ignored). For https the
     /// server certificate is verified against `ca_file` when given (the fleet CA from
     /// `mirage certs init`), else the system roots, and its name against the URL's host.
-    pub fn new(url: &str, token: Option<String>, ca_file: Option<&Path>) -> Result<Api, String> {
+    pub fn new(url: &str, token: Option<String>, ca_file: Option<&Path>) -> Result<Api, CliError> {
         let (tls, rest) = if let Some(r) = url.strip_prefix("https://") {
             (true, r)
         } else if let Some(r) = url.strip_prefix("http://") {
             (false, r)
         } else {
-            return Err(format!(
+            return Err(CliError::Usage(format!(
                 "--api {url:?}: expected http://host:port or https://host:port"
-            ));
+            )));
         };
         let host = rest.split('/').next().unwrap_or("").to_owned();
         if host.is_empty() {
-            return Err(format!("--api {url:?}: no host"));
+            return Err(CliError::Usage(format!("--api {url:?}: no host")));
         }
         let tls = if tls {
-            let e = |x: openssl::error::ErrorStack| format!("tls setup: {x}");
+            let e = |x: openssl::error::ErrorStack| CliError::Other(format!("tls setup: {x}"));
             let mut b = SslConnector::builder(SslMethod::tls_client()).map_err(e)?;
             if let Some(ca) = ca_file {
                 b.set_ca_file(ca)
-                    .map_err(|x| format!("--ca-file {}: {x}", ca.display()))?;
+                    .map_err(|x| CliError::Usage(format!("--ca-file {}: {x}", ca.display())))?;
             }
             b.set_verify(SslVerifyMode::PEER);
             Some(b.build())
         } else {
             if ca_file.is_some() {
-                return Err(format!("--ca-file is for https:// APIs; --api is {url:?}"));
+                return Err(CliError::Usage(format!(
+                    "--ca-file is for https:// APIs; --api is {url:?}"
+                )));
             }
             None
         };
@@ -68,13 +130,13 @@ impl Api {
         }
     }
 
-    fn connect(&self) -> Result<Box<dyn Conn>, String> {
+    fn connect(&self) -> Result<Box<dyn Conn>, CliError> {
         let s = TcpStream::connect(&self.host).map_err(|e| {
-            format!(
+            CliError::Unreachable(format!(
                 "cannot reach Mirage at {}://{} ({e}); is it running? (`make run`, or --api URL)",
                 self.scheme(),
                 self.host
-            )
+            ))
         })?;
         let _ = s.set_read_timeout(Some(Duration::from_secs(60)));
         let Some(tls) = &self.tls else {
@@ -88,10 +150,10 @@ impl Api {
         };
         let name = name.trim_start_matches('[').trim_end_matches(']');
         let s = tls.connect(name, s).map_err(|e| {
-            format!(
+            CliError::Unreachable(format!(
                 "TLS with Mirage at https://{} failed ({e}); pass the fleet CA with --ca-file (MIRAGE_CA_FILE)",
                 self.host
-            )
+            ))
         })?;
         Ok(Box::new(s))
     }
@@ -117,12 +179,12 @@ impl Api {
         method: &str,
         path: &str,
         body: Option<&[u8]>,
-    ) -> Result<(u16, Value), String> {
+    ) -> Result<(u16, Value), CliError> {
         let mut s = self.connect()?;
         let body = body.unwrap_or(&[]);
         s.write_all(self.head(method, path, body.len(), &[]).as_bytes())
             .and_then(|_| s.write_all(body))
-            .map_err(|e| format!("request to {}: {e}", self.host))?;
+            .map_err(|e| CliError::Transport(format!("request to {}: {e}", self.host)))?;
         let mut r = BufReader::new(s);
         let (status, chunked, len) = read_head(&mut r)?;
         let mut buf = Vec::new();
@@ -133,7 +195,7 @@ impl Api {
         } else {
             r.take(64 << 20).read_to_end(&mut buf)
         }
-        .map_err(|e| format!("reading the answer: {e}"))?;
+        .map_err(|e| CliError::Transport(format!("reading the answer: {e}")))?;
         let v = serde_json::from_slice(&buf)
             .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&buf).into_owned()));
         Ok((status, v))
@@ -148,13 +210,13 @@ impl Api {
         mut last: Option<u64>,
         mut on: impl FnMut(&Value) -> bool,
         mut on_gap: impl FnMut(&str),
-    ) -> Result<(), String> {
+    ) -> Result<(), CliError> {
         let mut announced = false;
         loop {
             match self.follow_once(query, &mut last, &mut on) {
                 Ok(true) => return Ok(()),
                 // A 4xx (bad token, unknown query) will not heal by retrying.
-                Err(e) if e.starts_with("report stream answered 4") => return Err(e),
+                Err(e) if e.permanent() => return Err(e),
                 Ok(false) | Err(_) => {
                     if !announced {
                         on_gap("stream interrupted; reconnecting");
@@ -172,7 +234,7 @@ impl Api {
         query: &str,
         last: &mut Option<u64>,
         on: &mut impl FnMut(&Value) -> bool,
-    ) -> Result<bool, String> {
+    ) -> Result<bool, CliError> {
         let mut s = self.connect()?;
         let mut extra = vec![("Accept", "text/event-stream".to_string())];
         let path = match last {
@@ -183,11 +245,11 @@ impl Api {
             None => format!("/v1/reports/stream{query}"),
         };
         s.write_all(self.head("GET", &path, 0, &extra).as_bytes())
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| CliError::Transport(e.to_string()))?;
         let mut r = BufReader::new(s);
         let (status, chunked, _) = read_head(&mut r)?;
         if status != 200 {
-            return Err(format!("report stream answered {status}"));
+            return Err(CliError::Stream(status));
         }
         let body: Box<dyn Read> = if chunked {
             Box::new(Chunked::new(r))
@@ -199,7 +261,9 @@ impl Api {
         let mut line = String::new();
         loop {
             line.clear();
-            let n = lines.read_line(&mut line).map_err(|e| e.to_string())?;
+            let n = lines
+                .read_line(&mut line)
+                .map_err(|e| CliError::Transport(e.to_string()))?;
             if n == 0 {
                 return Ok(false);
             }
@@ -231,19 +295,20 @@ impl Api {
     }
 }
 
-fn read_head(r: &mut impl BufRead) -> Result<(u16, bool, Option<usize>), String> {
+fn read_head(r: &mut impl BufRead) -> Result<(u16, bool, Option<usize>), CliError> {
     let mut line = String::new();
     r.read_line(&mut line)
-        .map_err(|e| format!("reading the answer: {e}"))?;
+        .map_err(|e| CliError::Transport(format!("reading the answer: {e}")))?;
     let status = line
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("not an HTTP answer: {line:?}"))?;
+        .ok_or_else(|| CliError::Transport(format!("not an HTTP answer: {line:?}")))?;
     let (mut chunked, mut len) = (false, None);
     loop {
         line.clear();
-        r.read_line(&mut line).map_err(|e| e.to_string())?;
+        r.read_line(&mut line)
+            .map_err(|e| CliError::Transport(e.to_string()))?;
         let l = line.trim_end().to_ascii_lowercase();
         if l.is_empty() {
             break;
@@ -482,6 +547,31 @@ pub fn result_lines(plan: &Value) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn client_errors_read_as_before_and_classify_without_their_text() {
+        let api = CliError::Api {
+            status: 404,
+            message: "no such intent".into(),
+        };
+        assert_eq!(api.to_string(), "404: no such intent");
+        assert_eq!(
+            CliError::Stream(401).to_string(),
+            "report stream answered 401"
+        );
+        // Only a 4xx or a usage error is permanent; a 5xx or a broken link is retried.
+        assert!(CliError::Stream(401).permanent());
+        assert!(!CliError::Stream(503).permanent());
+        assert!(!CliError::Transport("reading the answer: reset".into()).permanent());
+        assert!(!CliError::Unreachable("cannot reach Mirage".into()).permanent());
+        let bad = Api::new("ftp://x", None, None).err();
+        assert!(matches!(bad, Some(CliError::Usage(_))), "{bad:?}");
+        assert_eq!(
+            bad.map(|e| e.to_string()).unwrap_or_default(),
+            "--api \"ftp://x\": expected http://host:port or https://host:port"
+        );
+        assert_eq!(api.exit_code(), 2);
+    }
 
     #[test]
     fn move_progress_is_read_from_the_target_observation() {

@@ -1,5 +1,5 @@
 //! Mirage, the orchestrator: Ghost sessions, intent plans, seed locks, reports, durable state,
-//! and the operator tools.
+//! and the operator tools. [`Mirage::start`] runs it in-process (tests, embedding).
 
 pub mod actors;
 pub mod admin_client;
@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod doctor;
 pub mod drain;
+pub mod embed;
 pub mod history;
 pub mod intent;
 pub mod lock;
@@ -23,3 +24,5 @@ pub mod store;
 pub mod supervision;
 pub mod tls;
 pub mod wire_tool;
+
+pub use embed::{Mirage, Running};

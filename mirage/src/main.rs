@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
-use mirage::cli::{bar, s, table, Api};
+use mirage::cli::{bar, s, table, Api, CliError};
 use serde_json::Value;
 
 // Many small allocations freed on other threads (frames, envelopes, actor messages):
@@ -318,16 +318,19 @@ fn read_input(file: Option<&PathBuf>) -> std::io::Result<Vec<u8>> {
 }
 
 /// An API answer that is not 2xx becomes the error it carries.
-fn ok(r: Result<(u16, Value), String>) -> Result<Value, String> {
+fn ok(r: Result<(u16, Value), CliError>) -> Result<Value, CliError> {
     let (st, v) = r?;
     if (200..300).contains(&st) {
         Ok(v)
     } else {
-        let msg = v["error"]
+        let message = v["error"]
             .as_str()
             .map(str::to_owned)
             .unwrap_or_else(|| v.to_string());
-        Err(format!("{st}: {msg}"))
+        Err(CliError::Api {
+            status: st,
+            message,
+        })
     }
 }
 
@@ -352,14 +355,14 @@ fn list(
     path: &str,
     headers: &[&str],
     row: impl Fn(&Value) -> Vec<String>,
-) -> Result<i32, String> {
+) -> Result<i32, CliError> {
     let v = ok(api.call("GET", path, None))?;
     print_list(v, json, headers, row)
 }
 
 /// Every page of `GET /v1/ghosts` (the server answers at most a page per call), in ghost_id
 /// order.
-fn all_ghosts(api: &Api) -> Result<Value, String> {
+fn all_ghosts(api: &Api) -> Result<Value, CliError> {
     const PAGE: usize = 1000;
     let mut all = Vec::new();
     let mut after = String::new();
@@ -404,7 +407,7 @@ fn print_list(
     json: bool,
     headers: &[&str],
     row: impl Fn(&Value) -> Vec<String>,
-) -> Result<i32, String> {
+) -> Result<i32, CliError> {
     if json {
         print_json(&v);
         return Ok(0);
@@ -417,7 +420,7 @@ fn print_list(
     Ok(0)
 }
 
-fn client(cli: &Cli) -> Result<i32, String> {
+fn client(cli: &Cli) -> Result<i32, CliError> {
     let api = Api::new(
         &cli.api,
         std::env::var("MIRAGE_TOKEN").ok(),
@@ -1057,7 +1060,13 @@ fn main() -> ExitCode {
                 })
                 .map_err(|e| format!("man pages into {}: {e}", out.display())),
         ),
-        _ => exit(client(&cli)),
+        _ => match client(&cli) {
+            Ok(c) => exit(Ok(c)),
+            Err(e) => {
+                eprintln!("mirage: {e}");
+                ExitCode::from(e.exit_code())
+            }
+        },
     }
 }
 

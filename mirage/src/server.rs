@@ -38,47 +38,34 @@ pub fn serve(cfg: MirageConfig) -> Result<i32, String> {
     serve_with(cfg, None)
 }
 
+/// Everything `start_core` needs, checked and loaded before any actor starts.
+pub(crate) struct Prepared {
+    pub cfg: Arc<MirageConfig>,
+    db: Db,
+    restored: Restored,
+    tls: Option<Arc<openssl::ssl::SslAcceptor>>,
+}
+
+/// What `start_core` brought up on the current System.
+pub(crate) struct Core {
+    pub session_addr: SocketAddr,
+    pub sup: MeteredAddr<Supervisor>,
+    pub hub: MeteredAddr<ReportHub>,
+    /// The accept loop (aborting it closes the session listener).
+    pub accept: tokio::task::JoinHandle<()>,
+    /// The session Arbiters (stopping them ends every Ghost session).
+    pub arbiters: Vec<actix_rt::ArbiterHandle>,
+}
+
 pub fn serve_with(cfg: MirageConfig, local: Option<LocalGhost>) -> Result<i32, String> {
-    cfg.validate()?;
     // Before any actor: a panic outside a restartable actor ends the process.
     crate::supervision::install_panic_hook();
     if local.is_some() && cfg.local_ghost.is_empty() {
+        cfg.validate()?;
         return Err("local_ghost is empty; `mirage up` needs an id for its local Ghost".into());
     }
-    if cfg.data_dir.exists() && !cfg.data_dir.is_dir() {
-        return Err(format!(
-            "data_dir {} is not a directory (set data_dir or --data-dir to a directory)",
-            cfg.data_dir.display()
-        ));
-    }
-    let mut db = Db::open(&cfg.data_dir)
-        .map_err(|e| format!("cannot open data_dir {}: {e}", cfg.data_dir.display()))?
-        .with_reserve(cfg.store.reserve_bytes);
-    let rec = db.recover(cfg.limits.reports).map_err(|e| e.to_string())?;
-    let reports: Vec<ReportRecord> = rec
-        .reports
-        .iter()
-        .filter_map(|j| serde_json::from_str(j).ok())
-        .collect();
-    tracing::info!(
-        component = "mirage",
-        active = rec.active.len(),
-        finished = rec.finished.len(),
-        locks = rec.locks.len(),
-        reports = reports.len(),
-        "recovered state"
-    );
-    let restored = Restored {
-        active: rec.active,
-        finished: rec.finished,
-        locks: rec.locks,
-        reports,
-        max_intent_seq: rec.max_intent_seq,
-        max_report_seq: rec.max_report_seq,
-    };
-    // Certificates are loaded now: a bad file is a startup error.
-    let tls = crate::tls::acceptor(&cfg.tls)?.map(Arc::new);
-    let cfg = Arc::new(cfg);
+    let prepared = prepare(cfg)?;
+    let cfg = prepared.cfg.clone();
     let sys = actix_rt::System::new();
     if let Some(l) = &local {
         if l.ghosts == 0 || l.ghosts > MAX_UP_GHOSTS {
@@ -91,67 +78,8 @@ pub fn serve_with(cfg: MirageConfig, local: Option<LocalGhost>) -> Result<i32, S
     let child: Rc<RefCell<Vec<std::process::Child>>> = Rc::new(RefCell::new(Vec::new()));
     let child_for_stop = child.clone();
     let started: Result<(), String> = sys.block_on(async move {
-        // The listener first: a port in use fails before any actor starts.
-        let listen: SocketAddr = cfg.listen.parse().map_err(|e| format!("listen {}: {e}", cfg.listen))?;
-        let socket = if listen.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }
-            .map_err(|e| format!("listen {listen}: {e}"))?;
-        socket.set_reuseaddr(true).map_err(|e| format!("listen {listen}: {e}"))?;
-        socket.bind(listen).map_err(|e| format!("listen {listen}: {e} (set `listen` or --listen to a free ip:port)"))?;
-        let listener = socket.listen(4096).map_err(|e| format!("listen {listen}: {e}"))?;
-        let session_addr = listener.local_addr().map_err(|e| e.to_string())?;
-
-        let store = MeteredAddr::new(Store::new(db).start(), "mirage.store");
-        let fleet = Rc::new(RefCell::new(Arc::new(FleetView::default())));
-        let hub = MeteredAddr::new(ReportHub::default().start(), "mirage.report_hub");
-        let sup = MeteredAddr::new(
-            Supervisor::new(cfg.clone(), store, fleet, restored, hub.clone()).start(),
-            "mirage.supervisor",
-        );
-        let arbiters: Vec<Arbiter> = (0..cfg.threads()).map(|_| Arbiter::new()).collect();
-        let open = Arc::new(AtomicUsize::new(0));
-        // Handshakes count too, so half-open floods are bounded.
-        let max_open = cfg.limits.sessions + 1024;
-        {
-            let cfg = cfg.clone();
-            let sup = sup.clone();
-            actix_rt::spawn(async move {
-                let mut next = 0usize;
-                loop {
-                    let (sock, peer) = match listener.accept().await {
-                        Ok(x) => x,
-                        Err(e) => {
-                            tracing::warn!(component = "mirage.listener", error = %e, "accept failed");
-                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                            continue;
-                        }
-                    };
-                    if open.load(Ordering::Relaxed) >= max_open {
-                        tracing::warn!(component = "mirage.listener", %peer, limit = max_open, "connection refused: too many open");
-                        crate::metrics::SESSIONS_REJECTED.inc();
-                        continue;
-                    }
-                    let _ = sock.set_nodelay(true);
-                    let Ok(std_sock) = sock.into_std() else { continue };
-                    open.fetch_add(1, Ordering::Relaxed);
-                    let (cfg, sup, open, tls) = (cfg.clone(), sup.clone(), open.clone(), tls.clone());
-                    let arb = &arbiters[next % arbiters.len()];
-                    next = next.wrapping_add(1);
-                    // Re-register the socket with the target Arbiter's own reactor.
-                    arb.spawn(async move {
-                        match TcpStream::from_std(std_sock) {
-                            Ok(s) => {
-                                GhostSession::new(s, peer.to_string(), cfg, sup, open, tls).start();
-                            }
-                            Err(e) => {
-                                open.fetch_sub(1, Ordering::Relaxed);
-                                tracing::warn!(component = "mirage.listener", %peer, error = %e, "cannot adopt socket");
-                            }
-                        }
-                    });
-                }
-            });
-        }
-
+        let core = start_core(prepared).await?;
+        let session_addr = core.session_addr;
         let mut local_admin = String::new();
         if let Some(l) = &local {
             let c = spawn_local_ghost(l, &cfg.local_ghost, &cfg.data_dir.join("local-ghost"), &l.admin, &session_addr)?;
@@ -172,17 +100,7 @@ pub fn serve_with(cfg: MirageConfig, local: Option<LocalGhost>) -> Result<i32, S
         }
 
         let mut api_addr = String::from("off");
-        if !cfg.api.listen.is_empty() {
-            let token = std::env::var("MIRAGE_TOKEN").ok().filter(|t| !t.is_empty()).unwrap_or_else(|| cfg.api.token.clone());
-            let state = api::AppState {
-                sup: sup.clone(),
-                hub,
-                token: Arc::new(token),
-                local_admin: Arc::new(local_admin.clone()),
-            };
-            let tls = (!cfg.api.tls_cert_file.is_empty())
-                .then(|| (cfg.api.tls_cert_file.as_str(), cfg.api.tls_key_file.as_str()));
-            let (addr, server) = api::start(&cfg.api.listen, cfg.api.max_body, tls, state)?;
+        if let Some((addr, server)) = start_api(&cfg, &core, &local_admin)? {
             api_addr = addr.to_string();
             actix_rt::spawn(server);
         }
@@ -225,6 +143,173 @@ pub fn serve_with(cfg: MirageConfig, local: Option<LocalGhost>) -> Result<i32, S
     let code = sys.run_with_code().map_err(|e| e.to_string());
     stop_child(&child_for_stop);
     code
+}
+
+/// Checks the config, opens and recovers the store, loads the certificates.
+pub(crate) fn prepare(cfg: MirageConfig) -> Result<Prepared, String> {
+    cfg.validate()?;
+    if cfg.data_dir.exists() && !cfg.data_dir.is_dir() {
+        return Err(format!(
+            "data_dir {} is not a directory (set data_dir or --data-dir to a directory)",
+            cfg.data_dir.display()
+        ));
+    }
+    let mut db = Db::open(&cfg.data_dir)
+        .map_err(|e| format!("cannot open data_dir {}: {e}", cfg.data_dir.display()))?
+        .with_reserve(cfg.store.reserve_bytes);
+    let rec = db.recover(cfg.limits.reports).map_err(|e| e.to_string())?;
+    let reports: Vec<ReportRecord> = rec
+        .reports
+        .iter()
+        .filter_map(|j| serde_json::from_str(j).ok())
+        .collect();
+    tracing::info!(
+        component = "mirage",
+        active = rec.active.len(),
+        finished = rec.finished.len(),
+        locks = rec.locks.len(),
+        reports = reports.len(),
+        "recovered state"
+    );
+    let restored = Restored {
+        active: rec.active,
+        finished: rec.finished,
+        locks: rec.locks,
+        reports,
+        max_intent_seq: rec.max_intent_seq,
+        max_report_seq: rec.max_report_seq,
+    };
+    // Certificates are loaded now: a bad file is a startup error.
+    let tls = crate::tls::acceptor(&cfg.tls)?.map(Arc::new);
+    Ok(Prepared {
+        cfg: Arc::new(cfg),
+        db,
+        restored,
+        tls,
+    })
+}
+
+/// The session listener, the store, the Supervisor, the report hub and the session
+/// Arbiters, on the current System.
+pub(crate) async fn start_core(p: Prepared) -> Result<Core, String> {
+    let cfg = p.cfg.clone();
+    // The listener first: a port in use fails before any actor starts.
+    let listen: SocketAddr = cfg
+        .listen
+        .parse()
+        .map_err(|e| format!("listen {}: {e}", cfg.listen))?;
+    let socket = if listen.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(|e| format!("listen {listen}: {e}"))?;
+    socket
+        .set_reuseaddr(true)
+        .map_err(|e| format!("listen {listen}: {e}"))?;
+    socket.bind(listen).map_err(|e| {
+        format!("listen {listen}: {e} (set `listen` or --listen to a free ip:port)")
+    })?;
+    let listener = socket
+        .listen(4096)
+        .map_err(|e| format!("listen {listen}: {e}"))?;
+    let session_addr = listener.local_addr().map_err(|e| e.to_string())?;
+
+    let Prepared {
+        cfg,
+        db,
+        restored,
+        tls,
+    } = p;
+    let store = MeteredAddr::new(Store::new(db).start(), "mirage.store");
+    let fleet = Rc::new(RefCell::new(Arc::new(FleetView::default())));
+    let hub = MeteredAddr::new(ReportHub::default().start(), "mirage.report_hub");
+    let sup = MeteredAddr::new(
+        Supervisor::new(cfg.clone(), store, fleet, restored, hub.clone()).start(),
+        "mirage.supervisor",
+    );
+    let arbiters: Vec<Arbiter> = (0..cfg.threads()).map(|_| Arbiter::new()).collect();
+    let arbiter_handles = arbiters.iter().map(|a| a.handle()).collect();
+    let open = Arc::new(AtomicUsize::new(0));
+    // Handshakes count too, so half-open floods are bounded.
+    let max_open = cfg.limits.sessions + 1024;
+    let accept = {
+        let cfg = cfg.clone();
+        let sup = sup.clone();
+        actix_rt::spawn(async move {
+            let mut next = 0usize;
+            loop {
+                let (sock, peer) = match listener.accept().await {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!(component = "mirage.listener", error = %e, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                if open.load(Ordering::Relaxed) >= max_open {
+                    tracing::warn!(component = "mirage.listener", %peer, limit = max_open, "connection refused: too many open");
+                    crate::metrics::SESSIONS_REJECTED.inc();
+                    continue;
+                }
+                let _ = sock.set_nodelay(true);
+                let Ok(std_sock) = sock.into_std() else {
+                    continue;
+                };
+                open.fetch_add(1, Ordering::Relaxed);
+                let (cfg, sup, open, tls) = (cfg.clone(), sup.clone(), open.clone(), tls.clone());
+                let arb = &arbiters[next % arbiters.len()];
+                next = next.wrapping_add(1);
+                // Re-register the socket with the target Arbiter's own reactor.
+                arb.spawn(async move {
+                        match TcpStream::from_std(std_sock) {
+                            Ok(s) => {
+                                GhostSession::new(s, peer.to_string(), cfg, sup, open, tls).start();
+                            }
+                            Err(e) => {
+                                open.fetch_sub(1, Ordering::Relaxed);
+                                tracing::warn!(component = "mirage.listener", %peer, error = %e, "cannot adopt socket");
+                            }
+                        }
+                    });
+            }
+        })
+    };
+    Ok(Core {
+        session_addr,
+        sup,
+        hub,
+        accept,
+        arbiters: arbiter_handles,
+    })
+}
+
+/// The HTTP API when `api.listen` is set: its address and the server future to spawn.
+pub(crate) fn start_api(
+    cfg: &MirageConfig,
+    core: &Core,
+    local_admin: &str,
+) -> Result<Option<(SocketAddr, actix_web::dev::Server)>, String> {
+    if cfg.api.listen.is_empty() {
+        return Ok(None);
+    }
+    {
+        let token = std::env::var("MIRAGE_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty())
+            .unwrap_or_else(|| cfg.api.token.clone());
+        let state = api::AppState {
+            sup: core.sup.clone(),
+            hub: core.hub.clone(),
+            token: Arc::new(token),
+            local_admin: Arc::new(local_admin.to_owned()),
+        };
+        let tls = (!cfg.api.tls_cert_file.is_empty()).then_some((
+            cfg.api.tls_cert_file.as_str(),
+            cfg.api.tls_key_file.as_str(),
+        ));
+        api::start(&cfg.api.listen, cfg.api.max_body, tls, state).map(Some)
+    }
 }
 
 fn stop_child(child: &Rc<RefCell<Vec<std::process::Child>>>) {

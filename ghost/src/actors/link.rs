@@ -1,6 +1,8 @@
 //! `MirageLink`: dials Mirage (addresses in order), registers advertising `session.command`,
 //! sends heartbeats and events, takes commands and acks, notices a dead Mirage, and
-//! reconnects with exponential backoff and jitter.
+//! reconnects with exponential backoff and jitter. The decisions (which address, how long to
+//! wait, when to give up, when a silent Mirage is dead) are the sans-I/O machines in
+//! `shared::session::{dial, heartbeat}`; this actor owns the sockets and the timers.
 //!
 //! Each session has a generation number; everything that arrives from an older session is
 //! ignored. Reads come through `ctx.add_stream`; writes go to a task that owns the write half
@@ -12,9 +14,11 @@ use actix::prelude::*;
 use actorkit::metrics::MeteredAddr;
 use bytes::BytesMut;
 use futures::StreamExt;
-use shared::envelope::{AckStatus, Command, Envelope, ErrorEnvelope, Event, Outcome};
+use shared::envelope::{AckStatus, Command, Envelope, ErrorEnvelope};
 use shared::error::WireError;
 use shared::handshake::{self, Registration, RegistrationAck};
+use shared::session::dial::{DialAction, DialConfig, DialEvent, Dialer, GiveUp};
+use shared::session::heartbeat::{self, Liveness, Tick};
 use shared::session::{Backoff, Jitter, Timeouts};
 use shared::wire::{Frame, FrameCodec};
 use tokio::io::AsyncWriteExt;
@@ -23,10 +27,11 @@ use tokio::sync::mpsc;
 use tokio_util::codec::FramedRead;
 
 use crate::actors::dispatcher::{Dispatcher, Run, Source};
-use crate::actors::outbox::{Acked, Link, Outbox, SendEvents};
+use crate::actors::outbox::Outbox;
+use crate::actors::protocol::{Acked, Link, SendEvents};
 use crate::config::Policy;
 
-pub const HEARTBEAT_INTENT: &str = "intent.session.heartbeat";
+pub use shared::session::heartbeat::HEARTBEAT_INTENT;
 
 #[derive(Debug, Clone)]
 pub struct LinkConfig {
@@ -51,7 +56,7 @@ pub struct LinkConfig {
 struct Session {
     tx: mpsc::Sender<Frame>,
     stream: SpawnHandle,
-    last_rx: Instant,
+    liveness: Liveness,
     next_msg_id: u64,
     mirage: String,
     session_id: Option<String>,
@@ -64,10 +69,8 @@ pub struct MirageLink {
     me: Option<MeteredAddr<MirageLink>>,
     session: Option<Session>,
     gen: u64,
-    attempt: u32,
-    addr_idx: usize,
+    dial: Dialer,
     jitter: Jitter,
-    registered_once: bool,
     hb_seq: u64,
     pub sessions: u64,
     pub last_error: String,
@@ -98,6 +101,12 @@ impl MirageLink {
         dispatcher: MeteredAddr<Dispatcher>,
         outbox: MeteredAddr<Outbox>,
     ) -> MirageLink {
+        let dial = Dialer::new(DialConfig {
+            addresses: cfg.addresses.len(),
+            backoff: cfg.backoff.clone(),
+            required: cfg.policy == Policy::Required,
+            max_attempts: cfg.max_connect_attempts,
+        });
         MirageLink {
             cfg,
             dispatcher,
@@ -105,10 +114,8 @@ impl MirageLink {
             me: None,
             session: None,
             gen: 0,
-            attempt: 0,
-            addr_idx: 0,
+            dial,
             jitter: Jitter::from_entropy(),
-            registered_once: false,
             hb_seq: 0,
             sessions: 0,
             last_error: String::new(),
@@ -118,8 +125,8 @@ impl MirageLink {
     fn connect(&mut self, ctx: &mut Context<Self>) {
         self.gen += 1;
         let gen = self.gen;
-        let n = self.cfg.addresses.len().max(1);
-        let Some(addr) = self.cfg.addresses.get(self.addr_idx % n).cloned() else {
+        let idx = self.dial.address();
+        let Some(addr) = self.cfg.addresses.get(idx).cloned() else {
             return;
         };
         let t = self.cfg.timeouts.clone();
@@ -128,12 +135,7 @@ impl MirageLink {
             self.cfg.tls = Some(c);
         }
         let tls = self.cfg.tls.clone();
-        let server_name = self
-            .cfg
-            .server_names
-            .get(self.addr_idx % n)
-            .cloned()
-            .unwrap_or_default();
+        let server_name = self.cfg.server_names.get(idx).cloned().unwrap_or_default();
         let fut = async move {
             let line = line.map_err(|e| ConnectError::Failed(e.to_string()))?;
             let stream = tokio::time::timeout(t.connect(), TcpStream::connect(&addr))
@@ -175,7 +177,7 @@ impl MirageLink {
             }
             Ok::<Connected, ConnectError>((r, w, buf, ack))
         };
-        let addr_for_log = self.cfg.addresses[self.addr_idx % n].clone();
+        let addr_for_log = addr_for_log_of(&self.cfg.addresses, idx);
         ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
             if gen != act.gen {
                 return;
@@ -190,43 +192,36 @@ impl MirageLink {
                     } else {
                         tracing::error!(component = "ghost.link", peer = %addr_for_log, code = ack.code, reason = %ack.message, "Mirage rejected the registration");
                     }
-                    if act.cfg.policy == Policy::Required && !act.registered_once {
-                        fatal(&act.last_error);
-                        return;
+                    // Retrying a rejection quickly cannot help: the dialer waits the longest delay.
+                    match act.dial.on(DialEvent::Rejected, act.jitter.unit()) {
+                        DialAction::GiveUp(_) => fatal(&act.last_error),
+                        a => act.schedule_reconnect(a, ctx),
                     }
-                    // Retrying a rejection quickly cannot help; wait the longest delay.
-                    act.attempt = act.attempt.saturating_add(16);
-                    act.schedule_reconnect(ctx, true);
                 }
                 Err(ConnectError::Failed(e)) => {
                     act.last_error = e.clone();
-                    act.attempt += 1;
-                    if act.cfg.policy == Policy::Required
-                        && !act.registered_once
-                        && act.attempt >= act.cfg.max_connect_attempts.max(1)
-                    {
-                        fatal(&format!("no Mirage after {} attempts: {e}", act.attempt));
-                        return;
+                    match act.dial.on(DialEvent::Failed, act.jitter.unit()) {
+                        DialAction::GiveUp(GiveUp::Unreachable { attempts }) => {
+                            fatal(&format!("no Mirage after {attempts} attempts: {e}"))
+                        }
+                        a => {
+                            tracing::warn!(component = "ghost.link", peer = %addr_for_log, attempt = act.dial.attempt(), error = %e, "Mirage unreachable");
+                            act.schedule_reconnect(a, ctx);
+                        }
                     }
-                    tracing::warn!(component = "ghost.link", peer = %addr_for_log, attempt = act.attempt, error = %e, "Mirage unreachable");
-                    act.schedule_reconnect(ctx, true);
                 }
             }
         }));
     }
 
-    fn schedule_reconnect(&mut self, ctx: &mut Context<Self>, next_address: bool) {
-        if next_address {
-            self.addr_idx = self.addr_idx.wrapping_add(1);
-        }
-        let delay = self
-            .cfg
-            .backoff
-            .delay(self.attempt.max(1), self.jitter.unit());
+    fn schedule_reconnect(&mut self, action: DialAction, ctx: &mut Context<Self>) {
+        let DialAction::Dial { delay, .. } = action else {
+            return;
+        };
         tracing::info!(
             component = "ghost.link",
             delay_ms = delay.as_millis() as u64,
-            attempt = self.attempt,
+            attempt = self.dial.attempt(),
             "reconnecting"
         );
         ctx.run_later(delay, |act, ctx| act.connect(ctx));
@@ -258,20 +253,18 @@ impl MirageLink {
         );
 
         self.sessions += 1;
-        self.attempt = 0;
-        self.addr_idx %= self.cfg.addresses.len().max(1);
-        self.registered_once = true;
+        self.dial.on(DialEvent::Established, 0.0);
         tracing::info!(component = "ghost.link", peer = %mirage, session_id = ack.session_id.as_deref().unwrap_or(""), "registered with Mirage");
         self.session = Some(Session {
             tx,
             stream: handle,
-            last_rx: Instant::now(),
+            liveness: Liveness::new(Instant::now(), self.cfg.timeouts.dead_after()),
             next_msg_id: 1,
             mirage,
             session_id: ack.session_id,
         });
         if let Some(me) = &self.me {
-            self.outbox.do_send(Link::Up(me.clone()));
+            self.outbox.do_send(Link::Up(me.recipient()));
         }
         self.heartbeat();
     }
@@ -301,17 +294,7 @@ impl MirageLink {
 
     fn heartbeat(&mut self) {
         self.hb_seq += 1;
-        let n = self.hb_seq;
-        let g = &self.cfg.ghost_id;
-        let mut ev = Event::new(
-            format!("evt.session.{g}.{n}"),
-            format!("cmd.session.heartbeat.{n}"),
-            HEARTBEAT_INTENT,
-            g.clone(),
-            "seed.session",
-            Outcome::Success,
-        );
-        ev.timestamp_ms = Some(shared::now_ms());
+        let ev = heartbeat::heartbeat_event(&self.cfg.ghost_id, self.hb_seq, shared::now_ms());
         self.send_frame(&Envelope::Event(ev));
     }
 
@@ -322,11 +305,9 @@ impl MirageLink {
         self.last_error = reason.to_owned();
         tracing::warn!(component = "ghost.link", peer = %s.mirage, reason, "session lost");
         self.outbox.do_send(Link::Down);
-        // Start over from the primary address after a session that worked.
-        self.addr_idx = 0;
-        self.attempt = 1;
         self.gen += 1;
-        self.schedule_reconnect(ctx, false);
+        let a = self.dial.on(DialEvent::Lost, self.jitter.unit());
+        self.schedule_reconnect(a, ctx);
     }
 
     fn error_frame(&mut self, e: &WireError, ref_id: Option<u64>) {
@@ -339,6 +320,10 @@ impl MirageLink {
         });
         self.send_frame(&env);
     }
+}
+
+fn addr_for_log_of(addresses: &[String], idx: usize) -> String {
+    addresses.get(idx).cloned().unwrap_or_default()
 }
 
 fn fatal(reason: &str) {
@@ -358,17 +343,14 @@ impl Actor for MirageLink {
         actorkit::metrics::actor("ghost.link").instance_started();
         self.me = Some(MeteredAddr::new(ctx.address(), "ghost.link"));
         let hb = self.cfg.timeouts.heartbeat();
-        let dead = self.cfg.timeouts.dead_after();
         ctx.run_interval(hb, move |act, ctx| {
             let Some(s) = &act.session else { return };
-            if s.last_rx.elapsed() > dead {
-                let why = format!(
-                    "no frame from Mirage for {} ms",
-                    s.last_rx.elapsed().as_millis()
-                );
-                act.teardown(&why, ctx);
-            } else {
-                act.heartbeat();
+            match s.liveness.on_tick(Instant::now()) {
+                Tick::Dead { silent } => {
+                    let why = format!("no frame from Mirage for {} ms", silent.as_millis());
+                    act.teardown(&why, ctx);
+                }
+                Tick::Heartbeat => act.heartbeat(),
             }
         });
         self.connect(ctx);
@@ -417,11 +399,11 @@ impl StreamHandler<LinkIn> for MirageLink {
             }
         }
         if let Some(s) = &mut self.session {
-            s.last_rx = Instant::now();
+            s.liveness.on_frame(Instant::now());
         }
         match Envelope::from_frame(&frame) {
             Ok(Envelope::EventAck(a)) => {
-                if a.event_id.starts_with("evt.session.") {
+                if heartbeat::is_heartbeat_ack(&a.event_id) {
                     return; // heartbeat: liveness only
                 }
                 self.outbox.do_send(Acked {

@@ -4,4 +4,5 @@
 pub mod dispatcher;
 pub mod link;
 pub mod outbox;
+pub mod protocol;
 pub mod seed;

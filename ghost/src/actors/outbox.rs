@@ -16,7 +16,9 @@ use actix::prelude::*;
 use actorkit::metrics::MeteredAddr;
 use bytes::Bytes;
 
-use crate::logic::{OutboxState, ToSend};
+use crate::actors::protocol::LinkHandle;
+use crate::actors::protocol::{Acked, Link, SendEvents};
+use crate::logic::OutboxState;
 use crate::reserve::Reserve;
 use crate::store::{Persist, Store, Update};
 
@@ -57,15 +59,10 @@ impl Health {
     }
 }
 
-/// Sent to the link: put these events on the wire.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct SendEvents(pub Vec<ToSend>);
-
 pub struct Outbox {
     state: OutboxState,
     store: MeteredAddr<Store>,
-    link: Option<MeteredAddr<crate::actors::link::MirageLink>>,
+    link: Option<LinkHandle>,
     ack_timeout_ms: u64,
     pub acked: u64,
     pub failed: u64,
@@ -307,14 +304,6 @@ impl Handler<EnqueueVolatile> for Outbox {
     }
 }
 
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Acked {
-    pub event_id: String,
-    pub accepted: bool,
-    pub reason: String,
-}
-
 impl Handler<Acked> for Outbox {
     type Result = ();
 
@@ -355,13 +344,6 @@ impl Handler<Acked> for Outbox {
         );
         self.flush();
     }
-}
-
-#[derive(Message)]
-#[rtype(result = "()")]
-pub enum Link {
-    Up(MeteredAddr<crate::actors::link::MirageLink>),
-    Down,
 }
 
 impl Handler<Link> for Outbox {

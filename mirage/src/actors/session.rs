@@ -13,6 +13,8 @@ use bytes::BytesMut;
 use shared::envelope::{AckStatus, Command, Envelope, ErrorEnvelope, EventAck};
 use shared::error::{code, WireError};
 use shared::handshake::{self, Registration, RegistrationAck, CAP_SESSION_COMMAND};
+use shared::session::heartbeat::is_heartbeat;
+use shared::session::identity;
 use shared::wire::tlv::id as tlv_id;
 use shared::wire::{Frame, FrameCodec, Limits};
 use tokio::io::AsyncWriteExt;
@@ -349,45 +351,11 @@ impl Actor for GhostSession {
                         reg.ghost_id,
                     )
                 }
-                Ok(reg) if keyed.as_ref().is_some_and(|k| !k.contains(&reg.ghost_id)) => {
-                    let id = reg.ghost_id.clone();
-                    Handshake::Reject(
-                        w,
-                        code::TRANSPORT,
-                        format!("frame auth is required and no key is configured for {id}"),
-                        id,
-                    )
-                }
-                Ok(reg) => {
-                    let id = reg.ghost_id.clone();
-                    let declared = reg.peer_identity.trim().to_owned();
-                    match &cert_id {
-                        // The certificate names the Ghost; a declared identity must agree.
-                        Some(cert) if *cert != reg.ghost_id => Handshake::Reject(
-                            w,
-                            code::TRANSPORT,
-                            format!("identity binding failure: certificate is {cert}"),
-                            id,
-                        ),
-                        Some(cert) if !declared.is_empty() && declared != *cert => {
-                            Handshake::Reject(
-                                w,
-                                code::TRANSPORT,
-                                "declared peer mismatch".into(),
-                                id,
-                            )
-                        }
-                        Some(_) => Handshake::Ok(r, w, buf, reg),
-                        // No certificate (development): the declared identity must be the id.
-                        None if reg.peer_identity != reg.ghost_id => Handshake::Reject(
-                            w,
-                            code::TRANSPORT,
-                            "identity binding failure".into(),
-                            id,
-                        ),
-                        None => Handshake::Ok(r, w, buf, reg),
-                    }
-                }
+                // Auth keys and identity binding: the pure rule in shared::session::identity.
+                Ok(reg) => match identity::admit(&reg, keyed.as_deref(), cert_id.as_deref()) {
+                    Err(no) => Handshake::Reject(w, no.code, no.message, reg.ghost_id),
+                    Ok(()) => Handshake::Ok(r, w, buf, reg),
+                },
             }
         };
         ctx.wait(read.into_actor(self).then(|h, act, ctx| {
@@ -562,10 +530,6 @@ fn bounded(mut s: String, max: usize) -> String {
         s.push('…');
     }
     s
-}
-
-fn is_heartbeat(e: &shared::envelope::Event) -> bool {
-    e.intent_id == "intent.session.heartbeat" && e.event_id.starts_with("evt.session.")
 }
 
 impl GhostSession {

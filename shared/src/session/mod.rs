@@ -1,6 +1,11 @@
-//! Session policy shared by both sides: timeouts and reconnect backoff (PROTOCOL.md §1).
+//! Session policy shared by both sides: timeouts and reconnect backoff (PROTOCOL.md §1),
+//! and the sans-I/O session machines: [`dial`] (the Ghost's dial / backoff / reconnect),
+//! [`heartbeat`] (naming and liveness), [`identity`] (Mirage's admission decision).
 //! Pure: the actors own the clocks and pass time and randomness in.
 
+pub mod dial;
+pub mod heartbeat;
+pub mod identity;
 mod writer;
 
 use std::time::Duration;
