@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod doctor;
 pub mod drain;
+pub mod ha;
 pub mod history;
 pub mod intent;
 pub mod lock;
