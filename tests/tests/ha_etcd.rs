@@ -293,3 +293,147 @@ fn quorum_lost_leader_steps_down_and_says_why_then_a_leader_returns() {
     s.rt.block_on(h.fenced_put(&[("/mirage/after", "1")]))
         .unwrap();
 }
+
+/// A contender in its own process (tests/src/bin/ha_contender.rs); its stdout lines are
+/// collected with the time each arrived. Killed on drop.
+struct Contender {
+    child: std::process::Child,
+    lines: Arc<Mutex<Vec<(Instant, String)>>>,
+}
+
+impl Contender {
+    fn start(endpoints: &[String], id: &str) -> Contender {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ha_contender"))
+            .args(["--endpoints", &endpoints.join(","), "--id", id])
+            .env("RUST_LOG", "warn")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let l = lines.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                l.lock().unwrap().push((Instant::now(), line));
+            }
+        });
+        Contender { child, lines }
+    }
+
+    fn signal(&self, sig: &str) {
+        let _ = std::process::Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status();
+    }
+
+    /// The revision of the last `role leader rev=R` line, if it is the last role line.
+    fn leading(&self) -> Option<i64> {
+        let lines = self.lines.lock().unwrap();
+        let last = lines.iter().rev().find(|(_, l)| l.starts_with("role "))?;
+        last.1.strip_prefix("role leader rev=")?.parse().ok()
+    }
+
+    /// Revisions of the writes it saw succeed, with the time each was printed.
+    fn writes_ok(&self) -> Vec<(Instant, i64)> {
+        let lines = self.lines.lock().unwrap();
+        lines
+            .iter()
+            .filter_map(|(t, l)| Some((*t, l.strip_prefix("write ok rev=")?.parse().ok()?)))
+            .collect()
+    }
+
+    fn has_line(&self, since: Instant, prefix: &str) -> bool {
+        let lines = self.lines.lock().unwrap();
+        lines
+            .iter()
+            .any(|(t, l)| *t >= since && l.starts_with(prefix))
+    }
+}
+
+impl Drop for Contender {
+    fn drop(&mut self) {
+        self.signal("-CONT");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn sigstopped_leader_process_cannot_write_after_losing_leadership_and_sigkill_fails_over() {
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(s) = setup() else { return };
+    let ttl = Duration::from_secs(3);
+    let eps = s.cluster.endpoints();
+    let cs = [Contender::start(&eps, "a"), Contender::start(&eps, "b")];
+    let mut first = None;
+    e2e::wait_until("a contender process leads", Duration::from_secs(20), || {
+        first = (0..2).find(|&i| cs[i].leading().is_some());
+        first.is_some()
+    });
+    let first = first.unwrap();
+    let (old, new) = (&cs[first], &cs[1 - first]);
+    e2e::wait_until("the leader writes", Duration::from_secs(5), || {
+        !old.writes_ok().is_empty()
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    old.signal("-STOP");
+    let t0 = Instant::now();
+    e2e::wait_until("the other process leads", ttl * 3, || {
+        new.leading().is_some()
+    });
+    let new_rev = new.leading().unwrap();
+    println!(
+        "SIGSTOPped leader replaced after {} ms",
+        t0.elapsed().as_millis()
+    );
+    // Past its lease by another TTL, then continued.
+    std::thread::sleep(ttl);
+    let resumed = Instant::now();
+    old.signal("-CONT");
+    e2e::wait_until(
+        "the resumed process says it is deposed",
+        Duration::from_secs(5),
+        || old.has_line(resumed, "role deposed"),
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    // Every write the old leader saw succeed committed before the new leader's key existed
+    // (a write in flight at the SIGSTOP may print after SIGCONT, but with an old revision).
+    let old_writes = old.writes_ok();
+    assert!(!old_writes.is_empty());
+    assert!(
+        old_writes.iter().all(|(_, rev)| *rev < new_rev),
+        "old leader wrote at or after the new leader's revision {new_rev}: {old_writes:?}"
+    );
+    let after: Vec<_> = old_writes.iter().filter(|(t, _)| *t >= resumed).collect();
+    println!(
+        "old leader: {} writes ok before the stop, {} printed after SIGCONT (all < {new_rev})",
+        old_writes.len() - after.len(),
+        after.len()
+    );
+    let kv = s.rt.block_on(s.etcd.get("/mirage/owner")).unwrap().unwrap();
+    assert_eq!(
+        kv.value,
+        ["a", "b"][1 - first],
+        "the owner key is the new leader's"
+    );
+    assert!(new.writes_ok().iter().all(|(_, rev)| *rev > new_rev));
+    // SIGKILL of the new leader's process: the resumed one rejoins and leads.
+    let t1 = Instant::now();
+    let killed = &cs[1 - first];
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", &killed.child.id().to_string()])
+        .status();
+    e2e::wait_until("the first process leads again", ttl * 3, || {
+        old.leading().is_some_and(|r| r > new_rev)
+    });
+    let took = t1.elapsed();
+    println!(
+        "SIGKILLed leader process replaced after {} ms (TTL {} ms)",
+        took.as_millis(),
+        ttl.as_millis()
+    );
+    assert!(took <= ttl + Duration::from_millis(1500), "{took:?}");
+}
