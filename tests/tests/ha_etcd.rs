@@ -107,6 +107,23 @@ fn leader_dies_without_resigning_the_other_leads_within_the_ttl() {
         s.rt.block_on(other.fenced_put(&[("/mirage/x", "1")]))
             .unwrap();
     assert!(rev > 0);
+    // A resign revokes the lease: a third elector leads well within the TTL.
+    let c = elector(&s, "c", ttl);
+    e2e::wait_until("c follows", Duration::from_secs(10), || {
+        c.role()
+            == Role::Follower {
+                leader: Some(["a", "b"][1 - first].into()),
+            }
+    });
+    let t1 = Instant::now();
+    s.rt.block_on(other.resign());
+    assert!(!other.is_leader());
+    e2e::wait_until("c leads after the resign", ttl, || c.is_leader());
+    println!("after resign: {} ms", t1.elapsed().as_millis());
+    assert!(matches!(
+        s.rt.block_on(other.fenced_put(&[("/mirage/x", "2")])),
+        Err(WriteError::NotLeader(_))
+    ));
 }
 
 #[test]
