@@ -265,6 +265,10 @@ async fn act(
                 .await
             {
                 Ok(Ok(revision)) => shared.feed(Input::CampaignWon { revision }),
+                // A retried campaign whose first try committed finds its own key.
+                Ok(Err(holder)) if holder.lease == lease => shared.feed(Input::CampaignWon {
+                    revision: holder.create_revision,
+                }),
                 Ok(Err(holder)) => shared.feed(Input::CampaignLost {
                     leader: holder.value,
                 }),

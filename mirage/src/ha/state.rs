@@ -550,4 +550,51 @@ mod tests {
         assert_eq!(a, vec![Action::GrantLease]);
         assert_eq!(m.lease(), None);
     }
+
+    proptest::proptest! {
+        /// Whatever keepalives succeed, fail or arrive late, the leader's window never
+        /// reaches past the earliest moment etcd could expire its lease: the latest
+        /// successful keepalive's send time plus the TTL (etcd counts from receipt, later).
+        #[test]
+        fn the_fence_never_outlives_the_lease(
+            steps in proptest::collection::vec((0u64..1500, 0u8..4, 0u64..800), 1..60),
+            ttl_ms in 2000u64..6000,
+        ) {
+            let ttl = ms(ttl_ms);
+            let mut m = Machine::new();
+            m.start();
+            m.input(Input::LeaseGranted { id: 1, ttl, sent_at: ms(0) });
+            m.input(Input::CampaignWon { revision: 9 });
+            let mut now = ms(0);
+            let mut etcd_expiry = ttl;
+            for (gap, kind, lag) in steps {
+                now += ms(gap);
+                match kind {
+                    0 => {
+                        // Sent `lag` ago, answered now.
+                        let sent_at = now.saturating_sub(ms(lag));
+                        m.input(Input::KeepaliveOk { sent_at, ttl });
+                        etcd_expiry = etcd_expiry.max(sent_at + ttl);
+                    }
+                    1 => {
+                        m.input(Input::KeepaliveFailed { now, error: "x".into() });
+                    }
+                    2 => {
+                        m.input(Input::Tick { now });
+                    }
+                    _ => {
+                        m.input(Input::Observed { leader: Some(("a".into(), 9, 1)) });
+                    }
+                }
+                if m.fence_at(now).is_some() {
+                    proptest::prop_assert!(now + ttl / 4 <= etcd_expiry);
+                    proptest::prop_assert_eq!(m.role(), &Role::Leader { revision: 9 });
+                }
+                // Once deposed, never leader again without a new campaign.
+                if matches!(m.role(), Role::Deposed { .. }) {
+                    proptest::prop_assert!(m.fence_at(now).is_none());
+                }
+            }
+        }
+    }
 }
