@@ -12,6 +12,8 @@ if [ "${1:-}" = "--test" ]; then
   command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
   # seed.redis runs a real redis-server (tests/tests/seed_redis.rs).
   command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+  # tests/tests/ha_etcd.rs runs a 3-member etcd (Debian bookworm: 3.4.23).
+  command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
   # tests/tests/clock.rs preloads libfaketime into a Ghost to shift its wall clock.
   command -v faketime >/dev/null 2>&1 || need+=(faketime)
 fi

@@ -10,6 +10,7 @@ pub mod config;
 pub mod doctor;
 pub mod drain;
 pub mod embed;
+pub mod ha;
 pub mod history;
 pub mod intent;
 pub mod lock;

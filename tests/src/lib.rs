@@ -582,6 +582,7 @@ fn dechunk(mut s: &str) -> String {
 }
 
 pub mod blaster;
+pub mod etcd;
 pub mod fake_ghost;
 pub mod linearizability;
 pub mod plot;
