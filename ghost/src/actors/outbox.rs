@@ -264,6 +264,9 @@ impl Handler<Enqueue> for Outbox {
                 Ok(seq) => {
                     act.on_persist_ok();
                     if m.session {
+                        // Per-hop timestamps (BENCHMARKS.md, issue 20): off unless `hop=debug`.
+                        let cid = m.command_id.as_deref().unwrap_or("");
+                        tracing::debug!(target: "hop", hop = "ghost.persisted", command_id = %cid);
                         act.state.push(seq, m.event_id, m.payload);
                         act.flush();
                     }

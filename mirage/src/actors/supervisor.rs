@@ -1082,6 +1082,7 @@ impl Supervisor {
             at_ms: now,
         });
         let route = self.routes.remove(&event.command_id);
+        tracing::debug!(target: "hop", hop = "event.ingest", command_id = %event.command_id);
         let plan = route
             .as_ref()
             .and_then(|id| self.active.get(id))
@@ -1283,6 +1284,7 @@ impl Handler<Dispatch> for Supervisor {
 
     fn handle(&mut self, m: Dispatch, ctx: &mut Context<Self>) {
         let cid = m.command.command_id.clone();
+        tracing::debug!(target: "hop", hop = "command.dispatch", intent_id = %m.intent_id, command_id = %cid);
         if self
             .routes
             .insert(cid.clone(), m.intent_id.clone())
@@ -1454,6 +1456,7 @@ impl Handler<PlanFinished> for Supervisor {
         let Some(a) = self.active.remove(&m.intent_id) else {
             return;
         };
+        tracing::debug!(target: "hop", hop = "plan.finished", intent_id = %m.intent_id);
         self.forget_routes(&m.intent_id);
         let mut summary = a.summary;
         summary.status = m.status.as_str().to_owned();
