@@ -1428,7 +1428,14 @@ impl Handler<PlanReport> for Supervisor {
             outcome: d.outcome,
             timestamp_ms: shared::now_ms(),
         };
-        tracing::info!(component = "mirage.report", intent_id = %r.intent_id, phase = %r.phase, completion_state = %r.completion_state, summary = %r.summary);
+        // Progress at debug, the end at info: an intent logged ~3 report lines at info, a
+        // share of throughput at default logging (issue 20); every report stays in the store
+        // and on /v1/reports.
+        if r.completion_state == shared::envelope::CompletionState::InProgress {
+            tracing::debug!(component = "mirage.report", intent_id = %r.intent_id, phase = %r.phase, completion_state = %r.completion_state, summary = %r.summary);
+        } else {
+            tracing::info!(component = "mirage.report", intent_id = %r.intent_id, phase = %r.phase, completion_state = %r.completion_state, summary = %r.summary);
+        }
         if let Some(a) = self.active.get_mut(&m.intent_id) {
             a.summary.steps_done = m.steps_done;
             a.summary.last_summary = r.summary.clone();
