@@ -54,12 +54,21 @@ benchmarks:
 	$(BENCH) events --sessions 1 --events 20000 --window 1
 	$(BENCH) loop --intents 5000 --concurrency 1 --ghosts 1 --real
 	$(BENCH) loop --intents 20000 --concurrency 16 --ghosts 1 --real
+	$(BENCH) loop-real --intents 5000 --concurrency 1 --ghosts 1
+	$(BENCH) loop-real --intents 20000 --concurrency 16 --ghosts 4
+	$(BENCH) loop-real --intents 2000 --concurrency 1 --ghosts 1 --trace
+	$(BENCH) ghost-rss --commands 100000
 	$(BENCH) fanout --ghosts 2000
 	$(BENCH) sessions --count 1000 --seconds 30
 	$(BENCH) sessions --count 10000 --seconds 60
 	$(BENCH) storm --count 10000
 	$(BENCH) sweep
 	$(BENCH) sustained --seconds 600 --rate 2000
+
+## ghost-rss-long: a real `ghost serve`'s RSS over 1 M commands (~10 minutes).
+ghost-rss-long:
+	$(CARGO) build --release -p mirage -p ghost -p e2e --bin bench --bin mirage --bin ghost
+	$(BENCH) ghost-rss --commands 1000000
 
 ## memory: 100,000 one-step intents through the full loop; prints RSS after 10k and 100k.
 memory:
@@ -89,6 +98,7 @@ clean:
 	$(CARGO) clean
 
 .PHONY: deb ghost-static
+.PHONY: ghost-rss-long
 
 ## deb: a Debian package of both binaries, their systemd units (packaging/systemd), the
 ## default configs and man pages, with cargo-deb (installed when missing); lists its contents.

@@ -69,21 +69,46 @@ fn insert_execution(
     tick: u64,
     keep_until: u64,
 ) -> Result<(), StoreError> {
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO executions(command_id, event, done_ms, tick, keep_until)
          VALUES (?1, ?2, ?3, ?4,
            max(?5, coalesce((SELECT keep_until FROM started WHERE command_id=?1), 0)))
          ON CONFLICT(command_id) DO NOTHING",
-        params![
-            cid,
-            payload,
-            now_ms as i64,
-            tick_sql(tick),
-            tick_sql(keep_until)
-        ],
-    )?;
-    tx.execute("DELETE FROM started WHERE command_id=?1", params![cid])?;
+    )?
+    .execute(params![
+        cid,
+        payload,
+        now_ms as i64,
+        tick_sql(tick),
+        tick_sql(keep_until)
+    ])?;
+    tx.prepare_cached("DELETE FROM started WHERE command_id=?1")?
+        .execute(params![cid])?;
     Ok(())
+}
+
+/// An event into the outbox (an event already waiting keeps its seq) and, for a command,
+/// its execution record; inside the caller's transaction. Returns the outbox seq.
+fn insert_event(
+    tx: &rusqlite::Transaction<'_>,
+    event_id: &str,
+    command_id: Option<&str>,
+    payload: &[u8],
+    now_ms: u64,
+    tick: u64,
+    keep_until: u64,
+) -> Result<u64, StoreError> {
+    let seq: i64 = tx
+        .prepare_cached(
+            "INSERT INTO outbox(event_id, payload, created_ms) VALUES (?1, ?2, ?3)
+             ON CONFLICT(event_id) DO UPDATE SET state='pending', reason=NULL
+             RETURNING seq",
+        )?
+        .query_row(params![event_id, payload, now_ms as i64], |r| r.get(0))?;
+    if let Some(cid) = command_id {
+        insert_execution(tx, cid, payload, now_ms, tick, keep_until)?;
+    }
+    Ok(seq as u64)
 }
 
 fn tick_from_sql(t: i64) -> u64 {
@@ -240,21 +265,60 @@ impl Db {
         keep_until: u64,
     ) -> Result<u64, StoreError> {
         let tx = self.conn.transaction()?;
-        tx.execute(
-            "INSERT INTO outbox(event_id, payload, created_ms) VALUES (?1, ?2, ?3)
-             ON CONFLICT(event_id) DO UPDATE SET state='pending', reason=NULL",
-            params![event_id, payload, now_ms as i64],
-        )?;
-        let seq: i64 = tx.query_row(
-            "SELECT seq FROM outbox WHERE event_id=?1",
-            params![event_id],
-            |r| r.get(0),
-        )?;
-        if let Some(cid) = command_id {
-            insert_execution(&tx, cid, payload, now_ms, tick, keep_until)?;
+        let seq = insert_event(&tx, event_id, command_id, payload, now_ms, tick, keep_until)?;
+        tx.commit()?;
+        Ok(seq)
+    }
+
+    /// Several `persist`s (and admin-run `record_execution`s: `session` false, seq 0) in one
+    /// transaction: the outbox's group commit. All or none are on disk.
+    pub fn persist_batch(
+        &mut self,
+        batch: &[Persist],
+        tick: u64,
+        keep_until: u64,
+    ) -> Result<Vec<u64>, StoreError> {
+        let tx = self.conn.transaction()?;
+        let mut seqs = Vec::with_capacity(batch.len());
+        for m in batch {
+            let seq = match (m.session, m.command_id.as_deref()) {
+                (false, Some(cid)) => {
+                    insert_execution(&tx, cid, &m.payload, m.now_ms, tick, keep_until)?;
+                    0
+                }
+                _ => insert_event(
+                    &tx,
+                    &m.event_id,
+                    m.command_id.as_deref(),
+                    &m.payload,
+                    m.now_ms,
+                    tick,
+                    keep_until,
+                )?,
+            };
+            seqs.push(seq);
         }
         tx.commit()?;
-        Ok(seq as u64)
+        Ok(seqs)
+    }
+
+    /// Acks and rejections of several events in one transaction.
+    pub fn settle_batch(&mut self, batch: &[(String, Option<String>)]) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        for (event_id, rejected) in batch {
+            match rejected {
+                None => tx
+                    .prepare_cached("DELETE FROM outbox WHERE event_id=?1")?
+                    .execute(params![event_id])?,
+                Some(reason) => tx
+                    .prepare_cached(
+                        "UPDATE outbox SET state='failed', reason=?2 WHERE event_id=?1",
+                    )?
+                    .execute(params![event_id, reason])?,
+            };
+        }
+        tx.commit()?;
+        Ok(())
     }
 
     /// Persists the execution record of an admin-run command, whose event is answered in the
@@ -282,10 +346,12 @@ impl Db {
         tick: u64,
         keep_until: u64,
     ) -> Result<(), StoreError> {
-        self.conn.execute(
-            "INSERT INTO started(command_id, started_ms, tick, keep_until) VALUES (?1, ?2, ?3, ?4)
+        self.conn
+            .prepare_cached(
+                "INSERT INTO started(command_id, started_ms, tick, keep_until) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT(command_id) DO NOTHING",
-            params![
+            )?
+            .execute(params![
                 command_id,
                 now_ms as i64,
                 tick_sql(tick),
@@ -297,7 +363,8 @@ impl Db {
 
     pub fn acked(&mut self, event_id: &str) -> Result<(), StoreError> {
         self.conn
-            .execute("DELETE FROM outbox WHERE event_id=?1", params![event_id])?;
+            .prepare_cached("DELETE FROM outbox WHERE event_id=?1")?
+            .execute(params![event_id])?;
         Ok(())
     }
 
@@ -476,7 +543,7 @@ impl Actor for Store {
     type Context = SyncContext<Self>;
 }
 
-#[derive(Message)]
+#[derive(Message, Clone)]
 #[rtype(result = "Result<u64, String>")]
 pub struct Persist {
     pub event_id: String,
@@ -509,6 +576,34 @@ impl Handler<Persist> for Store {
             ),
         }
         .map_err(|e| e.to_string())
+    }
+}
+
+/// Several [`Persist`]s committed together (the outbox's group commit); the seqs in order.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<u64>, String>")]
+pub struct PersistBatch(pub Vec<Persist>);
+
+impl Handler<PersistBatch> for Store {
+    type Result = Result<Vec<u64>, String>;
+    fn handle(&mut self, m: PersistBatch, _: &mut SyncContext<Self>) -> Self::Result {
+        let tick = self.clock.now();
+        let keep_until = tick.saturating_add(self.window_ms);
+        self.db
+            .persist_batch(&m.0, tick, keep_until)
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Acks (`None`) and rejections (`Some(reason)`) of several events, committed together.
+#[derive(Message)]
+#[rtype(result = "Result<(), String>")]
+pub struct SettleBatch(pub Vec<(String, Option<String>)>);
+
+impl Handler<SettleBatch> for Store {
+    type Result = Result<(), String>;
+    fn handle(&mut self, m: SettleBatch, _: &mut SyncContext<Self>) -> Self::Result {
+        self.db.settle_batch(&m.0).map_err(|e| e.to_string())
     }
 }
 
@@ -561,6 +656,8 @@ impl Handler<Update> for Store {
 }
 
 actorkit::metered!(Store, Persist);
+actorkit::metered!(Store, PersistBatch);
+actorkit::metered!(Store, SettleBatch);
 actorkit::metered!(Store, Update);
 
 #[cfg(test)]

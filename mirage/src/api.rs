@@ -142,6 +142,8 @@ async fn submit(
         }
     };
     let id = intent.intent_id.clone();
+    // Per-hop timestamps of one intent (BENCHMARKS.md, issue 20): off unless `hop=debug`.
+    tracing::debug!(target: "hop", hop = "http.accept", intent_id = %id);
     let summary = match st.sup.send(Submit(intent)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return api_err(e),
@@ -163,7 +165,10 @@ async fn submit(
         return accepted(&summary, &e.error);
     }
     match tokio::time::timeout(Duration::from_secs_f64(wait), rx).await {
-        Ok(Ok(done)) => HttpResponse::Created().json(done),
+        Ok(Ok(done)) => {
+            tracing::debug!(target: "hop", hop = "http.answer", intent_id = %done.intent_id);
+            HttpResponse::Created().json(done)
+        }
         _ => accepted(&summary, &format!("still running after {wait} s")),
     }
 }

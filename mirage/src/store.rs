@@ -512,6 +512,9 @@ pub struct Store {
     committing: bool,
     /// A delayed commit is scheduled for writes nobody waits for.
     lingering: bool,
+    /// A commit is scheduled for the end of this poll: the Puts already in the mailbox go
+    /// in the same transaction.
+    kick_scheduled: bool,
     pub commits: u64,
     pub writes: u64,
     /// Batches of at most this many writes (bounds one transaction's size).
@@ -533,6 +536,7 @@ impl Store {
             waiters: Vec::new(),
             committing: false,
             lingering: false,
+            kick_scheduled: false,
             commits: 0,
             writes: 0,
             max_batch: 10_000,
@@ -566,6 +570,10 @@ impl Store {
         if self.committing || self.queue.is_empty() {
             return;
         }
+        if self.queue.len() <= INLINE_MAX && !DISK.full() {
+            self.commit_inline(ctx);
+            return;
+        }
         self.committing = true;
         let n = self.queue.len().min(self.max_batch);
         let batch: Vec<Write> = self.queue.drain(..n).collect();
@@ -591,13 +599,45 @@ impl Store {
         };
         ctx.spawn(fut.into_actor(self).map(move |(res, n), act, ctx| {
             act.committing = false;
+            act.done(res, n, started, waiters, ctx);
+        }));
+    }
+
+    /// A small commit on this thread: the two thread crossings of the blocking pool cost
+    /// more than the commit itself (WAL, `synchronous=NORMAL`: no fsync), and one intent
+    /// waits for two commits (issue 20 trace). Big batches still go to the blocking pool.
+    fn commit_inline(&mut self, ctx: &mut Context<Self>) {
+        let batch: Vec<Write> = std::mem::take(&mut self.queue);
+        let waiters = std::mem::take(&mut self.waiters);
+        let started = Instant::now();
+        let res = {
+            let mut db = self.db.lock().unwrap_or_else(|p| p.into_inner());
+            db.apply(&batch).map_err(|e| e.to_string())
+        };
+        self.done(res, batch.len(), started, waiters, ctx);
+    }
+
+    /// After a commit: counters, the failure log, the waiters, and the next commit.
+    fn done(
+        &mut self,
+        res: Result<(), String>,
+        n: usize,
+        started: Instant,
+        waiters: Vec<oneshot::Sender<Result<(), String>>>,
+        ctx: &mut Context<Self>,
+    ) {
+        {
+            let act = &mut *self;
             act.commits += 1;
             act.writes += n as u64;
             crate::metrics::STORE_COMMIT_US.observe(started.elapsed());
             match &res {
                 Err(e) => {
                     act.failed += 1;
-                    if act.failed_logged.is_none_or(|t| t.elapsed() >= FAIL_LOG_EVERY) {
+                    if act
+                        .failed_logged
+                        .is_none_or(|t| t.elapsed() >= FAIL_LOG_EVERY)
+                    {
                         act.failed_logged = Some(Instant::now());
                         act.ok_logged = false;
                         tracing::error!(component = "mirage.store", error = %e, writes = n, failed_in_a_row = act.failed, "commit failed");
@@ -606,7 +646,11 @@ impl Store {
                 Ok(()) if act.failed > 0 => {
                     // Once per logged failure, not per flip of a nearly full disk.
                     if !act.ok_logged {
-                        tracing::info!(component = "mirage.store", failed = act.failed, "commits succeed again");
+                        tracing::info!(
+                            component = "mirage.store",
+                            failed = act.failed,
+                            "commits succeed again"
+                        );
                         act.ok_logged = true;
                     }
                     act.failed = 0;
@@ -616,10 +660,13 @@ impl Store {
             for w in waiters {
                 let _ = w.send(res.clone());
             }
-            act.kick(ctx);
-        }));
+        }
+        self.kick(ctx);
     }
 }
+
+/// Batches of at most this many writes commit on the store's own thread.
+const INLINE_MAX: usize = 4;
 
 impl Actor for Store {
     type Context = Context<Self>;
@@ -730,7 +777,15 @@ impl Handler<Put> for Store {
         if let Some(d) = m.done {
             self.waiters.push(d);
         }
-        self.kick(ctx);
+        if !self.kick_scheduled {
+            // A ready future runs in this same poll, after the mailbox is drained (no timer:
+            // a zero-delay timer waits for the next millisecond tick).
+            self.kick_scheduled = true;
+            ctx.spawn(actix::fut::ready(()).map(|(), act: &mut Self, ctx| {
+                act.kick_scheduled = false;
+                act.kick(ctx);
+            }));
+        }
     }
 }
 

@@ -435,10 +435,13 @@ impl Ghost {
         let dir = dir.as_ref();
         let cfg = dir.join(format!("{id}.toml"));
         std::fs::write(&cfg, toml).unwrap();
-        let proc = Proc::spawn(
+        // `E2E_GHOST_LOG` overrides the Ghost's `RUST_LOG` (the bench's hop trace).
+        let log = std::env::var("E2E_GHOST_LOG").unwrap_or_else(|_| "info".into());
+        let proc = Proc::spawn_env(
             &bin("ghost"),
             &["serve", "--config", cfg.to_str().unwrap()],
             dir.join(format!("{id}.log")),
+            &[("RUST_LOG", &log)],
         );
         let admin = proc.field("admin");
         Ghost { proc, admin, token }

@@ -297,6 +297,8 @@ impl Handler<Run> for Dispatcher {
 
     fn handle(&mut self, m: Run, _: &mut Context<Self>) -> Self::Result {
         let cmd = m.cmd;
+        // Per-hop timestamps of one command (BENCHMARKS.md, issue 20): off unless `hop=debug`.
+        tracing::debug!(target: "hop", hop = "ghost.command", command_id = %cmd.command_id);
         let interrupted = match self.dedupe.check_and_claim(&cmd.command_id) {
             Seen::InFlight => {
                 tracing::info!(component = "ghost.dispatcher", command_id = %cmd.command_id, "duplicate command while it runs; its event will follow");
@@ -461,7 +463,7 @@ impl Handler<Run> for Dispatcher {
                         tracing::error!(component = "ghost.dispatcher", command_id = %mark_cid, "start marker not persisted; released the outbox disk reserve and trying again");
                         r = store
                             .send(Update::Started {
-                                command_id: mark_cid,
+                                command_id: mark_cid.clone(),
                                 now_ms: now,
                                 tick,
                                 keep_until: mark_keep,
@@ -469,7 +471,9 @@ impl Handler<Run> for Dispatcher {
                             .await;
                     }
                     match r {
-                        Ok(Ok(())) => {}
+                        Ok(Ok(())) => {
+                            tracing::debug!(target: "hop", hop = "ghost.marked", command_id = %mark_cid);
+                        }
                         Ok(Err(e)) => return Err(e),
                         Err(e) => return Err(format!("store mailbox: {e}")),
                     }
@@ -487,6 +491,7 @@ impl Handler<Run> for Dispatcher {
                             act.dedupe.started(&cmd.command_id, mark);
                         }
                         act.executed += 1;
+                        tracing::debug!(target: "hop", hop = "ghost.executed", command_id = %cmd.command_id);
                         let out = res.unwrap_or_else(|e| {
                             SeedOutput::error(70, format!("seed actor unavailable: {e}\n"))
                         });

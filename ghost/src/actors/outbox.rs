@@ -15,12 +15,13 @@ use std::time::Duration;
 use actix::prelude::*;
 use actorkit::metrics::MeteredAddr;
 use bytes::Bytes;
+use tokio::sync::oneshot;
 
 use crate::actors::protocol::LinkHandle;
 use crate::actors::protocol::{Acked, Link, SendEvents};
 use crate::logic::OutboxState;
 use crate::reserve::Reserve;
-use crate::store::{Persist, Store, Update};
+use crate::store::{Persist, PersistBatch, SettleBatch, Store, Update};
 
 /// Sequence numbers of events that are not persisted: above every store seq, so they are
 /// sent after the persisted ones, and never confused with them.
@@ -77,7 +78,18 @@ pub struct Outbox {
     pub volatile_sent: u64,
     probing: bool,
     ticks: u64,
+    /// Group commit: events that arrived while a batch was being persisted go together in
+    /// the next one (one transaction for many concurrent commands), each answered once its
+    /// batch is on disk.
+    to_persist: Vec<(Enqueue, oneshot::Sender<Result<(), String>>)>,
+    persisting: bool,
+    /// Acks and rejections waiting for the next settle batch, and whether one is in flight.
+    to_settle: Vec<(String, Option<String>)>,
+    settling: bool,
 }
+
+/// Events in one persist transaction at most.
+const MAX_PERSIST_BATCH: usize = 256;
 
 impl Outbox {
     pub fn new(state: OutboxState, store: MeteredAddr<Store>, ack_timeout_ms: u64) -> Outbox {
@@ -96,7 +108,116 @@ impl Outbox {
             volatile_sent: 0,
             probing: false,
             ticks: 0,
+            to_persist: Vec::new(),
+            persisting: false,
+            to_settle: Vec::new(),
+            settling: false,
         }
+    }
+
+    /// Persists everything queued in one transaction; when it lands, answers each caller
+    /// and queues the session's events for sending, then starts the next batch.
+    fn persist_pending(&mut self, ctx: &mut Context<Self>) {
+        if self.persisting || self.to_persist.is_empty() {
+            return;
+        }
+        self.persisting = true;
+        let n = self.to_persist.len().min(MAX_PERSIST_BATCH);
+        let batch: Vec<_> = self.to_persist.drain(..n).collect();
+        let now_ms = shared::now_ms();
+        let rows: Vec<Persist> = batch
+            .iter()
+            .map(|(m, _)| Persist {
+                event_id: m.event_id.clone(),
+                command_id: m.command_id.clone(),
+                payload: m.payload.clone(),
+                now_ms,
+                session: m.session,
+            })
+            .collect();
+        let store = self.store.clone();
+        let reserve = self.reserve.clone();
+        ctx.spawn(
+            async move {
+                let send = |rows: Vec<Persist>| async {
+                    store
+                        .send(PersistBatch(rows))
+                        .await
+                        .map_err(|e| format!("store mailbox: {e}"))?
+                };
+                match send(rows.clone()).await {
+                    Ok(seqs) => Ok(seqs),
+                    Err(e) => match reserve.filter(|r| r.release()) {
+                        // Space for these and the next events while the operator makes room.
+                        Some(r) => {
+                            tracing::error!(component = "ghost.outbox", events = rows.len(), error = %e, reserve_bytes = r.bytes(), "events not persisted; released the outbox disk reserve and trying again");
+                            send(rows).await
+                        }
+                        None => Err(e),
+                    },
+                }
+            }
+            .into_actor(self)
+            .map(move |res, act, ctx| {
+                act.persisting = false;
+                match res {
+                    Ok(seqs) => {
+                        act.on_persist_ok();
+                        let mut queued = false;
+                        for ((m, tx), seq) in batch.into_iter().zip(seqs) {
+                            if m.session {
+                                let cid = m.command_id.as_deref().unwrap_or("");
+                                tracing::debug!(target: "hop", hop = "ghost.persisted", command_id = %cid);
+                                act.state.push(seq, m.event_id, m.payload);
+                                queued = true;
+                            }
+                            let _ = tx.send(Ok(()));
+                        }
+                        if queued {
+                            act.flush();
+                        }
+                    }
+                    Err(e) => {
+                        act.on_persist_error(&e);
+                        for (_, tx) in batch {
+                            let _ = tx.send(Err(e.clone()));
+                        }
+                    }
+                }
+                act.persist_pending(ctx);
+            }),
+        );
+    }
+
+    /// Commits the queued acks and rejections together, then the next batch.
+    fn settle_pending(&mut self, ctx: &mut Context<Self>) {
+        if self.settling || self.to_settle.is_empty() {
+            return;
+        }
+        self.settling = true;
+        let batch = std::mem::take(&mut self.to_settle);
+        let n = batch.len();
+        let store = self.store.clone();
+        ctx.spawn(
+            async move { store.send(SettleBatch(batch)).await }
+                .into_actor(self)
+                .map(move |res, act, ctx| {
+                    act.settling = false;
+                    act.unsynced = act.unsynced.saturating_sub(n);
+                    match res {
+                        Ok(Ok(())) => {}
+                        // As before: the event stays on disk and goes again after a restart
+                        // (delivery is at least once).
+                        Ok(Err(e)) => {
+                            tracing::warn!(component = "ghost.outbox", events = n, error = %e, "acks not persisted; those events are sent again after a restart")
+                        }
+                        Err(e) => {
+                            tracing::warn!(component = "ghost.outbox", events = n, error = %e, "store mailbox: acks not persisted")
+                        }
+                    }
+                    act.settle_pending(ctx);
+                }),
+        );
     }
 
     /// The disk reserve given back when the store fails (see [`Reserve`]).
@@ -223,55 +344,13 @@ pub struct Enqueue {
 }
 
 impl Handler<Enqueue> for Outbox {
-    type Result = ResponseActFuture<Self, Result<(), String>>;
+    type Result = ResponseFuture<Result<(), String>>;
 
-    fn handle(&mut self, m: Enqueue, _: &mut Context<Self>) -> Self::Result {
-        let store = self.store.clone();
-        let persist = || Persist {
-            event_id: m.event_id.clone(),
-            command_id: m.command_id.clone(),
-            payload: m.payload.clone(),
-            now_ms: shared::now_ms(),
-            session: m.session,
-        };
-        let (first, again) = (persist(), persist());
-        let reserve = self.reserve.clone();
-        Box::pin(
-            async move {
-                let send = |p| async {
-                    store
-                        .send(p)
-                        .await
-                        .map_err(|e| format!("store mailbox: {e}"))?
-                };
-                match send(first).await {
-                    Ok(seq) => Ok(seq),
-                    Err(e) => match reserve.filter(|r| r.release()) {
-                        // Space for this and the next events while the operator makes room.
-                        Some(r) => {
-                            tracing::error!(component = "ghost.outbox", event_id = %again.event_id, error = %e, reserve_bytes = r.bytes(), "event not persisted; released the outbox disk reserve and trying again");
-                            send(again).await
-                        }
-                        None => Err(e),
-                    },
-                }
-            }
-            .into_actor(self)
-            .map(move |res, act, _| match res {
-                Ok(seq) => {
-                    act.on_persist_ok();
-                    if m.session {
-                        act.state.push(seq, m.event_id, m.payload);
-                        act.flush();
-                    }
-                    Ok(())
-                }
-                Err(e) => {
-                    act.on_persist_error(&e);
-                    Err(e)
-                }
-            }),
-        )
+    fn handle(&mut self, m: Enqueue, ctx: &mut Context<Self>) -> Self::Result {
+        let (tx, rx) = oneshot::channel();
+        self.to_persist.push((m, tx));
+        self.persist_pending(ctx);
+        Box::pin(async move { rx.await.unwrap_or_else(|_| Err("outbox stopped".into())) })
     }
 }
 
@@ -322,26 +401,16 @@ impl Handler<Acked> for Outbox {
             self.flush();
             return;
         }
-        let update = if m.accepted {
+        if m.accepted {
             self.acked += 1;
-            Update::Acked {
-                event_id: m.event_id,
-            }
+            self.to_settle.push((m.event_id, None));
         } else {
             self.failed += 1;
             tracing::warn!(component = "ghost.outbox", event_id = %m.event_id, reason = %m.reason, "event rejected by Mirage; marked failed");
-            Update::Failed {
-                event_id: m.event_id,
-                reason: m.reason,
-            }
-        };
+            self.to_settle.push((m.event_id, Some(m.reason)));
+        }
         self.unsynced += 1;
-        let store = self.store.clone();
-        ctx.spawn(
-            async move { store.send(update).await }
-                .into_actor(self)
-                .map(|_, act, _| act.unsynced = act.unsynced.saturating_sub(1)),
-        );
+        self.settle_pending(ctx);
         self.flush();
     }
 }

@@ -196,6 +196,7 @@ impl IntentPlan {
                     act.persisting = false;
                     match &res {
                         Ok(()) => {
+                            tracing::debug!(target: "hop", hop = "plan.persisted", intent_id = %act.plan.intent.intent_id);
                             if let Some(j) = act.in_flight.take() {
                                 act.committed = j;
                             }

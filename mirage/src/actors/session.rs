@@ -575,6 +575,7 @@ impl GhostSession {
             Ok(acks) => {
                 for (msg_id, a) in acks {
                     if let Some(a) = a {
+                        tracing::debug!(target: "hop", hop = "ack.queued", command_id = %a.command_id);
                         act.send_env(&Envelope::EventAck(a), msg_id);
                     }
                 }
@@ -651,6 +652,7 @@ impl StreamHandler<Result<Frame, WireError>> for GhostSession {
                 self.send_env(&Envelope::EventAck(a), frame.message_id);
             }
             Ok(Envelope::Event(e)) => {
+                tracing::debug!(target: "hop", hop = "event.read", command_id = %e.command_id);
                 self.batch.push((frame.message_id, e));
                 if self.batch.len() >= MAX_BATCH {
                     self.flush_events(ctx);
@@ -704,6 +706,7 @@ impl Handler<SendCommand> for GhostSession {
         // The time left, measured now on our clock (ext 207): a Ghost whose clock differs
         // from ours still gets the whole budget. deadline_ms stays for edgectl peers.
         cmd.attach_budget(shared::now_ms());
+        tracing::debug!(target: "hop", hop = "command.queued", command_id = %cmd.command_id);
         self.send_env(&Envelope::Command(cmd), id);
     }
 }

@@ -1083,6 +1083,7 @@ impl Supervisor {
             at_ms: now,
         });
         let route = self.routes.remove(&event.command_id);
+        tracing::debug!(target: "hop", hop = "event.ingest", command_id = %event.command_id);
         let plan = route
             .as_ref()
             .and_then(|id| self.active.get(id))
@@ -1284,6 +1285,7 @@ impl Handler<Dispatch> for Supervisor {
 
     fn handle(&mut self, m: Dispatch, ctx: &mut Context<Self>) {
         let cid = m.command.command_id.clone();
+        tracing::debug!(target: "hop", hop = "command.dispatch", intent_id = %m.intent_id, command_id = %cid);
         if self
             .routes
             .insert(cid.clone(), m.intent_id.clone())
@@ -1427,7 +1429,14 @@ impl Handler<PlanReport> for Supervisor {
             outcome: d.outcome,
             timestamp_ms: shared::now_ms(),
         };
-        tracing::info!(component = "mirage.report", intent_id = %r.intent_id, phase = %r.phase, completion_state = %r.completion_state, summary = %r.summary);
+        // Progress at debug, the end at info: an intent logged ~3 report lines at info, a
+        // share of throughput at default logging (issue 20); every report stays in the store
+        // and on /v1/reports.
+        if r.completion_state == shared::envelope::CompletionState::InProgress {
+            tracing::debug!(component = "mirage.report", intent_id = %r.intent_id, phase = %r.phase, completion_state = %r.completion_state, summary = %r.summary);
+        } else {
+            tracing::info!(component = "mirage.report", intent_id = %r.intent_id, phase = %r.phase, completion_state = %r.completion_state, summary = %r.summary);
+        }
         if let Some(a) = self.active.get_mut(&m.intent_id) {
             a.summary.steps_done = m.steps_done;
             a.summary.last_summary = r.summary.clone();
@@ -1455,6 +1464,7 @@ impl Handler<PlanFinished> for Supervisor {
         let Some(a) = self.active.remove(&m.intent_id) else {
             return;
         };
+        tracing::debug!(target: "hop", hop = "plan.finished", intent_id = %m.intent_id);
         self.forget_routes(&m.intent_id);
         let mut summary = a.summary;
         summary.status = m.status.as_str().to_owned();

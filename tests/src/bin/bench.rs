@@ -52,6 +52,35 @@ enum Scenario {
         /// swarm, one per --ghosts; `swarm_cpu_us_per_intent` is then their CPU.
         #[arg(long)]
         real: bool,
+        /// With --real: log every hop of every intent (`hop=debug` on both sides) and print
+        /// the median time of each hop (`hops`). The logging itself adds a little per hop.
+        #[arg(long)]
+        trace: bool,
+    },
+    /// `loop --real`: one-step intents through N real `ghost serve` processes.
+    #[command(name = "loop-real")]
+    LoopReal {
+        #[arg(long, default_value_t = 20_000)]
+        intents: u64,
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 1)]
+        ghosts: usize,
+        #[arg(long)]
+        rate: Option<f64>,
+        /// As `loop --real --trace`.
+        #[arg(long)]
+        trace: bool,
+    },
+    /// RSS of one real `ghost serve`: idle, then while N commands go through it (one-step
+    /// intents, 16 clients), sampled ten times (flat is the goal).
+    #[command(name = "ghost-rss")]
+    GhostRss {
+        #[arg(long, default_value_t = 100_000)]
+        commands: u64,
+        /// Seconds connected and idle before the idle figure is read.
+        #[arg(long, default_value_t = 5)]
+        idle_secs: u64,
     },
     /// event → event.ack throughput: sessions send events pipelined, acks are counted.
     Events {
@@ -132,6 +161,8 @@ fn main() {
     let cli = Cli::parse();
     let name = match &cli.scenario {
         Scenario::Loop { .. } => "loop",
+        Scenario::LoopReal { .. } => "loop-real",
+        Scenario::GhostRss { .. } => "ghost-rss",
         Scenario::Events { .. } => "events",
         Scenario::Sessions { .. } => "sessions",
         Scenario::Storm { .. } => "storm",
@@ -148,24 +179,19 @@ fn main() {
             ghosts,
             rate,
             real,
-        } => {
-            let bed = if real {
-                Bed::start_real(ghosts)
-            } else {
-                Bed::start(ghosts)
-            };
-            let (m0, s0) = bed.cpu();
-            let r = drive(&bed, intents, concurrency, rate, None);
-            let (m1, s1) = bed.cpu();
-            let mut v = r.json();
-            v["ghosts"] = json!(ghosts);
-            v["real_ghosts"] = json!(real);
-            v["mirage_rss_kib"] = json!(bed.mirage.proc.rss_kib());
-            // CPU per intent shows where a 2-core machine's time goes (clients take the rest).
-            v["mirage_cpu_us_per_intent"] = json!(round((m1 - m0) * 1e6 / intents as f64, 1));
-            v["swarm_cpu_us_per_intent"] = json!(round((s1 - s0) * 1e6 / intents as f64, 1));
-            v
-        }
+            trace,
+        } => loop_scenario(intents, concurrency, ghosts, rate, real, trace && real),
+        Scenario::LoopReal {
+            intents,
+            concurrency,
+            ghosts,
+            rate,
+            trace,
+        } => loop_scenario(intents, concurrency, ghosts, rate, true, trace),
+        Scenario::GhostRss {
+            commands,
+            idle_secs,
+        } => ghost_rss_scenario(commands, idle_secs),
         Scenario::Events {
             sessions,
             events,
@@ -217,6 +243,205 @@ fn main() {
     }
 }
 
+fn loop_scenario(
+    intents: u64,
+    concurrency: usize,
+    ghosts: usize,
+    rate: Option<f64>,
+    real: bool,
+    trace: bool,
+) -> Value {
+    let log = trace.then_some(HOP_LOG);
+    let bed = if real {
+        Bed::start_real(ghosts, log)
+    } else {
+        Bed::start(ghosts, log)
+    };
+    let (m0, s0) = bed.cpu();
+    let r = drive(&bed, intents, concurrency, rate, None);
+    let (m1, s1) = bed.cpu();
+    let mut v = r.json();
+    v["ghosts"] = json!(ghosts);
+    v["real_ghosts"] = json!(real);
+    v["mirage_rss_kib"] = json!(bed.mirage.proc.rss_kib());
+    // CPU per intent shows where a 2-core machine's time goes (clients take the rest).
+    v["mirage_cpu_us_per_intent"] = json!(round((m1 - m0) * 1e6 / intents as f64, 1));
+    v["swarm_cpu_us_per_intent"] = json!(round((s1 - s0) * 1e6 / intents as f64, 1));
+    if trace {
+        let mut logs = vec![bed.mirage.proc.log.clone()];
+        logs.extend(bed.real.iter().map(|g| g.proc.log.clone()));
+        v["hops"] = hop_breakdown(&logs);
+        v["trace"] = json!(true);
+    }
+    v
+}
+
+/// The log filter of a traced run: warnings, and every `hop` event.
+const HOP_LOG: &str = "warn,hop=debug";
+
+/// Microseconds of the day from a log line's RFC 3339 timestamp (`...THH:MM:SS.ffffffZ`).
+fn line_us(line: &str) -> Option<u64> {
+    let t = line.split_whitespace().next()?;
+    let time = t.split('T').nth(1)?.trim_end_matches('Z');
+    let mut it = time.split(':');
+    let (h, m, s) = (it.next()?, it.next()?, it.next()?);
+    let (secs, frac) = s.split_once('.').unwrap_or((s, "0"));
+    let frac_us: u64 = format!("{frac:0<6}")[..6].parse().ok()?;
+    Some(
+        (h.parse::<u64>().ok()? * 3600 + m.parse::<u64>().ok()? * 60 + secs.parse::<u64>().ok()?)
+            * 1_000_000
+            + frac_us,
+    )
+}
+
+fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
+    let key = format!(" {name}=");
+    let at = line.find(&key)? + key.len();
+    let rest = &line[at..];
+    let v = rest.split_whitespace().next()?;
+    Some(v.trim_matches('"'))
+}
+
+/// Per intent, its hop events in time order (from Mirage's and the Ghosts' logs, one clock),
+/// each hop named by its place (`plan.persisted#2`); then per consecutive pair the median
+/// and p90 µs over all intents, in the order of the median time since `http.accept`.
+fn hop_breakdown(logs: &[PathBuf]) -> Value {
+    use std::collections::HashMap;
+    let mut by_intent: HashMap<String, Vec<(u64, String)>> = HashMap::new();
+    let mut by_command: Vec<(String, u64, String)> = Vec::new();
+    let mut cmd_intent: HashMap<String, String> = HashMap::new();
+    for path in logs {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        for line in text.lines().filter(|l| l.contains(" hop=")) {
+            let (Some(t), Some(hop)) = (line_us(line), field(line, "hop")) else {
+                continue;
+            };
+            if let Some(cid) = field(line, "command_id") {
+                if let Some(iid) = field(line, "intent_id") {
+                    cmd_intent.insert(cid.to_owned(), iid.to_owned());
+                }
+                by_command.push((cid.to_owned(), t, hop.to_owned()));
+            } else if let Some(iid) = field(line, "intent_id") {
+                by_intent
+                    .entry(iid.to_owned())
+                    .or_default()
+                    .push((t, hop.to_owned()));
+            }
+        }
+    }
+    for (cid, t, hop) in by_command {
+        if let Some(iid) = cmd_intent.get(&cid) {
+            by_intent.entry(iid.clone()).or_default().push((t, hop));
+        }
+    }
+    // pair -> (deltas, offsets of the pair's end from the start)
+    let mut pairs: HashMap<String, (Vec<u64>, Vec<u64>)> = HashMap::new();
+    let mut totals = Vec::new();
+    let mut traced = 0u64;
+    for (_, mut evs) in by_intent {
+        evs.sort();
+        let Some(first) = evs.first().filter(|e| e.1 == "http.accept").map(|e| e.0) else {
+            continue;
+        };
+        if !evs.iter().any(|e| e.1 == "http.answer") {
+            continue;
+        }
+        traced += 1;
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        let named: Vec<(u64, String)> = evs
+            .into_iter()
+            .map(|(t, h)| {
+                let n = seen.entry(h.clone()).or_default();
+                *n += 1;
+                (t, if *n > 1 { format!("{h}#{n}") } else { h })
+            })
+            .collect();
+        for w in named.windows(2) {
+            let e = pairs.entry(format!("{} → {}", w[0].1, w[1].1)).or_default();
+            e.0.push(w[1].0.saturating_sub(w[0].0));
+            e.1.push(w[1].0.saturating_sub(first));
+        }
+        if let Some(last) = named.last() {
+            totals.push(last.0.saturating_sub(first));
+        }
+    }
+    let med = |v: &mut Vec<u64>, q: f64| -> u64 {
+        v.sort_unstable();
+        v.get(((v.len() as f64 * q) as usize).min(v.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0)
+    };
+    let mut rows: Vec<(u64, Value)> = pairs
+        .into_iter()
+        .filter(|(_, (d, _))| d.len() as u64 * 10 >= traced)
+        .map(|(k, (mut d, mut at))| {
+            let n = d.len();
+            let at50 = med(&mut at, 0.5);
+            (
+                at50,
+                json!({"hop": k, "intents": n, "p50_us": med(&mut d, 0.5), "p90_us": med(&mut d, 0.9), "at_p50_us": at50}),
+            )
+        })
+        .collect();
+    rows.sort_by_key(|r| r.0);
+    json!({
+        "intents_traced": traced,
+        "accept_to_answer_p50_us": med(&mut totals, 0.5),
+        "accept_to_answer_p90_us": med(&mut totals, 0.9),
+        "hops": rows.into_iter().map(|r| r.1).collect::<Vec<_>>(),
+    })
+}
+
+/// Idle RSS of a real `ghost serve` connected to a Mirage, then ten samples while
+/// `commands` one-step intents go through it.
+fn ghost_rss_scenario(commands: u64, idle_secs: u64) -> Value {
+    let bed = Bed::start_real(1, None);
+    std::thread::sleep(Duration::from_secs(idle_secs));
+    let g = &bed.real[0];
+    let idle = proc_mem(g.proc.child.id());
+    let mut samples = Vec::new();
+    let step = (commands / 10).max(1);
+    let mut done = 0;
+    let t0 = Instant::now();
+    while done < commands {
+        let n = step.min(commands - done);
+        let r = drive(&bed, n, 16, None, None);
+        done += n;
+        let mut s = proc_mem(g.proc.child.id());
+        s["commands"] = json!(done);
+        s["failed"] = json!(r.failed);
+        samples.push(s);
+    }
+    let last = samples.last().cloned().unwrap_or(Value::Null);
+    json!({
+        "commands": commands,
+        "seconds": round(t0.elapsed().as_secs_f64(), 1),
+        "idle": idle,
+        "after": last,
+        "samples": samples,
+    })
+}
+
+/// VmRSS, RssAnon, AnonHugePages and threads of a process, in KiB.
+fn proc_mem(pid: u32) -> Value {
+    let read = |f: &str| std::fs::read_to_string(format!("/proc/{pid}/{f}")).unwrap_or_default();
+    let status = read("status");
+    let rollup = read("smaps_rollup");
+    let get = |text: &str, key: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    json!({
+        "rss_kib": get(&status, "VmRSS:"),
+        "anon_kib": get(&status, "RssAnon:"),
+        "file_kib": get(&status, "RssFile:"),
+        "anon_huge_kib": get(&rollup, "AnonHugePages:"),
+        "threads": get(&status, "Threads:"),
+    })
+}
+
 // ------------------------------------------------------------------ test bed
 
 /// A Mirage (release defaults except loopback ports and a temp data dir) and a swarm.
@@ -230,9 +455,9 @@ struct Bed {
 }
 
 impl Bed {
-    fn start(ghosts: usize) -> Bed {
+    fn start(ghosts: usize, log: Option<&str>) -> Bed {
         let dir = TempDir::new("bench");
-        let mirage = start_mirage(&dir, 0);
+        let mirage = start_mirage(&dir, 0, log);
         let mut bed = Bed {
             _dir: dir,
             mirage,
@@ -247,8 +472,12 @@ impl Bed {
     }
 
     /// Mirage and `ghosts` real `ghost serve` processes (the harness's Ghost config).
-    fn start_real(ghosts: usize) -> Bed {
-        let mut bed = Bed::start(0);
+    fn start_real(ghosts: usize, log: Option<&str>) -> Bed {
+        let mut bed = Bed::start(0, log);
+        if let Some(l) = log {
+            // Read by the harness when it starts a Ghost; nothing else runs yet.
+            std::env::set_var("E2E_GHOST_LOG", l);
+        }
         for i in 0..ghosts {
             let g = Ghost::start(&bed._dir.0, &format!("g-{i}"), &bed.mirage.session, "");
             bed.real.push(g);
@@ -268,7 +497,7 @@ impl Drop for Bed {
 }
 
 /// Mirage with production timeouts (the test harness uses short ones) and `warn` logs.
-fn start_mirage(dir: &TempDir, port: u16) -> Mirage {
+fn start_mirage(dir: &TempDir, port: u16, log: Option<&str>) -> Mirage {
     let cfg = dir.path("mirage.toml");
     std::fs::write(
         &cfg,
@@ -284,7 +513,9 @@ fn start_mirage(dir: &TempDir, port: u16) -> Mirage {
         dir.path("mirage.log"),
         &[(
             "RUST_LOG",
-            &std::env::var("BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+            &log.map(str::to_owned)
+                .or_else(|| std::env::var("BENCH_LOG").ok())
+                .unwrap_or_else(|| "warn".into()),
         )],
     );
     let session = proc.field("session");
@@ -485,7 +716,7 @@ impl Bed {
 // ------------------------------------------------------------------ events
 
 fn events_scenario(sessions: usize, events: u64, window: usize) -> Value {
-    let bed = Bed::start(0);
+    let bed = Bed::start(0, None);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -536,7 +767,7 @@ fn events_scenario(sessions: usize, events: u64, window: usize) -> Value {
 
 fn sessions_scenario(count: usize, seconds: u64, heartbeat_ms: u64) -> Value {
     let dir = TempDir::new("bench-sessions");
-    let m = start_mirage(&dir, 0);
+    let m = start_mirage(&dir, 0, None);
     let rss_empty = m.proc.rss_kib();
     let t = Instant::now();
     let mut sw = start_swarm(&m, count, "s-", heartbeat_ms);
@@ -569,13 +800,13 @@ fn sessions_scenario(count: usize, seconds: u64, heartbeat_ms: u64) -> Value {
 
 fn storm_scenario(count: usize) -> Value {
     let dir = TempDir::new("bench-storm");
-    let mut m = start_mirage(&dir, 0);
+    let mut m = start_mirage(&dir, 0, None);
     let port: u16 = m.session.rsplit(':').next().unwrap().parse().unwrap();
     let mut sw = start_swarm(&m, count, "st-", 5000);
     let rss = m.proc.rss_kib();
     m.proc.sigterm();
     let t = Instant::now();
-    let m2 = start_mirage(&dir, port);
+    let m2 = start_mirage(&dir, port, None);
     let ready = t.elapsed();
     let all = wait_connected(&m2, count, Duration::from_secs(300));
     let total = t.elapsed();
@@ -594,7 +825,7 @@ fn storm_scenario(count: usize) -> Value {
 // ------------------------------------------------------------------ sustained, sweep
 
 fn sustained_scenario(seconds: u64, rate: f64, interval: u64, ghosts: usize) -> Value {
-    let bed = Bed::start(ghosts);
+    let bed = Bed::start(ghosts, None);
     let total = (rate * seconds as f64) as u64;
     let samples = Mutex::new(Vec::<u64>::new());
     let series = Mutex::new(Vec::<Value>::new());
@@ -654,7 +885,7 @@ fn sustained_scenario(seconds: u64, rate: f64, interval: u64, ghosts: usize) -> 
 }
 
 fn sweep_scenario(rates: &[f64], seconds: u64, ghosts: usize, plot: &std::path::Path) -> Value {
-    let bed = Bed::start(ghosts);
+    let bed = Bed::start(ghosts, None);
     let mut points = Vec::new();
     for &r in rates {
         let total = (r * seconds as f64) as u64;
@@ -673,7 +904,7 @@ fn sweep_scenario(rates: &[f64], seconds: u64, ghosts: usize, plot: &std::path::
 }
 
 fn fanout_scenario(ghosts: usize, rounds: u64) -> Value {
-    let bed = Bed::start(ghosts);
+    let bed = Bed::start(ghosts, None);
     let mut took = Vec::new();
     for r in 0..rounds {
         let body = format!(
