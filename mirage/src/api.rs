@@ -199,7 +199,7 @@ async fn get_intent(st: web::Data<AppState>, id: web::Path<String>) -> HttpRespo
     match st.sup.send(GetIntent(id.into_inner())).await {
         Ok(Ok(mut d)) => {
             // A storage.move's one-time token stays in Mirage (issue 14).
-            crate::storage_move::redact(&mut d.plan);
+            crate::plan::redact_move_token(&mut d.plan);
             HttpResponse::Ok().json(d)
         }
         Ok(Err(e)) => api_err(e),

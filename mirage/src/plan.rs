@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use shared::envelope::{Command, CompletionState, Outcome, Phase};
 
+pub use crate::fleet::{FleetView, GhostView};
 use crate::intent::{Intent, Offline, On, Step};
 use crate::lock::{self, Owner};
 
@@ -45,31 +46,6 @@ impl Status {
 pub enum Kind {
     Check,
     Main,
-}
-
-/// What Mirage knows of the fleet when it places a step.
-#[derive(Debug, Clone, Default)]
-pub struct FleetView {
-    /// ghost id → (connected, seed id → declared operations; `None` = not declared).
-    pub ghosts: BTreeMap<String, GhostView>,
-    /// The co-located local Ghost, preferred for `on = "one"`.
-    pub local: Option<String>,
-}
-
-#[derive(Debug, Clone, Default)]
-pub struct GhostView {
-    pub connected: bool,
-    /// Drained by an operator (`mirage ghost drain`): no new step is placed here; commands
-    /// already sent run to their end.
-    pub drained: bool,
-    pub seeds: BTreeMap<String, Option<Vec<String>>>,
-    /// (seed, operation) pairs the Ghost declared idempotent at registration. Anything else
-    /// may have had its effect when an attempt ends without a terminal event.
-    pub idempotent: std::collections::BTreeSet<(String, String)>,
-    /// Latest observed state per seed instance (`seed.service/web`), read by observed checks.
-    pub observed: BTreeMap<String, BTreeMap<String, String>>,
-    /// When its session ended (0 while connected, or not known): how long it has been gone.
-    pub disconnected_ms: u64,
 }
 
 /// The Ghost's latest observation of `seed` (or of one of its instances, `seed/name`)
@@ -152,29 +128,6 @@ pub fn resolve_args(
         *v = joined;
     }
     Ok(Some(out))
-}
-
-impl FleetView {
-    /// Declared idempotent by this Ghost (unknown Ghost or undeclared: no).
-    pub fn idempotent(&self, ghost: &str, seed: &str, op: &str) -> bool {
-        self.ghosts
-            .get(ghost)
-            .is_some_and(|g| g.idempotent.contains(&(seed.to_owned(), op.to_owned())))
-    }
-
-    fn hosts(&self, ghost: &str, seed: &str, op: &str) -> Result<bool, String> {
-        let Some(g) = self.ghosts.get(ghost) else {
-            return Ok(false);
-        };
-        match g.seeds.get(seed) {
-            None => Ok(false),
-            Some(Some(ops)) if !ops.iter().any(|o| o == op) => Err(format!(
-                "{ghost} does not declare operation {op:?} for {seed} (declared: {})",
-                ops.join(", ")
-            )),
-            Some(_) => Ok(true),
-        }
-    }
 }
 
 /// At submit: refuse a step whose seed or operation no known Ghost in scope declares, rather
@@ -2014,6 +1967,43 @@ impl Plan {
             if self.status.is_terminal() {
                 return;
             }
+        }
+    }
+}
+
+/// The one-time transfer token is a credential: Mirage keeps it in the plan (a resumed move
+/// re-sends the same commands) but never shows it. Blanks `token` in every seed.redis
+/// step's args and in the commands as sent, in a copy for `GET /v1/intents/{id}`.
+pub fn redact_move_token(plan: &mut Plan) {
+    let blank = |a: &mut shared::envelope::Args| {
+        if let Some(t) = a.get_mut("token") {
+            crate::storage_move::REDACTED.clone_into(t);
+        }
+    };
+    let redis: Vec<bool> = plan
+        .intent
+        .steps
+        .iter()
+        .map(|s| s.seed == crate::storage_move::SEED)
+        .collect();
+    for s in plan
+        .intent
+        .steps
+        .iter_mut()
+        .filter(|s| s.seed == crate::storage_move::SEED)
+    {
+        blank(&mut s.args);
+    }
+    if let Some(run) = plan
+        .step
+        .as_mut()
+        .filter(|r| redis.get(r.index) == Some(&true))
+    {
+        if let Some(a) = run.resolved_args.as_mut() {
+            blank(a);
+        }
+        for o in run.outstanding.values_mut() {
+            blank(&mut o.command.args);
         }
     }
 }

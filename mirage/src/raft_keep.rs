@@ -28,8 +28,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use shared::envelope::Args;
 
-use crate::intent::{fe, Check, FieldError, Intent, Offline, On, Step};
-use crate::plan::FleetView;
+use crate::fleet::FleetView;
+use crate::step::{fe, Check, FieldError, Intent, Offline, On, Step};
+pub use crate::step::{Keep, Phase};
 
 pub const OPERATION: &str = "raft.keep";
 pub const SEED: &str = "raft-node";
@@ -40,22 +41,6 @@ pub const DEFAULT_VOTERS: usize = 3;
 /// promotion to commit) and `leave`.
 pub const DEFAULT_TIMEOUT_MS: u64 = 45_000;
 pub const MAX_VOTERS: usize = 16;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Phase {
-    Start,
-    Join,
-    Remove,
-}
-
-/// One expanded step's part of the keeper, carried in its check.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Keep {
-    pub phase: Phase,
-    pub voters: usize,
-    pub gone_after_ms: u64,
-}
 
 /// Expands step `i` (a `raft.keep`).
 pub fn expand(
@@ -88,8 +73,8 @@ pub fn expand(
     };
     let gone_after_ms = match args.get("gone_after") {
         None => DEFAULT_GONE_AFTER_MS,
-        Some(v) => match crate::intent::parse_duration_ms(v) {
-            Some(ms) if (1000..=crate::intent::MAX_TIMEOUT_MS).contains(&ms) => ms,
+        Some(v) => match crate::step::parse_duration_ms(v) {
+            Some(ms) if (1000..=crate::step::MAX_TIMEOUT_MS).contains(&ms) => ms,
             _ => {
                 return Err(fe(
                     f("args.gone_after"),
@@ -200,7 +185,7 @@ fn secs(ms: u64) -> String {
 
 /// Reads the cluster from the fleet snapshot.
 pub fn decide(keep: &Keep, intent: &Intent, fleet: &FleetView, now: u64) -> Decision {
-    let in_scope: Vec<(&String, &crate::plan::GhostView)> = fleet
+    let in_scope: Vec<(&String, &crate::fleet::GhostView)> = fleet
         .ghosts
         .iter()
         .filter(|(g, _)| intent.in_scope(g))

@@ -26,7 +26,7 @@
 
 use shared::envelope::Args;
 
-use crate::intent::{fe, glob_match, FieldError, On, Step};
+use crate::step::{fe, glob_match, FieldError, On, Step};
 
 pub const OPERATION: &str = "storage.move";
 pub const SEED: &str = "seed.redis";
@@ -272,33 +272,6 @@ pub fn expand_with(
 /// What the intent API shows in place of a move's one-time token.
 pub const REDACTED: &str = "[redacted]";
 
-/// The one-time transfer token is a credential: Mirage keeps it in the plan (a resumed move
-/// re-sends the same commands) but never shows it. Blanks `token` in every seed.redis
-/// step's args and in the commands as sent, in a copy for `GET /v1/intents/{id}`.
-pub fn redact(plan: &mut crate::plan::Plan) {
-    let blank = |a: &mut Args| {
-        if let Some(t) = a.get_mut("token") {
-            REDACTED.clone_into(t);
-        }
-    };
-    let redis: Vec<bool> = plan.intent.steps.iter().map(|s| s.seed == SEED).collect();
-    for s in plan.intent.steps.iter_mut().filter(|s| s.seed == SEED) {
-        blank(&mut s.args);
-    }
-    if let Some(run) = plan
-        .step
-        .as_mut()
-        .filter(|r| redis.get(r.index) == Some(&true))
-    {
-        if let Some(a) = run.resolved_args.as_mut() {
-            blank(a);
-        }
-        for o in run.outstanding.values_mut() {
-            blank(&mut o.command.args);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -447,7 +420,7 @@ mod tests {
             resolved_args: Some(plan_args(&[("token", &token)])),
         });
         let mut shown = plan.clone();
-        redact(&mut shown);
+        crate::plan::redact_move_token(&mut shown);
         let json = serde_json::to_string(&shown).unwrap();
         assert!(!json.contains(&token), "{json}");
         assert_eq!(shown.intent.steps[2].args["token"], REDACTED);
