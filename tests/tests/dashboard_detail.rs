@@ -19,7 +19,14 @@ fn intent_detail_shows_failure_and_output_filters_and_withdraws() {
         .expect("chromedriver not installed: apt-get install chromium chromium-driver (.ci/run does this)");
     let dir = TempDir::new("dashboard-detail");
     let m = Mirage::start(&dir, 0, "");
-    let _g = Ghost::start(&dir, "g1", &m.session, "");
+    // The long sleep must outlast the whole browser session however slow the machine is
+    // (it is withdrawn at the end): 20 s once ran out under a loaded CI.
+    let _g = Ghost::start(
+        &dir,
+        "g1",
+        &m.session,
+        "[seed]\nflow_max_sleep_ms = 900000\n",
+    );
     m.wait_ghosts(1, T);
     let head = |id: &str| {
         format!("intent_id=\"{id}\"\nactor=\"t\"\ntarget_scope=\"ghost:g1\"\nobjective=\"objective of {id}\"\n")
@@ -33,7 +40,7 @@ fn intent_detail_shows_failure_and_output_filters_and_withdraws() {
         head("bad")
     ));
     let long = m.submit(&format!(
-        "{}[[step]]\nseed=\"seed.flow\"\noperation=\"sleep\"\nargs={{ms=\"20000\"}}\ntimeout=\"60s\"\n",
+        "{}[[step]]\nseed=\"seed.flow\"\noperation=\"sleep\"\nargs={{ms=\"600000\"}}\ntimeout=\"15m\"\n",
         head("long")
     ));
     m.wait_status(&ok, "satisfied", T);
