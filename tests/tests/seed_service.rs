@@ -134,3 +134,51 @@ fn allowlisted_services_are_supervised_observed_and_never_orphaned() {
         restarted.as_millis()
     );
 }
+
+/// A SIGKILLed Ghost cannot stop its services; the next Ghost process on the same data dir
+/// stops what the last one left running (and nothing else) before it starts anything.
+#[test]
+fn a_sigkilled_ghosts_services_are_stopped_by_the_next_ghost_process() {
+    let dir = TempDir::new("seed-service-orphan");
+    let m = Mirage::start(&dir, 0, "");
+    let mut g = Ghost::start(&dir, "g1", &m.session, SERVICES);
+    m.wait_ghosts(1, T);
+    let r = exec(&g, "start", json!({"name": "sleeper"}));
+    assert_eq!(outcome(&r), "success", "{r}");
+    let orphan = pid_of(&r);
+
+    g.proc.sigkill();
+    // The defect this guards against: the child outlives the Ghost, re-parented to init.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        alive(orphan),
+        "the service died with the Ghost: nothing to test"
+    );
+
+    let t0 = Instant::now();
+    let g = Ghost::start(&dir, "g1", &m.session, SERVICES);
+    wait_for("the left-over service to be stopped", T, || !alive(orphan));
+    let gone = t0.elapsed();
+    assert!(
+        g.proc
+            .log_text()
+            .contains("stopped a service process left running by a previous Ghost process"),
+        "no log line naming it:\n{}",
+        g.proc.log_text()
+    );
+    // The new Ghost starts its own process, and it is not the old one.
+    let r = exec(&g, "start", json!({"name": "sleeper"}));
+    assert_eq!(outcome(&r), "success", "{r}");
+    let fresh = pid_of(&r);
+    assert_ne!(fresh, orphan);
+    assert!(alive(fresh));
+    eprintln!(
+        "SIGKILL of the Ghost: its service (pid {orphan}) outlived it; stopped {} ms after the next Ghost process was started",
+        gone.as_millis()
+    );
+    let mut g = g;
+    assert_eq!(g.proc.sigterm(), Some(0));
+    wait_for("no orphan after SIGTERM", Duration::from_secs(5), || {
+        !alive(fresh)
+    });
+}
