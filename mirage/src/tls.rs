@@ -9,8 +9,8 @@
 //! Otherwise anyone holding a CA:TRUE certificate from the fleet CA could mint every Ghost
 //! identity. OpenSSL checks none of that for a client leaf, so a verify callback does.
 
-use std::collections::HashSet;
-use std::path::PathBuf;
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use openssl::nid::Nid;
@@ -93,7 +93,7 @@ pub fn acceptor(t: &TlsConfig) -> Result<Option<SslAcceptor>, String> {
         let revoked = if t.revoked_file.is_empty() {
             None
         } else {
-            let r = Revoked::new(PathBuf::from(&t.revoked_file));
+            let r = revoked_list(Path::new(&t.revoked_file));
             // A list that cannot be read now is a startup error, not a silent "none revoked".
             r.check("")?;
             Some(r)
@@ -101,10 +101,9 @@ pub fn acceptor(t: &TlsConfig) -> Result<Option<SslAcceptor>, String> {
         // Leaf at depth 0, the fleet CA at depth 1: no room for an intermediate. The callback
         // enforces the same and says why.
         b.set_verify_depth(1);
-        let revoked = Arc::new(revoked);
         b.set_verify_callback(
             SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT,
-            move |ok, ctx| verify_client(ok, ctx, revoked.as_ref().as_ref()),
+            move |ok, ctx| verify_client(ok, ctx, revoked.as_deref()),
         );
     }
     Ok(Some(b.build()))
@@ -258,6 +257,17 @@ impl Revoked {
 
     /// Ok unless `serial` is revoked or the list is unreadable.
     pub fn check(&self, serial: &str) -> Result<(), String> {
+        if self.listed(serial)? {
+            return Err(format!(
+                "client certificate serial {serial} is revoked (listed in {})",
+                self.path.display()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether `serial` is on the list (re-read when the file changed); Err if unreadable.
+    pub fn listed(&self, serial: &str) -> Result<bool, String> {
         use std::os::unix::fs::MetadataExt;
         let file = self.path.display();
         let meta = std::fs::metadata(&self.path).map_err(|e| {
@@ -283,13 +293,23 @@ impl Revoked {
             st.serials = serials;
             st.stamp = Some(stamp);
         }
-        if !serial.is_empty() && st.serials.contains(serial) {
-            return Err(format!(
-                "client certificate serial {serial} is revoked (listed in {file})"
-            ));
-        }
-        Ok(())
+        Ok(!serial.is_empty() && st.serials.contains(serial))
     }
+}
+
+/// One parsed list per file in the process: the handshake's check and every open session's
+/// re-check share it (a change is read once, not once per session).
+pub fn revoked_list(path: &Path) -> Arc<Revoked> {
+    static LISTS: std::sync::OnceLock<Mutex<HashMap<PathBuf, Arc<Revoked>>>> =
+        std::sync::OnceLock::new();
+    let mut lists = LISTS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    lists
+        .entry(path.to_path_buf())
+        .or_insert_with(|| Arc::new(Revoked::new(path.to_path_buf())))
+        .clone()
 }
 
 /// The identity a verified client certificate carries, or why it carries none usable.

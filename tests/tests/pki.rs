@@ -1,6 +1,6 @@
 //! The fleet PKI with real processes and real certificates (issue 19 items 1 and 13): only a
 //! leaf signed directly by the fleet CA identifies a Ghost; the kept CA key issues new Ghosts;
-//! a revoked certificate is refused at its next handshake; a Ghost refuses a Mirage
+//! a revoked certificate's open session is closed and it is refused at every later handshake; a Ghost refuses a Mirage
 //! certificate it should not trust.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -228,10 +228,13 @@ fn an_added_ghost_registers_and_once_revoked_is_refused_at_its_next_handshake() 
 
     let out = mirage_certs(&["revoke", "--dir", p, "g.new"]);
     assert!(out.contains("revoked g.new"), "{out}");
-    // Its next connection (a restart) is refused, with the reason, on every retry; Mirage was
-    // not restarted and the other Ghost stays.
-    g_new.proc.sigkill();
-    let _g_new = Ghost::start(&dir, "g.new", &m.session, &new_tls);
+    // Its open session is closed at its next heartbeat tick (not left open until it happens
+    // to reconnect), and every reconnection is refused with the reason; Mirage was not
+    // restarted and the other Ghost stays.
+    let t0 = Instant::now();
+    let l = log_line(&m, &["was revoked while the session was open"], T);
+    let closed = t0.elapsed();
+    eprintln!("{l}");
     let l = log_line(
         &m,
         &["client certificate refused", "ghost=g.new", "is revoked"],
@@ -245,6 +248,26 @@ fn an_added_ghost_registers_and_once_revoked_is_refused_at_its_next_handshake() 
     }
     assert!(!connected(&m, "g.new"), "{:?}", ghosts(&m));
     assert!(connected(&m, "g.other"), "{:?}", ghosts(&m));
+    assert!(
+        !m.proc
+            .log_text()
+            .contains("ghost=g.other reason=client certificate"),
+        "the other Ghost's session was touched"
+    );
+    eprintln!(
+        "revoked g.new: its open session closed {} ms after `certs revoke` returned",
+        closed.as_millis()
+    );
+    g_new.proc.sigkill();
+    let _g_new = Ghost::start(&dir, "g.new", &m.session, &new_tls);
+    let deadline = Instant::now() + T;
+    while m.proc.log_text().matches("is revoked").count() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "a restarted revoked Ghost was not refused"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     assert_eq!(_g_new.executed(), 0);
 
     // A new certificate for the same Ghost is issued and accepted.

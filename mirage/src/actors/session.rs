@@ -4,6 +4,7 @@
 //! stored ack for duplicates), heartbeats acked as liveness only, commands out. Closes on
 //! framing errors, on silence past `dead_after`, or when replaced.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -58,6 +59,9 @@ pub struct GhostSession {
     batch_seen: Option<usize>,
     /// The Ghost's clock against ours, from its heartbeats' timestamps.
     skew: crate::skew::SkewEstimator,
+    /// The serial of the client certificate this session was admitted with: a revocation
+    /// listed after the handshake closes the open session too, not only the next one.
+    cert_serial: Option<String>,
 }
 
 /// Events per Supervisor message.
@@ -91,6 +95,7 @@ impl GhostSession {
             last_heartbeat_ms: 0,
             batch_seen: None,
             skew: Default::default(),
+            cert_serial: None,
         }
     }
 
@@ -241,8 +246,21 @@ impl GhostSession {
                 .max(100),
         );
         let dead = Duration::from_millis(self.cfg.timeouts.dead_after_ms);
+        let revoked = (!self.cfg.tls.revoked_file.is_empty())
+            .then(|| crate::tls::revoked_list(Path::new(&self.cfg.tls.revoked_file)));
         ctx.run_interval(hb, move |act, ctx| {
             act.report_heartbeats();
+            if let (Some(list), Some(serial)) = (&revoked, &act.cert_serial) {
+                // Only a listed serial closes an open session; an unreadable list refuses new
+                // handshakes (fails closed there) but does not drop the whole fleet at once.
+                if let Ok(true) = list.listed(serial) {
+                    let why = format!(
+                        "client certificate serial {serial} was revoked while the session was open"
+                    );
+                    act.close(&why, ctx);
+                    return;
+                }
+            }
             if act.last_rx.elapsed() > dead {
                 let why = format!(
                     "nothing from the ghost for {} ms",
@@ -254,8 +272,12 @@ impl GhostSession {
     }
 }
 
+// One value per handshake, moved once: its size does not matter, a Box would only add noise.
+#[allow(clippy::large_enum_variant)]
 enum Handshake {
-    Ok(Reader, Writer, BytesMut, Registration),
+    /// Admitted: the streams, what was read past the line, the registration, the client
+    /// certificate's serial (with TLS client certificates).
+    Ok(Reader, Writer, BytesMut, Registration, Option<String>),
     Reject(Writer, u32, String, String),
     /// The TLS handshake failed or the certificate is unusable: no ack line is possible.
     TlsRefused(String),
@@ -267,7 +289,7 @@ async fn secure(
     socket: TcpStream,
     tls: Option<Arc<openssl::ssl::SslAcceptor>>,
     deadline: Duration,
-) -> Result<(Reader, Writer, Option<String>), Handshake> {
+) -> Result<(Reader, Writer, Option<(String, String)>), Handshake> {
     let Some(acc) = tls else {
         let (r, w) = socket.into_split();
         return Ok((Box::new(r), Box::new(w), None));
@@ -288,7 +310,10 @@ async fn secure(
         Ok(Ok(())) => {}
     }
     let id = match s.ssl().peer_certificate() {
-        Some(c) => Some(crate::tls::identity(&c).map_err(Handshake::TlsRefused)?),
+        Some(c) => Some((
+            crate::tls::identity(&c).map_err(Handshake::TlsRefused)?,
+            crate::tls::serial_hex(&c),
+        )),
         None => None,
     };
     let (r, w) = tokio::io::split(s);
@@ -314,10 +339,11 @@ impl Actor for GhostSession {
             .then(|| self.cfg.auth.keys.keys().cloned().collect());
         let limits = self.cfg.limits.clone();
         let read = async move {
-            let (mut r, w, cert_id) = match secure(socket, tls, deadline).await {
+            let (mut r, w, cert) = match secure(socket, tls, deadline).await {
                 Ok(x) => x,
                 Err(h) => return h,
             };
+            let (cert_id, cert_serial) = cert.unzip();
             let mut buf = BytesMut::with_capacity(1024);
             let line = match tokio::time::timeout(
                 deadline,
@@ -354,7 +380,7 @@ impl Actor for GhostSession {
                 // Auth keys and identity binding: the pure rule in shared::session::identity.
                 Ok(reg) => match identity::admit(&reg, keyed.as_deref(), cert_id.as_deref()) {
                     Err(no) => Handshake::Reject(w, no.code, no.message, reg.ghost_id),
-                    Ok(()) => Handshake::Ok(r, w, buf, reg),
+                    Ok(()) => Handshake::Ok(r, w, buf, reg, cert_serial),
                 },
             }
         };
@@ -364,7 +390,7 @@ impl Actor for GhostSession {
             let peer = act.peer.clone();
             async move {
                 match h {
-                    Handshake::Ok(r, w, buf, reg) => {
+                    Handshake::Ok(r, w, buf, reg, serial) => {
                         let res = sup
                             .send(Register {
                                 reg: reg.clone(),
@@ -373,7 +399,7 @@ impl Actor for GhostSession {
                             })
                             .await;
                         match res {
-                            Ok(Ok(ack)) => Ok((r, w, buf, reg, ack)),
+                            Ok(Ok(ack)) => Ok((r, w, buf, reg, ack, serial)),
                             Ok(Err(rej)) => Err(Handshake::Reject(w, rej.code, rej.message, rej.ghost_id)),
                             Err(e) => Err(Handshake::Reject(w, code::INTERNAL, format!("mirage unavailable: {e}"), reg.ghost_id)),
                         }
@@ -386,14 +412,14 @@ impl Actor for GhostSession {
             let wt = Duration::from_millis(act.cfg.timeouts.write_ms);
             async move {
                 match res {
-                    Ok((r, mut w, buf, reg, ack)) => {
+                    Ok((r, mut w, buf, reg, ack, serial)) => {
                         let line = handshake::registration_ack_line(&ack).map_err(|e| e.to_string());
                         let written = match line {
                             Ok(line) => tokio::time::timeout(wt, w.write_all(&line)).await.map_err(|_| "ack write timed out".to_string()).and_then(|r| r.map_err(|e| e.to_string())),
                             Err(e) => Err(e),
                         };
                         match written {
-                            Ok(()) => Ok((r, w, buf, reg, ack)),
+                            Ok(()) => Ok((r, w, buf, reg, ack, serial)),
                             Err(e) => Err(Handshake::Gone(e)),
                         }
                     }
@@ -402,8 +428,9 @@ impl Actor for GhostSession {
             }
             .into_actor(act)
         }).map(|res, act, ctx| match res {
-            Ok((r, w, buf, reg, ack)) => {
+            Ok((r, w, buf, reg, ack, serial)) => {
                 act.ghost = reg.ghost_id.clone();
+                act.cert_serial = serial;
                 act.ext_frames = reg.has_capability(CAP_SESSION_COMMAND);
                 act.session_id = ack.session_id.clone().unwrap_or_default();
                 tracing::info!(component = "mirage.session", peer = %act.peer, ghost_id = %act.ghost, session_id = %act.session_id, seeds = reg.seeds().len(), "ghost registered");
@@ -426,7 +453,7 @@ impl Actor for GhostSession {
                 tracing::warn!(component = "mirage.session", peer = %act.peer, code = code::TRANSPORT, reason = %why, "TLS handshake refused");
                 ctx.stop();
             }
-            Err(Handshake::Gone(why)) | Err(Handshake::Ok(_, _, _, Registration { ghost_id: why, .. })) => {
+            Err(Handshake::Gone(why)) | Err(Handshake::Ok(_, _, _, Registration { ghost_id: why, .. }, _)) => {
                 m::SESSIONS_REJECTED.inc();
                 tracing::info!(component = "mirage.session", peer = %act.peer, reason = %why, "connection ended during the handshake");
                 ctx.stop();
