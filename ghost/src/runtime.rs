@@ -33,6 +33,7 @@ pub fn seed_settings(cfg: &GhostConfig) -> SeedSettings {
         redis: cfg.redis.clone(),
         redis_dir: cfg.data_dir.join("redis"),
         kdht: cfg.kdht.clone(),
+        kdht_key_file: Some(cfg.data_dir.join("kdht.key")),
     }
 }
 

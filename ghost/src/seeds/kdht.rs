@@ -185,6 +185,46 @@ pub fn parse_duration(name: &str, v: &str, max: Duration) -> Result<Duration, St
     Ok(d)
 }
 
+/// The node's keypair from `path` (libp2p's protobuf encoding), or a new ed25519 one written
+/// there (0600, atomically) when there is none. A file that is not a key is an error naming it:
+/// replacing it silently would change the node's identity behind the operator's back.
+pub fn load_or_make_key(path: &std::path::Path) -> Result<libp2p::identity::Keypair, String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::read(path) {
+        Ok(bytes) => libp2p::identity::Keypair::from_protobuf_encoding(&bytes).map_err(|e| {
+            format!(
+                "seed.kdht: {}: not a node key ({e}); remove it to give this node a new identity",
+                path.display()
+            )
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = libp2p::identity::Keypair::generate_ed25519();
+            let bytes = key
+                .to_protobuf_encoding()
+                .map_err(|e| format!("seed.kdht: encoding a new node key: {e}"))?;
+            let tmp = path.with_extension("tmp");
+            let write = || -> std::io::Result<()> {
+                if let Some(d) = path.parent() {
+                    std::fs::create_dir_all(d)?;
+                }
+                let mut f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(true)
+                    .write(true)
+                    .mode(0o600)
+                    .open(&tmp)?;
+                f.write_all(&bytes)?;
+                f.sync_all()?;
+                std::fs::rename(&tmp, path)
+            };
+            write().map_err(|e| format!("seed.kdht: writing {}: {e}", path.display()))?;
+            Ok(key)
+        }
+        Err(e) => Err(format!("seed.kdht: reading {}: {e}", path.display())),
+    }
+}
+
 static OPS: &[OperationSpec] = &[
     OperationSpec::new(
         "start",
@@ -229,12 +269,23 @@ pub struct Kdht {
 }
 
 impl Kdht {
+    /// A node with a fresh identity (nothing to keep it in: `ghost swarm`, tests).
     pub fn new(spec: KdhtSpec) -> Kdht {
         Kdht {
             spec,
             key: libp2p::identity::Keypair::generate_ed25519(),
             node: None,
         }
+    }
+
+    /// A node whose identity (and so its peer id and URI) survives Ghost restarts: peers'
+    /// routing tables and the bootstrap URIs Mirage hands out stay valid.
+    pub fn with_key_file(spec: KdhtSpec, path: &std::path::Path) -> Result<Kdht, String> {
+        Ok(Kdht {
+            spec,
+            key: load_or_make_key(path)?,
+            node: None,
+        })
     }
 
     fn ensure_started(&mut self, ctx: &SeedCtx) -> Result<(), String> {
@@ -494,5 +545,24 @@ mod tests {
         // No node yet (never started): a clear error, not a hang.
         let o = run(&mut k, "status", &[]);
         assert!(String::from_utf8_lossy(&o.stderr).contains("not running"));
+    }
+
+    #[test]
+    fn the_node_key_is_kept_and_a_damaged_one_is_refused_by_name() {
+        let dir = std::env::temp_dir().join(format!("ghost-kdht-key-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let f = dir.join("kdht.key");
+        let a = load_or_make_key(&f).unwrap();
+        let b = load_or_make_key(&f).unwrap();
+        assert_eq!(a.public().to_peer_id(), b.public().to_peer_id());
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&f).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        std::fs::write(&f, b"not a key").unwrap();
+        let e = load_or_make_key(&f).unwrap_err();
+        assert!(e.contains("kdht.key") && e.contains("remove it"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -281,6 +281,9 @@ pub struct SeedSettings {
     pub redis_dir: PathBuf,
     /// `[kdht]` of ghost.toml: seed.kdht's port, replication factor and store bounds.
     pub kdht: kdht::KdhtSpec,
+    /// Where seed.kdht keeps its node key (`<data_dir>/kdht.key`); None = a new identity
+    /// per process (`ghost swarm`).
+    pub kdht_key_file: Option<PathBuf>,
 }
 
 impl Default for SeedSettings {
@@ -297,6 +300,7 @@ impl Default for SeedSettings {
             redis: BTreeMap::new(),
             redis_dir: PathBuf::from("data/redis"),
             kdht: kdht::KdhtSpec::default(),
+            kdht_key_file: None,
         }
     }
 }
@@ -338,7 +342,10 @@ pub fn builtin(id: &str, settings: &SeedSettings) -> Result<Box<dyn Seed>, Strin
             &settings.redis,
             settings.redis_dir.clone(),
         )),
-        "seed.kdht" | "kdht-node" => Box::new(kdht::Kdht::new(settings.kdht.clone())),
+        "seed.kdht" | "kdht-node" => Box::new(match &settings.kdht_key_file {
+            Some(f) => kdht::Kdht::with_key_file(settings.kdht.clone(), f)?,
+            None => kdht::Kdht::new(settings.kdht.clone()),
+        }),
         "raft-node" => Box::new(raft::RaftNode::new()),
         other => {
             return Err(format!(
