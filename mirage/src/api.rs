@@ -466,9 +466,20 @@ async fn metrics(st: web::Data<AppState>) -> HttpResponse {
     let o = st.sup.send(GetOverview).await.ok();
     let mut out = String::with_capacity(8192);
     let g = |f: fn(&Overview) -> usize| o.as_ref().map(f).unwrap_or(0) as u64;
+    let disk = &crate::store::DISK;
     crate::metrics::render(
         &mut out,
         &[
+            (
+                "mirage_store_disk_full",
+                "1 while store writes fail on a full disk (until 10 s after the last failure)",
+                disk.full() as u64,
+            ),
+            (
+                "mirage_store_reserve_released",
+                "1 while the store's disk reserve is given back (not made again yet)",
+                disk.reserve_released() as u64,
+            ),
             (
                 "mirage_ghosts_connected",
                 "Ghosts with a live session",

@@ -14,22 +14,26 @@ use shared::envelope::{AckStatus, Command, Event, EventAck};
 use shared::error::code;
 use shared::handshake::{Registration, RegistrationAck, CAP_SESSION_COMMAND, REJECT_ID_CONFLICT};
 
-use super::intent_plan::{Discard, IntentPlan, PlanMsg, Resume, Snapshot};
+use super::intent_plan::IntentPlan;
+use super::protocol::{
+    ClockSkew, Close, Discard, Dispatch, Heartbeats, Ingest, IngestBatch, LockMsg, LockOp,
+    LockState, PlanFinished, PlanMsg, PlanReport, Register, Resume, SendCommand, SessionClosed,
+    SessionHandle, SessionVerified, Snapshot, SupervisorForPlan, SupervisorForSession, Watch,
+};
 use super::report_stream::{Publish, ReportHub};
-use super::seed_lock::{LockMsg, LockState, SeedLock};
-use super::session::{Close, GhostSession, SendCommand};
+use super::seed_lock::SeedLock;
 use super::FleetHandle;
 use crate::config::MirageConfig;
 use crate::history::{EventWindow, ReportRecord, Reports};
 use crate::intent::Intent;
-use crate::lock::{LockQueue, Owner};
+use crate::lock::LockQueue;
 use crate::metrics as m;
-use crate::plan::{FleetView, GhostView, Input, Plan, ReportDraft, Status};
+use crate::plan::{FleetView, GhostView, Input, Plan, Status};
 use crate::store::{Put, Store, Write};
 
 pub struct GhostEntry {
     pub registration: Registration,
-    pub session: Option<MeteredAddr<GhostSession>>,
+    pub session: Option<SessionHandle>,
     pub session_id: String,
     pub peer: String,
     pub registered_ms: u64,
@@ -470,7 +474,7 @@ impl Supervisor {
         let id = plan.intent.intent_id.clone();
         let summary = IntentSummary::of(&plan, seq);
         let (me, store, fleet) = (
-            MeteredAddr::new(ctx.address(), "mirage.supervisor"),
+            SupervisorForPlan::from(MeteredAddr::new(ctx.address(), "mirage.supervisor")),
             self.store.clone(),
             self.fleet.clone(),
         );
@@ -726,14 +730,6 @@ impl Actor for Supervisor {
 
 // ------------------------------------------------------------------ sessions
 
-#[derive(Message)]
-#[rtype(result = "Result<RegistrationAck, RegistrationAck>")]
-pub struct Register {
-    pub reg: Registration,
-    pub session: MeteredAddr<GhostSession>,
-    pub peer: String,
-}
-
 impl Handler<Register> for Supervisor {
     type Result = Result<RegistrationAck, RegistrationAck>;
 
@@ -787,7 +783,7 @@ impl Handler<Register> for Supervisor {
             });
         if let Some(old) = entry.session.take() {
             tracing::info!(component = "mirage.supervisor", ghost_id = %ghost, old = %entry.session_id, new = %session_id, "new session replaces the old one");
-            old.do_send(Close {
+            old.close.do_send(Close {
                 reason: format!("replaced by session {session_id}"),
             });
         } else {
@@ -867,14 +863,6 @@ impl Supervisor {
     }
 }
 
-/// The session's first frame carried a valid auth block: the Ghost may be used now.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct SessionVerified {
-    pub ghost_id: String,
-    pub session_id: String,
-}
-
 impl Handler<SessionVerified> for Supervisor {
     type Result = ();
 
@@ -890,15 +878,6 @@ impl Handler<SessionVerified> for Supervisor {
     }
 }
 
-/// Heartbeats a session acked since its last report (sent once per session tick).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Heartbeats {
-    pub ghost_id: String,
-    pub count: u64,
-    pub last_ms: u64,
-}
-
 impl Handler<Heartbeats> for Supervisor {
     type Result = ();
 
@@ -908,15 +887,6 @@ impl Handler<Heartbeats> for Supervisor {
             g.last_heartbeat_ms = g.last_heartbeat_ms.max(m.last_ms);
         }
     }
-}
-
-/// A session measured its Ghost's clock skew anew.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct ClockSkew {
-    pub ghost_id: String,
-    pub session_id: String,
-    pub skew_ms: i64,
 }
 
 impl Handler<ClockSkew> for Supervisor {
@@ -931,14 +901,6 @@ impl Handler<ClockSkew> for Supervisor {
             self.clock_skew.insert(m.ghost_id, m.skew_ms);
         }
     }
-}
-
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct SessionClosed {
-    pub ghost_id: String,
-    pub session_id: String,
-    pub reason: String,
 }
 
 impl Handler<SessionClosed> for Supervisor {
@@ -1006,15 +968,6 @@ impl Supervisor {
             });
         }
     }
-}
-
-/// An event from a Ghost; resolves with the ack to send, after the plan persisted it. `None`:
-/// it could not be recorded now; no ack, so the Ghost sends it again after its ack timeout.
-#[derive(Message)]
-#[rtype(result = "Option<EventAck>")]
-pub struct Ingest {
-    pub ghost_id: String,
-    pub event: Event,
 }
 
 fn ack(e: &Event, ghost: &str, status: AckStatus, code: u32) -> EventAck {
@@ -1207,15 +1160,6 @@ impl Handler<Ingest> for Supervisor {
     }
 }
 
-/// Every event a session read in one go: one message and one store write for all of them.
-/// Answers, per event in order, its frame's message_id and its ack (None: not recorded).
-#[derive(Message)]
-#[rtype(result = "Vec<(u64, Option<EventAck>)>")]
-pub struct IngestBatch {
-    pub ghost_id: String,
-    pub events: Vec<(u64, Event)>,
-}
-
 impl Handler<IngestBatch> for Supervisor {
     type Result = ResponseActFuture<Self, Vec<(u64, Option<EventAck>)>>;
 
@@ -1272,14 +1216,6 @@ impl Handler<IngestBatch> for Supervisor {
 
 // ------------------------------------------------------------------ plans
 
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Dispatch {
-    pub intent_id: String,
-    pub ghost: String,
-    pub command: Command,
-}
-
 impl Handler<Dispatch> for Supervisor {
     type Result = ();
 
@@ -1319,28 +1255,8 @@ impl Handler<Dispatch> for Supervisor {
             return;
         };
         m::COMMANDS_SENT.inc();
-        session.do_send(SendCommand(m.command));
+        session.commands.do_send(SendCommand(m.command));
     }
-}
-
-#[derive(Message)]
-#[rtype(result = "()")]
-pub enum LockOp {
-    Acquire {
-        key: String,
-        owner: Owner,
-        lease_ms: u64,
-        plan: MeteredAddr<IntentPlan>,
-    },
-    Release {
-        key: String,
-        owner: Owner,
-    },
-    Renew {
-        key: String,
-        owner: Owner,
-        lease_ms: u64,
-    },
 }
 
 impl Handler<LockOp> for Supervisor {
@@ -1372,14 +1288,6 @@ impl Handler<LockOp> for Supervisor {
     }
 }
 
-/// A plan wants to hear when `ghost` comes back (it owes that Ghost a catch-up).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Watch {
-    pub intent_id: String,
-    pub ghost: String,
-}
-
 impl Handler<Watch> for Supervisor {
     type Result = ();
 
@@ -1397,15 +1305,6 @@ impl Handler<Watch> for Supervisor {
             a.addr.do_send(PlanMsg(Input::GhostUp(m.ghost)));
         }
     }
-}
-
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct PlanReport {
-    pub intent_id: String,
-    pub draft: ReportDraft,
-    pub steps_total: usize,
-    pub steps_done: usize,
 }
 
 impl Handler<PlanReport> for Supervisor {
@@ -1447,14 +1346,6 @@ impl Handler<PlanReport> for Supervisor {
         }
         self.publish(r);
     }
-}
-
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct PlanFinished {
-    pub intent_id: String,
-    pub status: Status,
-    pub plan: Box<Plan>,
 }
 
 impl Handler<PlanFinished> for Supervisor {
@@ -2010,6 +1901,33 @@ impl Handler<GetOverview> for Supervisor {
             locks: self.locks.len(),
             store: crate::store::DISK.status(),
         })
+    }
+}
+
+/// The Supervisor as a session sees it (the session names the messages, not this actor).
+impl From<MeteredAddr<Supervisor>> for SupervisorForSession {
+    fn from(a: MeteredAddr<Supervisor>) -> SupervisorForSession {
+        SupervisorForSession {
+            register: a.recipient(),
+            verified: a.recipient(),
+            heartbeats: a.recipient(),
+            clock_skew: a.recipient(),
+            closed: a.recipient(),
+            ingest: a.recipient(),
+        }
+    }
+}
+
+/// The Supervisor as a plan sees it.
+impl From<MeteredAddr<Supervisor>> for SupervisorForPlan {
+    fn from(a: MeteredAddr<Supervisor>) -> SupervisorForPlan {
+        SupervisorForPlan {
+            dispatch: a.recipient(),
+            lock: a.recipient(),
+            watch: a.recipient(),
+            report: a.recipient(),
+            finished: a.recipient(),
+        }
     }
 }
 
