@@ -632,6 +632,22 @@ where
         }
         self.rcpt.do_send(m);
     }
+
+    /// Waits for the answer, as [`MeteredAddr::send`]; a failed delivery counts as a failed
+    /// send.
+    pub async fn send(&self, msg: M) -> Result<M::Result, MailboxError> {
+        let m = Metered {
+            msg,
+            guard: self.metrics.enqueue::<M>(),
+            enqueued: Instant::now(),
+        };
+        let counters = Arc::clone(&m.guard.msg);
+        let r = self.rcpt.send(m).await;
+        if r.is_err() {
+            self.metrics.failed(&counters);
+        }
+        r
+    }
 }
 
 /// Implements `Handler<Metered<M>>` for an actor that handles `M`, timing the handler.
@@ -750,6 +766,19 @@ mod tests {
         assert!(!r.connected(), "the actor did not stop");
         r.do_send(Ping(9));
         assert_eq!(a.metrics().snapshot().send_failed, 1);
+        assert!(r.send(Ping(9)).await.is_err());
+        assert_eq!(a.metrics().snapshot().send_failed, 2);
+    }
+
+    #[actix::test]
+    async fn a_recipient_send_answers_and_counts_per_message() {
+        let a = MeteredAddr::new(Slow.start(), "test.recipient_send");
+        let r: MeteredRecipient<Ping> = a.recipient();
+        assert_eq!(r.send(Ping(41)).await.unwrap(), 42);
+        let s = a.metrics().snapshot();
+        assert_eq!((s.sent, s.handled, s.mailbox_depth), (1, 1, 0));
+        let ping = s.messages.iter().find(|m| m.message == "Ping").unwrap();
+        assert_eq!((ping.sent, ping.handled), (1, 1));
     }
 
     #[actix::test]

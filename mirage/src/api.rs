@@ -13,11 +13,17 @@ use actix_web::middleware::{from_fn, Next};
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use actorkit::metrics::MeteredAddr;
 use futures::StreamExt;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::actors::report_stream::{self, Filter, ReportHub, Subscribe, Subscriber};
-use crate::actors::supervisor::*;
+use crate::actors::supervisor::operator::{
+    BreakLock, OperatorError, SetDrain, Submit, WaitFinished, Withdraw,
+};
+use crate::actors::supervisor::queries::{
+    GetGhost, GetIntent, GetOverview, ListGhosts, ListIntents, ListLocks, Overview, QueryReports,
+};
+use crate::actors::supervisor::{IntentSummary, Supervisor};
 use crate::intent;
 
 #[derive(Clone)]
@@ -34,9 +40,44 @@ fn err(status: u16, msg: impl Into<String>) -> HttpResponse {
     HttpResponse::build(code).json(json!({"error": msg.into(), "status": status}))
 }
 
-fn api_err(e: ApiError) -> HttpResponse {
-    let code = StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    HttpResponse::build(code).json(e)
+/// An error answer's body: `{"status", "error", "field"?}`.
+#[derive(Debug, Serialize)]
+struct ApiError {
+    status: u16,
+    error: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<String>,
+}
+
+/// The HTTP status of each refusal: the one place the Supervisor's domain errors become HTTP.
+fn status_of(e: &OperatorError) -> u16 {
+    use OperatorError as E;
+    match e {
+        E::Refused { .. } => 400,
+        E::NoIntent(_) | E::NoLock(_) => 404,
+        E::Exists(_) | E::Standing(_) | E::Finished(_) => 409,
+        E::TooManyActive { .. } | E::TooManyWaiters(_) | E::TooManyDrained => 429,
+        E::PlanUnavailable(_) | E::Vanished | E::DrainNotSaved(_) => 500,
+        E::NotPersisted(_) | E::NotRecorded(_) => 503,
+    }
+}
+
+fn api_error(e: &OperatorError) -> ApiError {
+    ApiError {
+        status: status_of(e),
+        error: e.to_string(),
+        // Which step of the submitted intent cannot run.
+        field: match e {
+            OperatorError::Refused { step, .. } => Some(format!("step[{step}]")),
+            _ => None,
+        },
+    }
+}
+
+fn api_err(e: OperatorError) -> HttpResponse {
+    let body = api_error(&e);
+    let code = StatusCode::from_u16(body.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    HttpResponse::build(code).json(body)
 }
 
 fn unavailable(e: impl std::fmt::Display) -> HttpResponse {
@@ -162,7 +203,7 @@ async fn submit(
     let (tx, rx) = tokio::sync::oneshot::channel();
     let registered = st.sup.send(WaitFinished { intent_id: id, tx }).await;
     if let Ok(Err(e)) = registered {
-        return accepted(&summary, &e.error);
+        return accepted(&summary, &e.to_string());
     }
     match tokio::time::timeout(Duration::from_secs_f64(wait), rx).await {
         Ok(Ok(done)) => {
@@ -466,9 +507,20 @@ async fn metrics(st: web::Data<AppState>) -> HttpResponse {
     let o = st.sup.send(GetOverview).await.ok();
     let mut out = String::with_capacity(8192);
     let g = |f: fn(&Overview) -> usize| o.as_ref().map(f).unwrap_or(0) as u64;
+    let disk = &crate::store::DISK;
     crate::metrics::render(
         &mut out,
         &[
+            (
+                "mirage_store_disk_full",
+                "1 while store writes fail on a full disk (until 10 s after the last failure)",
+                disk.full() as u64,
+            ),
+            (
+                "mirage_store_reserve_released",
+                "1 while the store's disk reserve is given back (not made again yet)",
+                disk.reserve_released() as u64,
+            ),
             (
                 "mirage_ghosts_connected",
                 "Ghosts with a live session",
@@ -607,6 +659,91 @@ mod tests {
             Some("a+b c&d=%")
         );
         assert_eq!(query_token("after=3"), None);
+    }
+
+    #[test]
+    fn refusals_map_to_the_statuses_and_texts_users_see() {
+        let cases = [
+            (
+                OperatorError::Exists("i1".into()),
+                409,
+                "intent i1 already exists; submit it under a new intent_id",
+            ),
+            (
+                OperatorError::TooManyActive {
+                    active: 3,
+                    limit: 3,
+                },
+                429,
+                "3 intents are active (limit 3); try again later",
+            ),
+            (
+                OperatorError::NotPersisted("disk full".into()),
+                503,
+                "intent not persisted: disk full",
+            ),
+            (
+                OperatorError::NotRecorded("store gone".into()),
+                503,
+                "store gone",
+            ),
+            (
+                OperatorError::PlanUnavailable("Mailbox has closed".into()),
+                500,
+                "Mailbox has closed",
+            ),
+            (OperatorError::Vanished, 500, "intent vanished"),
+            (
+                OperatorError::Standing("i1".into()),
+                409,
+                "intent i1 is standing; it finishes only when withdrawn",
+            ),
+            (OperatorError::NoIntent("i1".into()), 404, "no intent i1"),
+            (
+                OperatorError::Finished("i1".into()),
+                409,
+                "intent i1 has already finished",
+            ),
+            (
+                OperatorError::TooManyWaiters(7),
+                429,
+                "7 callers are already waiting for intents; poll instead",
+            ),
+            (
+                OperatorError::NoLock("g1::seed.kv".into()),
+                404,
+                "no lock g1::seed.kv",
+            ),
+            (
+                OperatorError::TooManyDrained,
+                429,
+                "too many drained Ghosts",
+            ),
+            (
+                OperatorError::DrainNotSaved("read-only".into()),
+                500,
+                "read-only",
+            ),
+        ];
+        for (e, status, text) in cases {
+            let body = api_error(&e);
+            assert_eq!(
+                (body.status, body.error.as_str(), body.field),
+                (status, text, None)
+            );
+        }
+        let refused = api_error(&OperatorError::Refused {
+            id: "i1".into(),
+            step: 2,
+            why: "no Ghost hosts seed.kv".into(),
+        });
+        assert_eq!(refused.status, 400);
+        assert_eq!(refused.error, "intent i1 refused: no Ghost hosts seed.kv");
+        assert_eq!(refused.field.as_deref(), Some("step[2]"));
+        let json = serde_json::to_value(&refused).unwrap();
+        assert_eq!(json["field"], "step[2]");
+        let plain = serde_json::to_value(api_error(&OperatorError::Vanished)).unwrap();
+        assert!(plain.get("field").is_none(), "{plain}");
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub mod intent;
 pub mod lock;
 pub mod metrics;
 pub mod observe;
+pub mod orchestrator;
 pub mod plan;
 pub mod raft_keep;
 pub mod server;

@@ -151,22 +151,9 @@ pub fn render(out: &mut String, gauges: &[(&str, &str, u64)]) {
         h = l.help
     );
     }
-    let disk = &crate::store::DISK;
-    for (name, help, v) in [
-        (
-            "mirage_store_disk_full",
-            "1 while store writes fail on a full disk (until 10 s after the last failure)",
-            disk.full() as u64,
-        ),
-        (
-            "mirage_store_reserve_released",
-            "1 while the store's disk reserve is given back (not made again yet)",
-            disk.reserve_released() as u64,
-        ),
-    ]
-    .iter()
-    .chain(gauges)
-    {
+    // The store's disk gauges come in `gauges` from the caller (api.rs reads the store's
+    // `DISK`), so this module, which the store counts into, does not name the store.
+    for (name, help, v) in gauges {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
     }
     actorkit::metrics::render_prometheus(out);

@@ -6,7 +6,10 @@ use actix::prelude::*;
 use actorkit::metrics::MeteredAddr;
 use tokio::sync::oneshot;
 
-use super::supervisor::{Dispatch, LockOp, PlanFinished, PlanReport, Supervisor, Watch};
+use super::protocol::{
+    Discard, Dispatch, LockOp, PlanFinished, PlanHandle, PlanMsg, PlanReport, Resume, Snapshot,
+    SupervisorForPlan, Watch,
+};
 use super::FleetHandle;
 use crate::plan::{Effect, Input, Plan, Status};
 use crate::store::{Put, Store, Write};
@@ -14,7 +17,7 @@ use crate::store::{Put, Store, Write};
 pub struct IntentPlan {
     pub plan: Plan,
     pub seq: u64,
-    supervisor: MeteredAddr<Supervisor>,
+    supervisor: SupervisorForPlan,
     store: MeteredAddr<Store>,
     fleet: FleetHandle,
     finished: bool,
@@ -50,7 +53,7 @@ impl IntentPlan {
     pub fn new(
         plan: Plan,
         seq: u64,
-        supervisor: MeteredAddr<Supervisor>,
+        supervisor: SupervisorForPlan,
         store: MeteredAddr<Store>,
         fleet: FleetHandle,
     ) -> IntentPlan {
@@ -123,6 +126,15 @@ impl IntentPlan {
             // A self-send, metered like any other input.
             MeteredAddr::new(ctx.address(), "mirage.intent_plan").do_send(PlanMsg(Input::Tick));
         }));
+    }
+
+    /// This plan as a lock sees it: metered like its address.
+    fn handle_of(ctx: &Context<Self>) -> PlanHandle {
+        let me = MeteredAddr::new(ctx.address(), "mirage.intent_plan");
+        PlanHandle {
+            input: me.recipient(),
+            resume: me.recipient(),
+        }
     }
 
     pub fn status_word(plan: &Plan) -> &'static str {
@@ -238,27 +250,26 @@ impl IntentPlan {
 
     fn execute(&mut self, fx: Vec<Effect>, ctx: &mut Context<Self>) {
         let id = self.plan.intent.intent_id.clone();
-        let me = MeteredAddr::new(ctx.address(), "mirage.intent_plan");
         for e in fx {
             match e {
                 Effect::Acquire {
                     key,
                     owner,
                     lease_ms,
-                } => self.supervisor.do_send(LockOp::Acquire {
+                } => self.supervisor.lock.do_send(LockOp::Acquire {
                     key,
                     owner,
                     lease_ms,
-                    plan: me.clone(),
+                    plan: Self::handle_of(ctx),
                 }),
                 Effect::Release { key, owner } => {
-                    self.supervisor.do_send(LockOp::Release { key, owner })
+                    self.supervisor.lock.do_send(LockOp::Release { key, owner })
                 }
                 Effect::Renew {
                     key,
                     owner,
                     lease_ms,
-                } => self.supervisor.do_send(LockOp::Renew {
+                } => self.supervisor.lock.do_send(LockOp::Renew {
                     key,
                     owner,
                     lease_ms,
@@ -267,16 +278,16 @@ impl IntentPlan {
                     ghost,
                     command,
                     kind: _,
-                } => self.supervisor.do_send(Dispatch {
+                } => self.supervisor.dispatch.do_send(Dispatch {
                     intent_id: id.clone(),
                     ghost,
                     command,
                 }),
-                Effect::Watch { ghost } => self.supervisor.do_send(Watch {
+                Effect::Watch { ghost } => self.supervisor.watch.do_send(Watch {
                     intent_id: id.clone(),
                     ghost,
                 }),
-                Effect::Report(draft) => self.supervisor.do_send(PlanReport {
+                Effect::Report(draft) => self.supervisor.report.do_send(PlanReport {
                     intent_id: id.clone(),
                     draft,
                     steps_total: self.plan.intent.steps.len(),
@@ -284,7 +295,7 @@ impl IntentPlan {
                 }),
                 Effect::Finished(status) => {
                     self.finished = true;
-                    self.supervisor.do_send(PlanFinished {
+                    self.supervisor.finished.do_send(PlanFinished {
                         intent_id: id.clone(),
                         status,
                         plan: Box::new(self.plan.clone()),
@@ -347,11 +358,6 @@ impl Supervised for IntentPlan {
     }
 }
 
-/// An input for the plan; resolves once its new state is persisted and its effects are out.
-#[derive(Message)]
-#[rtype(result = "Result<(), String>")]
-pub struct PlanMsg(pub Input);
-
 impl Handler<PlanMsg> for IntentPlan {
     type Result = ResponseFuture<Result<(), String>>;
 
@@ -390,11 +396,6 @@ impl Handler<PlanMsg> for IntentPlan {
     }
 }
 
-/// After a restart: re-acquire locks and re-send unanswered commands.
-#[derive(Message)]
-#[rtype(result = "Result<(), String>")]
-pub struct Resume;
-
 impl Handler<Resume> for IntentPlan {
     type Result = ResponseFuture<Result<(), String>>;
 
@@ -405,12 +406,6 @@ impl Handler<Resume> for IntentPlan {
         Box::pin(async move { rx.await.unwrap_or_else(|_| Err("plan stopped".to_string())) })
     }
 }
-
-/// The submission was refused (its first write failed): stop without a trace, so the
-/// intent neither counts as active nor runs later when a retried write lands.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Discard;
 
 impl Handler<Discard> for IntentPlan {
     type Result = ();
@@ -428,11 +423,6 @@ impl Handler<Discard> for IntentPlan {
         ctx.stop();
     }
 }
-
-/// A copy of the plan for queries.
-#[derive(Message)]
-#[rtype(result = "Plan")]
-pub struct Snapshot;
 
 impl Handler<Snapshot> for IntentPlan {
     type Result = MessageResult<Snapshot>;

@@ -5,6 +5,7 @@
 //! current fleet view by `Rc`; sessions live on their own Arbiters and talk by address.
 
 pub mod intent_plan;
+pub mod protocol;
 pub mod report_stream;
 pub mod seed_lock;
 pub mod session;

@@ -7,14 +7,14 @@ use std::time::Duration;
 use actix::prelude::*;
 use actorkit::metrics::MeteredAddr;
 
-use super::intent_plan::{IntentPlan, PlanMsg, Resume};
+use super::protocol::{LockMsg, LockState, PlanHandle, PlanMsg, Resume};
 use crate::lock::{Acquired, Grant, LockQueue, Owner};
 use crate::plan::Input;
 use crate::store::{Put, Store, Write};
 
 pub struct SeedLock {
     pub queue: LockQueue,
-    plans: HashMap<Owner, MeteredAddr<IntentPlan>>,
+    plans: HashMap<Owner, PlanHandle>,
     store: MeteredAddr<Store>,
     /// The queue as last handed to the store (the same JSON): a restart after a panic
     /// starts again from it. The store applies writes in order, so it is what a process
@@ -47,7 +47,7 @@ impl SeedLock {
 
     fn tell(&self, owner: &Owner, input: Input) {
         if let Some(p) = self.plans.get(owner) {
-            p.do_send(PlanMsg(input));
+            p.input.do_send(PlanMsg(input));
         }
     }
 
@@ -95,24 +95,6 @@ impl Actor for SeedLock {
     }
 }
 
-#[derive(Message)]
-#[rtype(result = "()")]
-pub enum LockMsg {
-    Acquire {
-        owner: Owner,
-        lease_ms: u64,
-        plan: MeteredAddr<IntentPlan>,
-    },
-    Release {
-        owner: Owner,
-    },
-    Renew {
-        owner: Owner,
-        lease_ms: u64,
-    },
-    Break,
-}
-
 impl Handler<LockMsg> for SeedLock {
     type Result = ();
 
@@ -137,7 +119,7 @@ impl Supervised for SeedLock {
         }
         tracing::warn!(component = "mirage.lock", key = %self.queue.key, plans = self.plans.len(), "seed lock restarted from its persisted state");
         for p in self.plans.values() {
-            p.do_send(Resume);
+            p.resume.do_send(Resume);
         }
     }
 }
@@ -185,10 +167,6 @@ impl SeedLock {
         }
     }
 }
-
-#[derive(Message)]
-#[rtype(result = "LockQueue")]
-pub struct LockState;
 
 impl Handler<LockState> for SeedLock {
     type Result = MessageResult<LockState>;

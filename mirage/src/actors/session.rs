@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use actorkit::metrics::MeteredAddr;
 use bytes::BytesMut;
-use shared::envelope::{AckStatus, Command, Envelope, ErrorEnvelope, EventAck};
+use shared::envelope::{AckStatus, Envelope, ErrorEnvelope, EventAck};
 use shared::error::{code, WireError};
 use shared::handshake::{self, Registration, RegistrationAck, CAP_SESSION_COMMAND};
 use shared::session::heartbeat::is_heartbeat;
@@ -27,15 +27,16 @@ type Writer = Box<dyn AsyncWrite + Unpin>;
 use tokio::sync::mpsc;
 use tokio_util::codec::FramedRead;
 
-use super::supervisor::{
-    ClockSkew, Heartbeats, IngestBatch, Register, SessionClosed, SessionVerified, Supervisor,
+use super::protocol::{
+    ClockSkew, Close, Heartbeats, IngestBatch, Register, SendCommand, SessionClosed, SessionHandle,
+    SessionVerified, SupervisorForSession,
 };
 use crate::config::{Limits as MirageLimits, MirageConfig};
 use crate::metrics as m;
 
 pub struct GhostSession {
     cfg: Arc<MirageConfig>,
-    supervisor: MeteredAddr<Supervisor>,
+    supervisor: SupervisorForSession,
     peer: String,
     socket: Option<TcpStream>,
     ghost: String,
@@ -72,13 +73,13 @@ impl GhostSession {
         socket: TcpStream,
         peer: String,
         cfg: Arc<MirageConfig>,
-        supervisor: MeteredAddr<Supervisor>,
+        supervisor: impl Into<SupervisorForSession>,
         open: Arc<std::sync::atomic::AtomicUsize>,
         tls: Option<Arc<openssl::ssl::SslAcceptor>>,
     ) -> GhostSession {
         GhostSession {
             cfg,
-            supervisor,
+            supervisor: supervisor.into(),
             peer,
             socket: Some(socket),
             ghost: String::new(),
@@ -172,7 +173,7 @@ impl GhostSession {
         if self.heartbeats == 0 || self.ghost.is_empty() {
             return;
         }
-        self.supervisor.do_send(Heartbeats {
+        self.supervisor.heartbeats.do_send(Heartbeats {
             ghost_id: self.ghost.clone(),
             count: std::mem::take(&mut self.heartbeats),
             last_ms: self.last_heartbeat_ms,
@@ -386,7 +387,7 @@ impl Actor for GhostSession {
         };
         ctx.wait(read.into_actor(self).then(|h, act, ctx| {
             let me = MeteredAddr::new(ctx.address(), "mirage.session");
-            let sup = act.supervisor.clone();
+            let sup = act.supervisor.register.clone();
             let peer = act.peer.clone();
             async move {
                 match h {
@@ -394,7 +395,10 @@ impl Actor for GhostSession {
                         let res = sup
                             .send(Register {
                                 reg: reg.clone(),
-                                session: me,
+                                session: SessionHandle {
+                                    commands: me.recipient(),
+                                    close: me.recipient(),
+                                },
                                 peer,
                             })
                             .await;
@@ -466,7 +470,7 @@ impl Actor for GhostSession {
         self.open.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         self.report_heartbeats();
         if !self.ghost.is_empty() {
-            self.supervisor.do_send(SessionClosed {
+            self.supervisor.closed.do_send(SessionClosed {
                 ghost_id: self.ghost.clone(),
                 session_id: self.session_id.clone(),
                 reason: "session ended".into(),
@@ -592,7 +596,7 @@ impl GhostSession {
         }
         let events = std::mem::take(&mut self.batch);
         let n = events.len();
-        let sup = self.supervisor.clone();
+        let sup = self.supervisor.ingest.clone();
         let ingest = IngestBatch {
             ghost_id: self.ghost.clone(),
             events,
@@ -642,7 +646,7 @@ impl StreamHandler<Result<Frame, WireError>> for GhostSession {
             }
             if !self.verified {
                 self.verified = true;
-                self.supervisor.do_send(SessionVerified {
+                self.supervisor.verified.do_send(SessionVerified {
                     ghost_id: self.ghost.clone(),
                     session_id: self.session_id.clone(),
                 });
@@ -661,7 +665,7 @@ impl StreamHandler<Result<Frame, WireError>> for GhostSession {
                     if let Some(w) = crate::skew::warning(skew_ms) {
                         tracing::warn!(component = "mirage.session", ghost_id = %self.ghost, skew_ms, warning = %w, "ghost clock skew");
                     }
-                    self.supervisor.do_send(ClockSkew {
+                    self.supervisor.clock_skew.do_send(ClockSkew {
                         ghost_id: self.ghost.clone(),
                         session_id: self.session_id.clone(),
                         skew_ms,
@@ -719,10 +723,6 @@ impl StreamHandler<Result<Frame, WireError>> for GhostSession {
     }
 }
 
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct SendCommand(pub Command);
-
 impl Handler<SendCommand> for GhostSession {
     type Result = ();
 
@@ -736,12 +736,6 @@ impl Handler<SendCommand> for GhostSession {
         tracing::debug!(target: "hop", hop = "command.queued", command_id = %cmd.command_id);
         self.send_env(&Envelope::Command(cmd), id);
     }
-}
-
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Close {
-    pub reason: String,
 }
 
 impl Handler<Close> for GhostSession {
