@@ -457,7 +457,16 @@ async fn actors() -> HttpResponse {
 
 async fn overview(st: web::Data<AppState>) -> HttpResponse {
     match st.sup.send(GetOverview).await {
-        Ok(o) => HttpResponse::Ok().json(o),
+        // With the etcd store: this Mirage's role and leader next to the overview.
+        Ok(o) => match (crate::ha::status::HA.get(), serde_json::to_value(&o)) {
+            (Some(ha), Ok(mut v)) => {
+                v["role"] = json!(ha.role);
+                v["leader"] = json!(ha.leader);
+                v["ha"] = json!(ha);
+                HttpResponse::Ok().json(v)
+            }
+            _ => HttpResponse::Ok().json(o),
+        },
         Err(e) => unavailable(e),
     }
 }

@@ -1,0 +1,247 @@
+//! Issue 15, second slice: three `mirage serve` processes on a real 3-member etcd
+//! (`[store] backend = "etcd"`), three `ghost serve` processes listing all three Mirages.
+//! The leader is SIGKILLed in the middle of 20-step plans (a sleep and a blocking put, ten
+//! times, on each Ghost); another Mirage leads, the intents end satisfied, every step ran
+//! once, lock tokens only rise and no two Mirages lead at once.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use e2e::etcd::{available, EtcdCluster};
+use e2e::*;
+
+const TTL_MS: u64 = 3000;
+
+fn mirage_toml(i: usize, endpoints: &[String], prefix: &str) -> String {
+    let eps: Vec<String> = endpoints.iter().map(|e| format!("\"{e}\"")).collect();
+    format!(
+        "mirage_id = \"mirage-{i}\"\n[store]\nbackend = \"etcd\"\n[store.etcd]\nendpoints = [{}]\nprefix = \"{prefix}\"\nlease_ttl_ms = {TTL_MS}\ntimeout_ms = 500\n",
+        eps.join(", ")
+    )
+}
+
+fn role(m: &Mirage) -> String {
+    let (_, v) = m.get("/v1/overview");
+    v["role"].as_str().unwrap_or("").to_owned()
+}
+
+/// The one Mirage among `ms` (skipping `dead`) that says it leads; panics if two do.
+fn leader(ms: &[Mirage], dead: &[usize], within: Duration) -> usize {
+    let deadline = Instant::now() + within;
+    loop {
+        let leading: Vec<usize> = (0..ms.len())
+            .filter(|i| !dead.contains(i))
+            .filter(|&i| role(&ms[i]) == "leader")
+            .collect();
+        assert!(leading.len() <= 1, "two Mirages lead at once: {leading:?}");
+        if let [i] = leading[..] {
+            return i;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no leader within {within:?}; logs:\n{}",
+            ms.iter()
+                .enumerate()
+                .filter(|(i, _)| !dead.contains(i))
+                .map(|(_, m)| tail(&m.proc.log_text(), 15))
+                .collect::<Vec<_>>()
+                .join("\n---\n")
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn plan(id: &str, ghost: &str) -> String {
+    let mut p = format!(
+        "intent_id=\"{id}\"\nactor=\"t\"\ntarget_scope=\"ghost:{ghost}\"\nobjective=\"twenty\"\n"
+    );
+    for i in 0..10 {
+        p.push_str("[[step]]\nseed=\"seed.flow\"\noperation=\"sleep\"\nargs={ms=\"300\"}\ntimeout=\"30s\"\n");
+        p.push_str(&format!(
+            "[[step]]\nseed=\"seed.kv\"\noperation=\"put\"\nargs={{key=\"k{i}\",value=\"v{i}\"}}\nblocking=true\ntimeout=\"30s\"\n"
+        ));
+    }
+    p
+}
+
+/// Tokens seen per lock key with their holder, in observation order, across leaders.
+#[derive(Default)]
+struct LockLog(HashMap<String, Vec<(u64, String, usize)>>);
+
+impl LockLog {
+    fn observe(&mut self, m: &Mirage, who: usize) {
+        let (st, v) = m.get("/v1/locks");
+        if st != 200 {
+            return;
+        }
+        for l in v.as_array().into_iter().flatten() {
+            let Some(h) = l.get("holder").filter(|h| !h.is_null()) else {
+                continue;
+            };
+            let key = l["key"].as_str().unwrap_or("").to_owned();
+            let token = h["token"].as_u64().unwrap_or(0);
+            let owner = h["owner"].to_string();
+            let seen = self.0.entry(key.clone()).or_default();
+            if let Some((last, last_owner, _)) = seen.last() {
+                assert!(
+                    token >= *last,
+                    "lock {key}: token {token} after {last}: fencing tokens went backwards"
+                );
+                assert!(
+                    token != *last || owner == *last_owner,
+                    "lock {key}: token {token} held by {owner} and {last_owner}: one lock held twice"
+                );
+            }
+            seen.push((token, owner, who));
+        }
+    }
+}
+
+fn steps_done(m: &Mirage, id: &str) -> u64 {
+    let (_, v) = m.get(&format!("/v1/intents/{id}"));
+    v["summary"]["steps_done"].as_u64().unwrap_or(0)
+}
+
+#[test]
+fn leader_sigkill_mid_plan_another_leads_and_every_effect_happens_once() {
+    if !available() {
+        return;
+    }
+    let cluster = EtcdCluster::start(3);
+    let dir = TempDir::new("ha-failover");
+    let prefix = format!("/mirage-{}/", std::process::id());
+    let mut ms: Vec<Mirage> = (0..3)
+        .map(|i| {
+            let d = dir.path(&format!("m{i}"));
+            std::fs::create_dir_all(&d).unwrap();
+            Mirage::start(&d, 0, &mirage_toml(i, &cluster.endpoints(), &prefix))
+        })
+        .collect();
+    let first = leader(&ms, &[], Duration::from_secs(30));
+    eprintln!("mirage-{first} leads");
+
+    // A follower names the leader and redirects what it cannot serve.
+    let f = (first + 1) % 3;
+    let (_, ov) = ms[f].get("/v1/overview");
+    assert_eq!(ov["role"], "follower", "{ov}");
+    assert_eq!(ov["leader"]["mirage_id"], format!("mirage-{first}"), "{ov}");
+    let (st, v) = ms[f].post("/v1/intents", "intent_id=\"x\"");
+    assert_eq!(st, 307, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("the leader is mirage-{first}")),
+        "{v}"
+    );
+
+    let addrs: Vec<String> = ms.iter().map(|m| m.session.clone()).collect();
+    let list = addrs.join("\", \"");
+    let ghosts: Vec<Ghost> = (0..3)
+        .map(|i| Ghost::start(&dir, &format!("g{i}"), &list, ""))
+        .collect();
+    ms[first].wait_ghosts(3, Duration::from_secs(30));
+    let ids: Vec<String> = (0..3)
+        .map(|i| ms[first].submit(&plan(&format!("long{i}"), &format!("g{i}"))))
+        .collect();
+
+    // Kill the leader once every plan is under way and none is near its end.
+    let mut locks = LockLog::default();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        locks.observe(&ms[first], first);
+        let done: Vec<u64> = ids.iter().map(|id| steps_done(&ms[first], id)).collect();
+        if done.iter().all(|&d| d >= 3) {
+            eprintln!("steps done before the kill: {done:?}");
+            assert!(done.iter().all(|&d| d < 20), "{done:?}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "plans did not progress: {done:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    ms[first].proc.sigkill();
+    let killed = Instant::now();
+    let next = leader(&ms, &[first], Duration::from_secs(30));
+    let failover = killed.elapsed();
+    eprintln!(
+        "FAILOVER: mirage-{next} leads {:.2}s after SIGKILL of mirage-{first} (lease TTL {TTL_MS} ms)",
+        failover.as_secs_f64()
+    );
+    assert!(
+        failover < Duration::from_millis(TTL_MS) * 2,
+        "another Mirage led only after {failover:?}"
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for id in &ids {
+        loop {
+            locks.observe(&ms[next], next);
+            let (_, v) = ms[next].get(&format!("/v1/intents/{id}"));
+            let status = v["summary"]["status"].as_str().unwrap_or("");
+            if status == "satisfied" {
+                break;
+            }
+            assert!(
+                !matches!(status, "failed" | "withdrawn"),
+                "intent {id} {status}: {v}\nlog:\n{}",
+                tail(&ms[next].proc.log_text(), 40)
+            );
+            assert!(
+                Instant::now() < deadline,
+                "intent {id} not satisfied: {v}\nlog:\n{}",
+                tail(&ms[next].proc.log_text(), 40)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    eprintln!(
+        "all 3 intents satisfied {:.2}s after the kill",
+        killed.elapsed().as_secs_f64()
+    );
+    // Every step's effect once: 20 commands per Ghost, plus the 10 reads below.
+    for (i, g) in ghosts.iter().enumerate() {
+        for k in 0..10 {
+            assert_eq!(
+                g.kv_get(&format!("k{k}")).as_deref(),
+                Some(format!("v{k}").as_str()),
+                "g{i} k{k}"
+            );
+        }
+        assert_eq!(g.executed(), 30, "g{i}: every step's effect exactly once");
+        assert!(
+            !g.proc.log_text().contains("stale lock_token"),
+            "g{i} refused a stale token: {}",
+            tail(&g.proc.log_text(), 20)
+        );
+    }
+    // Tokens granted by the new leader are above the old leader's.
+    let max_old = locks
+        .0
+        .values()
+        .flatten()
+        .filter(|(_, _, w)| *w == first)
+        .map(|(t, _, _)| *t)
+        .max()
+        .unwrap_or(0);
+    let min_new = locks
+        .0
+        .values()
+        .flatten()
+        .filter(|(_, _, w)| *w == next)
+        .map(|(t, _, _)| *t)
+        .min();
+    eprintln!("lock tokens: old leader up to {max_old}, new leader from {min_new:?}");
+    let held = ms[next].held_locks();
+    assert!(held.is_empty(), "no lock left held: {held:?}");
+    // The survivors: one leader, one follower naming it.
+    let third = (0..3).find(|i| *i != first && *i != next).unwrap();
+    let (_, ov) = ms[third].get("/v1/overview");
+    assert_eq!(ov["leader"]["mirage_id"], format!("mirage-{next}"), "{ov}");
+    drop(ghosts);
+    drop(ms);
+    drop(cluster);
+}
