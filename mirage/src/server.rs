@@ -337,17 +337,21 @@ pub(crate) fn start_api(
             .ok()
             .filter(|t| !t.is_empty())
             .unwrap_or_else(|| cfg.api.token.clone());
-        let state = api::AppState {
-            sup: core.sup.clone(),
-            hub: core.hub.clone(),
-            token: Arc::new(token),
-            local_admin: Arc::new(local_admin.to_owned()),
-        };
+        let state = app_state(core, token, local_admin);
         let tls = (!cfg.api.tls_cert_file.is_empty()).then_some((
             cfg.api.tls_cert_file.as_str(),
             cfg.api.tls_key_file.as_str(),
         ));
         api::start(&cfg.api.listen, cfg.api.max_body, tls, state).map(Some)
+    }
+}
+
+fn app_state(core: &Core, token: String, local_admin: &str) -> api::AppState {
+    api::AppState {
+        sup: core.sup.clone(),
+        hub: core.hub.clone(),
+        token: Arc::new(token),
+        local_admin: Arc::new(local_admin.to_owned()),
     }
 }
 
@@ -458,11 +462,16 @@ fn serve_etcd(cfg: MirageConfig) -> Result<i32, String> {
             .filter(|t| !t.is_empty())
             .unwrap_or_else(|| cfg.api.token.clone());
         let mut api_addr = String::new();
-        let mut follower_api = None;
+        // One listening socket for the whole life of the process: the follower API answers
+        // on it, then the leader's API takes it over (no moment where the port is closed).
+        let mut api_socket = None;
         if !cfg.api.listen.is_empty() {
-            let (addr, server) = crate::ha::follower::start(&cfg.api.listen, &cfg.mirage_id, &token)?;
-            api_addr = addr.to_string();
-            follower_api = Some(server.handle());
+            let l = std::net::TcpListener::bind(&cfg.api.listen)
+                .map_err(|e| format!("api listen {}: {e}", cfg.api.listen))?;
+            api_addr = l.local_addr().map_err(|e| e.to_string())?.to_string();
+            let follower = l.try_clone().map_err(|e| format!("api listen: {e}"))?;
+            let server = crate::ha::follower::start(follower, &cfg.mirage_id, &token)?;
+            api_socket = Some((l, server.handle()));
             actix_rt::spawn(server);
         }
         let etcd = Arc::new(crate::ha::Etcd::new(e.hosts(), Duration::from_millis(e.timeout_ms)));
@@ -566,17 +575,14 @@ fn serve_etcd(cfg: MirageConfig) -> Result<i32, String> {
                     std::process::exit(EXIT_LEADERSHIP_LOST);
                 }
             };
-            if let Some(h) = follower_api {
-                h.stop(false).await;
-                let mut leader_cfg = (*cfg).clone();
-                leader_cfg.api.listen = api_addr.clone();
-                match start_api(&leader_cfg, &core, "") {
-                    Ok(Some((_, server))) => {
+            if let Some((listener, follower)) = api_socket {
+                match api::start_on(listener, cfg.api.max_body, app_state(&core, token, "")) {
+                    Ok((_, server)) => {
                         actix_rt::spawn(server);
                     }
-                    Ok(None) => {}
                     Err(err) => tracing::error!(component = "mirage.ha", error = %err, "leader API did not start; Ghost sessions still served"),
                 }
+                follower.stop(false).await;
             }
             println!(
                 "mirage leading mirage_id={} revision={revision} session={session_addr} api={api_addr} after_ms={}",

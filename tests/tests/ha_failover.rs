@@ -21,8 +21,27 @@ fn mirage_toml(i: usize, endpoints: &[String], prefix: &str) -> String {
     )
 }
 
+/// The role `/v1/overview` names; "" when the API does not answer within 2 s (a port
+/// that refuses must not end the test: that is what it checks for).
 fn role(m: &Mirage) -> String {
-    let (_, v) = m.get("/v1/overview");
+    use std::io::{Read, Write};
+    let Ok(addr) = m.api.parse() else {
+        return String::new();
+    };
+    let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
+        eprintln!("mirage api {} refused a connection", m.api);
+        return String::new();
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let _ = write!(
+        s,
+        "GET /v1/overview HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    );
+    let mut buf = Vec::new();
+    let _ = s.take(1 << 20).read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf);
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
     v["role"].as_str().unwrap_or("").to_owned()
 }
 
@@ -241,7 +260,90 @@ fn leader_sigkill_mid_plan_another_leads_and_every_effect_happens_once() {
     let third = (0..3).find(|i| *i != first && *i != next).unwrap();
     let (_, ov) = ms[third].get("/v1/overview");
     assert_eq!(ov["leader"]["mirage_id"], format!("mirage-{next}"), "{ov}");
+    // The CLI pointed at the follower follows its 307 to the leader.
+    let out = std::process::Command::new(bin("mirage"))
+        .args(["intent", "show", &ids[0]])
+        .env("MIRAGE_API", format!("http://{}", ms[third].api))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("satisfied"), "{text}");
     drop(ghosts);
+    drop(ms);
+    drop(cluster);
+}
+
+fn signal(m: &Mirage, sig: &str) {
+    std::process::Command::new("kill")
+        .args([sig, &m.proc.child.id().to_string()])
+        .status()
+        .unwrap();
+}
+
+/// A leader SIGSTOPped past its lease and then SIGCONTed commits nothing more: its store's
+/// fence is gone (its own clock, and etcd's compare), it stops taking Ghost traffic, says
+/// why and exits 75; the new leader finishes the intent with every effect once.
+#[test]
+fn a_paused_leader_is_deposed_and_exits_without_acting() {
+    if !available() {
+        return;
+    }
+    let cluster = EtcdCluster::start(3);
+    let dir = TempDir::new("ha-pause");
+    let prefix = format!("/mirage-pause-{}/", std::process::id());
+    let mut ms: Vec<Mirage> = (0..2)
+        .map(|i| {
+            let d = dir.path(&format!("m{i}"));
+            std::fs::create_dir_all(&d).unwrap();
+            Mirage::start(&d, 0, &mirage_toml(i, &cluster.endpoints(), &prefix))
+        })
+        .collect();
+    let first = leader(&ms, &[], Duration::from_secs(30));
+    let other = 1 - first;
+    let list = format!("{}\", \"{}", ms[0].session, ms[1].session);
+    let g = Ghost::start(&dir, "g0", &list, "");
+    ms[first].wait_ghosts(1, Duration::from_secs(30));
+    let id = ms[first].submit(&plan("paused", "g0"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while steps_done(&ms[first], &id) < 3 {
+        assert!(Instant::now() < deadline, "no progress");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    signal(&ms[first], "-STOP");
+    let stopped = Instant::now();
+    let next = leader(&ms, &[first], Duration::from_secs(30));
+    assert_eq!(next, other);
+    eprintln!(
+        "PAUSE: mirage-{next} leads {:.2}s after SIGSTOP of mirage-{first}",
+        stopped.elapsed().as_secs_f64()
+    );
+    signal(&ms[first], "-CONT");
+    // The old leader exits 75 on its own, naming why.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let code = loop {
+        if let Ok(Some(st)) = ms[first].proc.child.try_wait() {
+            break st.code();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the deposed leader is still running; log:\n{}",
+            tail(&ms[first].proc.log_text(), 30)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let log = ms[first].proc.log_text();
+    eprintln!("the deposed leader's last lines:\n{}", tail(&log, 6));
+    assert_eq!(code, Some(75), "{}", tail(&log, 30));
+    assert!(log.contains("leadership lost"), "{}", tail(&log, 30));
+    ms[next].wait_status(&id, "satisfied", Duration::from_secs(120));
+    assert_eq!(g.executed(), 20, "every step's effect exactly once");
+    assert!(!g.proc.log_text().contains("stale lock_token"));
+    drop(g);
     drop(ms);
     drop(cluster);
 }

@@ -62,7 +62,10 @@ async fn handle(req: HttpRequest, st: web::Data<State>) -> HttpResponse {
     let role = ha.as_ref().map_or("follower", |h| h.role);
     let leader = ha.and_then(|h| h.leader).filter(|l| !l.api.is_empty());
     match leader {
-        Some(l) if l.mirage_id != st.mirage_id => {
+        Some(l) if l.mirage_id == st.mirage_id => HttpResponse::ServiceUnavailable().json(json!({
+            "error": format!("mirage {} has just become the leader and is starting; try again", st.mirage_id),
+        })),
+        Some(l) => {
             let q = req.query_string();
             let location = if q.is_empty() {
                 format!("http://{}{}", l.api, path)
@@ -82,13 +85,13 @@ async fn handle(req: HttpRequest, st: web::Data<State>) -> HttpResponse {
     }
 }
 
-/// Binds `listen` and returns the address and the server to spawn (stop it before the
-/// leader's API binds the same address).
+/// Serves on `listener` (a clone of the socket the leader's API takes over later); the
+/// server to spawn.
 pub fn start(
-    listen: &str,
+    listener: std::net::TcpListener,
     mirage_id: &str,
     token: &str,
-) -> Result<(std::net::SocketAddr, actix_web::dev::Server), String> {
+) -> Result<actix_web::dev::Server, String> {
     let st = web::Data::new(State {
         mirage_id: mirage_id.to_owned(),
         token: token.to_owned(),
@@ -101,12 +104,7 @@ pub fn start(
     .workers(1)
     .disable_signals()
     .shutdown_timeout(1)
-    .bind(listen)
-    .map_err(|e| format!("api listen {listen}: {e}"))?;
-    let addr = server
-        .addrs()
-        .first()
-        .copied()
-        .ok_or_else(|| format!("api listen {listen}: no address"))?;
-    Ok((addr, server.run()))
+    .listen(listener)
+    .map_err(|e| format!("follower api: {e}"))?;
+    Ok(server.run())
 }
