@@ -347,3 +347,74 @@ fn a_paused_leader_is_deposed_and_exits_without_acting() {
     drop(ms);
     drop(cluster);
 }
+
+/// etcd loses quorum (two of three members SIGKILLed): the leader stops dispatching, says
+/// why and exits 75; the follower does not lead while there is no quorum; once the members
+/// are back it leads and the intent ends satisfied, every effect once.
+#[test]
+fn quorum_loss_stops_the_leader_and_a_mirage_leads_again_after() {
+    if !available() {
+        return;
+    }
+    let mut cluster = EtcdCluster::start(3);
+    let dir = TempDir::new("ha-quorum");
+    let prefix = format!("/mirage-quorum-{}/", std::process::id());
+    let mut ms: Vec<Mirage> = (0..2)
+        .map(|i| {
+            let d = dir.path(&format!("m{i}"));
+            std::fs::create_dir_all(&d).unwrap();
+            Mirage::start(&d, 0, &mirage_toml(i, &cluster.endpoints(), &prefix))
+        })
+        .collect();
+    let first = leader(&ms, &[], Duration::from_secs(30));
+    let other = 1 - first;
+    let list = format!("{}\", \"{}", ms[0].session, ms[1].session);
+    let g = Ghost::start(&dir, "g0", &list, "");
+    ms[first].wait_ghosts(1, Duration::from_secs(30));
+    let id = ms[first].submit(&plan("quorum", "g0"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while steps_done(&ms[first], &id) < 3 {
+        assert!(Instant::now() < deadline, "no progress");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    cluster.sigkill(1);
+    cluster.sigkill(2);
+    let lost = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let code = loop {
+        if let Ok(Some(st)) = ms[first].proc.child.try_wait() {
+            break st.code();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the leader kept running without quorum; log:\n{}",
+            tail(&ms[first].proc.log_text(), 30)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let log = ms[first].proc.log_text();
+    eprintln!(
+        "QUORUM: the leader exited {code:?} {:.2}s after quorum loss:\n{}",
+        lost.elapsed().as_secs_f64(),
+        tail(&log, 4)
+    );
+    assert_eq!(code, Some(75));
+    assert!(log.contains("without quorum"), "{}", tail(&log, 30));
+    // No quorum, no leader.
+    std::thread::sleep(Duration::from_millis(TTL_MS));
+    assert_ne!(role(&ms[other]), "leader");
+    cluster.restart(1);
+    cluster.restart(2);
+    let back = Instant::now();
+    let next = leader(&ms, &[first], Duration::from_secs(60));
+    assert_eq!(next, other);
+    eprintln!(
+        "QUORUM: mirage-{next} leads {:.2}s after the members restarted",
+        back.elapsed().as_secs_f64()
+    );
+    ms[next].wait_status(&id, "satisfied", Duration::from_secs(120));
+    assert_eq!(g.executed(), 20, "every step's effect exactly once");
+    drop(g);
+    drop(ms);
+    drop(cluster);
+}
