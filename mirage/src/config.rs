@@ -398,4 +398,31 @@ mod tests {
         assert_eq!(c.api.max_body, 1024 * 1024);
         c.validate().unwrap();
     }
+
+    #[test]
+    fn etcd_store_section_is_checked_and_tls_refused_clearly() {
+        let parse = |t: &str| toml::from_str::<MirageConfig>(t).unwrap();
+        let c = parse("[store]\nbackend = \"etcd\"\n[store.etcd]\nendpoints = [\"http://127.0.0.1:2379\", \"10.0.0.2:2379\"]\n");
+        c.validate().unwrap();
+        assert_eq!(c.store.etcd.hosts(), ["127.0.0.1:2379", "10.0.0.2:2379"]);
+        let e = parse("[store]\nbackend = \"etcd\"\n[store.etcd]\nca_file = \"ca.pem\"\n")
+            .validate()
+            .unwrap_err();
+        assert!(e.contains("not implemented yet"), "{e}");
+        let e =
+            parse("[store]\nbackend = \"etcd\"\n[store.etcd]\nendpoints = [\"https://e:2379\"]\n")
+                .validate()
+                .unwrap_err();
+        assert!(e.contains("https is not implemented"), "{e}");
+        let e = parse("[store]\nbackend = \"etcd\"\n[store.etcd]\nprefix = \"mirage\"\n")
+            .validate()
+            .unwrap_err();
+        assert!(e.contains("must start and end with '/'"), "{e}");
+        let e = parse("[store]\nbackend = \"redis\"\n")
+            .validate()
+            .unwrap_err();
+        assert!(e.contains("\"sqlite\" or \"etcd\""), "{e}");
+        // SQLite stays the default.
+        assert_eq!(MirageConfig::default().store.backend, "sqlite");
+    }
 }
