@@ -594,9 +594,20 @@ fn serve_etcd(cfg: MirageConfig) -> Result<i32, String> {
             while ha.is_leader() {
                 let _ = tokio::time::timeout(Duration::from_millis(50), rx.changed()).await;
             }
-            let why = match ha.role() {
-                crate::ha::Role::Deposed { why } => why,
-                r => format!("no longer leading ({r:?})"),
+            // The elector's own reason (quorum lost, key gone, commit refused) arrives with
+            // its next tick; the local clock may have closed the window just before.
+            let deadline = Instant::now() + Duration::from_millis(300);
+            let why = loop {
+                if let crate::ha::Role::Deposed { why } = rx.borrow_and_update().clone() {
+                    break why;
+                }
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() || !matches!(tokio::time::timeout(left, rx.changed()).await, Ok(Ok(()))) {
+                    break match ha.role() {
+                        crate::ha::Role::Deposed { why } => why,
+                        r => format!("no longer leading ({r:?})"),
+                    };
+                }
             };
             crate::metrics::HA_LEADERSHIP_LOST.inc();
             HA.update(|v| {
