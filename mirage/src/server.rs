@@ -536,8 +536,9 @@ fn serve_etcd(cfg: MirageConfig) -> Result<i32, String> {
                 }
             };
             crate::metrics::HA_LEADERSHIP_GAINED.inc();
+            // "leader" once it orchestrates; until then the follower API answers 503.
             HA.update(|v| {
-                v.role = "leader";
+                v.role = "recovering";
                 v.leader = Some(me.clone());
                 v.election_revision = Some(revision);
                 v.why = None;
@@ -576,14 +577,17 @@ fn serve_etcd(cfg: MirageConfig) -> Result<i32, String> {
                 }
             };
             if let Some((listener, follower)) = api_socket {
+                // The follower API stops first; the socket stays open (we hold it), so
+                // connections wait in its backlog for the leader's API, none is refused.
+                follower.stop(false).await;
                 match api::start_on(listener, cfg.api.max_body, app_state(&core, token, "")) {
                     Ok((_, server)) => {
                         actix_rt::spawn(server);
                     }
                     Err(err) => tracing::error!(component = "mirage.ha", error = %err, "leader API did not start; Ghost sessions still served"),
                 }
-                follower.stop(false).await;
             }
+            HA.update(|v| v.role = "leader");
             println!(
                 "mirage leading mirage_id={} revision={revision} session={session_addr} api={api_addr} after_ms={}",
                 cfg.mirage_id,

@@ -63,7 +63,7 @@ async fn handle(req: HttpRequest, st: web::Data<State>) -> HttpResponse {
     let leader = ha.and_then(|h| h.leader).filter(|l| !l.api.is_empty());
     match leader {
         Some(l) if l.mirage_id == st.mirage_id => HttpResponse::ServiceUnavailable().json(json!({
-            "error": format!("mirage {} has just become the leader and is starting; try again", st.mirage_id),
+            "error": format!("mirage {} has just become the leader and is recovering its state from etcd; try again", st.mirage_id),
         })),
         Some(l) => {
             let q = req.query_string();

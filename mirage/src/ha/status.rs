@@ -32,7 +32,8 @@ impl LeaderInfo {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct HaView {
-    /// "candidate", "follower", "leader" or "deposed".
+    /// "candidate", "follower", "recovering" (won, reading the state back), "leader"
+    /// (orchestrating) or "deposed".
     pub role: &'static str,
     pub store: &'static str,
     pub endpoints: Vec<String>,
