@@ -504,10 +504,15 @@ fn serve_etcd(cfg: MirageConfig) -> Result<i32, String> {
             cfg.mirage_id,
             if api_addr.is_empty() { "off" } else { &api_addr }
         );
+        // Set on SIGTERM/SIGINT: the step-down that follows our own resign is a stop (exit
+        // 0), not a lost leadership (exit 75).
+        let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
         {
             let ha = ha.clone();
+            let stopping = stopping.clone();
             actix_rt::spawn(async move {
                 signals.ready_until_signal().await;
+                stopping.store(true, Ordering::SeqCst);
                 tracing::info!(component = "mirage", "signal received; resigning and stopping");
                 // Revoking the lease lets another Mirage lead at once instead of after a TTL.
                 ha.resign().await;
@@ -597,6 +602,9 @@ fn serve_etcd(cfg: MirageConfig) -> Result<i32, String> {
             // Lead until the fence is gone (lease window passed, key gone, a commit refused).
             while ha.is_leader() {
                 let _ = tokio::time::timeout(Duration::from_millis(50), rx.changed()).await;
+            }
+            if stopping.load(Ordering::SeqCst) {
+                return;
             }
             // The elector's own reason (quorum lost, key gone, commit refused) arrives with
             // its next tick; the local clock may have closed the window just before.
