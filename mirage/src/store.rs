@@ -1,6 +1,8 @@
 //! Mirage's embedded database (SQLite, WAL) under `data_dir`: intents with their plan state,
 //! seed locks and reports. The `Store` actor is the only writer and group-commits: writes
-//! that arrive while a transaction commits go together in the next one.
+//! that arrive while a transaction commits go together in the next one. With
+//! `[store] backend = "etcd"` the same actor commits each batch through a `RemoteBackend`
+//! (`store_etcd.rs`: fenced etcd txns) instead.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
