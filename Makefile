@@ -2,7 +2,7 @@
 CARGO ?= cargo
 FUZZ_SECONDS ?= 60
 
-.PHONY: all build run test lint fmt bench benchmarks fuzz clean memory bench-tls deps test-deps soak soak-raft
+.PHONY: all build run test lint fmt bench benchmarks fuzz clean memory bench-tls deps test-deps soak soak-raft soak-etcd
 
 all: build
 
@@ -89,6 +89,12 @@ soak:
 ## SEED picks the fault and operation schedule; OPS (default 20000) the history size.
 soak-raft:
 	RAFT_SEED=$(SEED) RAFT_OPS=$(OPS) $(CARGO) test -p e2e --test raft_linearizable -- --ignored --nocapture soak_raft_linearizable
+
+## soak-etcd: three Mirages on a 3-member etcd, three Ghosts; SOAK_KILLS (default 5) rounds of
+## ten intents and a SIGKILL of the leader (restarted as a follower); then every intent
+## satisfied, every append once. SEED picks the schedule (default 1). Needs etcd.
+soak-etcd:
+	SEED=$(SEED) SOAK_KILLS=$(SOAK_KILLS) $(CARGO) test -p e2e --test ha_failover -- --ignored --nocapture soak_etcd_leader_kills
 
 ## fuzz: every cargo-fuzz target for FUZZ_SECONDS each (needs the nightly toolchain).
 fuzz:

@@ -498,7 +498,16 @@ async fn actors() -> HttpResponse {
 
 async fn overview(st: web::Data<AppState>) -> HttpResponse {
     match st.sup.send(GetOverview).await {
-        Ok(o) => HttpResponse::Ok().json(o),
+        // With the etcd store: this Mirage's role and leader next to the overview.
+        Ok(o) => match (crate::ha::status::HA.get(), serde_json::to_value(&o)) {
+            (Some(ha), Ok(mut v)) => {
+                v["role"] = json!(ha.role);
+                v["leader"] = json!(ha.leader);
+                v["ha"] = json!(ha);
+                HttpResponse::Ok().json(v)
+            }
+            _ => HttpResponse::Ok().json(o),
+        },
         Err(e) => unavailable(e),
     }
 }
@@ -520,6 +529,11 @@ async fn metrics(st: web::Data<AppState>) -> HttpResponse {
                 "mirage_store_reserve_released",
                 "1 while the store's disk reserve is given back (not made again yet)",
                 disk.reserve_released() as u64,
+            ),
+            (
+                "mirage_ha_leader",
+                "1 while this Mirage leads (store backend etcd), else 0",
+                crate::ha::status::HA.leading() as u64,
             ),
             (
                 "mirage_ghosts_connected",
@@ -588,6 +602,17 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         );
 }
 
+/// Starts the API server on an already bound listener (plain HTTP): a Mirage that becomes
+/// the etcd leader takes over the socket its follower API answered on, so clients never
+/// find the port closed in between.
+pub fn start_on(
+    listener: std::net::TcpListener,
+    max_body: usize,
+    state: AppState,
+) -> Result<(std::net::SocketAddr, actix_web::dev::Server), String> {
+    start_bound(Bind::Listener(listener), max_body, None, state)
+}
+
 /// Starts the API server in this System; returns the bound address.
 pub fn start(
     listen: &str,
@@ -595,6 +620,25 @@ pub fn start(
     tls: Option<(&str, &str)>,
     state: AppState,
 ) -> Result<(std::net::SocketAddr, actix_web::dev::Server), String> {
+    start_bound(Bind::Addr(listen), max_body, tls, state)
+}
+
+enum Bind<'a> {
+    Addr(&'a str),
+    Listener(std::net::TcpListener),
+}
+
+fn start_bound(
+    bind: Bind<'_>,
+    max_body: usize,
+    tls: Option<(&str, &str)>,
+    state: AppState,
+) -> Result<(std::net::SocketAddr, actix_web::dev::Server), String> {
+    let listen = match &bind {
+        Bind::Addr(a) => a.to_string(),
+        Bind::Listener(l) => l.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+    };
+    let listen = listen.as_str();
     let data = web::Data::new(state);
     let server = HttpServer::new(move || {
         App::new()
@@ -614,9 +658,10 @@ pub fn start(
     .workers(1)
     .disable_signals()
     .shutdown_timeout(2);
-    let server = match tls {
-        None => server.bind(listen),
-        Some((cert, key)) => {
+    let server = match (tls, bind) {
+        (_, Bind::Listener(l)) => server.listen(l),
+        (None, Bind::Addr(_)) => server.bind(listen),
+        (Some((cert, key)), Bind::Addr(_)) => {
             let e = |what: &str, x: openssl::error::ErrorStack| format!("api tls: {what}: {x}");
             let mut b =
                 openssl::ssl::SslAcceptor::mozilla_intermediate_v5(openssl::ssl::SslMethod::tls())

@@ -173,8 +173,36 @@ impl Api {
         h
     }
 
-    /// One request; the body parsed as JSON (or a JSON string when it is not JSON).
+    /// One request; the body parsed as JSON (or a JSON string when it is not JSON). A
+    /// follower Mirage (store backend etcd) answers 307 naming the leader: the request goes
+    /// once more, to the leader's API, with the same scheme and token.
     pub fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+    ) -> Result<(u16, Value), CliError> {
+        let (status, v) = self.call_once(method, path, body)?;
+        if status != 307 {
+            return Ok((status, v));
+        }
+        match v["leader"]["api"]
+            .as_str()
+            .filter(|a| !a.is_empty() && *a != self.host)
+        {
+            Some(leader) => {
+                let to = Api {
+                    host: leader.to_owned(),
+                    token: self.token.clone(),
+                    tls: self.tls.clone(),
+                };
+                to.call_once(method, path, body)
+            }
+            None => Ok((status, v)),
+        }
+    }
+
+    fn call_once(
         &self,
         method: &str,
         path: &str,

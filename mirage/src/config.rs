@@ -92,13 +92,112 @@ pub struct StoreConfig {
     /// disk, so the WAL can still be checkpointed (folded into mirage.db) and shrunk; made
     /// again once the disk has twice this free. 0 = off.
     pub reserve_bytes: u64,
+    /// "sqlite" (one Mirage, `data_dir/mirage.db`) or "etcd" (several Mirages, one leads;
+    /// `[store.etcd]`).
+    pub backend: String,
+    pub etcd: EtcdStoreConfig,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
             reserve_bytes: 8 * 1024 * 1024,
+            backend: "sqlite".into(),
+            etcd: EtcdStoreConfig::default(),
         }
+    }
+}
+
+/// `[store.etcd]`: Mirage's state in etcd, every write fenced by the leader's election key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EtcdStoreConfig {
+    /// Client endpoints, `host:port` or `http://host:port`.
+    pub endpoints: Vec<String>,
+    /// Every key Mirage writes starts with this (several fleets can share one etcd).
+    pub prefix: String,
+    /// Leader lease TTL (whole seconds in etcd): a dead leader is replaced within about this.
+    pub lease_ttl_ms: u64,
+    /// Per-endpoint timeout of one etcd call.
+    pub timeout_ms: u64,
+    /// Operations in one etcd txn at most (etcd's `--max-txn-ops`, 128 by default).
+    pub max_txn_ops: usize,
+    /// Bytes of keys and values in one etcd txn at most (below etcd's
+    /// `--max-request-bytes`, 1.5 MiB by default). A single larger value is refused.
+    pub max_txn_bytes: usize,
+    /// TLS to etcd: not implemented yet; setting any of these is refused at startup.
+    pub ca_file: String,
+    pub cert_file: String,
+    pub key_file: String,
+}
+
+impl Default for EtcdStoreConfig {
+    fn default() -> Self {
+        EtcdStoreConfig {
+            endpoints: vec!["127.0.0.1:2379".into()],
+            prefix: "/mirage/".into(),
+            lease_ttl_ms: 5000,
+            timeout_ms: 1000,
+            max_txn_ops: 128,
+            max_txn_bytes: 1024 * 1024,
+            ca_file: String::new(),
+            cert_file: String::new(),
+            key_file: String::new(),
+        }
+    }
+}
+
+impl EtcdStoreConfig {
+    /// The endpoints as `host:port`.
+    pub fn hosts(&self) -> Vec<String> {
+        self.endpoints
+            .iter()
+            .map(|e| {
+                e.strip_prefix("http://")
+                    .unwrap_or(e)
+                    .trim_end_matches('/')
+                    .to_owned()
+            })
+            .collect()
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if !self.ca_file.is_empty() || !self.cert_file.is_empty() || !self.key_file.is_empty() {
+            return Err("store.etcd: TLS to etcd (ca_file, cert_file, key_file) is not implemented yet; use plain http endpoints on a trusted network (docs/DECISIONS.md, issue 15)".into());
+        }
+        if self.endpoints.is_empty() {
+            return Err("store.etcd.endpoints is empty; give at least one host:port".into());
+        }
+        for (e, h) in self.endpoints.iter().zip(self.hosts()) {
+            if e.starts_with("https://") {
+                return Err(format!("store.etcd.endpoints: {e:?}: https is not implemented yet (TLS to etcd is refused for now)"));
+            }
+            if h.rsplit_once(':')
+                .and_then(|(_, p)| p.parse::<u16>().ok())
+                .is_none()
+            {
+                return Err(format!("store.etcd.endpoints: {e:?} is not host:port"));
+            }
+        }
+        if !self.prefix.starts_with('/') || !self.prefix.ends_with('/') || self.prefix.len() < 2 {
+            return Err(format!(
+                "store.etcd.prefix {:?} must start and end with '/' (e.g. \"/mirage/\")",
+                self.prefix
+            ));
+        }
+        if self.lease_ttl_ms < 1000 || self.lease_ttl_ms > 600_000 {
+            return Err("store.etcd.lease_ttl_ms must be between 1000 and 600000".into());
+        }
+        if self.timeout_ms == 0 || self.timeout_ms > 60_000 {
+            return Err("store.etcd.timeout_ms must be between 1 and 60000".into());
+        }
+        if self.max_txn_ops < 2 {
+            return Err("store.etcd.max_txn_ops must be at least 2".into());
+        }
+        if self.max_txn_bytes < 64 * 1024 {
+            return Err("store.etcd.max_txn_bytes must be at least 65536".into());
+        }
+        Ok(())
     }
 }
 
@@ -177,6 +276,20 @@ impl MirageConfig {
     pub fn validate(&self) -> Result<(), String> {
         self.timeouts.validate()?;
         crate::tls::validate(&self.tls)?;
+        match self.store.backend.as_str() {
+            "sqlite" => {}
+            "etcd" => {
+                self.store.etcd.validate()?;
+                if !self.api.tls_cert_file.is_empty() {
+                    return Err("store.backend = \"etcd\" with api.tls_cert_file: HTTPS on the API of an etcd-backed Mirage is not implemented yet".into());
+                }
+            }
+            other => {
+                return Err(format!(
+                    "store.backend {other:?}: must be \"sqlite\" or \"etcd\""
+                ))
+            }
+        }
         if self.auth.required && self.auth.keys.is_empty() {
             return Err("auth.required needs [auth.keys] (ghost_id = \"secret\")".into());
         }
@@ -284,5 +397,32 @@ mod tests {
         let c: MirageConfig = toml::from_str("[api]\nlisten = \"127.0.0.1:0\"").unwrap();
         assert_eq!(c.api.max_body, 1024 * 1024);
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn etcd_store_section_is_checked_and_tls_refused_clearly() {
+        let parse = |t: &str| toml::from_str::<MirageConfig>(t).unwrap();
+        let c = parse("[store]\nbackend = \"etcd\"\n[store.etcd]\nendpoints = [\"http://127.0.0.1:2379\", \"10.0.0.2:2379\"]\n");
+        c.validate().unwrap();
+        assert_eq!(c.store.etcd.hosts(), ["127.0.0.1:2379", "10.0.0.2:2379"]);
+        let e = parse("[store]\nbackend = \"etcd\"\n[store.etcd]\nca_file = \"ca.pem\"\n")
+            .validate()
+            .unwrap_err();
+        assert!(e.contains("not implemented yet"), "{e}");
+        let e =
+            parse("[store]\nbackend = \"etcd\"\n[store.etcd]\nendpoints = [\"https://e:2379\"]\n")
+                .validate()
+                .unwrap_err();
+        assert!(e.contains("https is not implemented"), "{e}");
+        let e = parse("[store]\nbackend = \"etcd\"\n[store.etcd]\nprefix = \"mirage\"\n")
+            .validate()
+            .unwrap_err();
+        assert!(e.contains("must start and end with '/'"), "{e}");
+        let e = parse("[store]\nbackend = \"redis\"\n")
+            .validate()
+            .unwrap_err();
+        assert!(e.contains("\"sqlite\" or \"etcd\""), "{e}");
+        // SQLite stays the default.
+        assert_eq!(MirageConfig::default().store.backend, "sqlite");
     }
 }

@@ -25,6 +25,7 @@ pub mod skew;
 pub mod step;
 pub mod storage_move;
 pub mod store;
+pub mod store_etcd;
 pub mod supervision;
 pub mod tls;
 pub mod wire_tool;

@@ -4,6 +4,7 @@
 //! Pure: the `SeedLock` actor owns one queue and the clock.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
@@ -44,6 +45,19 @@ pub enum Acquired {
 pub struct Grant {
     pub owner: Owner,
     pub token: u64,
+}
+
+/// The lowest `last_token` a lock queue made in this process starts from: 0 with SQLite;
+/// with etcd, the leader's epoch (`server::lock_token_floor`), so a key first locked under
+/// a new leader still grants tokens above every earlier leader's.
+static EPOCH_FLOOR: AtomicU64 = AtomicU64::new(0);
+
+pub fn epoch_floor() -> u64 {
+    EPOCH_FLOOR.load(Ordering::Relaxed)
+}
+
+pub fn set_epoch_floor(floor: u64) {
+    EPOCH_FLOOR.store(floor, Ordering::Relaxed);
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

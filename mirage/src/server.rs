@@ -19,7 +19,7 @@ use crate::api;
 use crate::config::MirageConfig;
 use crate::history::ReportRecord;
 use crate::plan::FleetView;
-use crate::store::{Db, Store};
+use crate::store::{Db, Recovered, RemoteBackend, Store};
 
 /// `mirage up`: a co-located local Ghost started next to Mirage.
 #[derive(Debug, Clone)]
@@ -41,9 +41,17 @@ pub fn serve(cfg: MirageConfig) -> Result<i32, String> {
 /// Everything `start_core` needs, checked and loaded before any actor starts.
 pub(crate) struct Prepared {
     pub cfg: Arc<MirageConfig>,
-    db: Db,
+    store: StoreInit,
     restored: Restored,
     tls: Option<Arc<openssl::ssl::SslAcceptor>>,
+    /// The session listener's socket, bound (not listening) before the election so its
+    /// address can be published; `None` binds `cfg.listen` in `start_core`.
+    session_socket: Option<TcpSocket>,
+}
+
+enum StoreInit {
+    Sqlite(Db),
+    Remote(Arc<dyn RemoteBackend>),
 }
 
 /// What `start_core` brought up on the current System.
@@ -60,6 +68,12 @@ pub(crate) struct Core {
 pub fn serve_with(cfg: MirageConfig, local: Option<LocalGhost>) -> Result<i32, String> {
     // Before any actor: a panic outside a restartable actor ends the process.
     crate::supervision::install_panic_hook();
+    if cfg.store.backend == "etcd" {
+        if local.is_some() {
+            return Err("`mirage up` runs one Mirage with its Ghosts; with store.backend = \"etcd\" run `mirage serve` on each Mirage host".into());
+        }
+        return serve_etcd(cfg);
+    }
     if local.is_some() && cfg.local_ghost.is_empty() {
         cfg.validate()?;
         return Err("local_ghost is empty; `mirage up` needs an id for its local Ghost".into());
@@ -148,6 +162,12 @@ pub fn serve_with(cfg: MirageConfig, local: Option<LocalGhost>) -> Result<i32, S
 /// Checks the config, opens and recovers the store, loads the certificates.
 pub(crate) fn prepare(cfg: MirageConfig) -> Result<Prepared, String> {
     cfg.validate()?;
+    if cfg.store.backend != "sqlite" {
+        return Err(format!(
+            "store.backend {:?}: an embedded Mirage (Mirage::start) runs on SQLite only; `mirage serve` runs on etcd",
+            cfg.store.backend
+        ));
+    }
     if cfg.data_dir.exists() && !cfg.data_dir.is_dir() {
         return Err(format!(
             "data_dir {} is not a directory (set data_dir or --data-dir to a directory)",
@@ -158,6 +178,20 @@ pub(crate) fn prepare(cfg: MirageConfig) -> Result<Prepared, String> {
         .map_err(|e| format!("cannot open data_dir {}: {e}", cfg.data_dir.display()))?
         .with_reserve(cfg.store.reserve_bytes);
     let rec = db.recover(cfg.limits.reports).map_err(|e| e.to_string())?;
+    let restored = restored(rec);
+    // Certificates are loaded now: a bad file is a startup error.
+    let tls = crate::tls::acceptor(&cfg.tls)?.map(Arc::new);
+    Ok(Prepared {
+        cfg: Arc::new(cfg),
+        store: StoreInit::Sqlite(db),
+        restored,
+        tls,
+        session_socket: None,
+    })
+}
+
+/// What the store recovered, as the Supervisor takes it.
+fn restored(rec: Recovered) -> Restored {
     let reports: Vec<ReportRecord> = rec
         .reports
         .iter()
@@ -171,33 +205,22 @@ pub(crate) fn prepare(cfg: MirageConfig) -> Result<Prepared, String> {
         reports = reports.len(),
         "recovered state"
     );
-    let restored = Restored {
+    Restored {
         active: rec.active,
         finished: rec.finished,
         locks: rec.locks,
         reports,
         max_intent_seq: rec.max_intent_seq,
         max_report_seq: rec.max_report_seq,
-    };
-    // Certificates are loaded now: a bad file is a startup error.
-    let tls = crate::tls::acceptor(&cfg.tls)?.map(Arc::new);
-    Ok(Prepared {
-        cfg: Arc::new(cfg),
-        db,
-        restored,
-        tls,
-    })
+    }
 }
 
-/// The session listener, the store, the Supervisor, the report hub and the session
-/// Arbiters, on the current System.
-pub(crate) async fn start_core(p: Prepared) -> Result<Core, String> {
-    let cfg = p.cfg.clone();
-    // The listener first: a port in use fails before any actor starts.
-    let listen: SocketAddr = cfg
-        .listen
+/// Binds the session listener's address (no `listen` yet: until then a connection is
+/// refused, so a Ghost tries its next Mirage address at once).
+fn bind_session(listen: &str) -> Result<TcpSocket, String> {
+    let listen: SocketAddr = listen
         .parse()
-        .map_err(|e| format!("listen {}: {e}", cfg.listen))?;
+        .map_err(|e| format!("listen {listen}: {e}"))?;
     let socket = if listen.is_ipv4() {
         TcpSocket::new_v4()
     } else {
@@ -210,18 +233,34 @@ pub(crate) async fn start_core(p: Prepared) -> Result<Core, String> {
     socket.bind(listen).map_err(|e| {
         format!("listen {listen}: {e} (set `listen` or --listen to a free ip:port)")
     })?;
-    let listener = socket
-        .listen(4096)
-        .map_err(|e| format!("listen {listen}: {e}"))?;
-    let session_addr = listener.local_addr().map_err(|e| e.to_string())?;
+    Ok(socket)
+}
 
+/// The session listener, the store, the Supervisor, the report hub and the session
+/// Arbiters, on the current System.
+pub(crate) async fn start_core(p: Prepared) -> Result<Core, String> {
     let Prepared {
         cfg,
-        db,
+        store,
         restored,
         tls,
+        session_socket,
     } = p;
-    let store = MeteredAddr::new(Store::new(db).start(), "mirage.store");
+    // The listener first: a port in use fails before any actor starts.
+    let socket = match session_socket {
+        Some(s) => s,
+        None => bind_session(&cfg.listen)?,
+    };
+    let listener = socket
+        .listen(4096)
+        .map_err(|e| format!("listen {}: {e}", cfg.listen))?;
+    let session_addr = listener.local_addr().map_err(|e| e.to_string())?;
+
+    let store = match store {
+        StoreInit::Sqlite(db) => Store::new(db),
+        StoreInit::Remote(r) => Store::remote(r),
+    };
+    let store = MeteredAddr::new(store.start(), "mirage.store");
     let fleet = Rc::new(RefCell::new(Arc::new(FleetView::default())));
     let hub = MeteredAddr::new(ReportHub::default().start(), "mirage.report_hub");
     let sup = MeteredAddr::new(
@@ -298,17 +337,21 @@ pub(crate) fn start_api(
             .ok()
             .filter(|t| !t.is_empty())
             .unwrap_or_else(|| cfg.api.token.clone());
-        let state = api::AppState {
-            sup: core.sup.clone(),
-            hub: core.hub.clone(),
-            token: Arc::new(token),
-            local_admin: Arc::new(local_admin.to_owned()),
-        };
+        let state = app_state(core, token, local_admin);
         let tls = (!cfg.api.tls_cert_file.is_empty()).then_some((
             cfg.api.tls_cert_file.as_str(),
             cfg.api.tls_key_file.as_str(),
         ));
         api::start(&cfg.api.listen, cfg.api.max_body, tls, state).map(Some)
+    }
+}
+
+fn app_state(core: &Core, token: String, local_admin: &str) -> api::AppState {
+    api::AppState {
+        sup: core.sup.clone(),
+        hub: core.hub.clone(),
+        token: Arc::new(token),
+        local_admin: Arc::new(local_admin.to_owned()),
     }
 }
 
@@ -369,4 +412,239 @@ fn spawn_local_ghost(
         .map_err(|e| format!("cannot start the local ghost {}: {e}", l.bin.display()))?;
     tracing::info!(component = "mirage", ghost_id = %id, pid = c.id(), admin = %admin, data_dir = %dir.display(), "local ghost started");
     Ok(c)
+}
+
+/// Exit code of a Mirage that lost its etcd leadership: the service manager starts it
+/// again (`Restart=on-failure`) and it campaigns as a follower (docs/DECISIONS.md).
+pub const EXIT_LEADERSHIP_LOST: i32 = 75;
+
+/// The seed-lock fencing tokens of a new leader start above every token of earlier
+/// leaders: the epoch (its election key's create revision, which only grows from leader to
+/// leader) in the high bits. See docs/DECISIONS.md, "Issue 15 (second slice)".
+pub const LOCK_EPOCH_SHIFT: u32 = 20;
+
+pub fn lock_token_floor(election_revision: i64) -> u64 {
+    u64::try_from(election_revision)
+        .unwrap_or(0)
+        .saturating_mul(1 << LOCK_EPOCH_SHIFT)
+}
+
+/// `mirage serve` with `store.backend = "etcd"`: binds both addresses, serves the follower
+/// API, campaigns; once leading, recovers from etcd and starts the same core and API as
+/// with SQLite (every commit fenced). Losing leadership ends the process (exit 75).
+fn serve_etcd(cfg: MirageConfig) -> Result<i32, String> {
+    use crate::ha::status::{HaView, LeaderInfo, HA};
+    use crate::store_etcd::{EtcdDb, Layout};
+    use std::time::{Duration, Instant};
+
+    cfg.validate()?;
+    if cfg.data_dir.exists() && !cfg.data_dir.is_dir() {
+        return Err(format!(
+            "data_dir {} is not a directory",
+            cfg.data_dir.display()
+        ));
+    }
+    let tls = crate::tls::acceptor(&cfg.tls)?.map(Arc::new);
+    let e = cfg.store.etcd.clone();
+    let layout = Layout {
+        prefix: e.prefix.clone(),
+        max_ops: e.max_txn_ops,
+        max_bytes: e.max_txn_bytes,
+    };
+    let cfg = Arc::new(cfg);
+    let sys = actix_rt::System::new();
+    let started: Result<(), String> = sys.block_on(async move {
+        let t0 = Instant::now();
+        let socket = bind_session(&cfg.listen)?;
+        let session_addr = socket.local_addr().map_err(|e| e.to_string())?;
+        let token = std::env::var("MIRAGE_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty())
+            .unwrap_or_else(|| cfg.api.token.clone());
+        let mut api_addr = String::new();
+        // One listening socket for the whole life of the process: the follower API answers
+        // on it, then the leader's API takes it over (no moment where the port is closed).
+        let mut api_socket = None;
+        if !cfg.api.listen.is_empty() {
+            let l = std::net::TcpListener::bind(&cfg.api.listen)
+                .map_err(|e| format!("api listen {}: {e}", cfg.api.listen))?;
+            api_addr = l.local_addr().map_err(|e| e.to_string())?.to_string();
+            let follower = l.try_clone().map_err(|e| format!("api listen: {e}"))?;
+            let server = crate::ha::follower::start(follower, &cfg.mirage_id, &token)?;
+            api_socket = Some((l, server.handle()));
+            actix_rt::spawn(server);
+        }
+        let etcd = Arc::new(crate::ha::Etcd::new(e.hosts(), Duration::from_millis(e.timeout_ms)));
+        let me = LeaderInfo {
+            mirage_id: cfg.mirage_id.clone(),
+            api: api_addr.clone(),
+            session: session_addr.to_string(),
+        };
+        let (ha, _driver) = crate::ha::spawn(
+            etcd.clone(),
+            crate::ha::ElectorConfig {
+                election_key: layout.election_key(),
+                id: me.encode(),
+                ttl: Duration::from_millis(e.lease_ttl_ms),
+                rejoin_after: Duration::from_secs(1),
+            },
+        );
+        HA.set(HaView {
+            role: "candidate",
+            store: "etcd",
+            endpoints: e.hosts(),
+            election_key: layout.election_key(),
+            leader: None,
+            election_revision: None,
+            why: None,
+        });
+        let signals = shared::notify::Signals::install();
+        println!(
+            "mirage ready mirage_id={} session={session_addr} api={} store=etcd role=candidate",
+            cfg.mirage_id,
+            if api_addr.is_empty() { "off" } else { &api_addr }
+        );
+        // Set on SIGTERM/SIGINT: the step-down that follows our own resign is a stop (exit
+        // 0), not a lost leadership (exit 75).
+        let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        {
+            let ha = ha.clone();
+            let stopping = stopping.clone();
+            actix_rt::spawn(async move {
+                signals.ready_until_signal().await;
+                stopping.store(true, Ordering::SeqCst);
+                tracing::info!(component = "mirage", "signal received; resigning and stopping");
+                // Revoking the lease lets another Mirage lead at once instead of after a TTL.
+                ha.resign().await;
+                System::current().stop();
+            });
+        }
+        actix_rt::spawn(async move {
+            let mut rx = ha.subscribe();
+            // Follow until leading.
+            let revision = loop {
+                let role = rx.borrow_and_update().clone();
+                match role {
+                    crate::ha::Role::Leader { revision } => break revision,
+                    crate::ha::Role::Follower { leader } => HA.update(|v| {
+                        v.role = if leader.is_some() { "follower" } else { "candidate" };
+                        v.leader = leader.as_deref().map(LeaderInfo::decode);
+                    }),
+                    crate::ha::Role::Candidate => HA.update(|v| v.role = "candidate"),
+                    crate::ha::Role::Deposed { why } => HA.update(|v| {
+                        v.role = "candidate";
+                        v.why = Some(why);
+                    }),
+                }
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            };
+            crate::metrics::HA_LEADERSHIP_GAINED.inc();
+            // "leader" once it orchestrates; until then the follower API answers 503.
+            HA.update(|v| {
+                v.role = "recovering";
+                v.leader = Some(me.clone());
+                v.election_revision = Some(revision);
+                v.why = None;
+            });
+            let won_at = Instant::now();
+            tracing::info!(component = "mirage.ha", revision, after_ms = t0.elapsed().as_millis() as u64, "leading: recovering state from etcd");
+            let db = Arc::new(EtcdDb::new(etcd.clone(), ha.clone(), layout.clone()));
+            let rec = match db.recover(cfg.limits.reports).await {
+                Ok(r) => r,
+                Err(err) => {
+                    tracing::error!(component = "mirage.ha", error = %err, "cannot recover state from etcd as the new leader; resigning and exiting");
+                    ha.resign().await;
+                    std::process::exit(EXIT_LEADERSHIP_LOST);
+                }
+            };
+            let mut restored = restored(rec);
+            let floor = lock_token_floor(revision);
+            crate::lock::set_epoch_floor(floor);
+            for q in &mut restored.locks {
+                q.last_token = q.last_token.max(floor);
+            }
+            tracing::info!(component = "mirage", active = restored.active.len(), finished = restored.finished.len(), locks = restored.locks.len(), reports = restored.reports.len(), lock_token_floor = floor, recover_ms = won_at.elapsed().as_millis() as u64, "recovered state from etcd");
+            let prepared = Prepared {
+                cfg: cfg.clone(),
+                store: StoreInit::Remote(db),
+                restored,
+                tls,
+                session_socket: Some(socket),
+            };
+            let core = match start_core(prepared).await {
+                Ok(c) => c,
+                Err(err) => {
+                    tracing::error!(component = "mirage.ha", error = %err, "cannot start as the leader; resigning and exiting");
+                    ha.resign().await;
+                    std::process::exit(EXIT_LEADERSHIP_LOST);
+                }
+            };
+            if let Some((listener, follower)) = api_socket {
+                // The follower API stops first; the socket stays open (we hold it), so
+                // connections wait in its backlog for the leader's API, none is refused.
+                follower.stop(false).await;
+                match api::start_on(listener, cfg.api.max_body, app_state(&core, token, "")) {
+                    Ok((_, server)) => {
+                        actix_rt::spawn(server);
+                    }
+                    Err(err) => tracing::error!(component = "mirage.ha", error = %err, "leader API did not start; Ghost sessions still served"),
+                }
+            }
+            HA.update(|v| v.role = "leader");
+            println!(
+                "mirage leading mirage_id={} revision={revision} session={session_addr} api={api_addr} after_ms={}",
+                cfg.mirage_id,
+                t0.elapsed().as_millis()
+            );
+            tracing::info!(component = "mirage.ha", revision, ready_ms = won_at.elapsed().as_millis() as u64, "leader: orchestrating");
+            // Lead until the fence is gone (lease window passed, key gone, a commit refused).
+            while ha.is_leader() {
+                let _ = tokio::time::timeout(Duration::from_millis(50), rx.changed()).await;
+            }
+            if stopping.load(Ordering::SeqCst) {
+                return;
+            }
+            // The elector's own reason (quorum lost, key gone, commit refused) arrives with
+            // its next tick; the local clock may have closed the window just before.
+            let deadline = Instant::now() + Duration::from_millis(300);
+            let why = loop {
+                if let crate::ha::Role::Deposed { why } = rx.borrow_and_update().clone() {
+                    break why;
+                }
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() || !matches!(tokio::time::timeout(left, rx.changed()).await, Ok(Ok(()))) {
+                    break match ha.role() {
+                        crate::ha::Role::Deposed { why } => why,
+                        r => format!("no longer leading ({r:?})"),
+                    };
+                }
+            };
+            crate::metrics::HA_LEADERSHIP_LOST.inc();
+            HA.update(|v| {
+                v.role = "deposed";
+                v.why = Some(why.clone());
+                v.leader = None;
+            });
+            // Nothing commits any more (the store's fence is gone); stop taking Ghost
+            // traffic at once so they move to the new leader.
+            core.accept.abort();
+            for a in &core.arbiters {
+                a.stop();
+            }
+            tracing::error!(component = "mirage.ha", why = %why, exit_code = EXIT_LEADERSHIP_LOST, "leadership lost: stopped dispatching; exiting so the service manager restarts this Mirage as a follower");
+            eprintln!("mirage: leadership lost ({why}); exiting with code {EXIT_LEADERSHIP_LOST}");
+            // Long enough for the overview to show why and the log to flush.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            std::process::exit(EXIT_LEADERSHIP_LOST);
+        });
+        Ok(())
+    });
+    if let Err(e) = started {
+        System::current().stop_with_code(2);
+        let _ = sys.run_with_code();
+        return Err(e);
+    }
+    sys.run_with_code().map_err(|e| e.to_string())
 }

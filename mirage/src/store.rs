@@ -1,6 +1,8 @@
 //! Mirage's embedded database (SQLite, WAL) under `data_dir`: intents with their plan state,
 //! seed locks and reports. The `Store` actor is the only writer and group-commits: writes
-//! that arrive while a transaction commits go together in the next one.
+//! that arrive while a transaction commits go together in the next one. With
+//! `[store] backend = "etcd"` the same actor commits each batch through a `RemoteBackend`
+//! (`store_etcd.rs`: fenced etcd txns) instead.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -503,10 +505,25 @@ impl Db {
     }
 }
 
+/// A store that commits over the network (etcd): one batch per call, awaited on the
+/// store's own thread (the orchestrator Arbiter), one call at a time. `store_etcd.rs`.
+pub trait RemoteBackend {
+    fn apply(
+        self: Arc<Self>,
+        batch: Vec<Write>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>>>>;
+}
+
+/// Where the `Store` commits: the embedded SQLite database (default) or a remote store.
+enum Backend {
+    Sqlite(Arc<Mutex<Db>>),
+    Remote(Arc<dyn RemoteBackend>),
+}
+
 /// The single writer. Writes queue while a commit runs on the blocking pool; each commit
 /// takes everything queued (group commit) and then answers every waiter.
 pub struct Store {
-    db: Arc<Mutex<Db>>,
+    backend: Backend,
     queue: Vec<Write>,
     waiters: Vec<oneshot::Sender<Result<(), String>>>,
     committing: bool,
@@ -530,8 +547,17 @@ const FAIL_LOG_EVERY: Duration = Duration::from_secs(10);
 
 impl Store {
     pub fn new(db: Db) -> Store {
+        Store::with_backend(Backend::Sqlite(Arc::new(Mutex::new(db))))
+    }
+
+    /// A store committing to `remote` (etcd): the same group commit, every batch one call.
+    pub fn remote(remote: Arc<dyn RemoteBackend>) -> Store {
+        Store::with_backend(Backend::Remote(remote))
+    }
+
+    fn with_backend(backend: Backend) -> Store {
         Store {
-            db: Arc::new(Mutex::new(db)),
+            backend,
             queue: Vec::new(),
             waiters: Vec::new(),
             committing: false,
@@ -570,8 +596,16 @@ impl Store {
         if self.committing || self.queue.is_empty() {
             return;
         }
+        let db = match &self.backend {
+            Backend::Sqlite(db) => db.clone(),
+            Backend::Remote(r) => {
+                let r = r.clone();
+                self.commit_remote(r, ctx);
+                return;
+            }
+        };
         if self.queue.len() <= INLINE_MAX && !DISK.full() {
-            self.commit_inline(ctx);
+            self.commit_inline(db, ctx);
             return;
         }
         self.committing = true;
@@ -584,7 +618,6 @@ impl Store {
         } else {
             Vec::new()
         };
-        let db = self.db.clone();
         let started = std::time::Instant::now();
         let fut = async move {
             let n = batch.len();
@@ -603,15 +636,38 @@ impl Store {
         }));
     }
 
+    /// Everything queued (up to `max_batch`) as one remote commit, awaited here: a network
+    /// round trip, no blocking pool. Writes that arrive meanwhile go in the next one.
+    fn commit_remote(&mut self, remote: Arc<dyn RemoteBackend>, ctx: &mut Context<Self>) {
+        self.committing = true;
+        let n = self.queue.len().min(self.max_batch);
+        let batch: Vec<Write> = self.queue.drain(..n).collect();
+        let waiters = if self.queue.is_empty() {
+            std::mem::take(&mut self.waiters)
+        } else {
+            Vec::new()
+        };
+        let started = Instant::now();
+        ctx.spawn(
+            remote
+                .apply(batch)
+                .into_actor(self)
+                .map(move |res, act, ctx| {
+                    act.committing = false;
+                    act.done(res, n, started, waiters, ctx);
+                }),
+        );
+    }
+
     /// A small commit on this thread: the two thread crossings of the blocking pool cost
     /// more than the commit itself (WAL, `synchronous=NORMAL`: no fsync), and one intent
     /// waits for two commits (issue 20 trace). Big batches still go to the blocking pool.
-    fn commit_inline(&mut self, ctx: &mut Context<Self>) {
+    fn commit_inline(&mut self, db: Arc<Mutex<Db>>, ctx: &mut Context<Self>) {
         let batch: Vec<Write> = std::mem::take(&mut self.queue);
         let waiters = std::mem::take(&mut self.waiters);
         let started = Instant::now();
         let res = {
-            let mut db = self.db.lock().unwrap_or_else(|p| p.into_inner());
+            let mut db = db.lock().unwrap_or_else(|p| p.into_inner());
             db.apply(&batch).map_err(|e| e.to_string())
         };
         self.done(res, batch.len(), started, waiters, ctx);
@@ -673,9 +729,11 @@ impl Actor for Store {
 
     fn started(&mut self, _: &mut Context<Self>) {
         actorkit::metrics::actor("mirage.store").instance_started();
-        let found = self.db.lock().map(|d| (d.path.clone(), d.reserve.clone()));
-        if let Ok((path, reserve)) = found {
-            spawn_checkpointer(path, reserve, Arc::downgrade(&self.db));
+        if let Backend::Sqlite(db) = &self.backend {
+            let found = db.lock().map(|d| (d.path.clone(), d.reserve.clone()));
+            if let Ok((path, reserve)) = found {
+                spawn_checkpointer(path, reserve, Arc::downgrade(db));
+            }
         }
     }
 }

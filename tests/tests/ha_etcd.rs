@@ -454,3 +454,100 @@ fn sigstopped_leader_process_cannot_write_after_losing_leadership_and_sigkill_fa
     );
     assert!(took <= ttl + Duration::from_millis(1500), "{took:?}");
 }
+
+/// The etcd store backend against real etcd limits: a batch of 750 writes goes as several
+/// fenced txns (etcd refuses more than 128 operations in one) and all of it is recovered; a
+/// value over the byte budget is refused with its name and nothing of its batch is written;
+/// a txn over etcd's own op limit is an error, never a silent drop; a stale fence is refused
+/// by etcd itself.
+#[test]
+fn etcd_store_splits_big_batches_refuses_oversize_and_recovers_everything() {
+    use mirage::store::Write;
+    use mirage::store_etcd::{EtcdDb, Layout};
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(s) = setup() else { return };
+    let a = elector(&s, "a", Duration::from_secs(3));
+    wait_until_leader(&a, Duration::from_secs(15));
+    let layout = |max_ops| Layout {
+        prefix: "/mirage/".into(),
+        max_ops,
+        max_bytes: 1 << 20,
+    };
+    let db = EtcdDb::new(s.etcd.clone(), a.clone(), layout(128));
+    let plan = |id: &str| {
+        let intent = mirage::intent::parse(
+            &format!("intent_id=\"{id}\"\nactor=\"t\"\ntarget_scope=\"ghost:*\"\nobjective=\"o\"\n[[step]]\nseed=\"seed.kv\"\noperation=\"get\"\n"),
+            || id.into(),
+        )
+        .unwrap();
+        serde_json::to_string(&mirage::plan::Plan::new(intent, 1)).unwrap()
+    };
+    let lock = |k: String| Write::Lock {
+        json: serde_json::to_string(&mirage::lock::LockQueue::new(k.clone(), 7)).unwrap(),
+        key: k,
+    };
+    let mut batch: Vec<Write> = (0..300).map(|i| lock(format!("g::seed.kv#{i}"))).collect();
+    for i in 0..50u64 {
+        batch.push(Write::Intent {
+            intent_id: format!("i{i}"),
+            seq: i + 1,
+            status: if i < 10 { "active" } else { "satisfied" }.into(),
+            plan: plan(&format!("i{i}")),
+            updated_ms: i,
+        });
+    }
+    for seq in 1..=400u64 {
+        batch.push(Write::Report {
+            seq,
+            intent_id: "i0".into(),
+            json: format!("{{\"seq\":{seq}}}"),
+        });
+    }
+    s.rt.block_on(db.apply(batch)).unwrap();
+    let r = s.rt.block_on(db.recover(1000)).unwrap();
+    assert_eq!(r.locks.len(), 300);
+    assert_eq!((r.active.len(), r.finished.len()), (10, 40));
+    assert_eq!(
+        (r.reports.len(), r.max_report_seq, r.max_intent_seq),
+        (400, 400, 50)
+    );
+
+    // One value over the budget: the whole batch refused, by name; nothing of it written.
+    let huge = Write::Lock {
+        key: "huge".into(),
+        json: "x".repeat(2 << 20),
+    };
+    let e =
+        s.rt.block_on(db.apply(vec![lock("new".into()), huge]))
+            .unwrap_err();
+    assert!(
+        e.contains("lock huge is") && e.contains("max_txn_bytes"),
+        "{e}"
+    );
+    let r = s.rt.block_on(db.recover(10)).unwrap();
+    assert!(
+        !r.locks.iter().any(|q| q.key == "new"),
+        "nothing of a refused batch"
+    );
+
+    // Configured above etcd's own limit: etcd's refusal comes back as an error.
+    let loose = EtcdDb::new(s.etcd.clone(), a.clone(), layout(1000));
+    let e =
+        s.rt.block_on(loose.apply((0..200).map(|i| lock(format!("more#{i}"))).collect()))
+            .unwrap_err();
+    assert!(e.contains("too many operations"), "{e}");
+
+    // A stale fence: etcd compares and refuses, whatever the writer believes.
+    let stale = mirage::ha::Fence {
+        key: KEY.into(),
+        revision: 1,
+    };
+    let put = mirage::ha::Op::Put {
+        key: "/mirage/locks/stale".into(),
+        value: "{}".into(),
+    };
+    assert!(matches!(
+        s.rt.block_on(s.etcd.fenced_txn(&stale, &[put])),
+        Err(FenceError::Refused { .. })
+    ));
+}

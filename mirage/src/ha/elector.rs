@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use super::gateway::{Etcd, Fence, FenceError};
+use super::gateway::{Etcd, Fence, FenceError, Op};
 use super::state::{Action, Input, Machine, Role};
 
 #[derive(Debug, Clone)]
@@ -123,6 +123,27 @@ impl HaHandle {
             }
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// `ops` in one txn conditional on our leadership (the store's commits); the revision.
+    /// A refusal deposes this elector at once.
+    pub async fn fenced_txn(&self, ops: &[Op]) -> Result<i64, WriteError> {
+        let Some(fence) = self.fence() else {
+            return Err(WriteError::NotLeader(self.role()));
+        };
+        match self.etcd.fenced_txn(&fence, ops).await {
+            Ok(rev) => Ok(rev),
+            Err(e @ FenceError::Refused { .. }) => {
+                self.shared.feed(Input::FenceRefused);
+                tracing::error!(error = %e, "fenced commit refused by etcd, stepped down");
+                Err(e.into())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub fn etcd(&self) -> &Arc<Etcd> {
+        &self.etcd
     }
 
     pub fn pause(&self, paused: bool) {

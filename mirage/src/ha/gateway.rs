@@ -17,8 +17,63 @@ use tokio::net::TcpStream;
 
 use super::state::LeaseId;
 
-/// Largest response read; the calls here answer with a few hundred bytes.
+/// Largest response read by the small calls (lease, election, txn): a few hundred bytes.
 const MAX_RESPONSE: usize = 1 << 20;
+/// Largest response of one page of a range read (recovery reads plans page by page).
+const MAX_RANGE_RESPONSE: usize = 64 << 20;
+
+/// One operation of a fenced txn.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    Put {
+        key: String,
+        value: String,
+    },
+    Delete {
+        key: String,
+    },
+    /// Every key in `[from, to)`.
+    DeleteRange {
+        from: String,
+        to: String,
+    },
+}
+
+impl Op {
+    /// Bytes this op puts on the wire before base64 (what etcd's request limit counts).
+    pub fn size(&self) -> usize {
+        match self {
+            Op::Put { key, value } => key.len() + value.len() + 16,
+            Op::Delete { key } => key.len() + 16,
+            Op::DeleteRange { from, to } => from.len() + to.len() + 16,
+        }
+    }
+
+    fn json(&self) -> Value {
+        match self {
+            Op::Put { key, value } => {
+                json!({ "request_put": { "key": b64(key), "value": b64(value) } })
+            }
+            Op::Delete { key } => json!({ "request_delete_range": { "key": b64(key) } }),
+            Op::DeleteRange { from, to } => {
+                json!({ "request_delete_range": { "key": b64(from), "range_end": b64(to) } })
+            }
+        }
+    }
+}
+
+/// The key just past every key that starts with `prefix` (etcd's "prefix" range end).
+pub fn prefix_end(prefix: &str) -> String {
+    let mut b = prefix.as_bytes().to_vec();
+    while let Some(last) = b.pop() {
+        if last < 0xff {
+            b.push(last + 1);
+            return String::from_utf8_lossy(&b).into_owned();
+        }
+    }
+    // All 0xff (or empty): to the end of the key space.
+    "\0".into()
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum EtcdError {
@@ -127,13 +182,17 @@ impl Etcd {
 
     /// POST `body` to `path` on the first endpoint that answers.
     pub async fn call(&self, path: &str, body: &Value) -> Result<Value, EtcdError> {
+        self.call_capped(path, body, MAX_RESPONSE).await
+    }
+
+    async fn call_capped(&self, path: &str, body: &Value, cap: usize) -> Result<Value, EtcdError> {
         let n = self.endpoints.len();
         let first = self.preferred.load(Ordering::Relaxed);
         let mut errors = Vec::new();
         for i in 0..n {
             let idx = (first + i) % n;
             let ep = &self.endpoints[idx];
-            match tokio::time::timeout(self.timeout, post(ep, path, body)).await {
+            match tokio::time::timeout(self.timeout, post(ep, path, body, cap)).await {
                 Ok(Ok((200, v))) => {
                     self.preferred.store(idx, Ordering::Relaxed);
                     return Ok(v);
@@ -281,6 +340,81 @@ impl Etcd {
         })
     }
 
+    /// `ops` in one txn, only if the election key still has the create_revision of `fence`;
+    /// the txn's revision on success. A refusal is `FenceError::Refused`: etcd itself
+    /// compared, whatever this process believes about its leadership.
+    pub async fn fenced_txn(&self, fence: &Fence, ops: &[Op]) -> Result<i64, FenceError> {
+        let k = b64(&fence.key);
+        let success: Vec<Value> = ops.iter().map(Op::json).collect();
+        let body = json!({
+            "compare": [{ "key": k, "target": "CREATE", "result": "EQUAL",
+                          "create_revision": fence.revision.to_string() }],
+            "success": success,
+            "failure": [{ "request_range": { "key": k } }],
+        });
+        let v = self.call("/v3/kv/txn", &body).await?;
+        if v["succeeded"].as_bool().unwrap_or(false) {
+            return Ok(int(&v["header"]["revision"]));
+        }
+        let current = v["responses"]
+            .get(0)
+            .and_then(|r| r["response_range"]["kvs"].get(0))
+            .map(|kv| int(&kv["create_revision"]));
+        Err(FenceError::Refused {
+            key: fence.key.clone(),
+            ours: fence.revision,
+            current,
+        })
+    }
+
+    /// Every key under `prefix` in key order, `page` keys a request (linearizable reads;
+    /// all pages at the revision of the first, so the result is one consistent snapshot).
+    pub async fn range_prefix(&self, prefix: &str, page: usize) -> Result<Vec<Kv>, EtcdError> {
+        let end = b64(&prefix_end(prefix));
+        let mut out = Vec::new();
+        let mut from = prefix.to_owned();
+        let mut revision = 0i64;
+        loop {
+            let mut body =
+                json!({ "key": b64(&from), "range_end": end, "limit": page.to_string() });
+            if revision > 0 {
+                body["revision"] = json!(revision.to_string());
+            }
+            let v = self
+                .call_capped("/v3/kv/range", &body, MAX_RANGE_RESPONSE)
+                .await?;
+            if revision == 0 {
+                revision = int(&v["header"]["revision"]);
+            }
+            let kvs: Vec<Kv> = v["kvs"]
+                .as_array()
+                .map(|a| a.iter().map(kv_of).collect())
+                .unwrap_or_default();
+            let more = v["more"].as_bool().unwrap_or(false);
+            let Some(last) = kvs.last() else {
+                return Ok(out);
+            };
+            // The next page starts just after the last key.
+            from = format!("{}\0", last.key);
+            out.extend(kvs);
+            if !more {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// The last key under `prefix` (sorted by key), if any.
+    pub async fn last_key(&self, prefix: &str) -> Result<Option<String>, EtcdError> {
+        let body = json!({ "key": b64(prefix), "range_end": b64(&prefix_end(prefix)),
+                           "limit": "1", "sort_order": "DESCEND", "sort_target": "KEY",
+                           "keys_only": true });
+        let v = self.call("/v3/kv/range", &body).await?;
+        Ok(v["kvs"]
+            .as_array()
+            .and_then(|a| a.first())
+            .map(|kv| unb64(&kv["key"])))
+    }
+
     fn bad(&self, path: &str, why: String) -> EtcdError {
         let idx = self.preferred.load(Ordering::Relaxed) % self.endpoints.len().max(1);
         EtcdError::Bad {
@@ -292,7 +426,12 @@ impl Etcd {
 }
 
 /// One HTTP/1.1 POST with `Connection: close`; status and the first JSON value of the body.
-async fn post(endpoint: &str, path: &str, body: &Value) -> Result<(u16, Value), String> {
+async fn post(
+    endpoint: &str,
+    path: &str,
+    body: &Value,
+    cap: usize,
+) -> Result<(u16, Value), String> {
     let mut s = TcpStream::connect(endpoint)
         .await
         .map_err(|e| format!("connect: {e}"))?;
@@ -306,12 +445,12 @@ async fn post(endpoint: &str, path: &str, body: &Value) -> Result<(u16, Value), 
         .map_err(|e| format!("write: {e}"))?;
     let mut buf = Vec::new();
     (&mut s)
-        .take(MAX_RESPONSE as u64 + 1)
+        .take(cap as u64 + 1)
         .read_to_end(&mut buf)
         .await
         .map_err(|e| format!("read: {e}"))?;
-    if buf.len() > MAX_RESPONSE {
-        return Err(format!("response over {MAX_RESPONSE} bytes"));
+    if buf.len() > cap {
+        return Err(format!("response over {cap} bytes"));
     }
     parse_response(&buf)
 }

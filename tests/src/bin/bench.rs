@@ -25,6 +25,10 @@ struct Cli {
     /// Print only; do not append to the benchmarks file (smoke runs).
     #[arg(long, global = true)]
     no_append: bool,
+    /// Mirage on `[store] backend = "etcd"` over a 3-member etcd on loopback (started
+    /// and stopped by the bench) instead of SQLite.
+    #[arg(long, global = true)]
+    etcd: bool,
     /// The markdown file results are appended to.
     #[arg(long, global = true, default_value = "BENCHMARKS.md")]
     out: PathBuf,
@@ -157,8 +161,21 @@ enum Scenario {
     },
 }
 
+/// The `[store]` sections of `--etcd` runs (empty: SQLite).
+static STORE_TOML: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
 fn main() {
     let cli = Cli::parse();
+    let _etcd = cli.etcd.then(|| {
+        let c = e2e::etcd::EtcdCluster::start(3);
+        let eps: Vec<String> = c.endpoints().iter().map(|e| format!("\"{e}\"")).collect();
+        let _ = STORE_TOML.set(format!(
+            "[store]\nbackend = \"etcd\"\n[store.etcd]\nendpoints = [{}]\nprefix = \"/bench-{}/\"\n",
+            eps.join(", "),
+            std::process::id()
+        ));
+        c
+    });
     let name = match &cli.scenario {
         Scenario::Loop { .. } => "loop",
         Scenario::LoopReal { .. } => "loop-real",
@@ -232,6 +249,11 @@ fn main() {
         } => sweep_scenario(&rates, seconds, ghosts, &plot),
     };
     out["scenario"] = json!(name);
+    out["store"] = json!(if cli.etcd {
+        "etcd (3 members, loopback)"
+    } else {
+        "sqlite"
+    });
     out["profile"] = json!(if cfg!(debug_assertions) {
         "debug"
     } else {
@@ -502,8 +524,9 @@ fn start_mirage(dir: &TempDir, port: u16, log: Option<&str>) -> Mirage {
     std::fs::write(
         &cfg,
         format!(
-            "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\nlocal_ghost = \"\"\n[api]\nlisten = \"127.0.0.1:0\"\n",
-            dir.path("mirage").display()
+            "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\nlocal_ghost = \"\"\n[api]\nlisten = \"127.0.0.1:0\"\n{}",
+            dir.path("mirage").display(),
+            STORE_TOML.get().map_or("", String::as_str)
         ),
     )
     .unwrap();
@@ -520,7 +543,14 @@ fn start_mirage(dir: &TempDir, port: u16, log: Option<&str>) -> Mirage {
     );
     let session = proc.field("session");
     let api = proc.field("api");
-    Mirage { proc, session, api }
+    let m = Mirage { proc, session, api };
+    if STORE_TOML.get().is_some() {
+        // On etcd it orchestrates once it leads.
+        wait_until("mirage leads", Duration::from_secs(30), || {
+            m.get("/v1/overview").1["role"] == "leader"
+        });
+    }
+    m
 }
 
 fn start_swarm(m: &Mirage, n: usize, prefix: &str, heartbeat_ms: u64) -> std::process::Child {

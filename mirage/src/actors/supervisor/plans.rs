@@ -58,7 +58,7 @@ impl Supervisor {
         let q = self
             .restored_locks
             .remove(key)
-            .unwrap_or_else(|| LockQueue::new(key, 0));
+            .unwrap_or_else(|| LockQueue::new(key, crate::lock::epoch_floor()));
         let a = MeteredAddr::new(
             {
                 let store = self.store.clone();
