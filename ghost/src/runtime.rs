@@ -56,13 +56,15 @@ pub fn serve(cfg: GhostConfig) -> Result<i32, String> {
     let mut db = Db::open(&cfg.data_dir, window_ms)
         .map_err(|e| format!("{e} (data_dir {})", cfg.data_dir.display()))?;
     let instance_id = crate::instance::load_or_create(&cfg.data_dir)?;
-    let rec = db.recover().map_err(|e| e.to_string())?;
-    let clock = GhostClock::resume(rec.clock_ms);
-    tracing::info!(component = "ghost", ghost_id = %cfg.ghost_id, instance_id = %instance_id, outbox = rec.outbox.len(), executions = rec.executions.len(), interrupted = rec.started.len(), failed_events = rec.failed_events, ghost_clock_ms = rec.clock_ms, "recovered state");
+    // The window keeps a hash per executed command; the events stay on disk.
     let mut dedupe = DedupeWindow::new(window_ms, cfg.dedupe.max_entries);
-    for (cid, ev, keep) in rec.executions {
-        dedupe.restore(cid, ev, keep);
-    }
+    let rec = db
+        .recover(|cid, keep| {
+            dedupe.restore(cid, keep);
+        })
+        .map_err(|e| e.to_string())?;
+    let clock = GhostClock::resume(rec.clock_ms);
+    tracing::info!(component = "ghost", ghost_id = %cfg.ghost_id, instance_id = %instance_id, outbox = rec.outbox.len(), executions = rec.executions, interrupted = rec.started.len(), failed_events = rec.failed_events, ghost_clock_ms = rec.clock_ms, "recovered state");
     for (cid, marker) in rec.started {
         tracing::warn!(component = "ghost", command_id = %cid, started_ms = marker.started_ms, "command was executing when the Ghost stopped; its effect is unknown");
         dedupe.restore_started(cid, marker);

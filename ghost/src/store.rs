@@ -126,8 +126,9 @@ pub struct Recovered {
     pub clock_ms: u64,
     /// (seq, event_id, payload) of events not yet acknowledged, oldest first.
     pub outbox: Vec<(u64, String, Bytes)>,
-    /// (command_id, event payload, keep_until) still kept at `clock_ms`, oldest first.
-    pub executions: Vec<(String, Bytes, u64)>,
+    /// Execution records still kept at `clock_ms`, each handed to `recover`'s callback as
+    /// (command_id, keep_until), oldest first; their events stay on disk.
+    pub executions: usize,
     /// (command_id, marker) of commands whose start was recorded and whose end was not (the
     /// process stopped while the seed had them), still kept at `clock_ms`, oldest first.
     pub started: Vec<(String, crate::logic::Marker)>,
@@ -406,6 +407,8 @@ impl Db {
         Ok(n)
     }
 
+    /// The stored event of a finished command (its execution record) and when it was done
+    /// (wall clock), if the record is still kept.
     pub fn execution(&self, command_id: &str) -> Result<Option<(Bytes, u64)>, StoreError> {
         Ok(self
             .conn
@@ -447,10 +450,14 @@ impl Db {
         ))
     }
 
-    /// Everything a restart needs, aged on the resumed Ghost clock. A row that cannot be
-    /// read is corruption: the error names the file and says what to do.
-    pub fn recover(&mut self) -> Result<Recovered, StoreError> {
-        self.recover_rows().map_err(|e| {
+    /// Everything a restart needs, aged on the resumed Ghost clock; each execution record
+    /// kept goes to `on_execution` (command_id, keep_until) rather than into memory at once.
+    /// A row that cannot be read is corruption: the error names the file and says what to do.
+    pub fn recover(
+        &mut self,
+        on_execution: impl FnMut(&str, u64),
+    ) -> Result<Recovered, StoreError> {
+        self.recover_rows(on_execution).map_err(|e| {
             StoreError::Refused(format!(
                 "{}: the stored state cannot be read ({e}): the database is corrupt. Restore it \
                  from a backup; or, to start with an empty database on purpose, move it and {} aside",
@@ -460,7 +467,10 @@ impl Db {
         })
     }
 
-    fn recover_rows(&mut self) -> Result<Recovered, StoreError> {
+    fn recover_rows(
+        &mut self,
+        mut on_execution: impl FnMut(&str, u64),
+    ) -> Result<Recovered, StoreError> {
         let mut rec = Recovered {
             clock_ms: self.clock()?,
             ..Default::default()
@@ -479,18 +489,18 @@ impl Db {
             })?
             .collect::<Result<_, _>>()?;
         let mut st = self.conn.prepare(
-            "SELECT command_id, event, keep_until FROM executions WHERE keep_until >= ?1
-             ORDER BY tick",
+            "SELECT command_id, keep_until FROM executions WHERE keep_until >= ?1 ORDER BY tick",
         )?;
-        rec.executions = st
-            .query_map(params![now], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    Bytes::from(r.get::<_, Vec<u8>>(1)?),
-                    tick_from_sql(r.get::<_, i64>(2)?),
-                ))
-            })?
-            .collect::<Result<_, _>>()?;
+        let mut rows = st.query(params![now])?;
+        while let Some(r) = rows.next()? {
+            let cid = r.get_ref(0)?.as_str().map_err(|e| {
+                rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into())
+            })?;
+            on_execution(cid, tick_from_sql(r.get::<_, i64>(1)?));
+            rec.executions += 1;
+        }
+        drop(rows);
+        drop(st);
         let mut st = self.conn.prepare(
             "SELECT s.command_id, s.started_ms, s.keep_until FROM started s
              LEFT JOIN executions e ON e.command_id = s.command_id
@@ -607,6 +617,24 @@ impl Handler<SettleBatch> for Store {
     }
 }
 
+/// The stored event (TLV payload) of a finished command, for a duplicate of it (the
+/// dedupe window keeps only a hash of its id).
+#[derive(Message)]
+#[rtype(result = "Result<Option<Bytes>, String>")]
+pub struct LoadExecution {
+    pub command_id: String,
+}
+
+impl Handler<LoadExecution> for Store {
+    type Result = Result<Option<Bytes>, String>;
+    fn handle(&mut self, m: LoadExecution, _: &mut SyncContext<Self>) -> Self::Result {
+        self.db
+            .execution(&m.command_id)
+            .map(|r| r.map(|(event, _)| event))
+            .map_err(|e| e.to_string())
+    }
+}
+
 #[derive(Message)]
 #[rtype(result = "Result<(), String>")]
 pub enum Update {
@@ -659,6 +687,7 @@ actorkit::metered!(Store, Persist);
 actorkit::metered!(Store, PersistBatch);
 actorkit::metered!(Store, SettleBatch);
 actorkit::metered!(Store, Update);
+actorkit::metered!(Store, LoadExecution);
 
 #[cfg(test)]
 mod tests {
@@ -697,20 +726,20 @@ mod tests {
             db.save_fence("seed.kv", 3).unwrap();
         }
         let mut db = Db::open(&dir, W).unwrap();
-        let rec = db.recover().unwrap();
+        let rec = db.recover(|_, _| {}).unwrap();
         assert_eq!(rec.clock_ms, 20, "resumes past the newest stamp");
         assert_eq!(rec.outbox.len(), 1);
         assert_eq!(rec.outbox[0].1, "evt.a");
         assert_eq!(rec.failed_events, 1);
-        assert_eq!(rec.executions.len(), 2);
+        assert_eq!(rec.executions, 2);
         assert_eq!(rec.fences, vec![("seed.kv".to_string(), 7)]);
         assert_eq!(db.prune_executions(15 + W).unwrap(), 1);
         assert_eq!(
-            db.recover().unwrap().clock_ms,
+            db.recover(|_, _| {}).unwrap().clock_ms,
             15 + W,
             "the prune saved the clock"
         );
-        assert_eq!(db.recover().unwrap().executions.len(), 1);
+        assert_eq!(db.recover(|_, _| {}).unwrap().executions, 1);
         assert!(db.execution("b").unwrap().is_some());
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -725,13 +754,9 @@ mod tests {
                 .unwrap();
         }
         let mut db = Db::open(&dir, W).unwrap();
-        let rec = db.recover().unwrap();
+        let rec = db.recover(|_, _| {}).unwrap();
         assert!(rec.outbox.is_empty(), "nothing to send on the session");
-        assert_eq!(
-            rec.executions.len(),
-            1,
-            "still deduplicated after a restart"
-        );
+        assert_eq!(rec.executions, 1, "still deduplicated after a restart");
         assert!(rec.started.is_empty(), "finished");
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -751,7 +776,8 @@ mod tests {
         } // dropped without finishing "cut": as after SIGKILL
         let mut db = Db::open(&dir, W).unwrap();
         db.prune_executions(4).unwrap();
-        let rec = db.recover().unwrap();
+        let mut kept = Vec::new();
+        let rec = db.recover(|cid, k| kept.push((cid.to_owned(), k))).unwrap();
         let cut = crate::logic::Marker {
             started_ms: 20,
             keep_until: 9000,
@@ -765,12 +791,18 @@ mod tests {
             vec![("forever".to_string(), forever), ("cut".to_string(), cut)]
         );
         // The finished command's record is kept as long as its marker was (5000).
-        assert_eq!(rec.executions.len(), 1);
-        assert_eq!(rec.executions[0].2, 5000);
+        assert_eq!(kept, vec![("done".to_string(), 5000)]);
+        assert_eq!(rec.executions, 1);
+        assert_eq!(
+            db.execution("done").unwrap().map(|r| r.0),
+            Some(Bytes::from_static(b"D")),
+            "the event is read back from the store on a duplicate"
+        );
         db.prune_executions(9001).unwrap();
-        let rec = db.recover().unwrap();
+        let rec = db.recover(|_, _| {}).unwrap();
         assert_eq!(rec.started, vec![("forever".to_string(), forever)]);
-        assert!(rec.executions.is_empty());
+        assert_eq!(rec.executions, 0);
+        assert_eq!(db.execution("done").unwrap(), None, "pruned");
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -789,15 +821,22 @@ mod tests {
             .unwrap();
         }
         let mut db = Db::open(&dir, W).unwrap();
-        let rec = db.recover().unwrap();
+        let mut kept = Vec::new();
+        let rec = db.recover(|cid, k| kept.push((cid.to_owned(), k))).unwrap();
         assert_eq!(rec.clock_ms, 0);
-        assert_eq!(rec.executions[0].2, W, "one window from the upgrade");
+        assert_eq!(
+            kept,
+            vec![("a".to_string(), W)],
+            "one window from the upgrade"
+        );
         assert_eq!(rec.started[0].1.keep_until, u64::MAX);
         assert_eq!(rec.started[0].1.started_ms, 1_700_000_000_000);
         drop(db);
         // Opening again changes nothing.
         let mut db = Db::open(&dir, W).unwrap();
-        assert_eq!(db.recover().unwrap().executions[0].2, W);
+        let mut kept = Vec::new();
+        db.recover(|_, k| kept.push(k)).unwrap();
+        assert_eq!(kept, vec![W]);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
