@@ -10,6 +10,7 @@
 //! Ghost was down must not make the window forget a command Mirage is about to re-send.
 
 use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::Instant;
 
 use actix::prelude::*;
@@ -532,20 +533,63 @@ impl Db {
     }
 }
 
-/// The single writer. It stamps records with the Ghost clock it shares with the dispatcher.
+/// The database, shared by the store thread and the outbox's inline commits ([`Inline`]):
+/// one connection, one writer at a time.
+pub type SharedDb = Arc<Mutex<Db>>;
+
+fn lock(db: &SharedDb) -> MutexGuard<'_, Db> {
+    // A handler that panicked mid-transaction rolled it back when its guard dropped.
+    db.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The store thread. It stamps records with the Ghost clock it shares with the dispatcher.
 pub struct Store {
-    db: Db,
+    db: SharedDb,
     clock: GhostClock,
     window_ms: u64,
 }
 
 impl Store {
-    pub fn new(db: Db, clock: GhostClock, window_ms: u64) -> Store {
+    pub fn new(db: SharedDb, clock: GhostClock, window_ms: u64) -> Store {
         Store {
             db,
             clock,
             window_ms,
         }
+    }
+}
+
+/// A small event batch committed on the caller's thread (the outbox's event loop) when the
+/// store thread is not using the database: the same transaction as [`PersistBatch`],
+/// without the two thread crossings to the store thread and back (issue 20).
+#[derive(Clone)]
+pub struct Inline {
+    db: SharedDb,
+    clock: GhostClock,
+    window_ms: u64,
+}
+
+impl Inline {
+    pub fn new(db: SharedDb, clock: GhostClock, window_ms: u64) -> Inline {
+        Inline {
+            db,
+            clock,
+            window_ms,
+        }
+    }
+
+    /// `None` while the store thread holds the database (send the batch there instead).
+    pub fn try_persist(&self, batch: &[Persist]) -> Option<Result<Vec<u64>, String>> {
+        let mut db = match self.db.try_lock() {
+            Ok(g) => g,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => return None,
+        };
+        let tick = self.clock.now();
+        Some(
+            db.persist_batch(batch, tick, tick.saturating_add(self.window_ms))
+                .map_err(|e| e.to_string()),
+        )
     }
 }
 
@@ -571,12 +615,12 @@ impl Handler<Persist> for Store {
     fn handle(&mut self, m: Persist, _: &mut SyncContext<Self>) -> Self::Result {
         let tick = self.clock.now();
         let keep_until = tick.saturating_add(self.window_ms);
+        let mut db = lock(&self.db);
         match (m.session, m.command_id.as_deref()) {
-            (false, Some(cid)) => self
-                .db
+            (false, Some(cid)) => db
                 .record_execution(cid, &m.payload, m.now_ms, tick, keep_until)
                 .map(|()| 0),
-            _ => self.db.persist(
+            _ => db.persist(
                 &m.event_id,
                 m.command_id.as_deref(),
                 &m.payload,
@@ -599,7 +643,7 @@ impl Handler<PersistBatch> for Store {
     fn handle(&mut self, m: PersistBatch, _: &mut SyncContext<Self>) -> Self::Result {
         let tick = self.clock.now();
         let keep_until = tick.saturating_add(self.window_ms);
-        self.db
+        lock(&self.db)
             .persist_batch(&m.0, tick, keep_until)
             .map_err(|e| e.to_string())
     }
@@ -613,7 +657,7 @@ pub struct SettleBatch(pub Vec<(String, Option<String>)>);
 impl Handler<SettleBatch> for Store {
     type Result = Result<(), String>;
     fn handle(&mut self, m: SettleBatch, _: &mut SyncContext<Self>) -> Self::Result {
-        self.db.settle_batch(&m.0).map_err(|e| e.to_string())
+        lock(&self.db).settle_batch(&m.0).map_err(|e| e.to_string())
     }
 }
 
@@ -628,7 +672,7 @@ pub struct LoadExecution {
 impl Handler<LoadExecution> for Store {
     type Result = Result<Option<Bytes>, String>;
     fn handle(&mut self, m: LoadExecution, _: &mut SyncContext<Self>) -> Self::Result {
-        self.db
+        lock(&self.db)
             .execution(&m.command_id)
             .map(|r| r.map(|(event, _)| event))
             .map_err(|e| e.to_string())
@@ -668,16 +712,16 @@ impl Handler<Update> for Store {
     type Result = Result<(), String>;
     fn handle(&mut self, m: Update, _: &mut SyncContext<Self>) -> Self::Result {
         let r = match m {
-            Update::Acked { event_id } => self.db.acked(&event_id),
-            Update::Failed { event_id, reason } => self.db.failed(&event_id, &reason),
-            Update::Fence { seed, token } => self.db.save_fence(&seed, token),
-            Update::Prune { now } => self.db.prune_executions(now).map(|_| ()),
+            Update::Acked { event_id } => lock(&self.db).acked(&event_id),
+            Update::Failed { event_id, reason } => lock(&self.db).failed(&event_id, &reason),
+            Update::Fence { seed, token } => lock(&self.db).save_fence(&seed, token),
+            Update::Prune { now } => lock(&self.db).prune_executions(now).map(|_| ()),
             Update::Started {
                 command_id,
                 now_ms,
                 tick,
                 keep_until,
-            } => self.db.mark_started(&command_id, now_ms, tick, keep_until),
+            } => lock(&self.db).mark_started(&command_id, now_ms, tick, keep_until),
         };
         r.map_err(|e| e.to_string())
     }
