@@ -1,7 +1,8 @@
 //! Pure state machines of the Ghost: lifecycle, command boundary checks, the command_id
 //! dedupe window, lock fences and the outbox. No I/O and no clocks: callers pass `now_ms`.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::hash::{BuildHasher, BuildHasherDefault, RandomState};
 
 use bytes::Bytes;
 use shared::envelope::Command;
@@ -222,18 +223,18 @@ pub enum Seen {
     New,
     /// Executing right now: its event will follow; do nothing.
     InFlight,
-    /// Done inside the window: send this stored event (TLV payload) again.
+    /// Done inside the window, its event in the store: read it (by command_id) and send it
+    /// again. The window keeps a 64-bit hash of the id, not the id, so if the store has no
+    /// record the match was another id's hash (or a record just past its time): not a
+    /// duplicate, [`DedupeWindow::claim`] it.
+    Stored,
+    /// Done inside the window with an event that was never persisted (the store failed):
+    /// send this one (TLV payload) again.
     Done(Bytes),
     /// Claimed again, but a start was recorded at `started_ms` (wall clock, for the message)
     /// and no end: the Ghost stopped while the seed had it, so its effect is unknown
     /// ([`after_interruption`] decides).
     Interrupted { started_ms: u64 },
-}
-
-#[derive(Debug, Clone)]
-enum Entry {
-    InFlight,
-    Done { event: Bytes, keep_until: u64 },
 }
 
 /// A persisted start marker: wall time of the start (shown to people) and until when it is
@@ -244,16 +245,58 @@ pub struct Marker {
     pub keep_until: u64,
 }
 
-/// command_id → terminal event, kept at least `window_ms` of Ghost clock (longer when Mirage
-/// may re-send the command later), at most `max_entries`.
+/// Keys of [`DedupeWindow::done`] are already SipHash outputs: hashing them again is waste.
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl std::hash::Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only u64 keys are hashed here; any other input still gets a (weak) mix.
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type KeySet = HashSet<u64, BuildHasherDefault<KeyHasher>>;
+
+/// Slots of the expiry index per window: a record is dropped at the end of its slot, so it
+/// is kept at most window/1024 longer than its time (never shorter).
+const SLOTS_PER_WINDOW: u64 = 1024;
+
+/// The command_ids done inside the window, kept at least `window_ms` of Ghost clock (longer
+/// when Mirage may re-send the command later), at most `max_entries`; and the claims of
+/// commands executing now, and the start markers of those that never finished.
+///
+/// A done command costs ~17 bytes here, not its event: a 64-bit keyed hash of its id in a
+/// set and in the expiry slot of its `keep_until`. The event itself is in the store
+/// (`executions`), read back on the rare duplicate ([`Seen::Stored`]). The hash can only
+/// make a new command look done, never the reverse, and the store read settles that.
 #[derive(Debug)]
 pub struct DedupeWindow {
     window_ms: u64,
     max_entries: usize,
-    entries: HashMap<String, Entry>,
-    /// (keep_until, command_id) of done entries, for expiry and early eviction.
-    expiry: BTreeSet<(u64, String)>,
-    /// Entries dropped before their time because of `max_entries` (should stay 0).
+    slot_ms: u64,
+    ids: RandomState,
+    /// Commands claimed and not finished (full ids: a false match here would drop a command).
+    in_flight: HashSet<String>,
+    /// Hashes of done command ids (each once; see `extra`).
+    done: KeySet,
+    /// Further records of a hash already in `done` (two ids with one hash, or one id done
+    /// again after a false match): almost always empty.
+    extra: HashMap<u64, u32>,
+    /// Records per expiry slot (`keep_until / slot_ms`), for expiry and early eviction.
+    expiry: BTreeMap<u64, VecDeque<u64>>,
+    records: usize,
+    /// Done commands whose event could not be persisted: the event is only here.
+    unpersisted: HashMap<String, (Bytes, u64)>,
+    /// Records dropped before their time because of `max_entries` (should stay 0).
     pub evicted_early: u64,
     /// command_id → marker of executions recorded as started and not (yet) finished.
     started: HashMap<String, Marker>,
@@ -264,8 +307,14 @@ impl DedupeWindow {
         DedupeWindow {
             window_ms,
             max_entries: max_entries.max(1),
-            entries: HashMap::new(),
-            expiry: BTreeSet::new(),
+            slot_ms: (window_ms / SLOTS_PER_WINDOW).max(1),
+            ids: RandomState::new(),
+            in_flight: HashSet::new(),
+            done: KeySet::default(),
+            extra: HashMap::new(),
+            expiry: BTreeMap::new(),
+            records: 0,
+            unpersisted: HashMap::new(),
             evicted_early: 0,
             started: HashMap::new(),
         }
@@ -275,19 +324,34 @@ impl DedupeWindow {
         self.window_ms
     }
 
+    fn key(&self, command_id: &str) -> u64 {
+        self.ids.hash_one(command_id)
+    }
+
     pub fn check_and_claim(&mut self, command_id: &str) -> Seen {
-        match self.entries.get(command_id) {
-            Some(Entry::InFlight) => Seen::InFlight,
-            Some(Entry::Done { event, .. }) => Seen::Done(event.clone()),
-            None => {
-                self.entries.insert(command_id.to_owned(), Entry::InFlight);
-                match self.started.get(command_id) {
-                    Some(m) => Seen::Interrupted {
-                        started_ms: m.started_ms,
-                    },
-                    None => Seen::New,
-                }
-            }
+        if self.in_flight.contains(command_id) {
+            return Seen::InFlight;
+        }
+        if let Some((event, _)) = self.unpersisted.get(command_id) {
+            return Seen::Done(event.clone());
+        }
+        if self.done.contains(&self.key(command_id)) {
+            return Seen::Stored;
+        }
+        self.claim(command_id)
+    }
+
+    /// Claims a command without looking at the done records: after [`Seen::Stored`] found
+    /// no record in the store. `InFlight` if another copy claimed it meanwhile.
+    pub fn claim(&mut self, command_id: &str) -> Seen {
+        if !self.in_flight.insert(command_id.to_owned()) {
+            return Seen::InFlight;
+        }
+        match self.started.get(command_id) {
+            Some(m) => Seen::Interrupted {
+                started_ms: m.started_ms,
+            },
+            None => Seen::New,
         }
     }
 
@@ -320,65 +384,127 @@ impl DedupeWindow {
         self.started.len()
     }
 
-    /// Stores the terminal event at `now` (Ghost clock); returns ids evicted early to stay
-    /// within `max_entries`. The record is kept at least as long as the command's start
-    /// marker would have been (Mirage may still re-send it).
-    pub fn complete(&mut self, command_id: &str, event: Bytes, now: u64) -> Vec<String> {
-        let mut keep = now.saturating_add(self.window_ms);
-        if let Some(m) = self.started.remove(command_id) {
-            keep = keep.max(m.keep_until);
+    /// Until when the record of a command completing at `now` is kept: at least as long as
+    /// its start marker would have been (Mirage may still re-send it). Drops the marker.
+    fn finish(&mut self, command_id: &str, now: u64) -> u64 {
+        self.in_flight.remove(command_id);
+        let keep = now.saturating_add(self.window_ms);
+        match self.started.remove(command_id) {
+            Some(m) => keep.max(m.keep_until),
+            None => keep,
         }
-        self.restore(command_id.to_owned(), event, keep)
+    }
+
+    /// The command's event is persisted (in the store's `executions`) at `now` (Ghost
+    /// clock); returns how many records were evicted early to stay within `max_entries`.
+    pub fn complete(&mut self, command_id: &str, now: u64) -> usize {
+        let keep = self.finish(command_id, now);
+        self.restore(command_id, keep)
+    }
+
+    /// The command's event could not be persisted (the store failed): it is kept here, so
+    /// the command re-sent is answered with it rather than run again.
+    pub fn complete_unpersisted(&mut self, command_id: &str, event: Bytes, now: u64) {
+        let keep = self.finish(command_id, now);
+        self.unpersisted
+            .insert(command_id.to_owned(), (event, keep));
+        if self.unpersisted.len() > self.max_entries {
+            // Only while the store fails: a scan is fine.
+            let first = self
+                .unpersisted
+                .iter()
+                .min_by_key(|(_, (_, k))| *k)
+                .map(|(id, _)| id.clone());
+            if let Some(id) = first {
+                self.unpersisted.remove(&id);
+                self.evicted_early += 1;
+            }
+        }
     }
 
     /// Drops a claim whose execution could not be recorded (so a retry may run it).
     pub fn release(&mut self, command_id: &str) {
-        if matches!(self.entries.get(command_id), Some(Entry::InFlight)) {
-            self.entries.remove(command_id);
-        }
+        self.in_flight.remove(command_id);
     }
 
-    /// Restores a persisted entry kept until `keep_until` (Ghost clock); returns ids evicted
-    /// early to stay within `max_entries`.
-    pub fn restore(&mut self, command_id: String, event: Bytes, keep_until: u64) -> Vec<String> {
-        if let Some(Entry::Done { keep_until: k, .. }) = self.entries.get(&command_id) {
-            self.expiry.remove(&(*k, command_id.clone()));
+    /// Restores the record of a command done (its event persisted), kept until `keep_until`
+    /// (Ghost clock); returns how many records were evicted early to stay within
+    /// `max_entries`.
+    pub fn restore(&mut self, command_id: &str, keep_until: u64) -> usize {
+        let key = self.key(command_id);
+        if !self.done.insert(key) {
+            *self.extra.entry(key).or_insert(0) += 1;
         }
-        self.expiry.insert((keep_until, command_id.clone()));
-        self.entries
-            .insert(command_id, Entry::Done { event, keep_until });
-        let mut evicted = Vec::new();
-        while self.expiry.len() > self.max_entries {
-            if let Some((_, id)) = self.expiry.pop_first() {
-                self.entries.remove(&id);
+        let slot = keep_until / self.slot_ms;
+        if let Some(mut last) = self.expiry.last_entry() {
+            if *last.key() < slot {
+                // That slot fills no more (or rarely): give back its spare capacity.
+                last.get_mut().shrink_to_fit();
+            }
+        }
+        self.expiry.entry(slot).or_default().push_back(key);
+        self.records += 1;
+        let mut evicted = 0;
+        while self.records > self.max_entries {
+            let Some(mut first) = self.expiry.first_entry() else {
+                break;
+            };
+            let k = first.get_mut().pop_front();
+            if first.get().is_empty() {
+                first.remove();
+            }
+            if let Some(k) = k {
+                self.forget(k);
                 self.evicted_early += 1;
-                evicted.push(id);
+                evicted += 1;
             }
         }
         evicted
+    }
+
+    /// One record of `key` goes.
+    fn forget(&mut self, key: u64) {
+        self.records = self.records.saturating_sub(1);
+        match self.extra.get_mut(&key) {
+            Some(n) if *n > 1 => *n -= 1,
+            Some(_) => {
+                self.extra.remove(&key);
+            }
+            None => {
+                self.done.remove(&key);
+            }
+        }
     }
 
     /// Removes what is kept until before `now` (Ghost clock); returns `now`, the cutoff to
     /// prune storage with.
     pub fn expire(&mut self, now: u64) -> u64 {
         self.started.retain(|_, m| m.keep_until >= now);
-        while let Some((at, _)) = self.expiry.first() {
-            if *at >= now {
+        self.unpersisted.retain(|_, (_, k)| *k >= now);
+        let slot_ms = self.slot_ms;
+        while let Some(first) = self.expiry.first_entry() {
+            // Every record in a slot is kept until at most the slot's last millisecond.
+            let last_ms = first
+                .key()
+                .saturating_mul(slot_ms)
+                .saturating_add(slot_ms - 1);
+            if last_ms >= now {
                 break;
             }
-            if let Some((_, id)) = self.expiry.pop_first() {
-                self.entries.remove(&id);
+            for k in first.remove() {
+                self.forget(k);
             }
         }
         now
     }
 
+    /// Records held: done commands and claims in flight.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.records + self.unpersisted.len() + self.in_flight.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len() == 0
     }
 }
 
@@ -640,19 +766,67 @@ mod tests {
         let mut d = DedupeWindow::new(1000, 10);
         assert_eq!(d.check_and_claim("c1"), Seen::New);
         assert_eq!(d.check_and_claim("c1"), Seen::InFlight);
-        d.complete("c1", Bytes::from_static(b"ev"), 100);
+        d.complete("c1", 100);
+        assert_eq!(d.check_and_claim("c1"), Seen::Stored);
+        d.expire(1100);
+        assert_eq!(d.check_and_claim("c1"), Seen::Stored, "window is inclusive");
+        d.expire(1101);
+        assert_eq!(d.check_and_claim("c1"), Seen::New);
+        d.release("c1");
+        assert_eq!(d.check_and_claim("c1"), Seen::New);
+        assert_eq!(d.check_and_claim("c2"), Seen::New, "other ids are new");
+    }
+
+    #[test]
+    fn a_done_match_the_store_does_not_confirm_is_claimed_once() {
+        let mut d = DedupeWindow::new(1000, 10);
+        d.check_and_claim("c1");
+        d.complete("c1", 0);
+        assert_eq!(d.check_and_claim("c1"), Seen::Stored);
+        // The store had no record (another id's hash): claimed, and a second copy waits.
+        assert_eq!(d.claim("c1"), Seen::New);
+        assert_eq!(d.check_and_claim("c1"), Seen::InFlight);
+        assert_eq!(d.claim("c1"), Seen::InFlight);
+        // Done again: two records of one hash, each dropped at its own time.
+        d.complete("c1", 500);
+        assert_eq!(d.len(), 2);
+        d.expire(1001);
+        assert_eq!(
+            d.check_and_claim("c1"),
+            Seen::Stored,
+            "the later record holds"
+        );
+        assert_eq!(d.len(), 1);
+        d.expire(1501);
+        assert_eq!(d.check_and_claim("c1"), Seen::New);
+    }
+
+    #[test]
+    fn an_event_that_was_not_persisted_is_kept_in_memory_for_the_window() {
+        let mut d = DedupeWindow::new(1000, 10);
+        d.check_and_claim("c1");
+        d.complete_unpersisted("c1", Bytes::from_static(b"ev"), 10);
         assert_eq!(
             d.check_and_claim("c1"),
             Seen::Done(Bytes::from_static(b"ev"))
         );
-        d.expire(1100);
-        assert!(
-            matches!(d.check_and_claim("c1"), Seen::Done(_)),
-            "window is inclusive"
-        );
-        d.expire(1101);
+        d.expire(1010);
+        assert!(matches!(d.check_and_claim("c1"), Seen::Done(_)));
+        d.expire(1011);
         assert_eq!(d.check_and_claim("c1"), Seen::New);
-        d.release("c1");
+    }
+
+    #[test]
+    fn a_record_is_kept_at_most_one_slot_longer_never_shorter() {
+        // Window 10,240 ms: slots of 10 ms.
+        let mut d = DedupeWindow::new(10_240, 10);
+        d.check_and_claim("c1");
+        d.complete("c1", 0);
+        d.expire(10_240);
+        assert_eq!(d.check_and_claim("c1"), Seen::Stored, "its own time");
+        d.expire(10_249);
+        assert_eq!(d.check_and_claim("c1"), Seen::Stored, "end of its slot");
+        d.expire(10_250);
         assert_eq!(d.check_and_claim("c1"), Seen::New);
     }
 
@@ -679,16 +853,13 @@ mod tests {
             d.check_and_claim("c1"),
             Seen::Interrupted { started_ms: 50 }
         );
-        d.complete("c1", Bytes::from_static(b"ev"), 60);
+        d.complete("c1", 60);
         assert_eq!(d.started_len(), 0);
-        assert_eq!(
-            d.check_and_claim("c1"),
-            Seen::Done(Bytes::from_static(b"ev"))
-        );
+        assert_eq!(d.check_and_claim("c1"), Seen::Stored);
         // Completed, the record is kept as long as its marker would have been (5000), not
         // only one window from completion (1060): Mirage may still re-send it.
         d.expire(4000);
-        assert!(matches!(d.check_and_claim("c1"), Seen::Done(_)));
+        assert_eq!(d.check_and_claim("c1"), Seen::Stored);
         d.expire(5001);
         assert_eq!(d.check_and_claim("c1"), Seen::New);
         // After a restart: restored markers, expired on their own keep_until.
@@ -805,7 +976,7 @@ mod tests {
         for i in 0..5 {
             let id = format!("c{i}");
             d.check_and_claim(&id);
-            d.complete(&id, Bytes::new(), i);
+            d.complete(&id, i);
         }
         d.check_and_claim("m1");
         for i in 0..5 {

@@ -144,10 +144,31 @@ fn load(path: Option<&PathBuf>) -> Result<GhostConfig, String> {
     }
 }
 
+/// mimalloc madvises its arena MADV_HUGEPAGE: an idle Ghost held 10 MiB of 2 MiB pages it
+/// barely used (issue 20). Disabling THP in `main` is too late for the first 4 MiB, faulted
+/// by allocations before `main` runs; the flag outlives execve (and was always inherited by
+/// seed processes), so a `ghost serve` started without it sets it and runs itself again,
+/// same pid, arguments, environment and descriptors: the new image has small pages from its
+/// first allocation. Best effort: if anything fails, it carries on with the flag set.
+fn small_pages_from_the_start(serve: bool) {
+    use std::os::unix::process::CommandExt;
+    if rustix::thread::transparent_huge_pages_are_disabled().unwrap_or(true) {
+        return;
+    }
+    if rustix::thread::disable_transparent_huge_pages(true).is_err() || !serve {
+        return;
+    }
+    let mut args = std::env::args_os();
+    let argv0 = args.next().unwrap_or_default();
+    // Returns only on failure.
+    let _ = std::process::Command::new("/proc/self/exe")
+        .arg0(argv0)
+        .args(args)
+        .exec();
+}
+
 fn main() -> ExitCode {
-    // mimalloc madvises its arena MADV_HUGEPAGE: an idle Ghost held 10 MiB of 2 MiB pages it
-    // barely used (issue 20). Small pages from here on, before most allocations; best effort.
-    let _ = rustix::thread::disable_transparent_huge_pages(true);
+    small_pages_from_the_start(std::env::args_os().nth(1).is_some_and(|a| a == "serve"));
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Serve(a) => {

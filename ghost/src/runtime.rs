@@ -18,7 +18,7 @@ use crate::children::Children;
 use crate::config::{GhostConfig, Policy};
 use crate::logic::{Catalog, DedupeWindow, Fences, OutboxState, Phase};
 use crate::seeds::{builtin, Registry, SeedCtx, SeedSettings};
-use crate::store::{Db, GhostClock, Store};
+use crate::store::{Db, GhostClock, Inline, SharedDb, Store};
 
 pub fn seed_settings(cfg: &GhostConfig) -> SeedSettings {
     SeedSettings {
@@ -57,13 +57,15 @@ pub fn serve(cfg: GhostConfig) -> Result<i32, String> {
     let mut db = Db::open(&cfg.data_dir, window_ms)
         .map_err(|e| format!("{e} (data_dir {})", cfg.data_dir.display()))?;
     let instance_id = crate::instance::load_or_create(&cfg.data_dir)?;
-    let rec = db.recover().map_err(|e| e.to_string())?;
-    let clock = GhostClock::resume(rec.clock_ms);
-    tracing::info!(component = "ghost", ghost_id = %cfg.ghost_id, instance_id = %instance_id, outbox = rec.outbox.len(), executions = rec.executions.len(), interrupted = rec.started.len(), failed_events = rec.failed_events, ghost_clock_ms = rec.clock_ms, "recovered state");
+    // The window keeps a hash per executed command; the events stay on disk.
     let mut dedupe = DedupeWindow::new(window_ms, cfg.dedupe.max_entries);
-    for (cid, ev, keep) in rec.executions {
-        dedupe.restore(cid, ev, keep);
-    }
+    let rec = db
+        .recover(|cid, keep| {
+            dedupe.restore(cid, keep);
+        })
+        .map_err(|e| e.to_string())?;
+    let clock = GhostClock::resume(rec.clock_ms);
+    tracing::info!(component = "ghost", ghost_id = %cfg.ghost_id, instance_id = %instance_id, outbox = rec.outbox.len(), executions = rec.executions, interrupted = rec.started.len(), failed_events = rec.failed_events, ghost_clock_ms = rec.clock_ms, "recovered state");
     for (cid, marker) in rec.started {
         tracing::warn!(component = "ghost", command_id = %cid, started_ms = marker.started_ms, "command was executing when the Ghost stopped; its effect is unknown");
         dedupe.restore_started(cid, marker);
@@ -89,24 +91,10 @@ pub fn serve(cfg: GhostConfig) -> Result<i32, String> {
     let children = Rc::new(RefCell::new(Children::default()));
     let children_for_stop = children.clone();
     let started: Result<(), String> = sys.block_on(async move {
-        let db_slot = Arc::new(Mutex::new(Some(db)));
-        let data_dir = cfg.data_dir.clone();
-        let store_addr = SyncArbiter::start(1, move || {
-            let db = db_slot.lock().unwrap_or_else(|p| p.into_inner()).take();
-            // Only the first start has the opened handle; a restart reopens the file.
-            let db = db.map(Ok).unwrap_or_else(|| Db::open(&data_dir, window_ms));
-            match db {
-                Ok(db) => Store::new(db, clock, window_ms),
-                Err(e) => {
-                    tracing::error!(component = "ghost.store", error = %e, "cannot reopen store");
-                    System::current().stop_with_code(4);
-                    #[allow(clippy::panic)] // SyncArbiter's factory cannot fail otherwise
-                    {
-                        panic!("store unavailable: {e}")
-                    }
-                }
-            }
-        });
+        // One connection: the store thread's, lent to the outbox for small inline commits.
+        let db: SharedDb = Arc::new(Mutex::new(db));
+        let inline = Inline::new(db.clone(), clock, window_ms);
+        let store_addr = SyncArbiter::start(1, move || Store::new(db.clone(), clock, window_ms));
         let store = MeteredAddr::new(store_addr, "ghost.store");
 
         // Each seed: its own arbiter thread, under a Supervisor that rebuilds it after a panic.
@@ -140,7 +128,8 @@ pub fn serve(cfg: GhostConfig) -> Result<i32, String> {
         let stop_grace = std::time::Duration::from_millis(cfg.seed.stop_grace_ms);
 
         let outbox = Outbox::new(outbox_state, store.clone(), cfg.timeouts.ack_timeout_ms)
-            .with_reserve(reserve.clone());
+            .with_reserve(reserve.clone())
+            .with_inline(inline);
         let outbox_health = outbox.health();
         let outbox = MeteredAddr::new(outbox.start(), "ghost.outbox");
         drop(obs_tx);

@@ -10,6 +10,7 @@
 //! Ghost was down must not make the window forget a command Mirage is about to re-send.
 
 use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::Instant;
 
 use actix::prelude::*;
@@ -126,8 +127,9 @@ pub struct Recovered {
     pub clock_ms: u64,
     /// (seq, event_id, payload) of events not yet acknowledged, oldest first.
     pub outbox: Vec<(u64, String, Bytes)>,
-    /// (command_id, event payload, keep_until) still kept at `clock_ms`, oldest first.
-    pub executions: Vec<(String, Bytes, u64)>,
+    /// Execution records still kept at `clock_ms`, each handed to `recover`'s callback as
+    /// (command_id, keep_until), oldest first; their events stay on disk.
+    pub executions: usize,
     /// (command_id, marker) of commands whose start was recorded and whose end was not (the
     /// process stopped while the seed had them), still kept at `clock_ms`, oldest first.
     pub started: Vec<(String, crate::logic::Marker)>,
@@ -406,6 +408,8 @@ impl Db {
         Ok(n)
     }
 
+    /// The stored event of a finished command (its execution record) and when it was done
+    /// (wall clock), if the record is still kept.
     pub fn execution(&self, command_id: &str) -> Result<Option<(Bytes, u64)>, StoreError> {
         Ok(self
             .conn
@@ -447,10 +451,14 @@ impl Db {
         ))
     }
 
-    /// Everything a restart needs, aged on the resumed Ghost clock. A row that cannot be
-    /// read is corruption: the error names the file and says what to do.
-    pub fn recover(&mut self) -> Result<Recovered, StoreError> {
-        self.recover_rows().map_err(|e| {
+    /// Everything a restart needs, aged on the resumed Ghost clock; each execution record
+    /// kept goes to `on_execution` (command_id, keep_until) rather than into memory at once.
+    /// A row that cannot be read is corruption: the error names the file and says what to do.
+    pub fn recover(
+        &mut self,
+        on_execution: impl FnMut(&str, u64),
+    ) -> Result<Recovered, StoreError> {
+        self.recover_rows(on_execution).map_err(|e| {
             StoreError::Refused(format!(
                 "{}: the stored state cannot be read ({e}): the database is corrupt. Restore it \
                  from a backup; or, to start with an empty database on purpose, move it and {} aside",
@@ -460,7 +468,10 @@ impl Db {
         })
     }
 
-    fn recover_rows(&mut self) -> Result<Recovered, StoreError> {
+    fn recover_rows(
+        &mut self,
+        mut on_execution: impl FnMut(&str, u64),
+    ) -> Result<Recovered, StoreError> {
         let mut rec = Recovered {
             clock_ms: self.clock()?,
             ..Default::default()
@@ -479,18 +490,18 @@ impl Db {
             })?
             .collect::<Result<_, _>>()?;
         let mut st = self.conn.prepare(
-            "SELECT command_id, event, keep_until FROM executions WHERE keep_until >= ?1
-             ORDER BY tick",
+            "SELECT command_id, keep_until FROM executions WHERE keep_until >= ?1 ORDER BY tick",
         )?;
-        rec.executions = st
-            .query_map(params![now], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    Bytes::from(r.get::<_, Vec<u8>>(1)?),
-                    tick_from_sql(r.get::<_, i64>(2)?),
-                ))
-            })?
-            .collect::<Result<_, _>>()?;
+        let mut rows = st.query(params![now])?;
+        while let Some(r) = rows.next()? {
+            let cid = r.get_ref(0)?.as_str().map_err(|e| {
+                rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into())
+            })?;
+            on_execution(cid, tick_from_sql(r.get::<_, i64>(1)?));
+            rec.executions += 1;
+        }
+        drop(rows);
+        drop(st);
         let mut st = self.conn.prepare(
             "SELECT s.command_id, s.started_ms, s.keep_until FROM started s
              LEFT JOIN executions e ON e.command_id = s.command_id
@@ -522,20 +533,63 @@ impl Db {
     }
 }
 
-/// The single writer. It stamps records with the Ghost clock it shares with the dispatcher.
+/// The database, shared by the store thread and the outbox's inline commits ([`Inline`]):
+/// one connection, one writer at a time.
+pub type SharedDb = Arc<Mutex<Db>>;
+
+fn lock(db: &SharedDb) -> MutexGuard<'_, Db> {
+    // A handler that panicked mid-transaction rolled it back when its guard dropped.
+    db.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The store thread. It stamps records with the Ghost clock it shares with the dispatcher.
 pub struct Store {
-    db: Db,
+    db: SharedDb,
     clock: GhostClock,
     window_ms: u64,
 }
 
 impl Store {
-    pub fn new(db: Db, clock: GhostClock, window_ms: u64) -> Store {
+    pub fn new(db: SharedDb, clock: GhostClock, window_ms: u64) -> Store {
         Store {
             db,
             clock,
             window_ms,
         }
+    }
+}
+
+/// A small event batch committed on the caller's thread (the outbox's event loop) when the
+/// store thread is not using the database: the same transaction as [`PersistBatch`],
+/// without the two thread crossings to the store thread and back (issue 20).
+#[derive(Clone)]
+pub struct Inline {
+    db: SharedDb,
+    clock: GhostClock,
+    window_ms: u64,
+}
+
+impl Inline {
+    pub fn new(db: SharedDb, clock: GhostClock, window_ms: u64) -> Inline {
+        Inline {
+            db,
+            clock,
+            window_ms,
+        }
+    }
+
+    /// `None` while the store thread holds the database (send the batch there instead).
+    pub fn try_persist(&self, batch: &[Persist]) -> Option<Result<Vec<u64>, String>> {
+        let mut db = match self.db.try_lock() {
+            Ok(g) => g,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => return None,
+        };
+        let tick = self.clock.now();
+        Some(
+            db.persist_batch(batch, tick, tick.saturating_add(self.window_ms))
+                .map_err(|e| e.to_string()),
+        )
     }
 }
 
@@ -561,12 +615,12 @@ impl Handler<Persist> for Store {
     fn handle(&mut self, m: Persist, _: &mut SyncContext<Self>) -> Self::Result {
         let tick = self.clock.now();
         let keep_until = tick.saturating_add(self.window_ms);
+        let mut db = lock(&self.db);
         match (m.session, m.command_id.as_deref()) {
-            (false, Some(cid)) => self
-                .db
+            (false, Some(cid)) => db
                 .record_execution(cid, &m.payload, m.now_ms, tick, keep_until)
                 .map(|()| 0),
-            _ => self.db.persist(
+            _ => db.persist(
                 &m.event_id,
                 m.command_id.as_deref(),
                 &m.payload,
@@ -589,7 +643,7 @@ impl Handler<PersistBatch> for Store {
     fn handle(&mut self, m: PersistBatch, _: &mut SyncContext<Self>) -> Self::Result {
         let tick = self.clock.now();
         let keep_until = tick.saturating_add(self.window_ms);
-        self.db
+        lock(&self.db)
             .persist_batch(&m.0, tick, keep_until)
             .map_err(|e| e.to_string())
     }
@@ -603,7 +657,25 @@ pub struct SettleBatch(pub Vec<(String, Option<String>)>);
 impl Handler<SettleBatch> for Store {
     type Result = Result<(), String>;
     fn handle(&mut self, m: SettleBatch, _: &mut SyncContext<Self>) -> Self::Result {
-        self.db.settle_batch(&m.0).map_err(|e| e.to_string())
+        lock(&self.db).settle_batch(&m.0).map_err(|e| e.to_string())
+    }
+}
+
+/// The stored event (TLV payload) of a finished command, for a duplicate of it (the
+/// dedupe window keeps only a hash of its id).
+#[derive(Message)]
+#[rtype(result = "Result<Option<Bytes>, String>")]
+pub struct LoadExecution {
+    pub command_id: String,
+}
+
+impl Handler<LoadExecution> for Store {
+    type Result = Result<Option<Bytes>, String>;
+    fn handle(&mut self, m: LoadExecution, _: &mut SyncContext<Self>) -> Self::Result {
+        lock(&self.db)
+            .execution(&m.command_id)
+            .map(|r| r.map(|(event, _)| event))
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -640,16 +712,16 @@ impl Handler<Update> for Store {
     type Result = Result<(), String>;
     fn handle(&mut self, m: Update, _: &mut SyncContext<Self>) -> Self::Result {
         let r = match m {
-            Update::Acked { event_id } => self.db.acked(&event_id),
-            Update::Failed { event_id, reason } => self.db.failed(&event_id, &reason),
-            Update::Fence { seed, token } => self.db.save_fence(&seed, token),
-            Update::Prune { now } => self.db.prune_executions(now).map(|_| ()),
+            Update::Acked { event_id } => lock(&self.db).acked(&event_id),
+            Update::Failed { event_id, reason } => lock(&self.db).failed(&event_id, &reason),
+            Update::Fence { seed, token } => lock(&self.db).save_fence(&seed, token),
+            Update::Prune { now } => lock(&self.db).prune_executions(now).map(|_| ()),
             Update::Started {
                 command_id,
                 now_ms,
                 tick,
                 keep_until,
-            } => self.db.mark_started(&command_id, now_ms, tick, keep_until),
+            } => lock(&self.db).mark_started(&command_id, now_ms, tick, keep_until),
         };
         r.map_err(|e| e.to_string())
     }
@@ -659,6 +731,7 @@ actorkit::metered!(Store, Persist);
 actorkit::metered!(Store, PersistBatch);
 actorkit::metered!(Store, SettleBatch);
 actorkit::metered!(Store, Update);
+actorkit::metered!(Store, LoadExecution);
 
 #[cfg(test)]
 mod tests {
@@ -697,20 +770,20 @@ mod tests {
             db.save_fence("seed.kv", 3).unwrap();
         }
         let mut db = Db::open(&dir, W).unwrap();
-        let rec = db.recover().unwrap();
+        let rec = db.recover(|_, _| {}).unwrap();
         assert_eq!(rec.clock_ms, 20, "resumes past the newest stamp");
         assert_eq!(rec.outbox.len(), 1);
         assert_eq!(rec.outbox[0].1, "evt.a");
         assert_eq!(rec.failed_events, 1);
-        assert_eq!(rec.executions.len(), 2);
+        assert_eq!(rec.executions, 2);
         assert_eq!(rec.fences, vec![("seed.kv".to_string(), 7)]);
         assert_eq!(db.prune_executions(15 + W).unwrap(), 1);
         assert_eq!(
-            db.recover().unwrap().clock_ms,
+            db.recover(|_, _| {}).unwrap().clock_ms,
             15 + W,
             "the prune saved the clock"
         );
-        assert_eq!(db.recover().unwrap().executions.len(), 1);
+        assert_eq!(db.recover(|_, _| {}).unwrap().executions, 1);
         assert!(db.execution("b").unwrap().is_some());
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -725,13 +798,9 @@ mod tests {
                 .unwrap();
         }
         let mut db = Db::open(&dir, W).unwrap();
-        let rec = db.recover().unwrap();
+        let rec = db.recover(|_, _| {}).unwrap();
         assert!(rec.outbox.is_empty(), "nothing to send on the session");
-        assert_eq!(
-            rec.executions.len(),
-            1,
-            "still deduplicated after a restart"
-        );
+        assert_eq!(rec.executions, 1, "still deduplicated after a restart");
         assert!(rec.started.is_empty(), "finished");
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -751,7 +820,8 @@ mod tests {
         } // dropped without finishing "cut": as after SIGKILL
         let mut db = Db::open(&dir, W).unwrap();
         db.prune_executions(4).unwrap();
-        let rec = db.recover().unwrap();
+        let mut kept = Vec::new();
+        let rec = db.recover(|cid, k| kept.push((cid.to_owned(), k))).unwrap();
         let cut = crate::logic::Marker {
             started_ms: 20,
             keep_until: 9000,
@@ -765,12 +835,18 @@ mod tests {
             vec![("forever".to_string(), forever), ("cut".to_string(), cut)]
         );
         // The finished command's record is kept as long as its marker was (5000).
-        assert_eq!(rec.executions.len(), 1);
-        assert_eq!(rec.executions[0].2, 5000);
+        assert_eq!(kept, vec![("done".to_string(), 5000)]);
+        assert_eq!(rec.executions, 1);
+        assert_eq!(
+            db.execution("done").unwrap().map(|r| r.0),
+            Some(Bytes::from_static(b"D")),
+            "the event is read back from the store on a duplicate"
+        );
         db.prune_executions(9001).unwrap();
-        let rec = db.recover().unwrap();
+        let rec = db.recover(|_, _| {}).unwrap();
         assert_eq!(rec.started, vec![("forever".to_string(), forever)]);
-        assert!(rec.executions.is_empty());
+        assert_eq!(rec.executions, 0);
+        assert_eq!(db.execution("done").unwrap(), None, "pruned");
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -789,15 +865,22 @@ mod tests {
             .unwrap();
         }
         let mut db = Db::open(&dir, W).unwrap();
-        let rec = db.recover().unwrap();
+        let mut kept = Vec::new();
+        let rec = db.recover(|cid, k| kept.push((cid.to_owned(), k))).unwrap();
         assert_eq!(rec.clock_ms, 0);
-        assert_eq!(rec.executions[0].2, W, "one window from the upgrade");
+        assert_eq!(
+            kept,
+            vec![("a".to_string(), W)],
+            "one window from the upgrade"
+        );
         assert_eq!(rec.started[0].1.keep_until, u64::MAX);
         assert_eq!(rec.started[0].1.started_ms, 1_700_000_000_000);
         drop(db);
         // Opening again changes nothing.
         let mut db = Db::open(&dir, W).unwrap();
-        assert_eq!(db.recover().unwrap().executions[0].2, W);
+        let mut kept = Vec::new();
+        db.recover(|_, k| kept.push(k)).unwrap();
+        assert_eq!(kept, vec![W]);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -126,8 +126,8 @@ async fn outbox_survives_sigkill_and_delivers_each_event_once() {
         })
         .await
         .unwrap();
-        assert_eq!(st["data"]["Outbox"]["pending"], 0, "{st}");
-        if st["data"]["Outbox"]["unsynced"] == 0 {
+        // The last ack was written just before this status request, on another socket.
+        if st["data"]["Outbox"]["pending"] == 0 && st["data"]["Outbox"]["unsynced"] == 0 {
             break;
         }
         assert!(

@@ -33,7 +33,7 @@ use crate::logic::{
 };
 use crate::reserve::Reserve;
 use crate::seeds::SeedOutput;
-use crate::store::{GhostClock, Store, Update};
+use crate::store::{GhostClock, LoadExecution, Store, Update};
 
 /// Most recent executions kept for the admin boundary.
 const RECENT: usize = 1000;
@@ -206,7 +206,7 @@ impl Dispatcher {
         let enqueue = Enqueue {
             event_id: ev.event_id.clone(),
             command_id: Some(cmd.command_id.clone()),
-            payload: payload.clone(),
+            payload,
             // An admin-run command is answered in the admin reply only.
             session: source == Source::Session,
         };
@@ -222,7 +222,7 @@ impl Dispatcher {
             .map(move |res, act, _| match res {
                 Ok(()) => {
                     let now = act.clock.now();
-                    act.dedupe.complete(&cmd.command_id, payload, now);
+                    act.dedupe.complete(&cmd.command_id, now);
                     act.seq += 1;
                     if act.recent.len() == RECENT {
                         act.recent.pop_front();
@@ -249,8 +249,9 @@ impl Dispatcher {
                     tracing::error!(component = "ghost.dispatcher", command_id = %cmd.command_id, error = %e, "event not persisted; sending an error event that is not persisted");
                     let stderr = ev.stderr.clone().unwrap_or_default();
                     let (vev, vpayload) = act.send_volatile(&cmd, reason, &stderr);
+                    let now = act.clock.now();
                     act.dedupe
-                        .complete(&cmd.command_id, vpayload, shared::now_ms());
+                        .complete_unpersisted(&cmd.command_id, vpayload, now);
                     act.seq += 1;
                     if act.recent.len() == RECENT {
                         act.recent.pop_front();
@@ -296,57 +297,107 @@ impl Handler<Run> for Dispatcher {
     type Result = ResponseActFuture<Self, Result<Event, String>>;
 
     fn handle(&mut self, m: Run, _: &mut Context<Self>) -> Self::Result {
-        let cmd = m.cmd;
         // Per-hop timestamps of one command (BENCHMARKS.md, issue 20): off unless `hop=debug`.
-        tracing::debug!(target: "hop", hop = "ghost.command", command_id = %cmd.command_id);
-        let interrupted = match self.dedupe.check_and_claim(&cmd.command_id) {
+        tracing::debug!(target: "hop", hop = "ghost.command", command_id = %m.cmd.command_id);
+        let seen = self.dedupe.check_and_claim(&m.cmd.command_id);
+        self.on_seen(m, seen)
+    }
+}
+
+impl Dispatcher {
+    /// Acts on what the dedupe window says about a command.
+    fn on_seen(&mut self, m: Run, seen: Seen) -> ResponseActFuture<Self, Result<Event, String>> {
+        match seen {
             Seen::InFlight => {
-                tracing::info!(component = "ghost.dispatcher", command_id = %cmd.command_id, "duplicate command while it runs; its event will follow");
-                return Box::pin(fut::ready(Err(format!(
+                tracing::info!(component = "ghost.dispatcher", command_id = %m.cmd.command_id, "duplicate command while it runs; its event will follow");
+                Box::pin(fut::ready(Err(format!(
                     "command {} is already executing; its event will follow",
-                    cmd.command_id
-                ))));
+                    m.cmd.command_id
+                ))))
             }
-            Seen::Done(payload) => {
-                self.replayed += 1;
-                tracing::info!(component = "ghost.dispatcher", command_id = %cmd.command_id, "duplicate command inside the dedupe window; sending its stored event again");
-                let ev = tlv::decode(&payload)
-                    .and_then(|f| Envelope::decode(shared::envelope::mt::EVENT, &f));
-                let Ok(Envelope::Event(ev)) = ev else {
-                    return Box::pin(fut::ready(Err("stored event unreadable".into())));
-                };
-                if m.source == Source::Admin {
-                    // Answered in the admin reply only, as the first run was.
-                    return Box::pin(fut::ready(Ok(ev)));
-                }
-                let enqueue = Enqueue {
-                    event_id: ev.event_id.clone(),
-                    command_id: None,
-                    payload: payload.clone(),
-                    session: true,
-                };
-                let outbox = self.outbox.clone();
-                return Box::pin(
+            Seen::Done(payload) => self.replay(m, payload),
+            Seen::Stored => {
+                // The window holds only a hash of the id: the event is read from the store.
+                let store = self.store.clone();
+                let command_id = m.cmd.command_id.clone();
+                Box::pin(
                     async move {
-                        match outbox.send(enqueue).await {
-                            Ok(Ok(())) => {}
-                            Ok(Err(_)) => {
-                                // The store is failing: send the stored event anyway.
-                                outbox.do_send(EnqueueVolatile {
-                                    event_id: ev.event_id.clone(),
-                                    payload,
-                                });
-                            }
-                            Err(e) => return Err(format!("outbox mailbox: {e}")),
+                        match store.send(LoadExecution { command_id }).await {
+                            Ok(r) => r,
+                            Err(e) => Err(format!("store mailbox: {e}")),
                         }
-                        Ok(ev)
                     }
-                    .into_actor(self),
-                );
+                    .into_actor(self)
+                    .then(move |res, act, _| match res {
+                        Ok(Some(payload)) => act.replay(m, payload),
+                        Ok(None) => {
+                            // No record: another id's hash (or one just past its time).
+                            let seen = act.dedupe.claim(&m.cmd.command_id);
+                            act.on_seen(m, seen)
+                        }
+                        Err(e) => {
+                            tracing::error!(component = "ghost.dispatcher", command_id = %m.cmd.command_id, error = %e, "duplicate command: its stored event cannot be read; not run again");
+                            Box::pin(fut::ready(Err(format!(
+                                "command {} ran already; its stored event cannot be read: {e}",
+                                m.cmd.command_id
+                            ))))
+                        }
+                    }),
+                )
             }
-            Seen::New => None,
-            Seen::Interrupted { started_ms } => Some(started_ms),
+            Seen::New => self.execute(m, None),
+            Seen::Interrupted { started_ms } => self.execute(m, Some(started_ms)),
+        }
+    }
+
+    /// A duplicate inside the window: its stored event (TLV payload) goes again, the
+    /// command does not run.
+    fn replay(&mut self, m: Run, payload: Bytes) -> ResponseActFuture<Self, Result<Event, String>> {
+        self.replayed += 1;
+        tracing::info!(component = "ghost.dispatcher", command_id = %m.cmd.command_id, "duplicate command inside the dedupe window; sending its stored event again");
+        let ev =
+            tlv::decode(&payload).and_then(|f| Envelope::decode(shared::envelope::mt::EVENT, &f));
+        let Ok(Envelope::Event(ev)) = ev else {
+            return Box::pin(fut::ready(Err("stored event unreadable".into())));
         };
+        if m.source == Source::Admin {
+            // Answered in the admin reply only, as the first run was.
+            return Box::pin(fut::ready(Ok(ev)));
+        }
+        let enqueue = Enqueue {
+            event_id: ev.event_id.clone(),
+            command_id: None,
+            payload: payload.clone(),
+            session: true,
+        };
+        let outbox = self.outbox.clone();
+        Box::pin(
+            async move {
+                match outbox.send(enqueue).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => {
+                        // The store is failing: send the stored event anyway.
+                        outbox.do_send(EnqueueVolatile {
+                            event_id: ev.event_id.clone(),
+                            payload,
+                        });
+                    }
+                    Err(e) => return Err(format!("outbox mailbox: {e}")),
+                }
+                Ok(ev)
+            }
+            .into_actor(self),
+        )
+    }
+
+    /// A claimed command (`interrupted`: its start was recorded before a restart): the
+    /// boundary checks, then its seed.
+    fn execute(
+        &mut self,
+        m: Run,
+        interrupted: Option<u64>,
+    ) -> ResponseActFuture<Self, Result<Event, String>> {
+        let cmd = m.cmd;
         if let Some(why) = self.outbox_health.failing() {
             // Not run: its result could not be recorded. A re-send may run it later.
             self.dedupe.release(&cmd.command_id);

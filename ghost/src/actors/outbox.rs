@@ -21,7 +21,7 @@ use crate::actors::protocol::LinkHandle;
 use crate::actors::protocol::{Acked, Link, SendEvents};
 use crate::logic::OutboxState;
 use crate::reserve::Reserve;
-use crate::store::{Persist, PersistBatch, SettleBatch, Store, Update};
+use crate::store::{Inline, Persist, PersistBatch, SettleBatch, Store, Update};
 
 /// Sequence numbers of events that are not persisted: above every store seq, so they are
 /// sent after the persisted ones, and never confused with them.
@@ -83,6 +83,9 @@ pub struct Outbox {
     /// batch is on disk.
     to_persist: Vec<(Enqueue, oneshot::Sender<Result<(), String>>)>,
     persisting: bool,
+    /// Batches of at most [`INLINE_MAX`] events commit on this thread when the store thread
+    /// is idle (`None`: always on the store thread).
+    inline: Option<Inline>,
     /// Acks and rejections waiting for the next settle batch, and whether one is in flight.
     to_settle: Vec<(String, Option<String>)>,
     settling: bool,
@@ -90,6 +93,10 @@ pub struct Outbox {
 
 /// Events in one persist transaction at most.
 const MAX_PERSIST_BATCH: usize = 256;
+/// A batch this small commits inline (one event at low load): a commit is tens of µs, two
+/// thread crossings cost as much on a busy machine. Bigger ones go to the store thread, off
+/// this event loop, which also runs the session and the dispatcher.
+const INLINE_MAX: usize = 4;
 
 impl Outbox {
     pub fn new(state: OutboxState, store: MeteredAddr<Store>, ack_timeout_ms: u64) -> Outbox {
@@ -110,22 +117,45 @@ impl Outbox {
             ticks: 0,
             to_persist: Vec::new(),
             persisting: false,
+            inline: None,
             to_settle: Vec::new(),
             settling: false,
         }
     }
 
     /// Persists everything queued in one transaction; when it lands, answers each caller
-    /// and queues the session's events for sending, then starts the next batch.
+    /// and queues the session's events for sending, then starts the next batch. A small
+    /// batch first lets the events already in the mailbox join it (one yield), then commits
+    /// inline if the store thread is idle.
     fn persist_pending(&mut self, ctx: &mut Context<Self>) {
         if self.persisting || self.to_persist.is_empty() {
             return;
         }
-        self.persisting = true;
+        if self.inline.is_some()
+            && self.to_persist.len() <= INLINE_MAX
+            && self.health.failing().is_none()
+        {
+            self.persisting = true;
+            ctx.spawn(
+                tokio::task::yield_now()
+                    .into_actor(self)
+                    .map(|(), act, ctx| {
+                        act.persisting = false;
+                        act.commit_pending(ctx, true);
+                    }),
+            );
+            return;
+        }
+        self.commit_pending(ctx, false);
+    }
+
+    fn commit_pending(&mut self, ctx: &mut Context<Self>, try_inline: bool) {
+        if self.persisting || self.to_persist.is_empty() {
+            return;
+        }
         let n = self.to_persist.len().min(MAX_PERSIST_BATCH);
-        let batch: Vec<_> = self.to_persist.drain(..n).collect();
         let now_ms = shared::now_ms();
-        let rows: Vec<Persist> = batch
+        let rows: Vec<Persist> = self.to_persist[..n]
             .iter()
             .map(|(m, _)| Persist {
                 event_id: m.event_id.clone(),
@@ -135,6 +165,18 @@ impl Outbox {
                 session: m.session,
             })
             .collect();
+        // Not while acks are on their way to the store thread: an event re-sent after its
+        // ack (a replayed duplicate) must not be written before that ack's delete.
+        if try_inline && n <= INLINE_MAX && !self.settling {
+            // Busy or failed: the store thread decides (and gives back the reserve).
+            if let Some(Ok(seqs)) = self.inline.as_ref().and_then(|i| i.try_persist(&rows)) {
+                let batch: Vec<_> = self.to_persist.drain(..n).collect();
+                self.persisted(batch, Ok(seqs));
+                return self.persist_pending(ctx);
+            }
+        }
+        self.persisting = true;
+        let batch: Vec<_> = self.to_persist.drain(..n).collect();
         let store = self.store.clone();
         let reserve = self.reserve.clone();
         ctx.spawn(
@@ -160,33 +202,43 @@ impl Outbox {
             .into_actor(self)
             .map(move |res, act, ctx| {
                 act.persisting = false;
-                match res {
-                    Ok(seqs) => {
-                        act.on_persist_ok();
-                        let mut queued = false;
-                        for ((m, tx), seq) in batch.into_iter().zip(seqs) {
-                            if m.session {
-                                let cid = m.command_id.as_deref().unwrap_or("");
-                                tracing::debug!(target: "hop", hop = "ghost.persisted", command_id = %cid);
-                                act.state.push(seq, m.event_id, m.payload);
-                                queued = true;
-                            }
-                            let _ = tx.send(Ok(()));
-                        }
-                        if queued {
-                            act.flush();
-                        }
-                    }
-                    Err(e) => {
-                        act.on_persist_error(&e);
-                        for (_, tx) in batch {
-                            let _ = tx.send(Err(e.clone()));
-                        }
-                    }
-                }
+                act.persisted(batch, res);
                 act.persist_pending(ctx);
             }),
         );
+    }
+
+    /// A batch's commit is over: answer each caller; a committed session event is queued
+    /// for sending.
+    fn persisted(
+        &mut self,
+        batch: Vec<(Enqueue, oneshot::Sender<Result<(), String>>)>,
+        res: Result<Vec<u64>, String>,
+    ) {
+        match res {
+            Ok(seqs) => {
+                self.on_persist_ok();
+                let mut queued = false;
+                for ((m, tx), seq) in batch.into_iter().zip(seqs) {
+                    if m.session {
+                        let cid = m.command_id.as_deref().unwrap_or("");
+                        tracing::debug!(target: "hop", hop = "ghost.persisted", command_id = %cid);
+                        self.state.push(seq, m.event_id, m.payload);
+                        queued = true;
+                    }
+                    let _ = tx.send(Ok(()));
+                }
+                if queued {
+                    self.flush();
+                }
+            }
+            Err(e) => {
+                self.on_persist_error(&e);
+                for (_, tx) in batch {
+                    let _ = tx.send(Err(e.clone()));
+                }
+            }
+        }
     }
 
     /// Commits the queued acks and rejections together, then the next batch.
@@ -218,6 +270,12 @@ impl Outbox {
                     act.settle_pending(ctx);
                 }),
         );
+    }
+
+    /// Small batches commit on this thread through `inline` (see [`INLINE_MAX`]).
+    pub fn with_inline(mut self, inline: Inline) -> Outbox {
+        self.inline = Some(inline);
+        self
     }
 
     /// The disk reserve given back when the store fails (see [`Reserve`]).
