@@ -641,6 +641,7 @@ pub fn start(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::actors::protocol::PlanError;
 
     #[test]
     fn bearer_scheme_is_case_insensitive() {
@@ -678,12 +679,12 @@ mod tests {
                 "3 intents are active (limit 3); try again later",
             ),
             (
-                OperatorError::NotPersisted("disk full".into()),
+                OperatorError::NotPersisted(PlanError::Store("disk full".into())),
                 503,
                 "intent not persisted: disk full",
             ),
             (
-                OperatorError::NotRecorded("store gone".into()),
+                OperatorError::NotRecorded(PlanError::StoreGone),
                 503,
                 "store gone",
             ),
