@@ -686,6 +686,7 @@ fn start_bound(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::actors::protocol::PlanError;
 
     #[test]
     fn bearer_scheme_is_case_insensitive() {
@@ -723,12 +724,12 @@ mod tests {
                 "3 intents are active (limit 3); try again later",
             ),
             (
-                OperatorError::NotPersisted("disk full".into()),
+                OperatorError::NotPersisted(PlanError::Store("disk full".into())),
                 503,
                 "intent not persisted: disk full",
             ),
             (
-                OperatorError::NotRecorded("store gone".into()),
+                OperatorError::NotRecorded(PlanError::StoreGone),
                 503,
                 "store gone",
             ),

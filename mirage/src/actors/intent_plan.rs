@@ -7,8 +7,8 @@ use actorkit::metrics::MeteredAddr;
 use tokio::sync::oneshot;
 
 use super::protocol::{
-    Discard, Dispatch, LockOp, PlanFinished, PlanHandle, PlanMsg, PlanReport, Resume, Snapshot,
-    SupervisorForPlan, Watch,
+    Discard, Dispatch, LockOp, PlanError, PlanFinished, PlanHandle, PlanMsg, PlanReport, Resume,
+    Snapshot, SupervisorForPlan, Watch,
 };
 use super::FleetHandle;
 use crate::plan::{Effect, Input, Plan, Status};
@@ -31,7 +31,7 @@ pub struct IntentPlan {
     /// while a write commits share the next one, so a step over thousands of Ghosts costs
     /// one serialisation per commit, not one per event (which was quadratic).
     pending_fx: Vec<Effect>,
-    pending_replies: Vec<oneshot::Sender<Result<(), String>>>,
+    pending_replies: Vec<oneshot::Sender<Result<(), PlanError>>>,
     /// Writes that failed in a row (a full disk, say): the state stays in memory, its
     /// effects stay pending, and the write is tried again after a backoff, so the plan goes
     /// on by itself once the store takes writes again.
@@ -169,7 +169,7 @@ impl IntentPlan {
         &mut self,
         fx: Vec<Effect>,
         ctx: &mut Context<Self>,
-    ) -> oneshot::Receiver<Result<(), String>> {
+    ) -> oneshot::Receiver<Result<(), PlanError>> {
         let (tx, rx) = oneshot::channel();
         self.pending_fx.extend(fx);
         self.pending_replies.push(tx);
@@ -188,7 +188,7 @@ impl IntentPlan {
         let replies = std::mem::take(&mut self.pending_replies);
         let Some(write) = self.write() else {
             for r in replies {
-                let _ = r.send(Err("plan state cannot be serialised".into()));
+                let _ = r.send(Err(PlanError::Unserialisable));
             }
             return;
         };
@@ -202,7 +202,12 @@ impl IntentPlan {
             done: Some(tx),
         });
         ctx.spawn(
-            async move { rx.await.unwrap_or_else(|_| Err("store gone".to_string())) }
+            async move {
+                match rx.await {
+                    Ok(r) => r.map_err(PlanError::Store),
+                    Err(_) => Err(PlanError::StoreGone),
+                }
+            }
                 .into_actor(self)
                 .map(move |res, act, ctx| {
                     act.persisting = false;
@@ -351,7 +356,7 @@ impl Supervised for IntentPlan {
         self.in_flight = None;
         self.pending_fx.clear();
         for r in self.pending_replies.drain(..) {
-            let _ = r.send(Err("plan restarted".into()));
+            let _ = r.send(Err(PlanError::Restarted));
         }
         self.resume_on_start = true;
         tracing::warn!(component = "mirage.plan", intent_id = %id, steps_done = self.plan.steps_done, "intent plan restarted from its persisted state");
@@ -359,7 +364,7 @@ impl Supervised for IntentPlan {
 }
 
 impl Handler<PlanMsg> for IntentPlan {
-    type Result = ResponseFuture<Result<(), String>>;
+    type Result = ResponseFuture<Result<(), PlanError>>;
 
     fn handle(&mut self, m: PlanMsg, ctx: &mut Context<Self>) -> Self::Result {
         if self.finished {
@@ -382,7 +387,7 @@ impl Handler<PlanMsg> for IntentPlan {
             Err(why) => {
                 tracing::error!(component = "mirage.plan", intent_id = %self.plan.intent.intent_id, panic = %why, "intent plan panicked; restarting it from its persisted state");
                 ctx.stop();
-                return Box::pin(async move { Err(format!("plan panicked: {why}")) });
+                return Box::pin(async move { Err(PlanError::Panicked(why)) });
             }
         };
         if fx.is_empty() && before.is_some_and(|b| b == self.plan) {
@@ -392,18 +397,18 @@ impl Handler<PlanMsg> for IntentPlan {
             return Box::pin(async { Ok(()) });
         }
         let rx = self.apply(fx, ctx);
-        Box::pin(async move { rx.await.unwrap_or_else(|_| Err("plan stopped".to_string())) })
+        Box::pin(async move { rx.await.unwrap_or(Err(PlanError::Stopped)) })
     }
 }
 
 impl Handler<Resume> for IntentPlan {
-    type Result = ResponseFuture<Result<(), String>>;
+    type Result = ResponseFuture<Result<(), PlanError>>;
 
     fn handle(&mut self, _: Resume, ctx: &mut Context<Self>) -> Self::Result {
         let fleet = self.fleet.borrow().clone();
         let fx = self.plan.resume(shared::now_ms(), &fleet);
         let rx = self.apply(fx, ctx);
-        Box::pin(async move { rx.await.unwrap_or_else(|_| Err("plan stopped".to_string())) })
+        Box::pin(async move { rx.await.unwrap_or(Err(PlanError::Stopped)) })
     }
 }
 
@@ -415,7 +420,7 @@ impl Handler<Discard> for IntentPlan {
         self.dirty = false;
         self.pending_fx.clear();
         for r in self.pending_replies.drain(..) {
-            let _ = r.send(Err("intent refused".into()));
+            let _ = r.send(Err(PlanError::Discarded));
         }
         for h in [self.timer.take(), self.retry.take()].into_iter().flatten() {
             ctx.cancel_future(h);

@@ -175,14 +175,37 @@ pub struct SupervisorForPlan {
 
 // ------------------------------------------------------------------ → plan
 
+/// Why a plan did not take an input in: its new state is not on disk and its effects did not
+/// go out (an event stays unacked, so the Ghost sends it again).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    /// The store refused the write, in its words (a full disk, say).
+    #[error("{0}")]
+    Store(String),
+    #[error("store gone")]
+    StoreGone,
+    #[error("plan state cannot be serialised")]
+    Unserialisable,
+    #[error("plan stopped")]
+    Stopped,
+    /// A panic restarted the plan from its persisted state before this input was written.
+    #[error("plan restarted")]
+    Restarted,
+    #[error("plan panicked: {0}")]
+    Panicked(String),
+    /// The submission was refused (see [`Discard`]).
+    #[error("intent refused")]
+    Discarded,
+}
+
 /// An input for the plan; resolves once its new state is persisted and its effects are out.
 #[derive(Message)]
-#[rtype(result = "Result<(), String>")]
+#[rtype(result = "Result<(), PlanError>")]
 pub struct PlanMsg(pub Input);
 
 /// After a restart: re-acquire locks and re-send unanswered commands.
 #[derive(Message)]
-#[rtype(result = "Result<(), String>")]
+#[rtype(result = "Result<(), PlanError>")]
 pub struct Resume;
 
 /// The submission was refused (its first write failed): stop without a trace, so the

@@ -98,9 +98,9 @@ impl<S> Orchestrator<S> {
 
     /// After the plan answered (`Err`: why the event could not be recorded): the ack, or
     /// none so the Ghost sends it again (its route is kept for that).
-    pub fn ingest_done(
+    pub fn ingest_done<E: std::fmt::Display>(
         &mut self,
-        res: Result<(), String>,
+        res: Result<(), E>,
         route: Option<String>,
         e: &Event,
         ghost: &str,
@@ -184,7 +184,7 @@ mod tests {
             o.events.get("e1").is_none(),
             "not acked before the plan's word"
         );
-        let a = o.ingest_done(Ok(()), route, &event, &ghost, 101);
+        let a = o.ingest_done(Ok::<(), String>(()), route, &event, &ghost, 101);
         assert_eq!(a.as_ref().map(|a| a.ack_status), Some(AckStatus::Accepted));
         // The Ghost sends it again (its ack was lost): the same ack, no second audit row.
         let again = o.ingest("g1".into(), ev("e1", "c1", "g1"), 102, &mut writes);
@@ -209,7 +209,7 @@ mod tests {
         else {
             panic!("to the plan");
         };
-        let failed = o.ingest_done(Err("store gone".into()), route, &event, &ghost, 101);
+        let failed = o.ingest_done(Err("store gone"), route, &event, &ghost, 101);
         assert_eq!(failed, None, "no ack: the Ghost sends it again");
         let Decision::Plan { route, .. } =
             o.ingest("g1".into(), ev("e1", "c1", "g1"), 102, &mut writes)

@@ -7,9 +7,18 @@ use shared::envelope::{Event, EventAck};
 
 use super::Supervisor;
 use crate::actors::intent_plan::IntentPlan;
-use crate::actors::protocol::{Ingest, IngestBatch, PlanMsg};
+use crate::actors::protocol::{Ingest, IngestBatch, PlanError, PlanMsg};
 use crate::orchestrator::ingest::plan_input;
 use crate::orchestrator::Decision;
+
+/// Why an event's plan did not record it: the plan's reason, or it did not answer.
+#[derive(Debug, thiserror::Error)]
+enum NotRecorded {
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error("{0}")]
+    Mailbox(#[from] MailboxError),
+}
 
 /// What ingesting one event needs: an answer now, or its plan's word first.
 enum Step {
@@ -53,7 +62,7 @@ impl Supervisor {
 
     fn ingest_done(
         &mut self,
-        res: Result<(), String>,
+        res: Result<(), NotRecorded>,
         route: Option<String>,
         e: &Event,
         ghost: &str,
@@ -65,15 +74,15 @@ impl Supervisor {
 
 impl ToPlan {
     /// The plan's answer for the event: Ok once its effect is persisted.
-    async fn ask(self) -> (Result<(), String>, Option<String>, Box<Event>, String) {
+    async fn ask(self) -> (Result<(), NotRecorded>, Option<String>, Box<Event>, String) {
         let res = match &self.plan {
             None => Ok(()),
             Some(plan) => match plan
                 .send(PlanMsg(plan_input(&self.event, &self.ghost)))
                 .await
             {
-                Ok(r) => r,
-                Err(err) => Err(err.to_string()),
+                Ok(r) => r.map_err(NotRecorded::from),
+                Err(err) => Err(NotRecorded::from(err)),
             },
         };
         (res, self.route, self.event, self.ghost)

@@ -4,7 +4,7 @@
 use actix::prelude::*;
 
 use super::{IntentSummary, Supervisor, MAX_WAITERS};
-use crate::actors::protocol::{Discard, LockMsg, PlanMsg, Snapshot};
+use crate::actors::protocol::{Discard, LockMsg, PlanError, PlanMsg, Snapshot};
 use crate::intent::Intent;
 use crate::metrics as m;
 use crate::plan::{Input, Plan, Status};
@@ -26,10 +26,10 @@ pub enum OperatorError {
     },
     /// The intent's first write failed: it is not in.
     #[error("intent not persisted: {0}")]
-    NotPersisted(String),
+    NotPersisted(PlanError),
     /// The plan took the input but could not record it (the store, a restart).
     #[error("{0}")]
-    NotRecorded(String),
+    NotRecorded(PlanError),
     /// The plan's actor did not answer.
     #[error("{0}")]
     PlanUnavailable(String),
