@@ -112,6 +112,15 @@ pub static STORE_CHECKPOINT_FAILED: Counter = Counter::new(
     "WAL checkpoints that failed (a full disk: mirage.db cannot grow)",
 );
 
+pub static HA_LEADERSHIP_LOST: Counter = Counter::new(
+    "mirage_ha_leadership_lost_total",
+    "Times this process stopped leading (store backend etcd); it exits right after",
+);
+pub static HA_LEADERSHIP_GAINED: Counter = Counter::new(
+    "mirage_ha_leadership_gained_total",
+    "Times this process became the leader (store backend etcd)",
+);
+
 pub fn render(out: &mut String, gauges: &[(&str, &str, u64)]) {
     for c in [
         &SESSIONS_OPENED,
@@ -129,6 +138,8 @@ pub fn render(out: &mut String, gauges: &[(&str, &str, u64)]) {
         &STORE_DISK_FULL,
         &STORE_RESERVE_RELEASED,
         &STORE_CHECKPOINT_FAILED,
+        &HA_LEADERSHIP_GAINED,
+        &HA_LEADERSHIP_LOST,
     ] {
         let _ = writeln!(
             out,
