@@ -307,6 +307,11 @@ pub struct EtcdDb {
     commits: std::sync::atomic::AtomicU64,
 }
 
+/// `key` without `prefix` (a range under the prefix only returns keys that start with it).
+fn tail<'a>(key: &'a str, prefix: &str) -> &'a str {
+    key.strip_prefix(prefix).unwrap_or(key)
+}
+
 fn etcd_err(e: EtcdError) -> StoreError {
     StoreError::Refused(format!("etcd: {e}"))
 }
@@ -338,7 +343,7 @@ impl EtcdDb {
             .await
             .map_err(etcd_err)?
         {
-            let id = kv.key[self.layout.intents().len()..].to_owned();
+            let id = tail(&kv.key, &self.layout.intents()).to_owned();
             let bad = |why: String| {
                 StoreError::Refused(format!(
                     "etcd key {}: {why}: the stored state is corrupt; restore etcd from a snapshot",
@@ -381,7 +386,7 @@ impl EtcdDb {
             .map_err(etcd_err)?;
         let skip = reports.len().saturating_sub(recent_reports);
         for kv in reports.into_iter().skip(skip) {
-            let seq: u64 = kv.key[self.layout.reports().len()..].parse().unwrap_or(0);
+            let seq: u64 = tail(&kv.key, &self.layout.reports()).parse().unwrap_or(0);
             r.max_report_seq = r.max_report_seq.max(seq);
             r.reports.push(kv.value);
         }
@@ -392,7 +397,7 @@ impl EtcdDb {
             .last_key(&self.layout.events())
             .await
             .map_err(etcd_err)?
-            .and_then(|k| k[self.layout.events().len()..].parse().ok())
+            .and_then(|k| tail(&k, &self.layout.events()).parse().ok())
             .unwrap_or(0);
         *self.index() = ix;
         Ok(r)
@@ -413,7 +418,7 @@ impl EtcdDb {
                 .map(|(h, _)| serde_json::from_str::<IntentHeader>(h))
             {
                 ix.intents.insert(
-                    kv.key[self.layout.intents().len()..].to_owned(),
+                    tail(&kv.key, &self.layout.intents()).to_owned(),
                     (h.seq, finished(&h.status)),
                 );
             }
@@ -424,14 +429,14 @@ impl EtcdDb {
             .last_key(&self.layout.reports())
             .await
             .map_err(etcd_err)?
-            .and_then(|k| k[self.layout.reports().len()..].parse().ok())
+            .and_then(|k| tail(&k, &self.layout.reports()).parse().ok())
             .unwrap_or(0);
         ix.event_seq = self
             .etcd
             .last_key(&self.layout.events())
             .await
             .map_err(etcd_err)?
-            .and_then(|k| k[self.layout.events().len()..].parse().ok())
+            .and_then(|k| tail(&k, &self.layout.events()).parse().ok())
             .unwrap_or(0);
         *self.index() = ix;
         Ok(())
