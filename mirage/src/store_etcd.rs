@@ -9,7 +9,10 @@
 //! - `intents/<intent_id>`: a header line `{"seq","status","updated_ms"}`, then the plan JSON;
 //! - `reports/<seq, 20 digits>`: the report JSON;
 //! - `locks/<key>`: the lock queue JSON;
-//! - `events/<n, 20 digits>`: the observed event (retention like the reports).
+//! - `events/<n, 20 digits>`: the observed event (retention like the reports);
+//! - `commit`: the commit chain, `<epoch>.<n>` of the last txn: each txn compares it with
+//!   the value it follows and sets its own, so a txn that reaches etcd late (a timed-out
+//!   attempt, retried) cannot overwrite newer values (`gateway::Chain`).
 //!
 //! One batch is one txn while it fits etcd's limits (`max_txn_ops`, `max_txn_bytes`); a
 //! bigger batch goes as several fenced txns in order (not atomic together: each writer's own
@@ -23,7 +26,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
-use crate::ha::gateway::{Etcd, EtcdError, FenceError, Op};
+use crate::ha::gateway::{Chain, Etcd, EtcdError, FenceError, Op};
 use crate::ha::{HaHandle, WriteError};
 use crate::plan::Plan;
 use crate::store::{Recovered, RemoteBackend, StoreError, Write};
@@ -56,6 +59,8 @@ struct Index {
     intents: HashMap<String, (u64, bool)>,
     max_report_seq: u64,
     event_seq: u64,
+    /// The commit chain's value (`commit` key): the txn the next one follows.
+    chain: Option<String>,
     /// A commit failed in a way that may have applied part of it: read the index back
     /// from etcd before the next commit.
     stale: bool,
@@ -72,6 +77,9 @@ pub struct Layout {
 impl Layout {
     pub fn election_key(&self) -> String {
         format!("{}election", self.prefix)
+    }
+    fn commit_key(&self) -> String {
+        format!("{}commit", self.prefix)
     }
     fn intents(&self) -> String {
         format!("{}intents/", self.prefix)
@@ -254,7 +262,8 @@ impl Layout {
             cur.bytes = cur.bytes - cur.ops[i].size() + size;
             cur.ops[i] = op;
         } else {
-            if cur.ops.len() >= self.max_ops || cur.bytes + size > self.max_bytes {
+            // One op of each txn is the commit chain's put.
+            if cur.ops.len() + 1 >= self.max_ops || cur.bytes + size > self.max_bytes {
                 cur.flush(txns);
             }
             if let Some(k) = key {
@@ -294,6 +303,13 @@ pub struct EtcdDb {
     ha: HaHandle,
     layout: Layout,
     index: Mutex<Index>,
+    /// Txns sent in this process (the commit chain's values are `<epoch>.<n>`).
+    commits: std::sync::atomic::AtomicU64,
+}
+
+/// `key` without `prefix` (a range under the prefix only returns keys that start with it).
+fn tail<'a>(key: &'a str, prefix: &str) -> &'a str {
+    key.strip_prefix(prefix).unwrap_or(key)
 }
 
 fn etcd_err(e: EtcdError) -> StoreError {
@@ -307,6 +323,7 @@ impl EtcdDb {
             ha,
             layout,
             index: Mutex::new(Index::default()),
+            commits: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -326,7 +343,7 @@ impl EtcdDb {
             .await
             .map_err(etcd_err)?
         {
-            let id = kv.key[self.layout.intents().len()..].to_owned();
+            let id = tail(&kv.key, &self.layout.intents()).to_owned();
             let bad = |why: String| {
                 StoreError::Refused(format!(
                     "etcd key {}: {why}: the stored state is corrupt; restore etcd from a snapshot",
@@ -369,17 +386,18 @@ impl EtcdDb {
             .map_err(etcd_err)?;
         let skip = reports.len().saturating_sub(recent_reports);
         for kv in reports.into_iter().skip(skip) {
-            let seq: u64 = kv.key[self.layout.reports().len()..].parse().unwrap_or(0);
+            let seq: u64 = tail(&kv.key, &self.layout.reports()).parse().unwrap_or(0);
             r.max_report_seq = r.max_report_seq.max(seq);
             r.reports.push(kv.value);
         }
         ix.max_report_seq = r.max_report_seq;
+        ix.chain = self.chain_value().await?;
         ix.event_seq = self
             .etcd
             .last_key(&self.layout.events())
             .await
             .map_err(etcd_err)?
-            .and_then(|k| k[self.layout.events().len()..].parse().ok())
+            .and_then(|k| tail(&k, &self.layout.events()).parse().ok())
             .unwrap_or(0);
         *self.index() = ix;
         Ok(r)
@@ -400,27 +418,37 @@ impl EtcdDb {
                 .map(|(h, _)| serde_json::from_str::<IntentHeader>(h))
             {
                 ix.intents.insert(
-                    kv.key[self.layout.intents().len()..].to_owned(),
+                    tail(&kv.key, &self.layout.intents()).to_owned(),
                     (h.seq, finished(&h.status)),
                 );
             }
         }
+        ix.chain = self.chain_value().await?;
         ix.max_report_seq = self
             .etcd
             .last_key(&self.layout.reports())
             .await
             .map_err(etcd_err)?
-            .and_then(|k| k[self.layout.reports().len()..].parse().ok())
+            .and_then(|k| tail(&k, &self.layout.reports()).parse().ok())
             .unwrap_or(0);
         ix.event_seq = self
             .etcd
             .last_key(&self.layout.events())
             .await
             .map_err(etcd_err)?
-            .and_then(|k| k[self.layout.events().len()..].parse().ok())
+            .and_then(|k| tail(&k, &self.layout.events()).parse().ok())
             .unwrap_or(0);
         *self.index() = ix;
         Ok(())
+    }
+
+    async fn chain_value(&self) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .etcd
+            .get(&self.layout.commit_key())
+            .await
+            .map_err(etcd_err)?
+            .map(|kv| kv.value))
     }
 
     pub async fn apply(&self, batch: Vec<Write>) -> Result<(), String> {
@@ -428,13 +456,29 @@ impl EtcdDb {
             self.reload_index().await.map_err(|e| e.to_string())?;
         }
         let base = self.index().clone();
-        let (txns, after) = self.layout.plan(&batch, &base).map_err(|e| e.to_string())?;
+        let (txns, mut after) = self.layout.plan(&batch, &base).map_err(|e| e.to_string())?;
+        let epoch = self.ha.revision().unwrap_or(0);
         for (i, ops) in txns.iter().enumerate() {
-            match self.ha.fenced_txn(ops).await {
-                Ok(_) => {}
+            let n = self
+                .commits
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let chain = Chain {
+                key: self.layout.commit_key(),
+                prev: self.index().chain.clone(),
+                next: format!("{epoch}.{n}"),
+            };
+            match self.ha.fenced_chained_txn(&chain, ops).await {
+                // The chain moved even if a later txn of this batch fails.
+                Ok(_) => self.index().chain = Some(chain.next),
                 Err(e) => {
-                    if i > 0 || matches!(e, WriteError::Fence(FenceError::Etcd(_))) {
-                        // Part of the batch (or this txn, unanswered) may be in etcd.
+                    if i > 0
+                        || matches!(
+                            e,
+                            WriteError::Fence(FenceError::Etcd(_) | FenceError::ChainMoved { .. })
+                        )
+                    {
+                        // Part of the batch (or this txn, unanswered) may be in etcd, or
+                        // the chain is not where we thought: read it all back first.
                         self.index().stale = true;
                     }
                     return Err(format!(
@@ -446,6 +490,7 @@ impl EtcdDb {
                 }
             }
         }
+        after.chain = self.index().chain.clone();
         *self.index() = Index {
             stale: false,
             ..after
@@ -484,7 +529,8 @@ mod tests {
 
     #[test]
     fn one_key_twice_in_a_txn_keeps_the_last_and_limits_split() {
-        let l = layout(3, 1 << 20);
+        // 4 ops a txn: 3 writes and the commit chain's put.
+        let l = layout(4, 1 << 20);
         let b = vec![
             lock("a", "1"),
             lock("b", "1"),

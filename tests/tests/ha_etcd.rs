@@ -550,4 +550,50 @@ fn etcd_store_splits_big_batches_refuses_oversize_and_recovers_everything() {
         s.rt.block_on(s.etcd.fenced_txn(&stale, &[put])),
         Err(FenceError::Refused { .. })
     ));
+
+    // The commit chain: a txn that reaches etcd late (it follows an older commit) writes
+    // nothing; a retry of a txn that did commit is a success, not a second write.
+    let fence = mirage::ha::Fence {
+        key: KEY.into(),
+        revision: a.revision().unwrap(),
+    };
+    let chain_now =
+        s.rt.block_on(s.etcd.get("/mirage/commit"))
+            .unwrap()
+            .unwrap()
+            .value;
+    let late = mirage::ha::Chain {
+        key: "/mirage/commit".into(),
+        prev: Some("0.0".into()),
+        next: "late".into(),
+    };
+    let put = |v: &str| mirage::ha::Op::Put {
+        key: "/mirage/locks/late".into(),
+        value: v.into(),
+    };
+    assert!(matches!(
+        s.rt.block_on(s.etcd.fenced_chained_txn(&fence, &late, &[put("stale")])),
+        Err(FenceError::ChainMoved { .. })
+    ));
+    assert!(s
+        .rt
+        .block_on(s.etcd.get("/mirage/locks/late"))
+        .unwrap()
+        .is_none());
+    let next = mirage::ha::Chain {
+        key: "/mirage/commit".into(),
+        prev: Some(chain_now),
+        next: "retried".into(),
+    };
+    for _ in 0..2 {
+        s.rt.block_on(s.etcd.fenced_chained_txn(&fence, &next, &[put("new")]))
+            .unwrap();
+    }
+    assert_eq!(
+        s.rt.block_on(s.etcd.get("/mirage/locks/late"))
+            .unwrap()
+            .unwrap()
+            .value,
+        "new"
+    );
 }

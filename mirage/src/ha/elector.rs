@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use super::gateway::{Etcd, Fence, FenceError, Op};
+use super::gateway::{Chain, Etcd, Fence, FenceError, Op};
 use super::state::{Action, Input, Machine, Role};
 
 #[derive(Debug, Clone)]
@@ -140,6 +140,27 @@ impl HaHandle {
             }
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// As `fenced_txn`, also conditional on the store's commit chain.
+    pub async fn fenced_chained_txn(&self, chain: &Chain, ops: &[Op]) -> Result<i64, WriteError> {
+        let Some(fence) = self.fence() else {
+            return Err(WriteError::NotLeader(self.role()));
+        };
+        match self.etcd.fenced_chained_txn(&fence, chain, ops).await {
+            Ok(rev) => Ok(rev),
+            Err(e @ FenceError::Refused { .. }) => {
+                self.shared.feed(Input::FenceRefused);
+                tracing::error!(error = %e, "fenced commit refused by etcd, stepped down");
+                Err(e.into())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The election revision while leading (the fence's), else `None`.
+    pub fn revision(&self) -> Option<i64> {
+        self.fence().map(|f| f.revision)
     }
 
     pub fn etcd(&self) -> &Arc<Etcd> {

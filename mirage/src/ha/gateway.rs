@@ -126,8 +126,27 @@ pub enum FenceError {
         ours: i64,
         current: Option<i64>,
     },
+    /// The store's commit chain key is not at the value this commit follows: an older txn
+    /// of ours arrived late, or the index is stale. Nothing was written.
+    #[error("store commit chain {key} is at {current:?}, this commit follows {expected:?}")]
+    ChainMoved {
+        key: String,
+        expected: Option<String>,
+        current: Option<String>,
+    },
     #[error(transparent)]
     Etcd(#[from] EtcdError),
+}
+
+/// Orders the store's commits: each txn also compares `key`'s value with `prev` (the
+/// commit before it; `None`: the key is absent) and sets it to `next`. A txn that reaches
+/// etcd late (its first attempt timed out, was retried elsewhere, and later batches went
+/// in) fails that compare instead of writing stale values over newer ones.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chain {
+    pub key: String,
+    pub prev: Option<String>,
+    pub next: String,
 }
 
 pub struct Etcd {
@@ -363,6 +382,61 @@ impl Etcd {
         Err(FenceError::Refused {
             key: fence.key.clone(),
             ours: fence.revision,
+            current,
+        })
+    }
+
+    /// As `fenced_txn`, also conditional on the commit chain (`Chain`). A retry whose first
+    /// attempt did commit finds the chain at its own `next`: that is success.
+    pub async fn fenced_chained_txn(
+        &self,
+        fence: &Fence,
+        chain: &Chain,
+        ops: &[Op],
+    ) -> Result<i64, FenceError> {
+        let k = b64(&fence.key);
+        let c = b64(&chain.key);
+        let mut success: Vec<Value> = ops.iter().map(Op::json).collect();
+        success.push(json!({ "request_put": { "key": c, "value": b64(&chain.next) } }));
+        let chain_cmp = match &chain.prev {
+            Some(prev) => {
+                json!({ "key": c, "target": "VALUE", "result": "EQUAL", "value": b64(prev) })
+            }
+            None => {
+                json!({ "key": c, "target": "CREATE", "result": "EQUAL", "create_revision": "0" })
+            }
+        };
+        let body = json!({
+            "compare": [{ "key": k, "target": "CREATE", "result": "EQUAL",
+                          "create_revision": fence.revision.to_string() }, chain_cmp],
+            "success": success,
+            "failure": [{ "request_range": { "key": k } }, { "request_range": { "key": c } }],
+        });
+        let v = self.call("/v3/kv/txn", &body).await?;
+        if v["succeeded"].as_bool().unwrap_or(false) {
+            return Ok(int(&v["header"]["revision"]));
+        }
+        let first = |i: usize| {
+            v["responses"]
+                .get(i)
+                .and_then(|r| r["response_range"]["kvs"].get(0))
+                .map(kv_of)
+        };
+        let election = first(0).map(|kv| kv.create_revision);
+        if election != Some(fence.revision) {
+            return Err(FenceError::Refused {
+                key: fence.key.clone(),
+                ours: fence.revision,
+                current: election,
+            });
+        }
+        let current = first(1).map(|kv| kv.value);
+        if current.as_deref() == Some(chain.next.as_str()) {
+            return Ok(int(&v["header"]["revision"]));
+        }
+        Err(FenceError::ChainMoved {
+            key: chain.key.clone(),
+            expected: chain.prev.clone(),
             current,
         })
     }

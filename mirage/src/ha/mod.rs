@@ -15,5 +15,5 @@ pub mod state;
 pub mod status;
 
 pub use elector::{spawn, ElectorConfig, HaHandle, WriteError};
-pub use gateway::{Etcd, EtcdError, Fence, FenceError, Kv, Op};
+pub use gateway::{Chain, Etcd, EtcdError, Fence, FenceError, Kv, Op};
 pub use state::{Action, Input, LeaseId, Machine, Role};
