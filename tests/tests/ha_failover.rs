@@ -13,6 +13,10 @@ use e2e::*;
 
 const TTL_MS: u64 = 3000;
 
+/// One cluster at a time: three etcd members and three Mirages per test on a 2-core
+/// machine is already a lot, and the failover bounds are timing.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn mirage_toml(i: usize, endpoints: &[String], prefix: &str) -> String {
     let eps: Vec<String> = endpoints.iter().map(|e| format!("\"{e}\"")).collect();
     format!(
@@ -124,6 +128,7 @@ fn steps_done(m: &Mirage, id: &str) -> u64 {
 
 #[test]
 fn leader_sigkill_mid_plan_another_leads_and_every_effect_happens_once() {
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     if !available() {
         return;
     }
@@ -309,6 +314,7 @@ fn signal(m: &Mirage, sig: &str) {
 /// why and exits 75; the new leader finishes the intent with every effect once.
 #[test]
 fn a_paused_leader_is_deposed_and_exits_without_acting() {
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     if !available() {
         return;
     }
@@ -372,6 +378,7 @@ fn a_paused_leader_is_deposed_and_exits_without_acting() {
 /// are back it leads and the intent ends satisfied, every effect once.
 #[test]
 fn quorum_loss_stops_the_leader_and_a_mirage_leads_again_after() {
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     if !available() {
         return;
     }
@@ -448,6 +455,7 @@ fn quorum_loss_stops_the_leader_and_a_mirage_leads_again_after() {
 #[test]
 #[ignore]
 fn soak_etcd_leader_kills() {
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     if !available() {
         return;
     }
@@ -561,6 +569,7 @@ fn soak_etcd_leader_kills() {
 /// (no exit, no failover) and the intent ends satisfied, every effect once.
 #[test]
 fn one_etcd_member_lost_the_leader_keeps_leading() {
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     if !available() {
         return;
     }
