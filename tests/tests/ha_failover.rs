@@ -18,9 +18,19 @@ const TTL_MS: u64 = 3000;
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn mirage_toml(i: usize, endpoints: &[String], prefix: &str) -> String {
+    mirage_toml_with(i, endpoints, prefix, TTL_MS, 500)
+}
+
+fn mirage_toml_with(
+    i: usize,
+    endpoints: &[String],
+    prefix: &str,
+    ttl_ms: u64,
+    timeout_ms: u64,
+) -> String {
     let eps: Vec<String> = endpoints.iter().map(|e| format!("\"{e}\"")).collect();
     format!(
-        "mirage_id = \"mirage-{i}\"\n[store]\nbackend = \"etcd\"\n[store.etcd]\nendpoints = [{}]\nprefix = \"{prefix}\"\nlease_ttl_ms = {TTL_MS}\ntimeout_ms = 500\n",
+        "mirage_id = \"mirage-{i}\"\n[store]\nbackend = \"etcd\"\n[store.etcd]\nendpoints = [{}]\nprefix = \"{prefix}\"\nlease_ttl_ms = {ttl_ms}\ntimeout_ms = {timeout_ms}\n",
         eps.join(", ")
     )
 }
@@ -580,7 +590,14 @@ fn one_etcd_member_lost_the_leader_keeps_leading() {
         .map(|i| {
             let d = dir.path(&format!("m{i}"));
             std::fs::create_dir_all(&d).unwrap();
-            Mirage::start(&d, 0, &mirage_toml(i, &cluster.endpoints(), &prefix))
+            // The default lease (5 s) and a 2 s request timeout: the killed member may be
+            // etcd's leader, and the survivors' election plus a loaded machine (CI) took longer
+            // than a 3 s lease's fence (2.25 s) once. Losing a member must not depose Mirage.
+            Mirage::start(
+                &d,
+                0,
+                &mirage_toml_with(i, &cluster.endpoints(), &prefix, 5000, 2000),
+            )
         })
         .collect();
     let first = leader(&ms, &[], Duration::from_secs(30));
