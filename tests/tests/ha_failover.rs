@@ -136,6 +136,49 @@ fn steps_done(m: &Mirage, id: &str) -> u64 {
     v["summary"]["steps_done"].as_u64().unwrap_or(0)
 }
 
+/// Two Mirages on `cluster` (`toml(i, endpoints, prefix)` each), one Ghost listing both, and
+/// intent `name` (the 20-step plan) submitted to the leader and 3 steps in.
+struct MidPlan {
+    ms: Vec<Mirage>,
+    g: Ghost,
+    first: usize,
+    id: String,
+    _dir: TempDir,
+}
+
+fn mid_plan(
+    name: &str,
+    cluster: &EtcdCluster,
+    toml: impl Fn(usize, &[String], &str) -> String,
+) -> MidPlan {
+    let dir = TempDir::new(&format!("ha-{name}"));
+    let prefix = format!("/mirage-{name}-{}/", std::process::id());
+    let ms: Vec<Mirage> = (0..2)
+        .map(|i| {
+            let d = dir.path(&format!("m{i}"));
+            std::fs::create_dir_all(&d).unwrap();
+            Mirage::start(&d, 0, &toml(i, &cluster.endpoints(), &prefix))
+        })
+        .collect();
+    let first = leader(&ms, &[], Duration::from_secs(30));
+    let list = format!("{}\", \"{}", ms[0].session, ms[1].session);
+    let g = Ghost::start(&dir, "g0", &list, "");
+    ms[first].wait_ghosts(1, Duration::from_secs(30));
+    let id = ms[first].submit(&plan(name, "g0"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while steps_done(&ms[first], &id) < 3 {
+        assert!(Instant::now() < deadline, "no progress");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    MidPlan {
+        ms,
+        g,
+        first,
+        id,
+        _dir: dir,
+    }
+}
+
 #[test]
 fn leader_sigkill_mid_plan_another_leads_and_every_effect_happens_once() {
     let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
@@ -329,26 +372,15 @@ fn a_paused_leader_is_deposed_and_exits_without_acting() {
         return;
     }
     let cluster = EtcdCluster::start(3);
-    let dir = TempDir::new("ha-pause");
-    let prefix = format!("/mirage-pause-{}/", std::process::id());
-    let mut ms: Vec<Mirage> = (0..2)
-        .map(|i| {
-            let d = dir.path(&format!("m{i}"));
-            std::fs::create_dir_all(&d).unwrap();
-            Mirage::start(&d, 0, &mirage_toml(i, &cluster.endpoints(), &prefix))
-        })
-        .collect();
-    let first = leader(&ms, &[], Duration::from_secs(30));
+    // `_dir` first: bindings drop in reverse, so the processes go before their directory.
+    let MidPlan {
+        _dir,
+        mut ms,
+        g,
+        first,
+        id,
+    } = mid_plan("paused", &cluster, mirage_toml);
     let other = 1 - first;
-    let list = format!("{}\", \"{}", ms[0].session, ms[1].session);
-    let g = Ghost::start(&dir, "g0", &list, "");
-    ms[first].wait_ghosts(1, Duration::from_secs(30));
-    let id = ms[first].submit(&plan("paused", "g0"));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while steps_done(&ms[first], &id) < 3 {
-        assert!(Instant::now() < deadline, "no progress");
-        std::thread::sleep(Duration::from_millis(20));
-    }
     signal(&ms[first], "-STOP");
     let stopped = Instant::now();
     let next = leader(&ms, &[first], Duration::from_secs(30));
@@ -393,26 +425,15 @@ fn quorum_loss_stops_the_leader_and_a_mirage_leads_again_after() {
         return;
     }
     let mut cluster = EtcdCluster::start(3);
-    let dir = TempDir::new("ha-quorum");
-    let prefix = format!("/mirage-quorum-{}/", std::process::id());
-    let mut ms: Vec<Mirage> = (0..2)
-        .map(|i| {
-            let d = dir.path(&format!("m{i}"));
-            std::fs::create_dir_all(&d).unwrap();
-            Mirage::start(&d, 0, &mirage_toml(i, &cluster.endpoints(), &prefix))
-        })
-        .collect();
-    let first = leader(&ms, &[], Duration::from_secs(30));
+    // `_dir` first: bindings drop in reverse, so the processes go before their directory.
+    let MidPlan {
+        _dir,
+        mut ms,
+        g,
+        first,
+        id,
+    } = mid_plan("quorum", &cluster, mirage_toml);
     let other = 1 - first;
-    let list = format!("{}\", \"{}", ms[0].session, ms[1].session);
-    let g = Ghost::start(&dir, "g0", &list, "");
-    ms[first].wait_ghosts(1, Duration::from_secs(30));
-    let id = ms[first].submit(&plan("quorum", "g0"));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while steps_done(&ms[first], &id) < 3 {
-        assert!(Instant::now() < deadline, "no progress");
-        std::thread::sleep(Duration::from_millis(20));
-    }
     cluster.sigkill(1);
     cluster.sigkill(2);
     let lost = Instant::now();
@@ -584,32 +605,19 @@ fn one_etcd_member_lost_the_leader_keeps_leading() {
         return;
     }
     let mut cluster = EtcdCluster::start(3);
-    let dir = TempDir::new("ha-member");
-    let prefix = format!("/mirage-member-{}/", std::process::id());
-    let ms: Vec<Mirage> = (0..2)
-        .map(|i| {
-            let d = dir.path(&format!("m{i}"));
-            std::fs::create_dir_all(&d).unwrap();
-            // The default lease (5 s) and a 2 s request timeout: the killed member may be
-            // etcd's leader, and the survivors' election plus a loaded machine (CI) took longer
-            // than a 3 s lease's fence (2.25 s) once. Losing a member must not depose Mirage.
-            Mirage::start(
-                &d,
-                0,
-                &mirage_toml_with(i, &cluster.endpoints(), &prefix, 5000, 2000),
-            )
-        })
-        .collect();
-    let first = leader(&ms, &[], Duration::from_secs(30));
-    let list = format!("{}\", \"{}", ms[0].session, ms[1].session);
-    let g = Ghost::start(&dir, "g0", &list, "");
-    ms[first].wait_ghosts(1, Duration::from_secs(30));
-    let id = ms[first].submit(&plan("member", "g0"));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while steps_done(&ms[first], &id) < 3 {
-        assert!(Instant::now() < deadline, "no progress");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    // The default lease (5 s) and a 2 s request timeout: the killed member may be etcd's
+    // leader, and the survivors' election plus a loaded machine (CI) took longer than a
+    // 3 s lease's fence (2.25 s) once. Losing a member must not depose Mirage.
+    // `_dir` first: bindings drop in reverse, so the processes go before their directory.
+    let MidPlan {
+        _dir,
+        ms,
+        g,
+        first,
+        id,
+    } = mid_plan("member", &cluster, |i, e: &[String], p: &str| {
+        mirage_toml_with(i, e, p, 5000, 2000)
+    });
     cluster.sigkill(0);
     let t = Instant::now();
     ms[first].wait_status(&id, "satisfied", Duration::from_secs(120));

@@ -111,18 +111,14 @@ impl HaHandle {
     /// A write conditional on our leadership; the revision (the fencing token) on success.
     /// A refusal deposes this elector at once.
     pub async fn fenced_put(&self, puts: &[(&str, &str)]) -> Result<i64, WriteError> {
-        let Some(fence) = self.fence() else {
-            return Err(WriteError::NotLeader(self.role()));
-        };
-        match self.etcd.fenced_put(&fence, puts).await {
-            Ok(rev) => Ok(rev),
-            Err(e @ FenceError::Refused { .. }) => {
-                self.shared.feed(Input::FenceRefused);
-                tracing::warn!(error = %e, "fenced write refused, stepped down");
-                Err(e.into())
-            }
-            Err(e) => Err(e.into()),
-        }
+        let ops: Vec<Op> = puts
+            .iter()
+            .map(|(key, value)| Op::Put {
+                key: (*key).to_owned(),
+                value: (*value).to_owned(),
+            })
+            .collect();
+        self.fenced_txn(&ops).await
     }
 
     /// `ops` in one txn conditional on our leadership (the store's commits); the revision.

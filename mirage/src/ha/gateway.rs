@@ -333,30 +333,14 @@ impl Etcd {
         fence: &Fence,
         puts: &[(&str, &str)],
     ) -> Result<i64, FenceError> {
-        let k = b64(&fence.key);
-        let success: Vec<Value> = puts
+        let ops: Vec<Op> = puts
             .iter()
-            .map(|(key, value)| json!({ "request_put": { "key": b64(key), "value": b64(value) } }))
+            .map(|(key, value)| Op::Put {
+                key: (*key).to_owned(),
+                value: (*value).to_owned(),
+            })
             .collect();
-        let body = json!({
-            "compare": [{ "key": k, "target": "CREATE", "result": "EQUAL",
-                          "create_revision": fence.revision.to_string() }],
-            "success": success,
-            "failure": [{ "request_range": { "key": k } }],
-        });
-        let v = self.call("/v3/kv/txn", &body).await?;
-        if v["succeeded"].as_bool().unwrap_or(false) {
-            return Ok(int(&v["header"]["revision"]));
-        }
-        let current = v["responses"]
-            .get(0)
-            .and_then(|r| r["response_range"]["kvs"].get(0))
-            .map(|kv| int(&kv["create_revision"]));
-        Err(FenceError::Refused {
-            key: fence.key.clone(),
-            ours: fence.revision,
-            current,
-        })
+        self.fenced_txn(fence, &ops).await
     }
 
     /// `ops` in one txn, only if the election key still has the create_revision of `fence`;
