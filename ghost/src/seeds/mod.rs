@@ -10,7 +10,6 @@ pub mod flow;
 pub mod fs;
 pub mod kdht;
 pub mod kv;
-pub mod orphan;
 pub mod raft;
 pub mod redis;
 pub mod redis_move;

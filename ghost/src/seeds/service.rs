@@ -17,11 +17,7 @@ use serde::{Deserialize, Serialize};
 use shared::envelope::Args;
 use tokio::sync::watch;
 
-use super::orphan;
 use super::{Call, OperationSpec, Seed, SeedCtx, SeedOutput};
-
-/// How long a left-over child gets for its TERM before KILL (it is stopped, not adopted).
-const ORPHAN_GRACE: Duration = Duration::from_secs(5);
 
 /// Log lines `logs` returns at most, and bytes it reads from the end of the file at most.
 pub const MAX_LOG_LINES: usize = 1000;
@@ -264,12 +260,6 @@ pub struct ServiceSet {
 
 impl ServiceSet {
     pub fn new(seed_id: &'static str, specs: BTreeMap<String, ServiceSpec>, dir: PathBuf) -> Self {
-        // Children of a previous Ghost process that was SIGKILLed still hold their ports and
-        // data; they are not ours to adopt (no pipe, no wait), so they are stopped before
-        // anything here starts a new one.
-        for (d, pid) in orphan::reap_all(&dir, ORPHAN_GRACE) {
-            tracing::warn!(component = "ghost.service", seed = seed_id, pid, dir = %d.display(), "stopped a service process left running by a previous Ghost process");
-        }
         ServiceSet {
             seed_id,
             specs: Arc::new(Mutex::new(specs)),
@@ -389,7 +379,6 @@ impl ServiceSet {
                 } else {
                     PathBuf::from(&spec.cwd)
                 },
-                record_dir: self.service_dir(&name),
                 spec: spec.clone(),
                 status: self.status.clone(),
                 ctx: ctx.clone(),
@@ -536,8 +525,6 @@ struct Monitor {
     spec: ServiceSpec,
     log: PathBuf,
     cwd: PathBuf,
-    /// Where the running child is recorded for a Ghost that restarts after a SIGKILL.
-    record_dir: PathBuf,
     status: Shared<BTreeMap<String, Status>>,
     ctx: SeedCtx,
 }
@@ -590,11 +577,6 @@ impl Monitor {
                 }
             };
             let pid = child.id();
-            if let Some(p) = pid {
-                if let Err(e) = orphan::record(&self.record_dir, p) {
-                    tracing::warn!(component = "ghost.service", service = %self.name, error = %e, "cannot record the child; a SIGKILLed Ghost would leave it running");
-                }
-            }
             self.set(|s| {
                 s.state = "starting".into();
                 s.pid = pid;
@@ -622,7 +604,6 @@ impl Monitor {
                 Some(Err(e)) => (format!("wait failed: {e}"), false),
                 None => {
                     let desc = self.stop_child(&mut child).await;
-                    orphan::clear(&self.record_dir);
                     self.set(|s| {
                         s.state = "stopped".into();
                         s.pid = None;
@@ -632,7 +613,6 @@ impl Monitor {
                     return;
                 }
             };
-            orphan::clear(&self.record_dir);
             let again = restarts(self.spec.restart, success);
             self.set(|s| {
                 s.state = if again {
