@@ -355,6 +355,22 @@ fn leader_sigkill_mid_plan_another_leads_and_every_effect_happens_once() {
     drop(cluster);
 }
 
+/// The exit code of a Mirage expected to end on its own within `within`.
+fn exit_code(m: &mut Mirage, within: Duration, who: &str) -> Option<i32> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Ok(Some(st)) = m.proc.child.try_wait() {
+            return st.code();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{who} is still running; log:\n{}",
+            tail(&m.proc.log_text(), 30)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn signal(m: &Mirage, sig: &str) {
     std::process::Command::new("kill")
         .args([sig, &m.proc.child.id().to_string()])
@@ -391,18 +407,11 @@ fn a_paused_leader_is_deposed_and_exits_without_acting() {
     );
     signal(&ms[first], "-CONT");
     // The old leader exits 75 on its own, naming why.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let code = loop {
-        if let Ok(Some(st)) = ms[first].proc.child.try_wait() {
-            break st.code();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the deposed leader is still running; log:\n{}",
-            tail(&ms[first].proc.log_text(), 30)
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let code = exit_code(
+        &mut ms[first],
+        Duration::from_secs(20),
+        "the deposed leader",
+    );
     let log = ms[first].proc.log_text();
     eprintln!("the deposed leader's last lines:\n{}", tail(&log, 6));
     assert_eq!(code, Some(75), "{}", tail(&log, 30));
@@ -437,18 +446,11 @@ fn quorum_loss_stops_the_leader_and_a_mirage_leads_again_after() {
     cluster.sigkill(1);
     cluster.sigkill(2);
     let lost = Instant::now();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let code = loop {
-        if let Ok(Some(st)) = ms[first].proc.child.try_wait() {
-            break st.code();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the leader kept running without quorum; log:\n{}",
-            tail(&ms[first].proc.log_text(), 30)
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let code = exit_code(
+        &mut ms[first],
+        Duration::from_secs(30),
+        "the leader without quorum",
+    );
     let log = ms[first].proc.log_text();
     eprintln!(
         "QUORUM: the leader exited {code:?} {:.2}s after quorum loss:\n{}",
