@@ -609,15 +609,7 @@ impl Store {
             return;
         }
         self.committing = true;
-        let n = self.queue.len().min(self.max_batch);
-        let batch: Vec<Write> = self.queue.drain(..n).collect();
-        // Waiters registered so far are covered once this batch and everything before it
-        // is committed; later waiters wait for a later batch.
-        let waiters = if self.queue.is_empty() {
-            std::mem::take(&mut self.waiters)
-        } else {
-            Vec::new()
-        };
+        let (batch, waiters) = self.take_batch();
         let started = std::time::Instant::now();
         let fut = async move {
             let n = batch.len();
@@ -636,10 +628,10 @@ impl Store {
         }));
     }
 
-    /// Everything queued (up to `max_batch`) as one remote commit, awaited here: a network
-    /// round trip, no blocking pool. Writes that arrive meanwhile go in the next one.
-    fn commit_remote(&mut self, remote: Arc<dyn RemoteBackend>, ctx: &mut Context<Self>) {
-        self.committing = true;
+    /// The next batch (up to `max_batch`) and the waiters it covers: those registered so far
+    /// are covered once this batch and everything before it is committed; later waiters wait
+    /// for a later batch.
+    fn take_batch(&mut self) -> (Vec<Write>, Vec<oneshot::Sender<Result<(), String>>>) {
         let n = self.queue.len().min(self.max_batch);
         let batch: Vec<Write> = self.queue.drain(..n).collect();
         let waiters = if self.queue.is_empty() {
@@ -647,6 +639,15 @@ impl Store {
         } else {
             Vec::new()
         };
+        (batch, waiters)
+    }
+
+    /// Everything queued (up to `max_batch`) as one remote commit, awaited here: a network
+    /// round trip, no blocking pool. Writes that arrive meanwhile go in the next one.
+    fn commit_remote(&mut self, remote: Arc<dyn RemoteBackend>, ctx: &mut Context<Self>) {
+        self.committing = true;
+        let (batch, waiters) = self.take_batch();
+        let n = batch.len();
         let started = Instant::now();
         ctx.spawn(
             remote

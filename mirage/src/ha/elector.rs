@@ -111,14 +111,7 @@ impl HaHandle {
     /// A write conditional on our leadership; the revision (the fencing token) on success.
     /// A refusal deposes this elector at once.
     pub async fn fenced_put(&self, puts: &[(&str, &str)]) -> Result<i64, WriteError> {
-        let ops: Vec<Op> = puts
-            .iter()
-            .map(|(key, value)| Op::Put {
-                key: (*key).to_owned(),
-                value: (*value).to_owned(),
-            })
-            .collect();
-        self.fenced_txn(&ops).await
+        self.fenced_txn(&Op::puts(puts)).await
     }
 
     /// `ops` in one txn conditional on our leadership (the store's commits); the revision.
@@ -127,15 +120,17 @@ impl HaHandle {
         let Some(fence) = self.fence() else {
             return Err(WriteError::NotLeader(self.role()));
         };
-        match self.etcd.fenced_txn(&fence, ops).await {
-            Ok(rev) => Ok(rev),
-            Err(e @ FenceError::Refused { .. }) => {
-                self.shared.feed(Input::FenceRefused);
-                tracing::error!(error = %e, "fenced commit refused by etcd, stepped down");
-                Err(e.into())
-            }
-            Err(e) => Err(e.into()),
+        let res = self.etcd.fenced_txn(&fence, ops).await;
+        self.deposed_if_refused(res)
+    }
+
+    /// etcd refusing a fenced write means another elector leads: step down at once.
+    fn deposed_if_refused(&self, res: Result<i64, FenceError>) -> Result<i64, WriteError> {
+        if let Err(e @ FenceError::Refused { .. }) = &res {
+            self.shared.feed(Input::FenceRefused);
+            tracing::error!(error = %e, "fenced commit refused by etcd, stepped down");
         }
+        res.map_err(Into::into)
     }
 
     /// As `fenced_txn`, also conditional on the store's commit chain.
@@ -143,15 +138,8 @@ impl HaHandle {
         let Some(fence) = self.fence() else {
             return Err(WriteError::NotLeader(self.role()));
         };
-        match self.etcd.fenced_chained_txn(&fence, chain, ops).await {
-            Ok(rev) => Ok(rev),
-            Err(e @ FenceError::Refused { .. }) => {
-                self.shared.feed(Input::FenceRefused);
-                tracing::error!(error = %e, "fenced commit refused by etcd, stepped down");
-                Err(e.into())
-            }
-            Err(e) => Err(e.into()),
-        }
+        let res = self.etcd.fenced_chained_txn(&fence, chain, ops).await;
+        self.deposed_if_refused(res)
     }
 
     /// The election revision while leading (the fence's), else `None`.

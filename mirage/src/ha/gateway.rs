@@ -40,6 +40,16 @@ pub enum Op {
 }
 
 impl Op {
+    /// One `Put` per (key, value).
+    pub fn puts(puts: &[(&str, &str)]) -> Vec<Op> {
+        puts.iter()
+            .map(|(key, value)| Op::Put {
+                key: (*key).to_owned(),
+                value: (*value).to_owned(),
+            })
+            .collect()
+    }
+
     /// Bytes this op puts on the wire before base64 (what etcd's request limit counts).
     pub fn size(&self) -> usize {
         match self {
@@ -333,14 +343,7 @@ impl Etcd {
         fence: &Fence,
         puts: &[(&str, &str)],
     ) -> Result<i64, FenceError> {
-        let ops: Vec<Op> = puts
-            .iter()
-            .map(|(key, value)| Op::Put {
-                key: (*key).to_owned(),
-                value: (*value).to_owned(),
-            })
-            .collect();
-        self.fenced_txn(fence, &ops).await
+        self.fenced_txn(fence, &Op::puts(puts)).await
     }
 
     /// `ops` in one txn, only if the election key still has the create_revision of `fence`;
